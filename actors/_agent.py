@@ -1,0 +1,297 @@
+"""`Agent`: one actor per configured agent, with a bounded mailbox and a lane per user.
+
+Owns turn execution and who hears it (`Audience`). Must not import `transport`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime, timezone
+
+import trio
+from attrs import frozen
+
+from store import AgentMessage, Memory, MemoryCleared, UserMessage, fold
+
+from ._brain import Brain, BrainError, Turn
+from ._journal import Journal
+from ._messages import (
+    AgentCommand,
+    ChatTurn,
+    ClearMemory,
+    Failed,
+    Found,
+    MemoryWasCleared,
+    Outbox,
+    Output,
+    SearchMemory,
+    SearchResults,
+    TurnChunk,
+    TurnDone,
+    TurnResponse,
+    TurnStarted,
+)
+
+logger = logging.getLogger("agentcast.actors")
+
+
+def utc_now() -> str:
+    """Now, as ISO 8601 UTC with milliseconds and a Z: the timestamps of events."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@frozen
+class AgentSpec:
+    """One agent's configuration."""
+
+    agent_id: str
+    brain: Brain
+    description: str = ""
+    #: Messages kept in short-term memory.
+    short_term_window: int = 20
+    #: Commands queued or running in the agent, all users together; more are refused `busy`.
+    mailbox_size: int = 1024
+    #: Commands queued or running for one user of the agent; more are refused `busy`.
+    lane_size: int = 64
+    #: A user's lane idle this long (seconds) is dropped; it is rebuilt from the log on next use.
+    lane_idle_seconds: float = 60.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.short_term_window < 1 or self.mailbox_size < 1 or self.lane_size < 1 or self.lane_idle_seconds <= 0:
+            raise ValueError(f"agent {self.agent_id!r}: sizes must be >= 1 and lane_idle_seconds > 0")
+
+
+class Busy(Exception):
+    """The agent (or this user's lane in it) has as many commands as it may hold."""
+
+
+class Audience:
+    """Who hears an agent's turns: the outboxes subscribed per (agent, user)."""
+
+    def __init__(self) -> None:
+        self._subscribers: dict[tuple[str, str], dict[Outbox, None]] = {}
+
+    def subscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        self._subscribers.setdefault((agent_id, user), {})[outbox] = None
+
+    def unsubscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        key = (agent_id, user)
+        subs = self._subscribers.get(key)
+        if subs is not None:
+            subs.pop(outbox, None)
+            if not subs:
+                del self._subscribers[key]
+
+    def recipients(self, agent_id: str, user: str, origin: Outbox) -> list[Outbox]:
+        """`origin`, then every other outbox subscribed to `agent_id` under `user`: each once."""
+        subs = self._subscribers.get((agent_id, user))
+        if not subs:
+            return [origin]
+        return [origin, *(o for o in subs if o is not origin)]
+
+
+def _deliver(recipients: list[Outbox], output: Output) -> None:
+    for outbox in recipients:
+        outbox.deliver(output)
+
+
+@frozen
+class _Lane:
+    send: trio.MemorySendChannel
+    receive: trio.MemoryReceiveChannel
+
+
+class Agent:
+    """An actor: serializes each user's commands in arrival order, runs users concurrently.
+
+    `submit` never blocks: it queues the command or raises `Busy`. `run` must be running
+    (in a nursery) for commands to be carried out.
+    """
+
+    def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now) -> None:
+        self.spec = spec
+        self.agent_id = spec.agent_id
+        self._journal = journal
+        self._audience = audience
+        self._clock = clock
+        self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](spec.mailbox_size)
+        self._lanes: dict[str, _Lane] = {}
+        self._pending: dict[str, int] = {}  # per user: commands queued or running
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
+
+    # -- the outside -------------------------------------------------------------------
+
+    def submit(self, command: AgentCommand) -> None:
+        """Queue `command` behind the same user's earlier ones, or raise `Busy`."""
+        if self._in_flight >= self.spec.mailbox_size:
+            raise Busy(f"Agent '{self.agent_id}' is busy ({self.spec.mailbox_size} commands queued); try again shortly")
+        pending = self._pending.get(command.user, 0)
+        if pending >= self.spec.lane_size:
+            raise Busy(f"Agent '{self.agent_id}' has {self.spec.lane_size} of your commands queued; try again shortly")
+        self._mailbox_send.send_nowait(command)  # its capacity is mailbox_size, checked above
+        self._pending[command.user] = pending + 1
+        self._in_flight += 1
+        if self._idle.is_set():
+            self._idle = trio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        """Commands queued or running."""
+        return self._in_flight
+
+    @property
+    def lanes(self) -> int:
+        """Users with a lane in memory."""
+        return len(self._lanes)
+
+    async def wait_idle(self) -> None:
+        """Return once no command is queued or running."""
+        await self._idle.wait()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Carry out submitted commands until cancelled: each user's in order, users concurrently."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for command in self._mailbox_receive:
+                lane = self._lanes.get(command.user)
+                if lane is None:
+                    send, receive = trio.open_memory_channel[AgentCommand](math.inf)  # bounded by submit
+                    lane = self._lanes[command.user] = _Lane(send, receive)
+                    nursery.start_soon(self._run_lane, command.user, lane)
+                lane.send.send_nowait(command)
+
+    # -- lanes ---------------------------------------------------------------------------
+
+    def _finished(self, user: str) -> None:
+        left = self._pending[user] - 1
+        if left:
+            self._pending[user] = left
+        else:
+            del self._pending[user]
+        self._in_flight -= 1
+        if self._in_flight == 0:
+            self._idle.set()
+
+    async def _run_lane(self, user: str, lane: _Lane) -> None:
+        memory: Memory | None = None
+        window = self.spec.short_term_window
+        while True:
+            command = None
+            with trio.move_on_after(self.spec.lane_idle_seconds):
+                command = await lane.receive.receive()
+            if command is None:
+                if user not in self._pending:  # idle: drop it (no await between check and removal)
+                    del self._lanes[user]
+                    return
+                continue
+            try:
+                if memory is None:
+                    memory = await self._journal.read(lambda log: log.memory(self.agent_id, user, window=window))
+                memory = await self._carry_out(memory, command)
+            except Exception:  # the lane lives on; its state is rebuilt from the log
+                logger.exception("agent %s: command for user %s failed", self.agent_id, user)
+                memory = None
+                self._fail(command, "agent_error", "The agent failed while handling this message")
+            finally:
+                self._finished(user)
+
+    def _fail(self, command: AgentCommand, code: str, message: str) -> None:
+        recipients = self._recipients(command)
+        _deliver(recipients, Failed(self.agent_id, code, message, command.request_id))
+        if isinstance(command, ChatTurn):
+            _deliver(recipients, TurnDone(self.agent_id, command.request_id))
+
+    def _recipients(self, command: AgentCommand) -> list[Outbox]:
+        if isinstance(command, SearchMemory):
+            return [command.origin]
+        return self._audience.recipients(self.agent_id, command.user, command.origin)
+
+    async def _carry_out(self, memory: Memory, command: AgentCommand) -> Memory:
+        if isinstance(command, ChatTurn):
+            return await self._chat(memory, command)
+        if isinstance(command, SearchMemory):
+            await self._search(memory, command)
+            return memory
+        return await self._clear(memory, command)
+
+    async def _chat(self, memory: Memory, cmd: ChatTurn) -> Memory:
+        agent_id, rid = self.agent_id, cmd.request_id
+        recipients = self._recipients(cmd)
+        _deliver(recipients, TurnStarted(agent_id, rid))
+        brain = self.spec.brain
+        recalled = ()
+        if brain.recall and memory.long_term_count:
+            recalled = await self._journal.read(
+                lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
+            )
+        deltas: list[str] = []
+        failure: str | None = None
+        try:
+            async for delta in brain.reply(Turn(agent_id, cmd.user, cmd.message, memory, recalled)):
+                if delta:
+                    deltas.append(delta)
+                    _deliver(recipients, TurnChunk(agent_id, delta, rid))
+            if not deltas:
+                failure = "The agent gave an empty answer"
+        except BrainError as exc:
+            failure = str(exc) or "The agent could not answer"
+        except Exception:
+            logger.exception("agent %s: brain failed", agent_id)
+            failure = "The agent failed while answering"
+        said = UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid)
+        if failure is not None:
+            # The user did say it: that stays remembered even though no answer came.
+            (said_rec,) = await self._journal.append([said])
+            _deliver(recipients, Failed(agent_id, "brain_error", failure, rid))
+            _deliver(recipients, TurnDone(agent_id, rid))
+            return fold(memory, said_rec)
+        answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid)
+        said_rec, answer_rec = await self._journal.append([said, answer])
+        _deliver(recipients, TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
+        _deliver(recipients, TurnDone(agent_id, rid))
+        return fold(fold(memory, said_rec), answer_rec)
+
+    async def _search(self, memory: Memory, cmd: SearchMemory) -> None:
+        since = 0 if cmd.use_long_term else memory.short_term_since
+        hits = await self._journal.read(
+            lambda log: log.search(self.agent_id, cmd.user, cmd.query, cmd.limit, since_seq=since)
+        )
+        window_start = memory.short_term_since
+        found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in hits]
+        cmd.origin.deliver(SearchResults(self.agent_id, cmd.query, found, cmd.request_id))
+
+    async def _clear(self, memory: Memory, cmd: ClearMemory) -> Memory:
+        (rec,) = await self._journal.append([MemoryCleared(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
+        _deliver(self._recipients(cmd), MemoryWasCleared(self.agent_id, cmd.long_term, rec.seq, cmd.request_id))
+        return fold(memory, rec)
+
+
+class Agents(Mapping[str, Agent]):
+    """The configured agents by id, run together in one nursery."""
+
+    def __init__(self, specs: Iterable[AgentSpec], journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now) -> None:
+        self._agents = {s.agent_id: Agent(s, journal, audience, clock) for s in specs}
+
+    def __getitem__(self, agent_id: str) -> Agent:
+        return self._agents[agent_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._agents)
+
+    def __len__(self) -> int:
+        return len(self._agents)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every agent until cancelled."""
+        async with trio.open_nursery() as nursery:
+            for agent in self._agents.values():
+                await nursery.start(agent.run)
+            task_status.started()
+
+    async def wait_idle(self) -> None:
+        """Return once no agent has a command queued or running."""
+        for agent in self._agents.values():
+            await agent.wait_idle()

@@ -1,0 +1,74 @@
+"""Agents from configuration: the `[agents.ID]` tables of the TOML file, and the built-in defaults.
+
+Must not import `transport`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ._agent import AgentSpec
+from ._brain import BRAINS, Brain
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the text says where and why."""
+
+
+#: The agents a server has without a config file: the ids the seed document's examples use.
+DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
+    "my_agent": {"description": "A general-purpose agent (echo brain)", "brain": "echo"},
+    "assistant": {"description": "An assistant (echo brain)", "brain": "echo"},
+    "multi_user_agent": {"description": "An agent with separate memory per user (echo brain)", "brain": "echo"},
+}
+
+_SPEC_KEYS = {"short_term_window": int, "mailbox_size": int, "lane_size": int, "lane_idle_seconds": (int, float)}
+
+
+def _brain(agent_id: str, value: Any) -> Brain:
+    if isinstance(value, str):
+        kind, options = value, {}
+    elif isinstance(value, Mapping) and isinstance(value.get("kind"), str):
+        options = dict(value)
+        kind = options.pop("kind")
+    else:
+        raise ConfigError(f"agents.{agent_id}.brain must be a brain name or a table with 'kind'")
+    factory = BRAINS.get(kind)
+    if factory is None:
+        raise ConfigError(f"agents.{agent_id}.brain: unknown brain {kind!r} (known: {', '.join(sorted(BRAINS))})")
+    try:
+        return factory(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"agents.{agent_id}.brain: {exc}") from None
+
+
+def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
+    """The agents described by the `[agents]` table (the defaults when it is None)."""
+    if table is None:
+        table = DEFAULT_AGENTS
+    if not isinstance(table, Mapping) or not table:
+        raise ConfigError("[agents] must define at least one agent, as [agents.ID] tables")
+    specs = []
+    for agent_id, body in table.items():
+        if not agent_id or len(agent_id) > 256:
+            raise ConfigError(f"agent id {agent_id!r} must be 1 to 256 characters")
+        if not isinstance(body, Mapping):
+            raise ConfigError(f"agents.{agent_id} must be a table")
+        unknown = set(body) - {"brain", "description", *_SPEC_KEYS}
+        if unknown:
+            raise ConfigError(f"agents.{agent_id}: unknown setting(s) {', '.join(sorted(unknown))}")
+        kwargs: dict[str, Any] = {}
+        for key, types in _SPEC_KEYS.items():
+            if key in body:
+                value = body[key]
+                if isinstance(value, bool) or not isinstance(value, types):
+                    raise ConfigError(f"agents.{agent_id}.{key} must be a number")
+                kwargs[key] = value
+        description = body.get("description", "")
+        if not isinstance(description, str):
+            raise ConfigError(f"agents.{agent_id}.description must be a string")
+        try:
+            specs.append(AgentSpec(agent_id, _brain(agent_id, body.get("brain", "echo")), description, **kwargs))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return specs

@@ -1,0 +1,124 @@
+"""What an agent is asked (commands) and what it says back (outputs), as immutable records.
+
+No I/O here; must not import `transport`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, Union
+
+from attrs import frozen
+
+from store import Hit
+
+
+class Outbox(Protocol):
+    """Where an agent's outputs for one connection go.
+
+    `deliver` never blocks and never raises: a connection that cannot keep up handles
+    that itself (it is closed), so an agent never waits on a slow client.
+    """
+
+    def deliver(self, output: "Output") -> None: ...
+
+
+# -- commands: each is for one (agent, user) lane and answers to `origin` ------------------
+
+
+@frozen
+class ChatTurn:
+    user: str
+    message: str
+    at: str
+    origin: Outbox
+    request_id: str | None = None
+
+
+@frozen
+class SearchMemory:
+    user: str
+    query: str
+    limit: int
+    use_long_term: bool
+    origin: Outbox
+    request_id: str | None = None
+
+
+@frozen
+class ClearMemory:
+    user: str
+    long_term: bool
+    at: str
+    origin: Outbox
+    request_id: str | None = None
+
+
+AgentCommand = Union[ChatTurn, SearchMemory, ClearMemory]
+
+# -- outputs ---------------------------------------------------------------------------------
+
+
+@frozen
+class TurnStarted:
+    agent_id: str
+    request_id: str | None
+
+
+@frozen
+class TurnChunk:
+    agent_id: str
+    delta: str
+    request_id: str | None
+
+
+@frozen
+class TurnResponse:
+    """The whole answer; `seq` is its committed event."""
+
+    agent_id: str
+    message: str
+    seq: int
+    request_id: str | None
+
+
+@frozen
+class Failed:
+    """A command that could not be carried out; a failed chat turn is still followed by `TurnDone`."""
+
+    agent_id: str
+    code: str
+    message: str
+    request_id: str | None
+
+
+@frozen
+class TurnDone:
+    agent_id: str
+    request_id: str | None
+
+
+@frozen
+class Found:
+    """One search result: a hit and whether it is in the short-term window."""
+
+    hit: Hit
+    source: str  # "short_term" or "long_term"
+
+
+@frozen
+class SearchResults:
+    agent_id: str
+    query: str
+    results: Sequence[Found]
+    request_id: str | None
+
+
+@frozen
+class MemoryWasCleared:
+    agent_id: str
+    long_term: bool
+    seq: int
+    request_id: str | None
+
+
+Output = Union[TurnStarted, TurnChunk, TurnResponse, Failed, TurnDone, SearchResults, MemoryWasCleared]

@@ -1,0 +1,36 @@
+"""The store: agentcast's append-only SQLite event log and the memory projected from it.
+
+Must not import trio, `actors` or `transport` (enforced by tests/test_layers.py).
+"""
+from ._events import (
+    AgentMessage,
+    Event,
+    MemoryCleared,
+    Recorded,
+    UndecodableEvent,
+    UserMessage,
+)
+from ._log import MAX_QUERY_TERMS, EventLog, Hit, match_expression
+from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, rebuild
+from ._schema import MissingEventLog, NotAnEventLog
+
+__all__ = [
+    "AgentMessage",
+    "Clear",
+    "DEFAULT_WINDOW",
+    "Event",
+    "EventLog",
+    "Hit",
+    "MAX_QUERY_TERMS",
+    "Memory",
+    "MemoryCleared",
+    "Message",
+    "MissingEventLog",
+    "NotAnEventLog",
+    "Recorded",
+    "UndecodableEvent",
+    "UserMessage",
+    "fold",
+    "match_expression",
+    "rebuild",
+]

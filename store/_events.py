@@ -1,0 +1,101 @@
+"""The events of the log: small immutable records of what happened, and how they are stored.
+
+Must not import trio, `actors` or `transport`.
+"""
+from __future__ import annotations
+
+import json
+from typing import Union
+
+from attrs import frozen
+
+
+@frozen
+class UserMessage:
+    """A user said something to an agent."""
+
+    agent_id: str
+    user: str
+    at: str
+    content: str
+    request_id: str | None = None
+
+    TYPE = "user_message"
+    role = "user"
+
+
+@frozen
+class AgentMessage:
+    """An agent answered a user."""
+
+    agent_id: str
+    user: str
+    at: str
+    content: str
+    request_id: str | None = None
+
+    TYPE = "agent_message"
+    role = "assistant"
+
+
+@frozen
+class MemoryCleared:
+    """A user cleared an agent's memory of them: short-term only, or everything."""
+
+    agent_id: str
+    user: str
+    at: str
+    long_term: bool
+    request_id: str | None = None
+
+    TYPE = "memory_cleared"
+
+
+Event = Union[UserMessage, AgentMessage, MemoryCleared]
+MessageEvent = Union[UserMessage, AgentMessage]
+EVENT_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (UserMessage, AgentMessage, MemoryCleared)}
+
+
+@frozen
+class Recorded:
+    """An event as the log holds it: with its sequence number, unique and increasing."""
+
+    seq: int
+    event: Event
+
+
+class UndecodableEvent(ValueError):
+    """A row of the log whose type or payload this version cannot read."""
+
+
+def payload_of(event: Event) -> str:
+    """The JSON payload stored for `event`: everything but the columns the log indexes."""
+    body: dict[str, object] = {}
+    if isinstance(event, MemoryCleared):
+        body["long_term"] = event.long_term
+    else:
+        body["content"] = event.content
+    if event.request_id is not None:
+        body["request_id"] = event.request_id
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) -> Event:
+    """Rebuild an event from its stored columns; raises `UndecodableEvent` when it cannot."""
+    cls = EVENT_TYPES.get(type_)
+    if cls is None:
+        raise UndecodableEvent(f"unknown event type {type_!r}")
+    try:
+        body = json.loads(payload)
+        request_id = body.get("request_id")
+        if cls is MemoryCleared:
+            long_term = body["long_term"]
+            if not isinstance(long_term, bool):
+                raise TypeError("long_term is not a boolean")
+            return MemoryCleared(agent_id, user, at, long_term, request_id)
+        content = body["content"]
+        if not isinstance(content, str):
+            raise TypeError("content is not a string")
+        return cls(agent_id, user, at, content, request_id)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UndecodableEvent(f"undecodable {type_} payload: {exc}") from None

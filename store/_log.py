@@ -1,0 +1,195 @@
+"""`EventLog`: the append-only SQLite event log and the search index projected from it.
+
+Synchronous and thread-agnostic (one caller at a time). Must not import trio, `actors` or `transport`.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Iterator, Sequence
+
+from attrs import frozen
+
+from ._events import Event, MemoryCleared, Recorded, event_from_row, payload_of
+from ._memory import DEFAULT_WINDOW, Memory, rebuild
+from ._schema import connect_readonly, connect_writable
+
+#: Most distinct words of a query that a search uses; the rest are ignored.
+MAX_QUERY_TERMS = 32
+
+_WORD = re.compile(r"\w+")
+
+
+@frozen
+class Hit:
+    """A message found by a search; `score` is higher for better matches (BM25)."""
+
+    seq: int
+    role: str
+    content: str
+    at: str
+    score: float
+
+
+def scope_token(agent_id: str, user: str) -> str:
+    """The one index token that names an (agent, user) memory; opaque and collision-resistant."""
+    digest = hashlib.blake2b(f"{agent_id}\x00{user}".encode(), digest_size=12).hexdigest()
+    return "s" + digest
+
+
+def match_expression(agent_id: str, user: str, query: str) -> str | None:
+    """The FTS5 MATCH for `query` within one (agent, user), or None if it has no words.
+
+    The query is text, never FTS syntax: it is cut into words and each word is quoted,
+    so quotes, operators, `NEAR(`, `*`, `-` or `:` in it are just characters.
+    """
+    terms: list[str] = []
+    for word in _WORD.findall(query.lower()):
+        if word not in terms:
+            terms.append(word)
+            if len(terms) == MAX_QUERY_TERMS:
+                break
+    if not terms:
+        return None
+    words = " OR ".join(f'"{t}"' for t in terms)
+    return f"scope : {scope_token(agent_id, user)} AND content : ({words})"
+
+
+class EventLog:
+    """An agentcast event log in one SQLite file.
+
+    Events are only ever appended; each gets the next sequence number. The full-text
+    index of remembered messages is a projection kept in step with the log inside the
+    same transactions. Use from one thread at a time.
+    """
+
+    def __init__(self, conn, path: str, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, readonly: bool = False, synchronous: str = "NORMAL") -> "EventLog":
+        """Open the log at `path`.
+
+        Writable (the default): created if absent, schema migrated. Read-only: the file
+        must exist and is never modified. A file that is not an agentcast log raises
+        `NotAnEventLog` and is left untouched; a missing read-only file raises `MissingEventLog`.
+        """
+        if readonly:
+            return cls(connect_readonly(path), os.fspath(path), True)
+        return cls(connect_writable(path, synchronous=synchronous), os.fspath(path), False)
+
+    def close(self) -> None:
+        """Close the file; further calls fail."""
+        self._conn.close()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- writing -------------------------------------------------------------------
+
+    def append(self, batches: Sequence[Sequence[Event]]) -> list[list[Recorded]]:
+        """Append every batch, in order, in one transaction (group commit).
+
+        Returns the recorded events batch by batch. When this returns, all of them are
+        committed; when it raises, none is.
+        """
+        conn = self._conn
+        out: list[list[Recorded]] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for batch in batches:
+                recorded = []
+                for event in batch:
+                    cur = conn.execute(
+                        "INSERT INTO events (at, type, agent_id, user, payload) VALUES (?, ?, ?, ?, ?)",
+                        (event.at, event.TYPE, event.agent_id, event.user, payload_of(event)),
+                    )
+                    seq = cur.lastrowid
+                    self._project(seq, event)
+                    recorded.append(Recorded(seq, event))
+                out.append(recorded)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return out
+
+    def _project(self, seq: int, event: Event) -> None:
+        scope = scope_token(event.agent_id, event.user)
+        if isinstance(event, MemoryCleared):
+            if event.long_term:
+                self._conn.execute(
+                    "DELETE FROM memory_fts WHERE rowid IN "
+                    "(SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
+                    (f"scope : {scope}",),
+                )
+        else:
+            self._conn.execute(
+                "INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
+                (seq, event.content, scope),
+            )
+
+    # -- reading -------------------------------------------------------------------
+
+    def read(
+        self,
+        *,
+        agent_id: str | None = None,
+        user: str | None = None,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+    ) -> Iterator[Recorded]:
+        """The recorded events in sequence order, optionally of one agent and/or user."""
+        where = ["seq > ?"]
+        params: list[object] = [after_seq]
+        if until_seq is not None:
+            where.append("seq <= ?")
+            params.append(until_seq)
+        if agent_id is not None:
+            where.append("agent_id = ?")
+            params.append(agent_id)
+        if user is not None:
+            where.append("user = ?")
+            params.append(user)
+        sql = f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        for seq, type_, agent, usr, at, payload in self._conn.execute(sql, params):
+            yield Recorded(seq, event_from_row(type_, agent, usr, at, payload))
+
+    def memory(self, agent_id: str, user: str, *, window: int = DEFAULT_WINDOW, until_seq: int | None = None) -> Memory:
+        """The memory of (agent_id, user), rebuilt from its events up to `until_seq`."""
+        return rebuild(agent_id, user, self.read(agent_id=agent_id, user=user, until_seq=until_seq), window)
+
+    def streams(self) -> list[tuple[str, str]]:
+        """Every (agent_id, user) that has events, sorted."""
+        return [tuple(row) for row in self._conn.execute("SELECT DISTINCT agent_id, user FROM events ORDER BY 1, 2")]
+
+    def last_seq(self) -> int:
+        """The sequence number of the newest event, 0 for an empty log."""
+        return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def search(self, agent_id: str, user: str, query: str, limit: int, *, since_seq: int = 0) -> list[Hit]:
+        """The best `limit` messages of (agent_id, user)'s long-term memory for `query`, best first.
+
+        Only messages with a sequence number >= `since_seq` are considered (to search the
+        short-term window alone). Ranking is SQLite FTS5's BM25.
+        """
+        match = match_expression(agent_id, user, query)
+        if match is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT e.seq, e.type, memory_fts.content, e.at, -memory_fts.rank "
+            "FROM memory_fts JOIN events e ON e.seq = memory_fts.rowid "
+            "WHERE memory_fts MATCH ? AND memory_fts.rowid >= ? "
+            "ORDER BY memory_fts.rank LIMIT ?",
+            (match, since_seq, limit),
+        )
+        return [
+            Hit(seq, "user" if type_ == "user_message" else "assistant", content, at, score)
+            for seq, type_, content, at, score in rows
+        ]

@@ -1,0 +1,123 @@
+"""The database file: recognising an agentcast log, creating it and migrating its schema.
+
+Must not import trio, `actors` or `transport`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from sqlite_utils import Database
+from sqlite_utils.migrations import Migrations
+from sqlite_utils.utils import sqlite3  # pysqlite3 (a newer SQLite) when installed, else the stdlib
+
+#: PRAGMA application_id of every agentcast log: "AGCT".
+APPLICATION_ID = 0x41474354
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+migrations = Migrations("agentcast")
+
+
+@migrations()
+def m001_event_log(db: Database) -> None:
+    """The append-only event log and the full-text index of remembered messages."""
+    db.execute(
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            type TEXT NOT NULL,
+            agent_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            payload TEXT NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX events_by_stream ON events (agent_id, user, seq)")
+    # rowid = seq of the message event; `scope` is one token naming the (agent, user),
+    # so that a search filters by user inside the MATCH itself.
+    db.execute("CREATE VIRTUAL TABLE memory_fts USING fts5(content, scope)")
+    db.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0)')")
+
+
+class NotAnEventLog(Exception):
+    """The file exists but is not an agentcast event log (or is one from a newer version)."""
+
+
+class MissingEventLog(FileNotFoundError):
+    """The file does not exist and was not to be created."""
+
+
+def _check_header(path: Path) -> None:
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_HEADER))
+    if head != SQLITE_HEADER:
+        raise NotAnEventLog(f"{path} is not a SQLite database; refusing to touch it")
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) -> None:
+    """Raise `NotAnEventLog` unless `conn` holds an agentcast log this version can read."""
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    if app_id != APPLICATION_ID:
+        raise NotAnEventLog(f"{path} is a SQLite database but not an agentcast event log; refusing to touch it")
+    db = Database(conn)
+    known = {m.name for m in migrations._migrations}
+    applied = [m.name for m in migrations.applied(db)]
+    unknown = [name for name in applied if name not in known]
+    if unknown:
+        raise NotAnEventLog(
+            f"{path} was written by a newer agentcast (schema migrations {', '.join(unknown)}); upgrade agentcast"
+        )
+    if not allow_pending and migrations.pending(db):
+        raise NotAnEventLog(f"{path} has an older schema; open it once with `agentcast serve` to upgrade it")
+
+
+def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
+    _check_header(p)
+    uri = "file:" + quote(str(p.resolve())) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        _check_schema(conn, p, allow_pending=allow_pending)
+    except sqlite3.DatabaseError as exc:  # a damaged file, or one that only looks like SQLite
+        conn.close()
+        raise NotAnEventLog(f"{p}: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
+    """Open an existing log for reading only; never creates or modifies the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise MissingEventLog(f"{p}: no such database file")
+    return _open_readonly(p, allow_pending=False)
+
+
+def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
+    """Open (creating if absent) a log for appending, migrating its schema to this version.
+
+    An existing file that is not an agentcast log raises `NotAnEventLog` and is not modified.
+    `synchronous` is SQLite's: NORMAL survives a crash of the process, FULL also a power loss.
+    """
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise NotAnEventLog(f"{p} is not a regular file")
+    if p.exists() and p.stat().st_size > 0:
+        _open_readonly(p, allow_pending=True).close()
+    conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        db = Database(conn)
+        if migrations.pending(db):
+            with db.atomic():
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            migrations.apply(db)
+    except BaseException:
+        conn.close()
+        raise
+    return conn

@@ -1,0 +1,203 @@
+"""`Connection`: one WebSocket client's session: its user, its subscriptions and its outbound queue.
+
+Turns wire commands into actor commands and actor outputs into wire frames. Imports trio, actors, protocol.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+import actors
+from actors import Agent, Audience, Busy, Output
+
+from . import protocol as p
+
+logger = logging.getLogger("agentcast.transport")
+
+#: Close codes (RFC 6455 and IANA registry).
+GOING_AWAY = 1001
+TRY_AGAIN_LATER = 1013
+
+
+def frame_of(output: Output) -> p.ServerFrame:
+    """The wire frame that carries one actor output."""
+    match output:
+        case actors.TurnChunk(agent_id, delta, rid):
+            return p.ResponseChunk(agent_id, delta, rid)
+        case actors.TurnStarted(agent_id, rid):
+            return p.AgentThinking(agent_id, rid)
+        case actors.TurnResponse(agent_id, message, seq, rid):
+            return p.Response(agent_id, message, seq, rid)
+        case actors.TurnDone(agent_id, rid):
+            return p.AgentDone(agent_id, rid)
+        case actors.Failed(agent_id, code, message, rid):
+            return p.Error(code, message, agent_id, rid)
+        case actors.SearchResults(agent_id, query, found, rid):
+            results = [p.MemoryResult(f.hit.role, f.hit.content, f.hit.at, f.hit.score, f.source) for f in found]
+            return p.MemoryResults(agent_id, query, results, rid)
+        case actors.MemoryWasCleared(agent_id, long_term, seq, rid):
+            return p.MemoryCleared(agent_id, long_term, seq, rid)
+    raise TypeError(f"not an actor output: {output!r}")
+
+
+class Connection:
+    """A client's session. Implements `actors.Outbox`.
+
+    Frames for the client wait in a bounded queue written by one task; a client that
+    lets the queue overflow is closed with 1013, so no agent ever waits on it.
+    """
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        agents: Mapping[str, Agent],
+        audience: Audience,
+        *,
+        clock: Callable[[], str],
+        outbox_size: int = 1024,
+        close_timeout: float = 5.0,
+        accepting: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.client_id = str(uuid.uuid4())
+        #: The user's id as the client gave it (int or str); None until `set_user`.
+        self.user_id: int | str | None = None
+        #: The user, as memory is keyed: the text form of `user_id`, else this connection's own id.
+        self.user = self.client_id
+        self.subscriptions: set[str] = set()
+        self._ws = ws
+        self._agents = agents
+        self._audience = audience
+        self._clock = clock
+        self._close_timeout = close_timeout
+        self._accepting = accepting
+        self._send, self._receive = trio.open_memory_channel[p.ServerFrame](outbox_size)
+        self._scope = trio.CancelScope()
+        self._close_code: int | None = None
+        self._close_reason = ""
+
+    # -- actors.Outbox -----------------------------------------------------------------
+
+    def deliver(self, output: Output) -> None:
+        self._queue(frame_of(output))
+
+    # -- life ------------------------------------------------------------------------------
+
+    def close(self, code: int, reason: str) -> None:
+        """Close the connection with `code`, from any task, without waiting."""
+        if self._close_code is None:
+            self._close_code, self._close_reason = code, reason
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Serve the client until it leaves or the connection is closed; never raises."""
+        remote = self._ws.remote
+        where = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+        logger.info("open client=%s remote=%s", self.client_id, where)
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._write_frames)
+                    self._queue(p.Connected(self.client_id))
+                    await self._read_frames()
+                    nursery.cancel_scope.cancel()
+        except Exception:
+            logger.exception("client=%s user=%s: connection failed", self.client_id, self.user)
+        finally:
+            for agent_id in self.subscriptions:
+                self._audience.unsubscribe(agent_id, self.user, self)
+            self._send.close()
+            if self._close_code is not None:
+                with trio.move_on_after(self._close_timeout) as cleanup:
+                    cleanup.shield = True
+                    await self._ws.aclose(self._close_code, self._close_reason)
+            close = self._ws.closed
+            logger.info(
+                "close client=%s user=%s code=%s",
+                self.client_id,
+                self.user,
+                close.code if close is not None else self._close_code,
+            )
+
+    def _queue(self, frame: p.ServerFrame) -> None:
+        try:
+            self._send.send_nowait(frame)
+        except trio.WouldBlock:
+            logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
+            self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading")
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass  # the connection is gone; what it missed is in the log
+
+    async def _write_frames(self) -> None:
+        async for frame in self._receive:
+            try:
+                await self._ws.send_message(p.encode(frame))
+            except ConnectionClosed:
+                self._scope.cancel()
+                return
+
+    async def _read_frames(self) -> None:
+        while True:
+            try:
+                data = await self._ws.get_message()
+            except ConnectionClosed:
+                return
+            cmd = None
+            try:
+                cmd = p.decode(data)
+                self._handle(cmd)
+            except p.ProtocolError as exc:
+                logger.info("client=%s user=%s error=%s: %s", self.client_id, self.user, exc.code, exc.message)
+                self._queue(p.error_frame(exc, getattr(cmd, "agent_id", None)))
+            except Exception:
+                logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
+                self._queue(p.Error("internal_error", "The server failed to handle this message"))
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _agent(self, agent_id: str, request_id: str | None) -> Agent:
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            raise p.ProtocolError("unknown_agent", f"No agent with ID '{agent_id}' exists", request_id)
+        return agent
+
+    def _submit(self, agent: Agent, command: actors.AgentCommand) -> None:
+        if not self._accepting():
+            raise p.ProtocolError("shutting_down", "The server is shutting down; try again shortly", command.request_id)
+        try:
+            agent.submit(command)
+        except Busy as exc:
+            raise p.ProtocolError("busy", str(exc), command.request_id) from None
+
+    def _handle(self, cmd: p.Command) -> None:
+        """Carry out one decoded command; never blocks. Raises `ProtocolError` to refuse it."""
+        match cmd:
+            case p.Chat(agent_id, message, rid):
+                self._submit(self._agent(agent_id, rid), actors.ChatTurn(self.user, message, self._clock(), self, rid))
+            case p.Ping(rid):
+                self._queue(p.Pong(rid))
+            case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
+                self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
+            case p.ClearMemory(agent_id, long_term, rid):
+                self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
+            case p.SetUser(user_id, rid):
+                new_user = str(user_id)
+                for agent_id in self.subscriptions:
+                    self._audience.unsubscribe(agent_id, self.user, self)
+                    self._audience.subscribe(agent_id, new_user, self)
+                self.user_id, self.user = user_id, new_user
+                logger.info("client=%s user=%s: user set", self.client_id, self.user)
+                self._queue(p.UserSet(user_id, rid))
+            case p.Subscribe(agent_id, rid):
+                self._agent(agent_id, rid)
+                self.subscriptions.add(agent_id)
+                self._audience.subscribe(agent_id, self.user, self)
+                self._queue(p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid))
+            case p.Unsubscribe(agent_id, rid):
+                self._agent(agent_id, rid)
+                self.subscriptions.discard(agent_id)
+                self._audience.unsubscribe(agent_id, self.user, self)
+                self._queue(p.Unsubscribed(agent_id, f"Successfully unsubscribed from agent {agent_id}", rid))

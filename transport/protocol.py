@@ -1,0 +1,337 @@
+"""The agentcast wire protocol, sans-IO: the frame classes, `decode` for client frames, `encode` for server frames.
+
+Pure functions over JSON text; must not import trio, trio_websocket, `actors` or `store`.
+"""
+from __future__ import annotations
+
+import json
+from typing import NewType, Union
+
+import cattrs
+from attrs import frozen
+from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
+from cattrs.strategies import configure_tagged_union
+
+# -- field types with strict validation ------------------------------------------------
+
+#: Non-empty text (chat messages, search queries).
+Text = NewType("Text", str)
+#: An agent id: non-empty text of at most MAX_ID_LENGTH characters.
+AgentId = NewType("AgentId", str)
+#: A search limit: an integer from 1 to MAX_LIMIT.
+Limit = NewType("Limit", int)
+#: A user id: an integer, or non-empty text of at most MAX_ID_LENGTH characters.
+UserId = Union[int, str]
+
+MAX_ID_LENGTH = 256
+MAX_LIMIT = 100
+DEFAULT_LIMIT = 5
+
+
+class ProtocolError(Exception):
+    """A client frame that cannot be accepted; becomes an `error` frame with `code`."""
+
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class _FieldError(ValueError):
+    """Raised by the structure hooks below; the text completes "Field 'x' ..."."""
+
+
+# -- client -> server --------------------------------------------------------------------
+
+
+@frozen
+class Ping:
+    request_id: str | None = None
+    TYPE = "ping"
+
+
+@frozen
+class SetUser:
+    user_id: UserId
+    request_id: str | None = None
+    TYPE = "set_user"
+
+
+@frozen
+class Subscribe:
+    agent_id: AgentId
+    request_id: str | None = None
+    TYPE = "subscribe"
+
+
+@frozen
+class Unsubscribe:
+    agent_id: AgentId
+    request_id: str | None = None
+    TYPE = "unsubscribe"
+
+
+@frozen
+class Chat:
+    agent_id: AgentId
+    message: Text
+    request_id: str | None = None
+    TYPE = "chat"
+
+
+@frozen
+class SearchMemory:
+    agent_id: AgentId
+    query: Text
+    limit: Limit = DEFAULT_LIMIT
+    use_long_term: bool = True
+    request_id: str | None = None
+    TYPE = "search_memory"
+
+
+@frozen
+class ClearMemory:
+    agent_id: AgentId
+    clear_long_term: bool = False
+    request_id: str | None = None
+    TYPE = "clear_memory"
+
+
+Command = Union[Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory]
+COMMAND_TYPES: dict[str, type] = {c.TYPE: c for c in (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)}
+
+# -- server -> client --------------------------------------------------------------------
+
+
+@frozen
+class Connected:
+    client_id: str
+    request_id: str | None = None
+    TYPE = "connected"
+
+
+@frozen
+class Pong:
+    """The answer to a `ping`; its type on the wire is also "ping", as the seed's clients expect."""
+
+    request_id: str | None = None
+    TYPE = "ping"
+
+
+@frozen
+class UserSet:
+    user_id: UserId
+    request_id: str | None = None
+    TYPE = "user_set"
+
+
+@frozen
+class Subscribed:
+    agent_id: str
+    message: str
+    request_id: str | None = None
+    TYPE = "subscribed"
+
+
+@frozen
+class Unsubscribed:
+    agent_id: str
+    message: str
+    request_id: str | None = None
+    TYPE = "unsubscribed"
+
+
+@frozen
+class AgentThinking:
+    agent_id: str
+    request_id: str | None = None
+    TYPE = "agent_thinking"
+
+
+@frozen
+class ResponseChunk:
+    agent_id: str
+    delta: str
+    request_id: str | None = None
+    TYPE = "response_chunk"
+
+
+@frozen
+class Response:
+    """The agent's whole answer, sent once it is committed to the log as event `seq`."""
+
+    agent_id: str
+    message: str
+    seq: int
+    request_id: str | None = None
+    TYPE = "response"
+
+
+@frozen
+class AgentDone:
+    agent_id: str
+    request_id: str | None = None
+    TYPE = "agent_done"
+
+
+@frozen
+class MemoryResult:
+    role: str
+    content: str
+    timestamp: str
+    score: float
+    source: str
+
+
+@frozen
+class MemoryResults:
+    agent_id: str
+    query: str
+    results: list[MemoryResult]
+    request_id: str | None = None
+    TYPE = "memory_results"
+
+
+@frozen
+class MemoryCleared:
+    agent_id: str
+    clear_long_term: bool
+    seq: int
+    request_id: str | None = None
+    TYPE = "memory_cleared"
+
+
+@frozen
+class Error:
+    code: str
+    message: str
+    agent_id: str | None = None
+    request_id: str | None = None
+    TYPE = "error"
+
+
+ServerFrame = Union[
+    Connected, Pong, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
+    Response, AgentDone, MemoryResults, MemoryCleared, Error,
+]
+
+# -- the converter -----------------------------------------------------------------------
+
+
+def _text_ok(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate such as "\ud800"
+        return False
+    return True
+
+
+def _strict_str(value, _type) -> str:
+    if type(value) is not str or not _text_ok(value):
+        raise _FieldError("must be a string")
+    return value
+
+
+def _strict_bool(value, _type) -> bool:
+    if type(value) is not bool:
+        raise _FieldError("must be true or false")
+    return value
+
+
+def _text(value, _type) -> str:
+    if type(value) is not str or not value.strip() or not _text_ok(value):
+        raise _FieldError("must be a non-empty string")
+    return value
+
+
+def _agent_id(value, _type) -> str:
+    if type(value) is not str or not value or len(value) > MAX_ID_LENGTH or not _text_ok(value):
+        raise _FieldError(f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    return value
+
+
+def _limit(value, _type) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_LIMIT:
+        raise _FieldError(f"must be an integer from 1 to {MAX_LIMIT}")
+    return value
+
+
+def _user_id(value, _type) -> int | str:
+    if type(value) is int:
+        return value
+    if type(value) is str and value and len(value) <= MAX_ID_LENGTH and _text_ok(value):
+        return value
+    raise _FieldError(f"must be an integer or a non-empty string of at most {MAX_ID_LENGTH} characters")
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(omit_if_default=True)
+    conv.register_structure_hook(str, _strict_str)
+    conv.register_structure_hook(bool, _strict_bool)
+    conv.register_structure_hook(Text, _text)
+    conv.register_structure_hook(AgentId, _agent_id)
+    conv.register_structure_hook(Limit, _limit)
+    conv.register_structure_hook(UserId, _user_id)
+    type_of = lambda cls: cls.TYPE  # noqa: E731
+    configure_tagged_union(Command, conv, tag_name="type", tag_generator=type_of)
+    configure_tagged_union(ServerFrame, conv, tag_name="type", tag_generator=type_of)
+    return conv
+
+
+#: The one converter between wire dicts and frame classes (tagged union on "type").
+converter = _make_converter()
+
+
+def decode(data: str | bytes) -> Command:
+    """Parse and validate one client frame.
+
+    Returns a command, or raises `ProtocolError` (never another exception) naming what
+    is wrong; its `request_id` is the frame's when the frame had a usable one.
+    """
+    if not isinstance(data, str):
+        raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text frames")
+    try:
+        obj = json.loads(data)
+    except RecursionError:
+        raise ProtocolError("invalid_json", "Message is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ProtocolError("invalid_json", f"Message is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("invalid_message", "Message must be a JSON object")
+    rid = obj.get("request_id")
+    request_id = rid if type(rid) is str and _text_ok(rid) else None
+    type_ = obj.get("type")
+    if type_ is None:
+        raise ProtocolError("missing_type", "Message has no 'type'", request_id)
+    if type(type_) is not str or type_ not in COMMAND_TYPES:
+        shown = type_ if isinstance(type_, str) else json.dumps(type_)
+        raise ProtocolError("unknown_type", f"Unknown message type: {shown}", request_id)
+    try:
+        return converter.structure(obj, Command)
+    except ClassValidationError as exc:
+        raise _field_problem(exc, type_, request_id) from None
+    except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
+        raise ProtocolError("invalid_message", f"Invalid '{type_}' message: {exc}", request_id) from None
+
+
+def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None) -> ProtocolError:
+    for sub in exc.exceptions:
+        name = next((getattr(n, "name", None) for n in getattr(sub, "__notes__", ()) if hasattr(n, "name")), None)
+        if isinstance(sub, KeyError):
+            return ProtocolError("missing_field", f"Field '{name}' is required for '{type_}'", request_id)
+        if isinstance(sub, _FieldError):
+            return ProtocolError("invalid_field", f"Field '{name}' of '{type_}' {sub}", request_id)
+    return ProtocolError("invalid_message", f"Invalid '{type_}' message", request_id)  # pragma: no cover
+
+
+def encode(frame: ServerFrame) -> str:
+    """The JSON text of one server frame, with its "type" tag."""
+    return json.dumps(
+        converter.unstructure(frame, unstructure_as=ServerFrame), ensure_ascii=False, separators=(",", ":")
+    )
+
+
+def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:
+    """The `error` frame that reports `error` to the client."""
+    return Error(error.code, error.message, agent_id, error.request_id)

@@ -1,0 +1,162 @@
+"""`Server`: the agentcast process core: event log, journal, agents and the WebSocket endpoint, with graceful shutdown.
+
+Owns the nursery tree of a running server. Imports trio, trio_websocket, actors and store.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+
+import trio
+from attrs import frozen
+from trio_websocket import WebSocketRequest, WebSocketServer
+
+from actors import Agents, AgentSpec, Audience, Journal, utc_now
+from store import EventLog
+
+from ._connection import GOING_AWAY, Connection
+
+logger = logging.getLogger("agentcast.transport")
+
+WS_PATH = "/ws"
+
+
+@frozen
+class ServerSettings:
+    """How a server listens and stores. Every field has the default `agentcast serve` uses."""
+
+    host: str = "127.0.0.1"
+    port: int = 5050
+    db: str = "agentcast.db"
+    #: SQLite synchronous mode: "NORMAL" survives a crash of the process, "FULL" also a power cut.
+    synchronous: str = "NORMAL"
+    #: Largest client frame, in bytes; a larger one closes the connection with 1009.
+    max_message_size: int = 64 * 1024
+    #: Frames waiting to be written to one client; beyond that it is closed with 1013.
+    outbox_size: int = 1024
+    #: Seconds a client has to finish the WebSocket handshake.
+    handshake_timeout: float = 10.0
+    #: Seconds to wait for a client to acknowledge a close.
+    close_timeout: float = 5.0
+    #: Seconds that running turns get to finish when the server shuts down.
+    shutdown_grace: float = 5.0
+    #: Read-only database connections for searches and memory rebuilds.
+    readers: int = 2
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, not {self.port}")
+        if self.synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
+        for name in ("max_message_size", "outbox_size", "readers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("handshake_timeout", "close_timeout", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+
+
+class Server:
+    """A running agentcast server: `await nursery.start(server.run)` returns the port it listens on.
+
+    `stop()` shuts it down gracefully: stop accepting, give running turns `shutdown_grace`
+    seconds, close every client with 1001, then close the database.
+    """
+
+    def __init__(self, settings: ServerSettings, specs: Sequence[AgentSpec], *, clock: Callable[[], str] = utc_now) -> None:
+        self.settings = settings
+        self._specs = list(specs)
+        self._clock = clock
+        self._stop = trio.Event()
+        #: Set when `run` has finished (the database is closed).
+        self.stopped = trio.Event()
+        self._accepting = False
+        self.connections: set[Connection] = set()
+        self.audience = Audience()
+        self.agents: Agents | None = None
+        self.journal: Journal | None = None
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown; `run` returns when it is complete."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once `stop` was called."""
+        return self._stop.is_set()
+
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        log = EventLog.open(s.db, synchronous=s.synchronous.upper())
+        db = os.fspath(s.db)
+        try:
+            self.journal = Journal(log, lambda: EventLog.open(db, readonly=True), readers=s.readers)
+            self.agents = Agents(self._specs, self.journal, self.audience, self._clock)
+            async with trio.open_nursery() as root:
+                await root.start(self.journal.run)
+                async with trio.open_nursery() as work:
+                    await work.start(self.agents.run)
+                    async with trio.open_nursery() as clients:
+                        await self._listen(clients, task_status)
+                        # No new connections from here on; no new commands either.
+                        self._accepting = False
+                        with trio.move_on_after(s.shutdown_grace):
+                            await self.agents.wait_idle()
+                        for conn in list(self.connections):
+                            conn.close(GOING_AWAY, "server shutting down")
+                    work.cancel_scope.cancel()
+                root.cancel_scope.cancel()
+        finally:
+            log.close()
+            self.stopped.set()
+            logger.info("stopped; database %s closed", s.db)
+
+    async def _listen(self, clients: trio.Nursery, task_status: trio.TaskStatus[int]) -> None:
+        s = self.settings
+        listeners = await trio.open_tcp_listeners(s.port, host=s.host)
+        endpoint = WebSocketServer(
+            self._handle,
+            listeners,
+            handler_nursery=clients,
+            message_queue_size=8,
+            max_message_size=s.max_message_size,
+            connect_timeout=s.handshake_timeout,
+            disconnect_timeout=s.close_timeout,
+        )
+        async with trio.open_nursery() as accept:
+            await accept.start(endpoint.run)
+            self._accepting = True
+            port = listeners[0].socket.getsockname()[1]
+            logger.info("listening on ws://%s:%d%s", s.host, port, WS_PATH)
+            task_status.started(port)
+            await self._stop.wait()
+            accept.cancel_scope.cancel()
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        """One client, from handshake to close. Nothing escapes: an exception here would end the server."""
+        try:
+            if request.path.split("?", 1)[0] != WS_PATH:
+                await request.reject(404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
+                return
+            if not self._accepting:
+                await request.reject(503, body=b"The server is shutting down\n")
+                return
+            ws = await request.accept()
+        except Exception as exc:  # the client left during the handshake
+            logger.debug("handshake failed: %r", exc)
+            return
+        conn = Connection(
+            ws,
+            self.agents,
+            self.audience,
+            clock=self._clock,
+            outbox_size=self.settings.outbox_size,
+            close_timeout=self.settings.close_timeout,
+            accepting=lambda: self._accepting,
+        )
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
