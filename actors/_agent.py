@@ -58,7 +58,7 @@ class AgentSpec:
     lane_idle_seconds: float = 60.0
 
     def __attrs_post_init__(self) -> None:
-        if self.short_term_window < 1 or self.mailbox_size < 1 or self.lane_size < 1 or self.lane_idle_seconds <= 0:
+        if self.short_term_window < 1 or self.mailbox_size < 1 or self.lane_size < 1 or not self.lane_idle_seconds > 0:
             raise ValueError(f"agent {self.agent_id!r}: sizes must be >= 1 and lane_idle_seconds > 0")
 
 

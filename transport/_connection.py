@@ -86,11 +86,19 @@ class Connection:
 
     # -- life ------------------------------------------------------------------------------
 
-    def close(self, code: int, reason: str) -> None:
-        """Close the connection with `code`, from any task, without waiting."""
+    def close(self, code: int, reason: str, *, drain: bool = True) -> None:
+        """Close the connection with `code`, from any task, without waiting.
+
+        With `drain`, frames already queued are written first (for at most `close_timeout`
+        seconds); without, the connection is cut at once (for a client that does not read).
+        """
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-        self._scope.cancel()
+        if drain:
+            self._send.close()  # the writer finishes the queue, then ends the connection
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
+        else:
+            self._scope.cancel()
 
     async def run(self) -> None:
         """Serve the client until it leaves or the connection is closed; never raises."""
@@ -127,17 +135,18 @@ class Connection:
             self._send.send_nowait(frame)
         except trio.WouldBlock:
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
-            self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading")
+            self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # the connection is gone; what it missed is in the log
 
     async def _write_frames(self) -> None:
-        async for frame in self._receive:
-            try:
+        """Write queued frames until the queue is closed and empty, then end the connection."""
+        try:
+            async for frame in self._receive:
                 await self._ws.send_message(p.encode(frame))
-            except ConnectionClosed:
-                self._scope.cancel()
-                return
+        except ConnectionClosed:
+            pass
+        self._scope.cancel()
 
     async def _read_frames(self) -> None:
         while True:

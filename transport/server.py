@@ -105,6 +105,9 @@ class Server:
                             await self.agents.wait_idle()
                         for conn in list(self.connections):
                             conn.close(GOING_AWAY, "server shutting down")
+                        # Clients get `close_timeout` to acknowledge; then whatever is left
+                        # (e.g. a rejected handshake whose client never hangs up) is cancelled.
+                        clients.cancel_scope.deadline = trio.current_time() + s.close_timeout
                     work.cancel_scope.cancel()
                 root.cancel_scope.cancel()
         finally:

@@ -1,0 +1,623 @@
+"""Unit tests of the actors package: agents, lanes, mailboxes, fan-out, memory, the journal.
+Each test wires real agents to a real SQLite event log in tmp_path; no wall-clock sleeps."""
+from __future__ import annotations
+
+from collections import Counter
+from contextlib import asynccontextmanager, nullcontext
+from types import SimpleNamespace
+
+import pytest
+import trio
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors import (
+    Agent,
+    AgentSpec,
+    Audience,
+    BrainError,
+    Busy,
+    ChatTurn,
+    ClearMemory,
+    ConfigError,
+    EchoBrain,
+    Failed,
+    Journal,
+    MemoryWasCleared,
+    SearchMemory,
+    SearchResults,
+    TurnChunk,
+    TurnDone,
+    TurnResponse,
+    TurnStarted,
+    agent_specs,
+    split_chunks,
+)
+from store import AgentMessage, EventLog, MemoryCleared, UserMessage
+
+AT = "2026-01-01T00:00:00.000Z"
+#: A safety net for waits in tests on the real clock: a hang fails instead of blocking forever.
+WAIT = 10
+
+
+class Recorder:
+    """An outbox that records what it is given and lets a test wait for an output type."""
+
+    def __init__(self, name: str = "outbox") -> None:
+        self.name = name
+        self.outputs: list = []
+        self._arrived = trio.Event()
+
+    def __repr__(self) -> str:
+        return f"Recorder({self.name!r})"
+
+    def deliver(self, output) -> None:
+        self.outputs.append(output)
+        self._arrived.set()
+        self._arrived = trio.Event()
+
+    def of(self, type_) -> list:
+        return [o for o in self.outputs if isinstance(o, type_)]
+
+    def for_request(self, request_id) -> list:
+        return [o for o in self.outputs if o.request_id == request_id]
+
+    async def wait_for(self, type_, count: int = 1, *, timeout: float | None = WAIT) -> list:
+        """Wait until `count` outputs of `type_` have arrived; returns them."""
+        with trio.fail_after(timeout) if timeout is not None else nullcontext():
+            while len(self.of(type_)) < count:
+                await self._arrived.wait()
+        return self.of(type_)
+
+
+class GateBrain:
+    """Answers `re: <message>`, but turns it gates wait until `release` is set.
+
+    `all_entered` is set once `expected` gated turns are waiting (or have waited).
+    """
+
+    recall = 0
+
+    def __init__(self, expected: int = 1, gated=lambda turn: True) -> None:
+        self.gated = gated
+        self.expected = expected
+        self.entered = 0
+        self.all_entered = trio.Event()
+        self.release = trio.Event()
+
+    async def reply(self, turn):
+        if self.gated(turn):
+            self.entered += 1
+            if self.entered >= self.expected:
+                self.all_entered.set()
+            await self.release.wait()
+        yield f"re: {turn.message}"
+
+
+class StaggeredBrain:
+    """Echo whose earlier messages (`m0`, `m1`, ...) take longer: many more scheduler checkpoints."""
+
+    recall = 0
+
+    async def reply(self, turn):
+        index = int(turn.message.split()[0][1:]) if turn.message.startswith("m") else 0
+        for _ in range((10 - index) * 20):
+            await trio.lowlevel.checkpoint()
+        yield EchoBrain.answer(turn)
+
+
+class FaultyBrain:
+    """Fails as the message asks: `brain-error`, `crash`, `silent` (no chunk), `blank` (only "");
+    anything else is echoed."""
+
+    recall = 0
+
+    async def reply(self, turn):
+        await trio.lowlevel.checkpoint()
+        if turn.message == "brain-error":
+            raise BrainError("the oracle is closed today")
+        if turn.message == "crash":
+            raise RuntimeError("boom")
+        if turn.message == "silent":
+            return
+        if turn.message == "blank":
+            yield ""
+            return
+        yield EchoBrain.answer(turn)
+
+
+@asynccontextmanager
+async def running(tmp_path, *specs: AgentSpec):
+    """A journal on a fresh log and one running `Agent` per spec, cancelled on exit."""
+    path = tmp_path / "a.db"
+    log = EventLog.open(path)
+    try:
+        journal = Journal(log, lambda: EventLog.open(path, readonly=True))
+        audience = Audience()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            agents = {}
+            for spec in specs:
+                agents[spec.agent_id] = Agent(spec, journal, audience, clock=lambda: AT)
+                await nursery.start(agents[spec.agent_id].run)
+            yield SimpleNamespace(path=path, journal=journal, audience=audience, agents=agents)
+            nursery.cancel_scope.cancel()
+    finally:
+        log.close()
+
+
+def logged(path) -> list:
+    """Every recorded event of the log at `path`, read through a separate read-only connection."""
+    with EventLog.open(path, readonly=True) as reader:
+        return list(reader.read())
+
+
+def chat(user, message, origin, request_id=None) -> ChatTurn:
+    return ChatTurn(user, message, AT, origin, request_id)
+
+
+def search(user, query, origin, *, long_term, request_id=None, limit=50) -> SearchMemory:
+    return SearchMemory(user, query, limit, long_term, origin, request_id)
+
+
+# -- chat outputs ------------------------------------------------------------------------------
+
+
+async def test_chat_outputs_started_chunks_response_done_in_order(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain(chunks=4))) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("u", "hello there, agent of mine", out, "r1"))
+        await out.wait_for(TurnDone)
+
+        kinds = [type(o) for o in out.outputs]
+        assert kinds[0] is TurnStarted
+        assert kinds[-2:] == [TurnResponse, TurnDone]
+        assert set(kinds[1:-2]) == {TurnChunk}
+        chunks, (response,) = out.of(TurnChunk), out.of(TurnResponse)
+        assert len(chunks) >= 2  # the echo brain streams several pieces
+        assert "".join(c.delta for c in chunks) == response.message
+        assert all(o.request_id == "r1" and o.agent_id == "a" for o in out.outputs)
+        assert "hello there, agent of mine" in response.message
+        assert "I remember 0 earlier messages" in response.message
+
+        events = logged(w.path)
+        assert [type(r.event) for r in events] == [UserMessage, AgentMessage]
+        assert response.seq == events[1].seq
+        assert events[1].event.content == response.message
+
+
+async def test_echo_brain_counts_earlier_messages_across_turns(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain())) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("u", "first", out))
+        agent.submit(chat("u", "second", out))
+        first, second = await out.wait_for(TurnResponse, 2)
+
+        assert "You said: first" in first.message and "I remember 0 earlier messages" in first.message
+        assert "You said: second" in second.message and "I remember 2 earlier messages" in second.message
+        assert first.seq < second.seq
+
+
+# -- ordering and concurrency -------------------------------------------------------------------
+
+
+async def test_search_right_behind_chat_sees_that_chats_messages(tmp_path):
+    async with running(tmp_path, AgentSpec("a", StaggeredBrain())) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("u", "m0 zebra crossing", out, "c"))
+        agent.submit(search("u", "zebra", out, long_term=False, request_id="short"))
+        agent.submit(search("u", "zebra", out, long_term=True, request_id="long"))
+        short, long = await out.wait_for(SearchResults, 2)
+
+        assert (short.request_id, long.request_id) == ("short", "long")
+        response = out.of(TurnResponse)[0]
+        for results in (short, long):
+            assert sorted(f.hit.role for f in results.results) == ["assistant", "user"]
+            assert response.seq in {f.hit.seq for f in results.results}
+        # The chat's TurnDone came before either search result.
+        assert out.outputs.index(out.of(TurnDone)[0]) < out.outputs.index(short)
+
+
+async def test_chats_of_one_user_complete_in_submit_order(tmp_path):
+    async with running(tmp_path, AgentSpec("a", StaggeredBrain())) as w:
+        agent, out_a, out_b = w.agents["a"], Recorder("A"), Recorder("B")
+
+        for i in range(6):  # m0 is the slowest to answer, m5 the fastest
+            agent.submit(chat("alice", f"m{i} from alice", out_a, f"a{i}"))
+            agent.submit(chat("bob", f"m{i} from bob", out_b, f"b{i}"))
+        await out_a.wait_for(TurnDone, 6)
+        await out_b.wait_for(TurnDone, 6)
+
+        assert [d.request_id for d in out_a.of(TurnDone)] == [f"a{i}" for i in range(6)]
+        assert [d.request_id for d in out_b.of(TurnDone)] == [f"b{i}" for i in range(6)]
+        assert [r.seq for r in out_a.of(TurnResponse)] == sorted(r.seq for r in out_a.of(TurnResponse))
+        # Each turn ran after the previous one of that user had been remembered.
+        for i, response in enumerate(out_a.of(TurnResponse)):
+            assert f"I remember {2 * i} earlier messages" in response.message
+
+
+async def test_slow_turn_of_one_user_does_not_stall_another_user(tmp_path):
+    brain = GateBrain(gated=lambda turn: turn.user == "slow")
+    async with running(tmp_path, AgentSpec("a", brain)) as w:
+        agent, slow, fast = w.agents["a"], Recorder("slow"), Recorder("fast")
+
+        agent.submit(chat("slow", "take your time", slow, "s"))
+        with trio.fail_after(WAIT):
+            await brain.all_entered.wait()
+        agent.submit(chat("fast", "quick one", fast, "f"))
+        await fast.wait_for(TurnDone)
+
+        assert fast.of(TurnResponse)[0].message == "re: quick one"
+        assert [type(o) for o in slow.outputs] == [TurnStarted]  # still thinking
+        assert agent.in_flight == 1
+
+        brain.release.set()
+        await slow.wait_for(TurnDone)
+        assert slow.of(TurnResponse)[0].message == "re: take your time"
+
+
+# -- mailbox limits -----------------------------------------------------------------------------
+
+
+async def test_full_mailbox_and_full_lane_answer_busy_and_drop_nothing(tmp_path):
+    brain = GateBrain()  # alice's first turn waits in the brain until released
+    spec = AgentSpec("a", brain, mailbox_size=3, lane_size=2)
+    async with running(tmp_path, spec) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("alice", "one", out, "alice-1"))
+        agent.submit(chat("alice", "two", out, "alice-2"))
+        with pytest.raises(Busy, match="2 of your commands queued"):
+            agent.submit(chat("alice", "three", out, "alice-refused"))
+        agent.submit(search("bob", "anything", out, long_term=True, request_id="bob-search"))
+        with pytest.raises(Busy, match="busy"):
+            agent.submit(chat("carol", "hi", out, "carol-refused"))
+        with pytest.raises(Busy, match="busy"):
+            agent.submit(chat("bob", "hi", out, "bob-refused"))
+        assert agent.in_flight == 3
+
+        with trio.fail_after(WAIT):
+            await brain.all_entered.wait()
+        await out.wait_for(SearchResults)  # bob's lane is not held up by alice's
+        assert agent.in_flight == 2
+        brain.release.set()
+        with trio.fail_after(WAIT):
+            await agent.wait_idle()
+
+        assert agent.in_flight == 0
+        for rid in ("alice-1", "alice-2"):
+            assert [type(o) for o in out.for_request(rid)] == [TurnStarted, TurnChunk, TurnResponse, TurnDone]
+        assert [type(o) for o in out.for_request("bob-search")] == [SearchResults]
+        for rid in ("alice-refused", "carol-refused", "bob-refused"):
+            assert out.for_request(rid) == []
+
+        # The backlog drained: the same users are accepted again.
+        agent.submit(chat("alice", "three", out, "alice-3"))
+        agent.submit(chat("carol", "hi", out, "carol-1"))
+        agent.submit(chat("bob", "hi", out, "bob-1"))
+        await out.wait_for(TurnDone, 5)
+        assert {d.request_id for d in out.of(TurnDone)} == {"alice-1", "alice-2", "alice-3", "carol-1", "bob-1"}
+
+
+async def test_busy_is_raised_while_commands_are_running_not_only_queued(tmp_path):
+    brain = GateBrain(expected=2)
+    spec = AgentSpec("a", brain, mailbox_size=2, lane_size=1)
+    async with running(tmp_path, spec) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("alice", "one", out, "a1"))
+        agent.submit(chat("bob", "one", out, "b1"))
+        with trio.fail_after(WAIT):
+            await brain.all_entered.wait()  # both are running now, none is queued
+
+        with pytest.raises(Busy):
+            agent.submit(chat("alice", "two", out))
+        with pytest.raises(Busy):
+            agent.submit(chat("carol", "one", out))
+
+        brain.release.set()
+        await out.wait_for(TurnDone, 2)
+        with trio.fail_after(WAIT):
+            await agent.wait_idle()
+        agent.submit(chat("carol", "one", out, "c1"))
+        await out.wait_for(TurnDone, 3)
+
+
+# -- brain failures -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message", "text"),
+    [
+        ("brain-error", "the oracle is closed today"),
+        ("crash", "The agent failed while answering"),
+        ("silent", "The agent gave an empty answer"),
+        ("blank", "The agent gave an empty answer"),
+    ],
+)
+async def test_brain_failure_becomes_failed_then_done_and_lane_keeps_working(tmp_path, message, text):
+    async with running(tmp_path, AgentSpec("a", FaultyBrain())) as w:
+        agent, out = w.agents["a"], Recorder()
+
+        agent.submit(chat("u", message, out, "bad"))
+        agent.submit(chat("u", "are you still there", out, "good"))
+        await out.wait_for(TurnDone, 2)
+
+        bad = out.for_request("bad")
+        assert [type(o) for o in bad] == [TurnStarted, Failed, TurnDone]
+        assert (bad[1].code, bad[1].message) == ("brain_error", text)
+        (response,) = out.of(TurnResponse)
+        assert response.request_id == "good"
+        # The failed turn's user message is remembered: one earlier message.
+        assert "I remember 1 earlier message of" in response.message
+
+        events = logged(w.path)
+        assert [(type(r.event), r.event.content) for r in events] == [
+            (UserMessage, message),
+            (UserMessage, "are you still there"),
+            (AgentMessage, response.message),
+        ]
+
+
+async def test_brain_failure_after_a_chunk_still_ends_with_failed_and_done(tmp_path):
+    class HalfBrain:
+        recall = 0
+
+        async def reply(self, turn):
+            yield "I was about to say"
+            raise BrainError("lost my train of thought")
+
+    async with running(tmp_path, AgentSpec("a", HalfBrain())) as w:
+        out = Recorder()
+        w.agents["a"].submit(chat("u", "go on", out, "r"))
+        await out.wait_for(TurnDone)
+
+        assert [type(o) for o in out.outputs] == [TurnStarted, TurnChunk, Failed, TurnDone]
+        assert out.of(Failed)[0].message == "lost my train of thought"
+        assert [type(r.event) for r in logged(w.path)] == [UserMessage]
+
+
+# -- fan-out ------------------------------------------------------------------------------------
+
+
+async def test_chat_fans_out_to_same_user_subscribers_exactly_once(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain()), AgentSpec("b", EchoBrain())) as w:
+        agent, audience = w.agents["a"], w.audience
+        origin, tab, other_user, other_agent, bystander = (
+            Recorder("origin"), Recorder("tab"), Recorder("other_user"), Recorder("other_agent"), Recorder("bystander"),
+        )
+        audience.subscribe("a", "u", origin)
+        audience.subscribe("a", "u", tab)
+        audience.subscribe("a", "v", other_user)
+        audience.subscribe("b", "u", other_agent)
+
+        agent.submit(chat("u", "hello everyone", origin, "r1"))
+        await origin.wait_for(TurnDone)
+
+        assert [type(o) for o in origin.outputs][0] is TurnStarted
+        assert tab.outputs == origin.outputs  # same outputs, same order, none duplicated
+        assert len(origin.of(TurnDone)) == len(origin.of(TurnStarted)) == len(origin.of(TurnResponse)) == 1
+        assert other_user.outputs == other_agent.outputs == bystander.outputs == []
+
+        # An origin that is not subscribed itself still hears its turn, and so do the subscribers.
+        agent.submit(chat("u", "from a fresh tab", bystander, "r2"))
+        await bystander.wait_for(TurnDone)
+        for outbox in (origin, tab):
+            assert outbox.for_request("r2") == bystander.outputs
+        assert other_user.outputs == other_agent.outputs == []
+
+        # After unsubscribing, the tab hears nothing more.
+        audience.unsubscribe("a", "u", tab)
+        heard = len(tab.outputs)
+        agent.submit(chat("u", "only for me", origin, "r3"))
+        await origin.wait_for(TurnDone, 3)
+        assert len(tab.outputs) == heard
+
+
+async def test_search_results_go_only_to_origin_and_clear_fans_out(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain())) as w:
+        agent, origin, tab = w.agents["a"], Recorder("origin"), Recorder("tab")
+        w.audience.subscribe("a", "u", origin)
+        w.audience.subscribe("a", "u", tab)
+
+        agent.submit(chat("u", "remember the lighthouse", origin, "c"))
+        agent.submit(search("u", "lighthouse", origin, long_term=True, request_id="s"))
+        agent.submit(ClearMemory("u", False, AT, origin, "x"))
+        await origin.wait_for(MemoryWasCleared)
+
+        assert len(origin.of(SearchResults)) == 1 and origin.of(SearchResults)[0].results
+        assert tab.of(SearchResults) == []
+        assert tab.of(MemoryWasCleared) == origin.of(MemoryWasCleared)
+        assert tab.of(TurnResponse) == origin.of(TurnResponse)
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+
+async def test_short_term_search_only_returns_the_window_and_sources_are_labelled(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain(), short_term_window=2)) as w:
+        agent, out = w.agents["a"], Recorder()
+        for word in ("one", "two", "three"):
+            agent.submit(chat("u", f"apple {word}", out))
+        agent.submit(search("u", "apple", out, long_term=False, request_id="short"))
+        agent.submit(search("u", "apple", out, long_term=True, request_id="long"))
+        short, long = await out.wait_for(SearchResults, 2)
+
+        messages = logged(w.path)
+        assert len(messages) == 6
+        window = {r.seq for r in messages[-2:]}  # "apple three" and its answer
+
+        assert {f.hit.seq for f in short.results} == window
+        assert {f.source for f in short.results} == {"short_term"}
+        assert {f.hit.seq for f in long.results} == {r.seq for r in messages}
+        for found in long.results:
+            assert found.source == ("short_term" if found.hit.seq in window else "long_term")
+            assert "apple" in found.hit.content
+
+
+async def test_clear_short_term_then_long_term(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain(), short_term_window=4)) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("u", "banana split", out))
+        agent.submit(chat("u", "banana bread", out))
+        agent.submit(ClearMemory("u", False, AT, out, "clear-short"))
+        agent.submit(search("u", "banana", out, long_term=False, request_id="s1"))
+        agent.submit(search("u", "banana", out, long_term=True, request_id="l1"))
+        agent.submit(ClearMemory("u", True, AT, out, "clear-all"))
+        agent.submit(search("u", "banana", out, long_term=False, request_id="s2"))
+        agent.submit(search("u", "banana", out, long_term=True, request_id="l2"))
+        agent.submit(chat("u", "what do you remember", out, "after"))
+        await out.wait_for(TurnDone, 3)
+
+        results = {r.request_id: r.results for r in out.of(SearchResults)}
+        assert results["s1"] == []
+        assert len(results["l1"]) == 4
+        assert {f.source for f in results["l1"]} == {"long_term"}
+        assert results["s2"] == [] and results["l2"] == []
+
+        cleared = out.of(MemoryWasCleared)
+        assert [(c.request_id, c.long_term) for c in cleared] == [("clear-short", False), ("clear-all", True)]
+        clears = [r for r in logged(w.path) if isinstance(r.event, MemoryCleared)]
+        assert [(r.seq, r.event.long_term) for r in clears] == [(c.seq, c.long_term) for c in cleared]
+        assert "I remember 0 earlier messages" in out.for_request("after")[-2].message
+
+
+async def test_memory_is_per_user(tmp_path):
+    async with running(tmp_path, AgentSpec("a", EchoBrain())) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("alice", "my secret is tangerine", out))
+        agent.submit(chat("bob", "hello", out, "bob-chat"))
+        agent.submit(search("bob", "tangerine secret", out, long_term=True, request_id="bob-search"))
+        (found,) = await out.wait_for(SearchResults)
+
+        assert found.results == []
+        assert "I remember 0 earlier messages" in out.for_request("bob-chat")[-2].message
+
+
+async def test_idle_lane_is_dropped_and_rebuilt_from_the_log(tmp_path, autojump_clock):
+    spec = AgentSpec("a", EchoBrain(), short_term_window=2, lane_idle_seconds=60)
+    async with running(tmp_path, spec) as w:
+        agent, out = w.agents["a"], Recorder()
+        # No deadlines while SQLite runs in threads: the autojump clock would jump to them.
+        agent.submit(chat("u", "kiwi one", out))
+        agent.submit(chat("u", "kiwi two", out))
+        await out.wait_for(TurnDone, 2, timeout=None)
+        assert agent.lanes == 1
+
+        await trio.sleep(59)
+        assert agent.lanes == 1
+        await trio.sleep(2)
+        assert agent.lanes == 0
+
+        agent.submit(chat("u", "kiwi three", out))
+        agent.submit(search("u", "kiwi", out, long_term=False, request_id="short"))
+        (short,) = await out.wait_for(SearchResults, timeout=None)
+        assert agent.lanes == 1
+
+        third = out.of(TurnResponse)[2]
+        assert "I remember 4 earlier messages" in third.message
+        assert {f.hit.seq for f in short.results} == {r.seq for r in logged(w.path)[-2:]}
+
+
+# -- group commit -------------------------------------------------------------------------------
+
+
+async def test_group_commit_many_lanes_share_commits_and_log_each_event_once(tmp_path):
+    users, per_user = 20, 3
+    turns = users * per_user
+    # Every user's first turn waits in the brain until all 20 are there; after that it answers at once.
+    brain = GateBrain(expected=users)
+    async with running(tmp_path, AgentSpec("a", brain)) as w:
+        agent, journal, out = w.agents["a"], w.journal, Recorder()
+        for i in range(per_user):
+            for u in range(users):
+                agent.submit(chat(f"user{u}", f"user{u} turn {i}", out, f"user{u}-{i}"))
+        with trio.fail_after(WAIT):
+            await brain.all_entered.wait()
+        assert agent.lanes == users
+        assert journal.commits == 0
+        brain.release.set()
+        await out.wait_for(TurnDone, turns)
+
+        assert journal.events_appended == 2 * turns
+        assert 0 < journal.commits < turns
+
+        events = logged(w.path)
+        assert len(events) == 2 * turns
+        assert len({r.seq for r in events}) == 2 * turns
+        expected = Counter()
+        for i in range(per_user):
+            for u in range(users):
+                expected[("user_message", f"user{u}", f"user{u} turn {i}")] += 1
+                expected[("agent_message", f"user{u}", f"re: user{u} turn {i}")] += 1
+        assert Counter((r.event.TYPE, r.event.user, r.event.content) for r in events) == expected
+        # Each turn's answer is the event its TurnResponse names.
+        by_seq = {r.seq: r.event for r in events}
+        for response in out.of(TurnResponse):
+            assert by_seq[response.seq].content == response.message
+            assert by_seq[response.seq].request_id == response.request_id
+
+
+# -- configuration -------------------------------------------------------------------------------
+
+
+def test_default_agents():
+    specs = agent_specs(None)
+    assert [s.agent_id for s in specs] == ["my_agent", "assistant", "multi_user_agent"]
+    assert all(isinstance(s.brain, EchoBrain) for s in specs)
+
+
+def test_config_sets_sizes_and_brain_options():
+    (spec,) = agent_specs(
+        {"helper": {"brain": {"kind": "echo", "chunks": 2}, "short_term_window": 5, "lane_idle_seconds": 1.5}}
+    )
+    assert (spec.agent_id, spec.short_term_window, spec.lane_idle_seconds) == ("helper", 5, 1.5)
+    assert isinstance(spec.brain, EchoBrain) and spec.brain.chunks == 2
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ({"x": {"brain": "oracle"}}, "agents.x.brain: unknown brain 'oracle' (known: echo)"),
+        ({"x": {"brain": "echo", "colour": "blue"}}, "agents.x: unknown setting(s) colour"),
+        ({"x": {"mailbox_size": "lots"}}, "agents.x.mailbox_size must be a number"),
+        ({"x": {"lane_size": True}}, "agents.x.lane_size must be a number"),
+        ({"x": {"short_term_window": 0}}, "sizes must be >= 1"),
+        ({"x": {"lane_idle_seconds": 0}}, "lane_idle_seconds > 0"),
+        # TOML can spell nan; trio.move_on_after(nan) raises, which would crash the agent's lanes.
+        ({"x": {"lane_idle_seconds": float("nan")}}, "lane_idle_seconds > 0"),
+        ({"x": {"brain": {"kind": "echo", "chunks": 0}}}, "agents.x.brain: echo brain"),
+        ({"x": {"brain": {"kind": "echo", "volume": 11}}}, "agents.x.brain:"),
+        ({"x": "echo"}, "agents.x must be a table"),
+        ({}, "at least one agent"),
+    ],
+)
+def test_bad_config_raises_config_error_saying_what_is_wrong(table, says):
+    with pytest.raises(ConfigError) as caught:
+        agent_specs(table)
+    assert says in str(caught.value)
+
+
+# -- split_chunks ---------------------------------------------------------------------------------
+
+
+@given(
+    text=st.one_of(st.text(), st.text(alphabet=" ab\n", max_size=60), st.lists(st.sampled_from(["a", "bb ", " ", "word "])).map("".join)),
+    n=st.integers(min_value=1, max_value=40),
+)
+def test_split_chunks_pieces_join_to_text_are_non_empty_and_at_most_n(text, n):
+    pieces = split_chunks(text, n)
+    assert "".join(pieces) == text
+    assert all(pieces)
+    assert len(pieces) <= n
+
+
+def test_split_chunks_cuts_at_spaces():
+    # Pieces are about len/n long, each ending just after a space; the last one takes the rest.
+    assert split_chunks("one two three four", 2) == ["one two three ", "four"]
+    assert split_chunks("one two three four", 4) == ["one two ", "three ", "four"]
+    assert split_chunks("unbroken", 3) == ["unbroken"]
+    assert split_chunks("", 3) == []

@@ -1,0 +1,70 @@
+"""The layering rules of the three packages, checked on their source and at import time.
+
+store imports neither trio nor transport/actors; transport.protocol imports no trio; actors never imports transport.
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def imported_roots(path: Path) -> set[str]:
+    """Top-level names of every module `path` imports (absolute imports; relative ones stay in the package)."""
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+RULES = [
+    # (files, forbidden top-level imports)
+    (sorted((ROOT / "store").glob("*.py")), {"trio", "trio_websocket", "transport", "actors"}),
+    ([ROOT / "transport" / "protocol.py"], {"trio", "trio_websocket", "actors", "store"}),
+    (sorted((ROOT / "actors").glob("*.py")), {"transport", "trio_websocket"}),
+]
+
+
+@pytest.mark.parametrize(
+    "path, forbidden",
+    [(path, forbidden) for files, forbidden in RULES for path in files],
+    ids=lambda v: str(v.relative_to(ROOT)) if isinstance(v, Path) else "",
+)
+def test_module_respects_its_layer(path, forbidden):
+    assert path.exists()
+    assert not imported_roots(path) & forbidden, f"{path.relative_to(ROOT)} imports {imported_roots(path) & forbidden}"
+
+
+def test_rules_cover_every_module():
+    assert len(RULES[0][0]) >= 4 and len(RULES[2][0]) >= 5
+
+
+def test_the_checker_sees_imports(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import os\nfrom trio import sleep\nimport transport.server as s\nfrom . import sibling\n")
+    assert imported_roots(bad) == {"os", "trio", "transport"}
+
+
+@pytest.mark.parametrize(
+    "module, forbidden",
+    [("store", ["trio", "trio_websocket", "transport", "actors"]), ("transport.protocol", ["trio", "trio_websocket", "actors", "store"])],
+)
+def test_importing_does_not_load_forbidden_modules(module, forbidden):
+    code = f"import sys, {module}; print([m for m in {forbidden!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_module_opens_with_a_docstring_of_at_least_two_lines():
+    for package in ("store", "actors", "transport"):
+        for path in (ROOT / package).glob("*.py"):
+            doc = ast.get_docstring(ast.parse(path.read_text()))
+            assert doc and len(doc.strip().splitlines()) >= 2, f"{path.relative_to(ROOT)} needs a two-line docstring"

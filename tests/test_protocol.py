@@ -1,0 +1,425 @@
+"""Unit tests of the sans-IO wire codec `transport.protocol`: decode, encode and error codes.
+
+Plain function calls on JSON text (no sockets, no trio), plus a hypothesis property test of `decode`.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from transport.protocol import (
+    COMMAND_TYPES,
+    Chat,
+    ClearMemory,
+    Error,
+    MemoryCleared,
+    MemoryResult,
+    MemoryResults,
+    Ping,
+    Pong,
+    ProtocolError,
+    Response,
+    SearchMemory,
+    SetUser,
+    Subscribe,
+    Unsubscribe,
+    UserSet,
+    decode,
+    encode,
+    error_frame,
+)
+
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)
+
+
+def frame(**fields) -> str:
+    return json.dumps(fields)
+
+
+def decode_error(data) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode(data)
+    return info.value
+
+
+# -- valid client frames --------------------------------------------------------------
+
+
+def test_decode_ping():
+    assert decode(frame(type="ping")) == Ping()
+
+
+def test_decode_ping_with_request_id():
+    assert decode(frame(type="ping", request_id="r1")) == Ping(request_id="r1")
+
+
+@pytest.mark.parametrize("user_id", [123, 0, -7, "alice", "123"])
+def test_decode_set_user_accepts_int_or_string(user_id):
+    cmd = decode(frame(type="set_user", user_id=user_id))
+    assert cmd == SetUser(user_id)
+    assert type(cmd.user_id) is type(user_id)
+
+
+def test_decode_subscribe_and_unsubscribe():
+    assert decode(frame(type="subscribe", agent_id="echo")) == Subscribe("echo")
+    assert decode(frame(type="unsubscribe", agent_id="echo", request_id="x")) == Unsubscribe("echo", "x")
+
+
+def test_decode_chat():
+    assert decode(frame(type="chat", agent_id="echo", message="hello")) == Chat("echo", "hello")
+
+
+def test_decode_search_memory_defaults():
+    cmd = decode(frame(type="search_memory", agent_id="echo", query="colour"))
+    assert cmd == SearchMemory("echo", "colour")
+    assert cmd.limit == 5
+    assert cmd.use_long_term is True
+
+
+@pytest.mark.parametrize("limit", [1, 42, 100])
+def test_decode_search_memory_limit_in_range(limit):
+    cmd = decode(frame(type="search_memory", agent_id="a", query="q", limit=limit, use_long_term=False))
+    assert cmd.limit == limit
+    assert cmd.use_long_term is False
+
+
+def test_decode_clear_memory_defaults_to_short_term():
+    cmd = decode(frame(type="clear_memory", agent_id="echo"))
+    assert cmd == ClearMemory("echo")
+    assert cmd.clear_long_term is False
+
+
+def test_decode_clear_memory_long_term():
+    assert decode(frame(type="clear_memory", agent_id="echo", clear_long_term=True)).clear_long_term is True
+
+
+def test_decode_ignores_unknown_extra_fields():
+    assert decode(frame(type="ping", extra=[1, 2])) == Ping()
+
+
+# -- error codes ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [b'{"type": "ping"}', b"", bytearray(b"x")])
+def test_binary_frame_is_rejected(data):
+    assert decode_error(data).code == "binary_frame"
+
+
+@pytest.mark.parametrize("data", ["", "not json", "{", '{"type": "ping",}', "{'type': 'ping'}"])
+def test_invalid_json(data):
+    assert decode_error(data).code == "invalid_json"
+
+
+def test_deeply_nested_json_is_invalid_json_not_recursion_error():
+    assert decode_error("[" * 100000).code == "invalid_json"
+    assert decode_error('{"a":' * 100000).code == "invalid_json"
+
+
+def test_absurdly_long_number_is_invalid_json_not_value_error():
+    assert decode_error("1" * 5000).code == "invalid_json"
+    assert decode_error('{"type": "search_memory", "agent_id": "a", "query": "q", "limit": %s}' % ("9" * 5000)).code == (
+        "invalid_json"
+    )
+
+
+@pytest.mark.parametrize("data", ["[]", "[1, 2]", "42", '"ping"', "null", "true"])
+def test_json_that_is_not_an_object_is_invalid_message(data):
+    assert decode_error(data).code == "invalid_message"
+
+
+@pytest.mark.parametrize("data", ["{}", '{"type": null}', '{"agent_id": "a"}'])
+def test_missing_type(data):
+    assert decode_error(data).code == "missing_type"
+
+
+@pytest.mark.parametrize(
+    ("type_", "shown"),
+    [("dance", "dance"), ("PING", "PING"), ("", ""), (5, "5"), (True, "true"), (["ping"], '["ping"]'), ("user_set", "user_set")],
+)
+def test_unknown_type(type_, shown):
+    error = decode_error(frame(type=type_))
+    assert error.code == "unknown_type"
+    assert error.message == f"Unknown message type: {shown}"
+
+
+@pytest.mark.parametrize(
+    ("fields", "missing"),
+    [
+        ({"type": "set_user"}, "user_id"),
+        ({"type": "subscribe"}, "agent_id"),
+        ({"type": "unsubscribe"}, "agent_id"),
+        ({"type": "chat", "agent_id": "a"}, "message"),
+        ({"type": "chat", "message": "hi"}, "agent_id"),
+        ({"type": "search_memory", "agent_id": "a"}, "query"),
+        ({"type": "clear_memory"}, "agent_id"),
+    ],
+)
+def test_missing_field(fields, missing):
+    error = decode_error(json.dumps(fields))
+    assert error.code == "missing_field"
+    assert missing in error.message
+
+
+@pytest.mark.parametrize("user_id", [True, False, 1.5, 1.0, None, "", [], [1], {}])
+def test_set_user_rejects_bad_user_id(user_id):
+    error = decode_error(frame(type="set_user", user_id=user_id))
+    assert error.code == "invalid_field"
+    assert "user_id" in error.message
+
+
+@pytest.mark.parametrize("message", ["", "   ", "\n\t ", 5, None, True, ["hi"], {"text": "hi"}])
+def test_chat_rejects_empty_or_non_string_message(message):
+    error = decode_error(frame(type="chat", agent_id="a", message=message))
+    assert error.code == "invalid_field"
+    assert "message" in error.message
+
+
+@pytest.mark.parametrize("agent_id", ["", 5, None, ["a"], "x" * 257])
+def test_bad_agent_id(agent_id):
+    error = decode_error(frame(type="subscribe", agent_id=agent_id))
+    assert error.code == "invalid_field"
+    assert "agent_id" in error.message
+
+
+@pytest.mark.parametrize("limit", ["5", 0, 101, -1, True, False, 2.5, 5.0, None])
+def test_search_memory_rejects_bad_limit(limit):
+    error = decode_error(frame(type="search_memory", agent_id="a", query="q", limit=limit))
+    assert error.code == "invalid_field"
+    assert "limit" in error.message
+
+
+@pytest.mark.parametrize("query", ["", "  ", 3, None])
+def test_search_memory_rejects_bad_query(query):
+    error = decode_error(frame(type="search_memory", agent_id="a", query=query))
+    assert error.code == "invalid_field"
+    assert "query" in error.message
+
+
+@pytest.mark.parametrize(
+    ("fields", "name"),
+    [
+        ({"type": "search_memory", "agent_id": "a", "query": "q", "use_long_term": "false"}, "use_long_term"),
+        ({"type": "search_memory", "agent_id": "a", "query": "q", "use_long_term": 0}, "use_long_term"),
+        ({"type": "search_memory", "agent_id": "a", "query": "q", "use_long_term": None}, "use_long_term"),
+        ({"type": "clear_memory", "agent_id": "a", "clear_long_term": "false"}, "clear_long_term"),
+        ({"type": "clear_memory", "agent_id": "a", "clear_long_term": 1}, "clear_long_term"),
+        ({"type": "clear_memory", "agent_id": "a", "clear_long_term": "true"}, "clear_long_term"),
+    ],
+)
+def test_booleans_must_be_json_booleans(fields, name):
+    error = decode_error(json.dumps(fields))
+    assert error.code == "invalid_field"
+    assert name in error.message
+
+
+@pytest.mark.parametrize("request_id", [5, True, ["r"], {"id": "r"}])
+def test_non_string_request_id_is_invalid_field(request_id):
+    error = decode_error(frame(type="ping", request_id=request_id))
+    assert error.code == "invalid_field"
+    assert "request_id" in error.message
+    assert error.request_id is None
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"type": "chat", "agent_id": "a", "message": "\ud800"},
+        {"type": "chat", "agent_id": "a", "message": "ok \udfff ok"},
+        {"type": "chat", "agent_id": "\ud800", "message": "hi"},
+        {"type": "search_memory", "agent_id": "a", "query": "\ud83d"},
+        {"type": "set_user", "user_id": "\udc00"},
+        {"type": "ping", "request_id": "\ud800"},
+    ],
+)
+def test_lone_surrogates_in_text_fields_are_invalid_field(fields):
+    data = json.dumps(fields)  # ensure_ascii: the surrogate travels as a "\udXXX" escape
+    assert "\\ud" in data
+    error = decode_error(data)
+    assert error.code == "invalid_field"
+
+
+def test_surrogate_pair_escape_is_accepted():
+    assert decode('{"type": "chat", "agent_id": "a", "message": "\\ud83d\\ude00"}').message == "\U0001F600"
+
+
+# -- request_id echo in errors ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"request_id": "r7"}, "missing_type"),
+        ({"type": "dance", "request_id": "r7"}, "unknown_type"),
+        ({"type": "chat", "agent_id": "a", "request_id": "r7"}, "missing_field"),
+        ({"type": "chat", "agent_id": "a", "message": " ", "request_id": "r7"}, "invalid_field"),
+        ({"type": "search_memory", "agent_id": "a", "query": "q", "limit": 0, "request_id": "r7"}, "invalid_field"),
+    ],
+)
+def test_error_echoes_usable_request_id(fields, code):
+    error = decode_error(json.dumps(fields))
+    assert error.code == code
+    assert error.request_id == "r7"
+
+
+@pytest.mark.parametrize("request_id", [5, None, "\ud800"])
+def test_error_has_no_request_id_when_frame_had_no_usable_one(request_id):
+    error = decode_error(json.dumps({"type": "dance", "request_id": request_id}))
+    assert error.code == "unknown_type"
+    assert error.request_id is None
+
+
+def test_error_frame_carries_code_message_request_id_and_agent():
+    error = decode_error(frame(type="chat", agent_id="a", request_id="r1"))
+    assert error_frame(error, "a") == Error("missing_field", error.message, "a", "r1")
+    wire = json.loads(encode(error_frame(error, "a")))
+    assert wire == {"type": "error", "code": "missing_field", "message": error.message, "agent_id": "a", "request_id": "r1"}
+
+
+# -- encode -------------------------------------------------------------------------------
+
+
+def test_encode_has_type_tag_and_omits_none_request_id():
+    wire = json.loads(encode(Response("echo", "hi", 3)))
+    assert wire == {"type": "response", "agent_id": "echo", "message": "hi", "seq": 3}
+
+
+def test_encode_keeps_request_id_when_set():
+    assert json.loads(encode(Response("echo", "hi", 3, "r9")))["request_id"] == "r9"
+
+
+def test_encode_keeps_clear_long_term_false():
+    wire = json.loads(encode(MemoryCleared("echo", False, 4)))
+    assert wire == {"type": "memory_cleared", "agent_id": "echo", "clear_long_term": False, "seq": 4}
+
+
+@pytest.mark.parametrize("user_id", [123, "123"])
+def test_encode_user_set_keeps_json_type_of_user_id(user_id):
+    wire = json.loads(encode(UserSet(user_id)))
+    assert wire == {"type": "user_set", "user_id": user_id}
+    assert type(wire["user_id"]) is type(user_id)
+
+
+def test_encode_ping_answer_has_type_ping():
+    assert json.loads(encode(Pong())) == {"type": "ping"}
+    assert json.loads(encode(Pong("r1"))) == {"type": "ping", "request_id": "r1"}
+
+
+def test_encode_memory_results_nests_results():
+    frame_ = MemoryResults("echo", "colour", [MemoryResult("user", "turquoise", "2024-01-01T00:00:00Z", 1.5, "long_term")])
+    wire = json.loads(encode(frame_))
+    assert wire["type"] == "memory_results"
+    assert wire["results"] == [
+        {"role": "user", "content": "turquoise", "timestamp": "2024-01-01T00:00:00Z", "score": 1.5, "source": "long_term"}
+    ]
+
+
+def test_encode_keeps_non_ascii_text():
+    assert "café ☕" in encode(Response("echo", "café ☕", 1))
+
+
+# -- property: decode never raises anything but ProtocolError --------------------------------
+
+any_text = st.one_of(st.text(), st.text(st.characters(exclude_categories=())))
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), any_text)
+json_values = st.recursive(
+    json_scalars,
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(any_text, children, max_size=4)),
+    max_leaves=12,
+)
+FIELD_NAMES = ["agent_id", "user_id", "message", "query", "limit", "use_long_term", "clear_long_term", "request_id"]
+field_values = st.one_of(
+    st.sampled_from(["echo", "hello there", "r1", 123, 5, 1, 100, True, False]),  # plausible values
+    st.sampled_from(["", " ", "5", "false", "\ud800", "x" * 300, 0, 101, 2.5, None]),  # edge values
+    st.integers(min_value=-2, max_value=102),
+    json_values,
+)
+command_like = st.builds(
+    lambda type_, fields, extra: {**extra, **fields, "type": type_},
+    st.sampled_from(sorted(COMMAND_TYPES)),
+    st.dictionaries(st.sampled_from(FIELD_NAMES), field_values, max_size=8),
+    st.dictionaries(any_text, json_values, max_size=2),
+)
+
+PROPERTY = settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_decodes_or_protocol_error(data):
+    try:
+        result = decode(data)
+    except ProtocolError as exc:
+        assert isinstance(exc.code, str) and exc.code
+        assert exc.request_id is None or isinstance(exc.request_id, str)
+        return None
+    assert isinstance(result, COMMAND_CLASSES)
+    return result
+
+
+@PROPERTY
+@given(any_text)
+def test_decode_any_text_returns_command_or_protocol_error(text):
+    assert_decodes_or_protocol_error(text)
+
+
+@PROPERTY
+@given(st.binary())
+def test_decode_any_bytes_is_binary_frame_error(data):
+    assert decode_error(data).code == "binary_frame"
+
+
+@PROPERTY
+@given(st.one_of(json_values, command_like), st.booleans())
+def test_decode_any_json_value_returns_command_or_protocol_error(value, ensure_ascii):
+    result = assert_decodes_or_protocol_error(json.dumps(value, ensure_ascii=ensure_ascii))
+    if result is not None:
+        assert result.TYPE == value["type"]
+
+
+words = st.text(min_size=1).filter(str.strip)
+ids = st.text(min_size=1, max_size=256)
+request_ids = st.one_of(st.none(), st.text())
+
+
+def without_none(**fields):
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+valid_commands = st.one_of(
+    st.builds(
+        lambda u, r: (without_none(type="set_user", user_id=u, request_id=r), SetUser(u, r)),
+        st.one_of(st.integers(), ids),
+        request_ids,
+    ),
+    st.builds(
+        lambda a, m, r: (without_none(type="chat", agent_id=a, message=m, request_id=r), Chat(a, m, r)),
+        ids,
+        words,
+        request_ids,
+    ),
+    st.builds(
+        lambda a, q, n, lt, r: (
+            without_none(type="search_memory", agent_id=a, query=q, limit=n, use_long_term=lt, request_id=r),
+            SearchMemory(a, q, n, lt, r),
+        ),
+        ids,
+        words,
+        st.integers(min_value=1, max_value=100),
+        st.booleans(),
+        request_ids,
+    ),
+    st.builds(
+        lambda a, c, r: (without_none(type="clear_memory", agent_id=a, clear_long_term=c, request_id=r), ClearMemory(a, c, r)),
+        ids,
+        st.booleans(),
+        request_ids,
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(valid_commands)
+def test_decode_accepts_every_valid_command(case):
+    fields, expected = case
+    assert decode(json.dumps(fields)) == expected

@@ -1,0 +1,525 @@
+"""Unit tests of the store: the append-only SQLite `EventLog`, its search, and the memory folded from it.
+
+Plain synchronous calls on files under pytest's tmp_path (no trio, no server).
+"""
+from __future__ import annotations
+
+import sqlite3 as stdlib_sqlite3
+
+import pytest
+from sqlite_utils.utils import sqlite3  # the module the store itself uses
+
+from store import (
+    AgentMessage,
+    Clear,
+    EventLog,
+    Memory,
+    MemoryCleared,
+    Message,
+    MissingEventLog,
+    NotAnEventLog,
+    Recorded,
+    UserMessage,
+    fold,
+    match_expression,
+    rebuild,
+)
+
+AGENT = "echo"
+USER = "u1"
+
+
+def at(i: int) -> str:
+    return f"2024-01-01T00:00:{i:02d}Z"
+
+
+def user_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> UserMessage:
+    return UserMessage(agent, user, at(i), content)
+
+
+def agent_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> AgentMessage:
+    return AgentMessage(agent, user, at(i), content)
+
+
+def cleared(long_term: bool, *, agent: str = AGENT, user: str = USER, i: int = 0) -> MemoryCleared:
+    return MemoryCleared(agent, user, at(i), long_term)
+
+
+@pytest.fixture
+def log(tmp_path):
+    with EventLog.open(tmp_path / "log.db") as log:
+        yield log
+
+
+def append_one(log: EventLog, *events) -> list[Recorded]:
+    (recorded,) = log.append([list(events)])
+    return recorded
+
+
+def snapshot(path):
+    """Everything about a file (and its directory) that opening it must not change."""
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(p.name for p in path.parent.iterdir())
+
+
+# -- append ------------------------------------------------------------------------------
+
+
+def test_append_returns_recorded_events_with_increasing_seq(log):
+    first = [user_msg("a"), agent_msg("b")]
+    second = [user_msg("c")]
+    out = log.append([first, second])
+    assert [[r.event for r in batch] for batch in out] == [first, second]
+    seqs = [r.seq for batch in out for r in batch]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= 1
+    assert log.last_seq() == seqs[-1]
+
+
+def test_append_continues_the_sequence_across_calls(log):
+    (a,) = append_one(log, user_msg("one"))
+    (b,) = append_one(log, user_msg("two"))
+    assert b.seq > a.seq
+    assert [r.seq for r in log.read()] == [a.seq, b.seq]
+
+
+def test_empty_log_has_last_seq_zero_and_no_events(log):
+    assert log.last_seq() == 0
+    assert list(log.read()) == []
+    assert log.streams() == []
+
+
+def test_read_returns_stored_events_filtered_by_agent_user_and_seq(log):
+    recorded = append_one(
+        log,
+        user_msg("mine", i=1),
+        user_msg("other user", user="u2", i=2),
+        user_msg("other agent", agent="other", i=3),
+        agent_msg("reply", i=4),
+        cleared(False, i=5),
+    )
+    assert list(log.read()) == recorded
+    mine = list(log.read(agent_id=AGENT, user=USER))
+    assert [r.event for r in mine] == [user_msg("mine", i=1), agent_msg("reply", i=4), cleared(False, i=5)]
+    assert [r.seq for r in log.read(after_seq=recorded[1].seq, until_seq=recorded[3].seq)] == [
+        recorded[2].seq,
+        recorded[3].seq,
+    ]
+    assert log.streams() == [(AGENT, USER), (AGENT, "u2"), ("other", USER)]
+
+
+def test_request_id_is_stored_with_the_event(log):
+    event = UserMessage(AGENT, USER, at(1), "hi", "req-1")
+    append_one(log, event)
+    assert [r.event for r in log.read()] == [event]
+
+
+@pytest.mark.parametrize(
+    ("bad_content", "error"),
+    [
+        pytest.param("\ud800 lone surrogate", UnicodeEncodeError, id="lone-surrogate"),
+        pytest.param(object(), TypeError, id="not-json-serialisable"),
+    ],
+)
+def test_append_is_all_or_nothing_across_batches(tmp_path, bad_content, error):
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        (before,) = append_one(log, user_msg("committed before", i=1))
+        batches = [
+            [user_msg("zebra first batch", i=2), agent_msg("zebra reply", i=3)],
+            [user_msg("zebra second batch", i=4), user_msg(bad_content, i=5), user_msg("zebra never", i=6)],
+        ]
+        with pytest.raises(error):
+            log.append(batches)
+        assert log.last_seq() == before.seq
+        assert list(log.read()) == [before]
+        assert log.search(AGENT, USER, "zebra", 10) == []
+        assert log.memory(AGENT, USER).long_term_count == 1
+        # the log is still usable afterwards (no transaction left open)
+        (after,) = append_one(log, user_msg("zebra later", i=7))
+        assert after.seq > before.seq
+    with EventLog.open(path, readonly=True) as reopened:
+        assert [r.event.content for r in reopened.read()] == ["committed before", "zebra later"]
+        assert [h.content for h in reopened.search(AGENT, USER, "zebra", 10)] == ["zebra later"]
+
+
+# -- fold / rebuild ------------------------------------------------------------------------
+
+
+def recorded_events(*events) -> list[Recorded]:
+    return [Recorded(seq, event) for seq, event in enumerate(events, start=1)]
+
+
+def test_fold_short_term_window_keeps_last_n_messages():
+    events = recorded_events(*(user_msg(f"m{i}", i=i) if i % 2 else agent_msg(f"m{i}", i=i) for i in range(1, 6)))
+    memory = rebuild(AGENT, USER, events, window=3)
+    assert memory.short_term == (
+        Message(3, "user", "m3", at(3)),
+        Message(4, "assistant", "m4", at(4)),
+        Message(5, "user", "m5", at(5)),
+    )
+    assert memory.long_term_count == 5
+    assert memory.last_seq == 5
+    assert memory.short_term_since == 3
+
+
+def test_fold_window_not_yet_full_keeps_everything():
+    memory = rebuild(AGENT, USER, recorded_events(user_msg("a"), agent_msg("b")), window=3)
+    assert [m.content for m in memory.short_term] == ["a", "b"]
+
+
+def test_fold_short_term_clear_empties_window_but_keeps_long_term():
+    events = recorded_events(user_msg("a"), agent_msg("b"), user_msg("c"), cleared(False, i=9))
+    memory = rebuild(AGENT, USER, events, window=3)
+    assert memory.short_term == ()
+    assert memory.long_term_count == 3
+    assert memory.long_term_since == 0
+    assert memory.clears == (Clear(4, at(9), False),)
+    assert memory.last_seq == 4
+    assert memory.short_term_since == 5
+
+
+def test_fold_long_term_clear_empties_both():
+    events = recorded_events(user_msg("a"), agent_msg("b"), user_msg("c"), cleared(True, i=9))
+    memory = rebuild(AGENT, USER, events, window=3)
+    assert memory.short_term == ()
+    assert memory.long_term_count == 0
+    assert memory.long_term_since == 4
+    assert memory.clears == (Clear(4, at(9), True),)
+
+
+def test_fold_messages_after_a_clear_start_a_new_window():
+    events = recorded_events(user_msg("old"), cleared(False), user_msg("new"), agent_msg("newer"))
+    memory = rebuild(AGENT, USER, events, window=3)
+    assert [m.content for m in memory.short_term] == ["new", "newer"]
+    assert memory.long_term_count == 3
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        user_msg("other user", user="u2"),
+        agent_msg("other agent", agent="other"),
+        cleared(True, user="u2"),
+        cleared(False, agent="other"),
+    ],
+)
+def test_fold_ignores_events_of_another_agent_or_user(event):
+    memory = rebuild(AGENT, USER, recorded_events(user_msg("a"), agent_msg("b")), window=3)
+    assert fold(memory, Recorded(99, event)) == memory
+
+
+def test_fold_of_nothing_is_empty_memory():
+    memory = rebuild(AGENT, USER, [], window=3)
+    assert memory == Memory(AGENT, USER, 3)
+    assert memory.short_term_since == 1
+
+
+def test_log_memory_is_the_fold_of_its_events(log):
+    append_one(
+        log,
+        user_msg("a", i=1),
+        user_msg("noise", user="u2", i=2),
+        agent_msg("b", i=3),
+        cleared(False, i=4),
+        user_msg("c", i=5),
+        agent_msg("d", i=6),
+        user_msg("e", i=7),
+        user_msg("f", i=8),
+    )
+    memory = log.memory(AGENT, USER, window=3)
+    assert memory == rebuild(AGENT, USER, log.read(), window=3)
+    assert [m.content for m in memory.short_term] == ["d", "e", "f"]
+    assert memory.long_term_count == 6
+
+
+# -- search ----------------------------------------------------------------------------------
+
+DISTRACTORS = ["The weather is nice today", "I like my dog", "What time is it?", "Is it raining?", "my my my"]
+FAVOURITE = "My favourite colour is turquoise."
+FILL_COUNT = len(DISTRACTORS) + 1
+
+
+def fill(log: EventLog, *, user: str = USER, agent: str = AGENT) -> list[Recorded]:
+    contents = [*DISTRACTORS[:2], FAVOURITE, *DISTRACTORS[2:]]
+    return append_one(log, *(user_msg(c, agent=agent, user=user, i=i) for i, c in enumerate(contents)))
+
+
+def test_search_finds_the_favourite_colour_first(log):
+    fill(log)
+    hits = log.search(AGENT, USER, "What is my favourite colour?", 10)
+    assert hits[0].content == FAVOURITE
+    assert hits[0].role == "user"
+
+
+def test_search_results_are_best_first(log):
+    fill(log)
+    hits = log.search(AGENT, USER, "What is my favourite colour?", 10)
+    assert len(hits) >= 3
+    scores = [h.score for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert scores[0] > scores[1]
+
+
+def test_search_hit_carries_seq_role_content_and_time(log):
+    (recorded,) = append_one(log, agent_msg("turquoise is lovely", i=7))
+    (hit,) = log.search(AGENT, USER, "turquoise", 5)
+    assert (hit.seq, hit.role, hit.content, hit.at) == (recorded.seq, "assistant", "turquoise is lovely", at(7))
+    assert hit.score > 0
+
+
+def test_search_is_per_agent_and_user(log):
+    append_one(
+        log,
+        user_msg("My favourite colour is red.", user="u2"),
+        user_msg("My favourite colour is green.", agent="other"),
+        user_msg(FAVOURITE),
+        user_msg("My favourite colour is blue.", user="u1x"),
+    )
+    assert [h.content for h in log.search(AGENT, USER, "favourite colour", 10)] == [FAVOURITE]
+    assert [h.content for h in log.search(AGENT, "u2", "favourite colour", 10)] == ["My favourite colour is red."]
+    assert [h.content for h in log.search("other", USER, "favourite colour", 10)] == ["My favourite colour is green."]
+    assert log.search("other", "u2", "favourite colour", 10) == []
+
+
+def test_search_does_not_match_scope_tokens_as_content(log):
+    append_one(log, user_msg("hello", user="u2"))
+    assert log.search(AGENT, USER, "hello", 10) == []
+    assert log.search(AGENT, USER, "scope", 10) == []
+
+
+HOSTILE_QUERIES = [
+    '"',
+    'favourite "colour',
+    '"favourite colour"',
+    "NEAR(favourite colour)",
+    "NEAR(",
+    "favourite AND colour",
+    "favourite OR",
+    "NOT colour",
+    "AND",
+    "colour*",
+    "*",
+    "-colour",
+    "content: colour",
+    "scope:anything",
+    "^colour",
+    "(colour",
+    "colour)",
+    "((",
+    "{content scope}: colour",
+    "colour + dog",
+    "'; DROP TABLE events; --",
+    "\x00colour",
+]
+
+
+@pytest.mark.parametrize("query", HOSTILE_QUERIES)
+def test_search_query_is_never_fts_syntax(log, query):
+    fill(log)
+    hits = log.search(AGENT, USER, query, 10)
+    assert isinstance(hits, list)
+    everything = {FAVOURITE, *DISTRACTORS}
+    assert {h.content for h in hits} <= everything
+    if "colour" in query:
+        assert FAVOURITE in {h.content for h in hits}
+    assert log.last_seq() == FILL_COUNT  # nothing was dropped or written
+
+
+def test_search_treats_operator_words_as_plain_words(log):
+    append_one(log, user_msg("turquoise sea"), user_msg("NOT a colour"), user_msg("or maybe and"))
+    # as FTS syntax "turquoise NOT sea" would exclude the first message; as text it matches it
+    assert "turquoise sea" in {h.content for h in log.search(AGENT, USER, "turquoise NOT sea", 10)}
+    assert [h.content for h in log.search(AGENT, USER, "NOT", 10)] == ["NOT a colour"]
+    assert [h.content for h in log.search(AGENT, USER, "OR AND", 10)] == ["or maybe and"]
+
+
+@pytest.mark.parametrize("query", ["", "   ", "?!", '""', "*", "-:^()", "'\"", "\u2014"])
+def test_search_query_without_words_returns_nothing(log, query):
+    fill(log)
+    assert log.search(AGENT, USER, query, 10) == []
+    assert match_expression(AGENT, USER, query) is None
+
+
+def test_match_expression_quotes_every_word():
+    expr = match_expression(AGENT, USER, 'NEAR(a "b" OR c*')
+    assert expr is not None
+    assert '"near"' in expr and '"a"' in expr and '"b"' in expr and '"or"' in expr and '"c"' in expr
+    assert "NEAR(" not in expr and "*" not in expr
+
+
+def test_search_respects_limit(log):
+    append_one(log, *(user_msg(f"turquoise number {i}", i=i) for i in range(8)))
+    assert len(log.search(AGENT, USER, "turquoise", 3)) == 3
+    assert len(log.search(AGENT, USER, "turquoise", 1)) == 1
+    assert len(log.search(AGENT, USER, "turquoise", 100)) == 8
+
+
+def test_search_since_seq_restricts_to_the_short_term_window(log):
+    append_one(log, *(user_msg(f"turquoise old {i}", i=i) for i in range(4)))
+    recent = append_one(log, user_msg("turquoise recent", i=10), agent_msg("nothing", i=11), user_msg("turquoise last", i=12))
+    memory = log.memory(AGENT, USER, window=3)
+    assert memory.short_term_since == recent[0].seq
+    hits = log.search(AGENT, USER, "turquoise", 10, since_seq=memory.short_term_since)
+    assert sorted(h.content for h in hits) == ["turquoise last", "turquoise recent"]
+    assert len(log.search(AGENT, USER, "turquoise", 10)) == 6
+
+
+def test_search_short_term_window_is_empty_after_a_clear(log):
+    append_one(log, user_msg("turquoise"), cleared(False))
+    memory = log.memory(AGENT, USER, window=3)
+    assert log.search(AGENT, USER, "turquoise", 10, since_seq=memory.short_term_since) == []
+    # a short-term clear keeps the long-term memory searchable
+    assert [h.content for h in log.search(AGENT, USER, "turquoise", 10)] == ["turquoise"]
+
+
+def test_search_after_long_term_clear_forgets_only_that_user(log):
+    fill(log)
+    fill(log, user="u2")
+    fill(log, agent="other")
+    append_one(log, cleared(True))
+    assert log.search(AGENT, USER, "favourite colour", 10) == []
+    assert [h.content for h in log.search(AGENT, "u2", "favourite colour", 10)] == [FAVOURITE]
+    assert [h.content for h in log.search("other", USER, "favourite colour", 10)] == [FAVOURITE]
+    # messages after the clear are remembered again
+    append_one(log, user_msg("my favourite colour is now amber"))
+    assert [h.content for h in log.search(AGENT, USER, "favourite colour", 10)] == ["my favourite colour is now amber"]
+    # the log itself keeps every event
+    assert log.last_seq() == 3 * FILL_COUNT + 2
+
+
+# -- reopen ----------------------------------------------------------------------------------
+
+
+def test_data_survives_close_and_reopen(tmp_path):
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        fill(log)
+        append_one(log, agent_msg("noted", i=20), cleared(False, i=21))
+        events = list(log.read())
+        memory = log.memory(AGENT, USER, window=3)
+    for readonly in (False, True):
+        with EventLog.open(path, readonly=readonly) as reopened:
+            assert list(reopened.read()) == events
+            assert reopened.memory(AGENT, USER, window=3) == memory
+            assert reopened.search(AGENT, USER, "What is my favourite colour?", 5)[0].content == FAVOURITE
+    with EventLog.open(path) as reopened:
+        (more,) = append_one(reopened, user_msg("again"))
+        assert more.seq == events[-1].seq + 1
+
+
+def test_user_ids_are_text_keys(tmp_path):
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        append_one(log, user_msg("turquoise for 123", user="123"), user_msg("turquoise for 0123", user="0123"))
+    with EventLog.open(path) as log:
+        assert log.streams() == [(AGENT, "0123"), (AGENT, "123")]
+        assert all(type(user) is str for _, user in log.streams())
+        assert [r.event.user for r in log.read(user="123")] == ["123"]
+        assert all(type(r.event.user) is str for r in log.read())
+        assert [h.content for h in log.search(AGENT, "123", "turquoise", 10)] == ["turquoise for 123"]
+        assert [h.content for h in log.search(AGENT, "0123", "turquoise", 10)] == ["turquoise for 0123"]
+        assert log.memory(AGENT, "123").long_term_count == 1
+
+
+# -- file handling -----------------------------------------------------------------------------
+
+
+def test_open_creates_a_missing_file_writable(tmp_path):
+    path = tmp_path / "new.db"
+    with EventLog.open(path) as log:
+        assert path.is_file()
+        assert not log.readonly
+        (recorded,) = append_one(log, user_msg("hello"))
+        assert recorded.seq == 1
+    assert path.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+def test_readonly_open_of_a_missing_file_raises_and_creates_nothing(tmp_path):
+    path = tmp_path / "missing.db"
+    with pytest.raises(MissingEventLog):
+        EventLog.open(path, readonly=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_event_log_is_a_file_not_found_error():
+    assert issubclass(MissingEventLog, FileNotFoundError)
+
+
+def write_foreign_sqlite(path) -> None:
+    conn = stdlib_sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+    conn.execute("INSERT INTO notes (body) VALUES ('precious')")
+    conn.commit()
+    conn.close()
+
+
+def write_hello(path) -> None:
+    path.write_bytes(b"hello world")
+
+
+def write_big_text(path) -> None:
+    path.write_bytes(b"not sqlite at all\n" * 1000)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "readonly"])
+@pytest.mark.parametrize("make", [write_hello, write_big_text, write_foreign_sqlite], ids=["hello", "text", "foreign-sqlite"])
+def test_not_an_event_log_raises_and_leaves_file_untouched(tmp_path, make, readonly):
+    path = tmp_path / "other.db"
+    make(path)
+    before = snapshot(path)
+    with pytest.raises(NotAnEventLog):
+        EventLog.open(path, readonly=readonly)
+    assert snapshot(path) == before
+
+
+def test_foreign_sqlite_file_keeps_its_data(tmp_path):
+    path = tmp_path / "other.db"
+    write_foreign_sqlite(path)
+    for readonly in (False, True):
+        with pytest.raises(NotAnEventLog):
+            EventLog.open(path, readonly=readonly)
+    conn = stdlib_sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT body FROM notes").fetchall() == [("precious",)]
+        assert conn.execute("PRAGMA application_id").fetchone() == (0,)
+    finally:
+        conn.close()
+
+
+def test_writable_open_of_a_directory_raises_not_an_event_log(tmp_path):
+    with pytest.raises(NotAnEventLog):
+        EventLog.open(tmp_path)
+
+
+def test_empty_file_is_treated_as_new(tmp_path):
+    path = tmp_path / "empty.db"
+    path.write_bytes(b"")
+    with EventLog.open(path) as log:
+        assert log.last_seq() == 0
+        append_one(log, user_msg("turquoise"))
+    with EventLog.open(path, readonly=True) as log:
+        assert [h.content for h in log.search(AGENT, USER, "turquoise", 5)] == ["turquoise"]
+
+
+def test_readonly_log_cannot_append(tmp_path):
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        append_one(log, user_msg("first"))
+    with EventLog.open(path, readonly=True) as ro:
+        assert ro.readonly
+        with pytest.raises(sqlite3.Error):
+            ro.append([[user_msg("second")]])
+        assert [r.event.content for r in ro.read()] == ["first"]
+    with EventLog.open(path) as log:
+        assert [r.event.content for r in log.read()] == ["first"]
+
+
+def test_readonly_log_sees_events_committed_by_an_open_writable_log(tmp_path):
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as writer:
+        append_one(writer, user_msg("turquoise one"))
+        with EventLog.open(path, readonly=True) as reader:
+            assert [r.event.content for r in reader.read()] == ["turquoise one"]
+            append_one(writer, user_msg("turquoise two"))
+            assert [r.event.content for r in reader.read()] == ["turquoise one", "turquoise two"]
+            assert reader.last_seq() == writer.last_seq() == 2
+            assert len(reader.search(AGENT, USER, "turquoise", 10)) == 2
