@@ -326,10 +326,9 @@ def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None
 
 
 def encode(frame: ServerFrame) -> str:
-    """The JSON text of one server frame, with its "type" tag."""
-    return json.dumps(
-        converter.unstructure(frame, unstructure_as=ServerFrame), ensure_ascii=False, separators=(",", ":")
-    )
+    """The JSON text of one server frame, its "type" tag first (as people read frames in logs)."""
+    body = converter.unstructure(frame, unstructure_as=ServerFrame)
+    return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
 
 
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:

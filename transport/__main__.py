@@ -1,0 +1,9 @@
+"""`python -m transport` runs the `agentcast` command line (for when the script is not on PATH).
+
+Imports only `transport.cli`.
+"""
+import sys
+
+from .cli import main
+
+sys.exit(main())
