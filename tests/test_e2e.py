@@ -346,3 +346,15 @@ async def test_graceful_stop_finishes_the_running_turn_then_closes_with_1001(db_
             assert info.value.reason.code == 1001
         with trio.fail_after(10):
             await server.stopped.wait()
+
+
+async def test_a_frame_over_max_message_size_closes_with_1009(db_path):
+    async with running_server(db_path, max_message_size=1024) as server:
+        async with connect(server.port) as c:
+            await c.request(chat("y" * 900), "agent_done")  # under the limit: fine
+            await c.send(chat("x" * 2000))
+            with pytest.raises(ConnectionClosed) as info:
+                await c.recv()
+            assert info.value.reason.code == 1009
+        async with connect(server.port) as c:  # the server goes on
+            assert await c.request({"type": "ping"}, "ping") == [{"type": "ping"}]

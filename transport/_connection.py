@@ -78,6 +78,8 @@ class Connection:
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
         self._close_reason = ""
+        self._discard = False  # drop queued frames instead of writing them
+        self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
 
     # -- actors.Outbox -----------------------------------------------------------------
 
@@ -89,16 +91,15 @@ class Connection:
     def close(self, code: int, reason: str, *, drain: bool = True) -> None:
         """Close the connection with `code`, from any task, without waiting.
 
-        With `drain`, frames already queued are written first (for at most `close_timeout`
-        seconds); without, the connection is cut at once (for a client that does not read).
+        With `drain`, frames already queued are written first; without, they are dropped (for
+        a client that does not read). Either way the close takes at most `close_timeout`
+        seconds; a client still not reading by then is cut off without a close frame.
         """
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
-        if drain:
-            self._send.close()  # the writer finishes the queue, then ends the connection
-            self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
-        else:
-            self._scope.cancel()
+        self._discard = self._discard or not drain
+        self._send.close()  # no more frames; the writer ends the connection when done
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
 
     async def run(self) -> None:
         """Serve the client until it leaves or the connection is closed; never raises."""
@@ -118,7 +119,7 @@ class Connection:
             for agent_id in self.subscriptions:
                 self._audience.unsubscribe(agent_id, self.user, self)
             self._send.close()
-            if self._close_code is not None:
+            if self._close_code is not None and not self._mid_frame:
                 with trio.move_on_after(self._close_timeout) as cleanup:
                     cleanup.shield = True
                     await self._ws.aclose(self._close_code, self._close_reason)
@@ -137,15 +138,20 @@ class Connection:
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # the connection is gone; what it missed is in the log
+            pass  # closing or gone; what it missed is in the log
 
     async def _write_frames(self) -> None:
-        """Write queued frames until the queue is closed and empty, then end the connection."""
+        """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection."""
         try:
             async for frame in self._receive:
-                await self._ws.send_message(p.encode(frame))
+                if self._discard:
+                    break
+                text = p.encode(frame)
+                self._mid_frame = True
+                await self._ws.send_message(text)
+                self._mid_frame = False
         except ConnectionClosed:
-            pass
+            self._mid_frame = False
         self._scope.cancel()
 
     async def _read_frames(self) -> None:

@@ -1,0 +1,133 @@
+"""Transport units over in-memory streams (trio.testing): a client that stops reading is cut off
+with 1013 while everyone else goes on, and what it missed is still complete in the log."""
+from __future__ import annotations
+
+import json
+
+import trio
+import trio.testing
+from trio_websocket import wrap_client_stream, wrap_server_stream
+
+from actors import Agents, Audience, Journal, agent_specs
+from store import EventLog
+from transport._connection import TRY_AGAIN_LATER, Connection
+
+
+class Harness:
+    """Agents over a real SQLite file, and a way to attach in-memory clients to them."""
+
+    def __init__(self, nursery, db):
+        self.nursery = nursery
+        self.log = EventLog.open(db)
+        self.journal = Journal(self.log, lambda: EventLog.open(db, readonly=True))
+        self.audience = Audience()
+        self.agents = Agents(agent_specs(None), self.journal, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z")
+        self.finished: list[Connection] = []
+
+    async def start(self):
+        await self.nursery.start(self.journal.run)
+        await self.nursery.start(self.agents.run)
+
+    async def client(self, *, lockstep=False, outbox_size=1024):
+        """A connected client; with `lockstep`, the server's writes block until the client reads."""
+        if lockstep:
+            server_stream, client_stream = trio.testing.lockstep_stream_pair()
+        else:
+            server_stream, client_stream = trio.testing.memory_stream_pair()
+        connection_ready = trio.Event()
+
+        async def serve():
+            request = await wrap_server_stream(self.nursery, server_stream)
+            ws = await request.accept()
+            conn = Connection(ws, self.agents, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z",
+                              outbox_size=outbox_size, close_timeout=0.5)
+            self.current = conn
+            connection_ready.set()
+            await conn.run()
+            self.finished.append(conn)
+
+        self.nursery.start_soon(serve)
+        ws = await wrap_client_stream(self.nursery, client_stream, "127.0.0.1", "/ws")
+        await connection_ready.wait()
+        return ws, self.current
+
+
+async def recv(ws):
+    with trio.fail_after(10):
+        return json.loads(await ws.get_message())
+
+
+async def recv_until(ws, type_):
+    frames = [await recv(ws)]
+    while frames[-1]["type"] != type_:
+        frames.append(await recv(ws))
+    return frames
+
+
+async def test_a_client_that_stops_reading_is_closed_with_1013_and_nobody_waits(tmp_path):
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, str(tmp_path / "c.db"))
+        await h.start()
+        reader_ws, _ = await h.client()
+        assert (await recv(reader_ws))["type"] == "connected"
+        stalled_ws, stalled = await h.client(lockstep=True, outbox_size=4)
+        # The stalled client never reads: its first frame ("connected") already blocks the writer.
+        await stalled_ws.send_message(json.dumps({"type": "set_user", "user_id": "slow"}))
+        for i in range(3):
+            await stalled_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": f"unread {i}"}))
+        with trio.fail_after(10):
+            while stalled not in h.finished:
+                await trio.sleep(0.01)
+        assert stalled._close_code == TRY_AGAIN_LATER
+        # Everyone else goes on.
+        await reader_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "still fine"}))
+        frames = await recv_until(reader_ws, "agent_done")
+        assert "still fine" in frames[-2]["message"]
+        # Whatever the stalled client's commands started is complete in the log: the turns it
+        # submitted before being cut off were carried out and committed, whole.
+        await h.agents.wait_idle()
+        events = list(h.log.read(user="slow"))
+        said = [r.event.content for r in events if r.event.role == "user"]
+        assert said and said == [f"unread {i}" for i in range(len(said))]
+        assert [r.event.role for r in events] == ["user", "assistant"] * len(said)
+        nursery.cancel_scope.cancel()
+
+
+async def test_deliveries_after_the_client_left_are_ignored(tmp_path):
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, str(tmp_path / "d.db"))
+        await h.start()
+        ws, conn = await h.client()
+        assert (await recv(ws))["type"] == "connected"
+        await ws.aclose()
+        with trio.fail_after(10):
+            while conn not in h.finished:
+                await trio.sleep(0.01)
+        from actors import TurnDone
+        conn.deliver(TurnDone("my_agent", None))  # must neither raise nor block
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(tmp_path):
+    from trio_websocket import ConnectionClosed
+
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, str(tmp_path / "s.db"))
+        await h.start()
+        ws, conn = await h.client(lockstep=True, outbox_size=2)
+        for _ in range(2):  # 14 frames: more than the client library buffers plus the queue holds
+            await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "flood me"}))
+        with trio.fail_after(10):
+            while conn._close_code is None:
+                await trio.sleep(0.01)
+        received = []
+        try:
+            while True:
+                received.append(await recv(ws))
+        except ConnectionClosed as closed:
+            assert closed.reason.code == TRY_AGAIN_LATER
+        # it got what was already on its way when the queue overflowed (its WebSocket library
+        # buffers a frame or two), then the close; not the rest of the turn
+        types = [f["type"] for f in received]
+        assert types[0] == "connected" and types.count("agent_done") < 2
+        nursery.cancel_scope.cancel()
