@@ -91,7 +91,9 @@ def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
 def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
     """Open an existing log for reading only; never creates or modifies the file."""
     p = Path(path)
-    if not p.is_file():
+    if p.exists() and not p.is_file():
+        raise NotAnEventLog(f"{p} is not a regular file")
+    if not p.exists():
         raise MissingEventLog(f"{p}: no such database file")
     return _open_readonly(p, allow_pending=False)
 
@@ -107,9 +109,12 @@ def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") ->
         raise NotAnEventLog(f"{p} is not a regular file")
     if p.exists() and p.stat().st_size > 0:
         _open_readonly(p, allow_pending=True).close()
-    conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
     try:
+        conn = sqlite3.connect(str(p), isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.Error as exc:
+        raise OSError(f"cannot open the database {p}: {exc}") from None
+    try:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         db = Database(conn)

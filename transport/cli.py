@@ -60,12 +60,23 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         return _replay(args)
-    except (ConfigError, NotAnEventLog, MissingEventLog, UndecodableEvent) as exc:
-        print(f"agentcast: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"agentcast: error: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
-        return 1
+    except Exception as exc:
+        problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
+        if isinstance(problem, (ConfigError, NotAnEventLog, MissingEventLog, UndecodableEvent)):
+            print(f"agentcast: error: {problem}", file=sys.stderr)
+            return 1
+        if isinstance(problem, OSError):
+            where = f": {problem.filename}" if problem.filename else ""
+            print(f"agentcast: error: {problem.strerror or problem}{where}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (else `exc` itself)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 # -- serve -----------------------------------------------------------------------------------

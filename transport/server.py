@@ -117,7 +117,10 @@ class Server:
 
     async def _listen(self, clients: trio.Nursery, task_status: trio.TaskStatus[int]) -> None:
         s = self.settings
-        listeners = await trio.open_tcp_listeners(s.port, host=s.host)
+        try:
+            listeners = await trio.open_tcp_listeners(s.port, host=s.host)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
         endpoint = WebSocketServer(
             self._handle,
             listeners,
