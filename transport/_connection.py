@@ -15,6 +15,7 @@ import actors
 from actors import Agent, Audience, Busy, Output
 
 from . import protocol as p
+from ._wsbatch import send_text_batch
 
 logger = logging.getLogger("agentcast.transport")
 
@@ -141,14 +142,24 @@ class Connection:
             pass  # closing or gone; what it missed is in the log
 
     async def _write_frames(self) -> None:
-        """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection."""
+        """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
+
+        Frames queued together go out in one socket write, adjacent chunks of a turn merged.
+        """
+        receive = self._receive
         try:
-            async for frame in self._receive:
+            async for frame in receive:
+                frames = [frame]
+                while True:
+                    try:
+                        frames.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
                 if self._discard:
                     break
-                text = p.encode(frame)
+                texts = [p.encode(f) for f in p.coalesce(frames)]
                 self._mid_frame = True
-                await self._ws.send_message(text)
+                await send_text_batch(self._ws, texts)
                 self._mid_frame = False
         except ConnectionClosed:
             self._mid_frame = False

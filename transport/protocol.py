@@ -331,6 +331,27 @@ def encode(frame: ServerFrame) -> str:
     return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
 
 
+def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:
+    """`frames` with each run of adjacent `response_chunk`s of one turn merged into one.
+
+    Deltas produced faster than they can be written travel as one frame; the concatenation
+    of the deltas, and the order of everything else, stay the same.
+    """
+    out: list[ServerFrame] = []
+    for frame in frames:
+        last = out[-1] if out else None
+        if (
+            type(frame) is ResponseChunk
+            and type(last) is ResponseChunk
+            and last.agent_id == frame.agent_id
+            and last.request_id == frame.request_id
+        ):
+            out[-1] = ResponseChunk(last.agent_id, last.delta + frame.delta, last.request_id)
+        else:
+            out.append(frame)
+    return out
+
+
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:
     """The `error` frame that reports `error` to the client."""
     return Error(error.code, error.message, agent_id, error.request_id)

@@ -1,0 +1,85 @@
+"""transport._wsbatch, the one place that uses trio-websocket internals: several messages in one
+socket write, each still arriving as its own message; and frame coalescing (transport.protocol.coalesce)."""
+from __future__ import annotations
+
+import trio
+import trio.testing
+from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
+
+import pytest
+
+from transport import protocol as p
+from transport._wsbatch import batching_supported, send_text_batch
+
+
+async def pair(nursery):
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    server_ws = None
+
+    async def accept():
+        nonlocal server_ws
+        server_ws = await (await wrap_server_stream(nursery, server_stream)).accept()
+
+    nursery.start_soon(accept)
+    client_ws = await wrap_client_stream(nursery, client_stream, "127.0.0.1", "/ws")
+    while server_ws is None:
+        await trio.sleep(0)
+    return server_ws, client_ws
+
+
+async def test_the_installed_trio_websocket_has_the_internals():
+    async with trio.open_nursery() as nursery:
+        server_ws, _ = await pair(nursery)
+        assert batching_supported(server_ws)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_batch_is_one_socket_write_and_arrives_as_separate_messages():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        writes = []
+        real_send_all = server_ws._stream.send_all
+
+        async def counting_send_all(data):
+            writes.append(len(data))
+            await real_send_all(data)
+
+        server_ws._stream.send_all = counting_send_all
+        texts = ["one", "two ünïcode", "x" * 70000, "four"]
+        await send_text_batch(server_ws, texts)
+        assert len(writes) == 1
+        assert [await client_ws.get_message() for _ in texts] == texts
+        nursery.cancel_scope.cancel()
+
+
+async def test_sending_on_a_closed_connection_raises_connection_closed():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        await client_ws.aclose()
+        with pytest.raises(ConnectionClosed):
+            for _ in range(100):  # until the server side has noticed the close
+                await send_text_batch(server_ws, ["late"])
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+def test_coalesce_merges_adjacent_chunks_of_one_turn_only():
+    frames = [
+        p.AgentThinking("a", "r"),
+        p.ResponseChunk("a", "Hel", "r"),
+        p.ResponseChunk("a", "lo", "r"),
+        p.ResponseChunk("b", "other agent", "r"),
+        p.ResponseChunk("a", " there", "r2"),
+        p.ResponseChunk("a", "!", "r2"),
+        p.Response("a", "Hello", 3, "r"),
+        p.ResponseChunk("a", "after", "r"),
+    ]
+    assert p.coalesce(frames) == [
+        p.AgentThinking("a", "r"),
+        p.ResponseChunk("a", "Hello", "r"),
+        p.ResponseChunk("b", "other agent", "r"),
+        p.ResponseChunk("a", " there!", "r2"),
+        p.Response("a", "Hello", 3, "r"),
+        p.ResponseChunk("a", "after", "r"),
+    ]
+    assert p.coalesce([]) == []

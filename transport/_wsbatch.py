@@ -1,0 +1,42 @@
+"""Writing several WebSocket text messages in one socket write: the only code that touches trio-websocket internals.
+
+trio-websocket writes each message with its own `send_all`, which dominates its cost; this module
+mirrors its private `WebSocketConnection._send` for a list of messages. Pinned by pyproject
+(trio-websocket >=0.11,<0.13) and checked by tests/test_wsbatch.py; if the internals are not
+there it falls back to one `send_message` per message.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+from wsproto.events import TextMessage
+
+_INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
+
+
+def batching_supported(ws: WebSocketConnection) -> bool:
+    """True when `ws` has the internals `send_text_batch` relies on."""
+    return all(hasattr(ws, name) for name in _INTERNALS)
+
+
+async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None:
+    """Send `texts` as consecutive text messages, in one `send_all` when possible.
+
+    Raises `ConnectionClosed` like `send_message` does. Cancelled midway, the stream may hold
+    part of a message: like any cancelled `send_all`, the connection can take no more data.
+    """
+    if not batching_supported(ws):  # pragma: no cover - another trio-websocket version
+        for text in texts:
+            await ws.send_message(text)
+        return
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    data = b"".join(ws._wsproto.send(TextMessage(data=text)) for text in texts)
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws._close_reason) from None
