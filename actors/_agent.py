@@ -83,17 +83,37 @@ class Audience:
             if not subs:
                 del self._subscribers[key]
 
-    def recipients(self, agent_id: str, user: str, origin: Outbox) -> list[Outbox]:
+    def recipients(self, agent_id: str, user: str, origin: Outbox) -> "Recipients":
         """`origin`, then every other outbox subscribed to `agent_id` under `user`: each once."""
         subs = self._subscribers.get((agent_id, user))
-        if not subs:
-            return [origin]
-        return [origin, *(o for o in subs if o is not origin)]
+        others = [o for o in subs if o is not origin] if subs else []
+        return Recipients(self, agent_id, user, origin, others)
+
+    def hears(self, agent_id: str, user: str, outbox: Outbox) -> bool:
+        """True while `outbox` is subscribed to `agent_id` under `user`."""
+        subs = self._subscribers.get((agent_id, user))
+        return subs is not None and outbox in subs
 
 
-def _deliver(recipients: list[Outbox], output: Output) -> None:
-    for outbox in recipients:
-        outbox.deliver(output)
+class Recipients:
+    """Who gets the outputs of one command: its origin, and the subscribers it had when it
+    started that still are subscribed under the same user when an output is delivered (a
+    connection that switches user mid-turn gets nothing more of the old user's turn)."""
+
+    __slots__ = ("_audience", "_agent_id", "_user", "_origin", "_others")
+
+    def __init__(self, audience: Audience, agent_id: str, user: str, origin: Outbox, others: list[Outbox]) -> None:
+        self._audience = audience
+        self._agent_id = agent_id
+        self._user = user
+        self._origin = origin
+        self._others = others
+
+    def deliver(self, output: Output) -> None:
+        self._origin.deliver(output)
+        for outbox in self._others:
+            if self._audience.hears(self._agent_id, self._user, outbox):
+                outbox.deliver(output)
 
 
 @frozen
@@ -200,13 +220,13 @@ class Agent:
 
     def _fail(self, command: AgentCommand, code: str, message: str) -> None:
         recipients = self._recipients(command)
-        _deliver(recipients, Failed(self.agent_id, code, message, command.request_id))
+        recipients.deliver(Failed(self.agent_id, code, message, command.request_id))
         if isinstance(command, ChatTurn):
-            _deliver(recipients, TurnDone(self.agent_id, command.request_id))
+            recipients.deliver(TurnDone(self.agent_id, command.request_id))
 
-    def _recipients(self, command: AgentCommand) -> list[Outbox]:
+    def _recipients(self, command: AgentCommand) -> Recipients:
         if isinstance(command, SearchMemory):
-            return [command.origin]
+            return Recipients(self._audience, self.agent_id, command.user, command.origin, [])
         return self._audience.recipients(self.agent_id, command.user, command.origin)
 
     async def _carry_out(self, memory: Memory, command: AgentCommand) -> Memory:
@@ -220,7 +240,7 @@ class Agent:
     async def _chat(self, memory: Memory, cmd: ChatTurn) -> Memory:
         agent_id, rid = self.agent_id, cmd.request_id
         recipients = self._recipients(cmd)
-        _deliver(recipients, TurnStarted(agent_id, rid))
+        recipients.deliver(TurnStarted(agent_id, rid))
         brain = self.spec.brain
         recalled = ()
         if brain.recall and memory.long_term_count:
@@ -233,7 +253,7 @@ class Agent:
             async for delta in brain.reply(Turn(agent_id, cmd.user, cmd.message, memory, recalled)):
                 if delta:
                     deltas.append(delta)
-                    _deliver(recipients, TurnChunk(agent_id, delta, rid))
+                    recipients.deliver(TurnChunk(agent_id, delta, rid))
             if not deltas:
                 failure = "The agent gave an empty answer"
         except BrainError as exc:
@@ -245,13 +265,13 @@ class Agent:
         if failure is not None:
             # The user did say it: that stays remembered even though no answer came.
             (said_rec,) = await self._journal.append([said])
-            _deliver(recipients, Failed(agent_id, "brain_error", failure, rid))
-            _deliver(recipients, TurnDone(agent_id, rid))
+            recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
+            recipients.deliver(TurnDone(agent_id, rid))
             return fold(memory, said_rec)
         answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid)
         said_rec, answer_rec = await self._journal.append([said, answer])
-        _deliver(recipients, TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
-        _deliver(recipients, TurnDone(agent_id, rid))
+        recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
+        recipients.deliver(TurnDone(agent_id, rid))
         return fold(fold(memory, said_rec), answer_rec)
 
     async def _search(self, memory: Memory, cmd: SearchMemory) -> None:
@@ -265,7 +285,7 @@ class Agent:
 
     async def _clear(self, memory: Memory, cmd: ClearMemory) -> Memory:
         (rec,) = await self._journal.append([MemoryCleared(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
-        _deliver(self._recipients(cmd), MemoryWasCleared(self.agent_id, cmd.long_term, rec.seq, cmd.request_id))
+        self._recipients(cmd).deliver(MemoryWasCleared(self.agent_id, cmd.long_term, rec.seq, cmd.request_id))
         return fold(memory, rec)
 
 

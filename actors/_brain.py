@@ -52,8 +52,10 @@ class EchoBrain:
     recall = 0
 
     def __init__(self, delay: float = 0.0, chunks: int = 4) -> None:
-        if delay < 0 or chunks < 1:
-            raise ValueError("echo brain: delay must be >= 0 and chunks >= 1")
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not (0 <= delay < 3600):
+            raise ValueError("echo brain: delay must be a number of seconds from 0 to 3600")
+        if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+            raise ValueError("echo brain: chunks must be an integer >= 1")
         self.delay = delay
         self.chunks = chunks
 

@@ -4,6 +4,7 @@ Synchronous and thread-agnostic (one caller at a time). Must not import trio, `a
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -116,7 +117,8 @@ class EventLog:
                 out.append(recorded)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
+                conn.execute("ROLLBACK")
             raise
         return out
 
@@ -136,6 +138,15 @@ class EventLog:
             )
 
     # -- reading -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator["EventLog"]:
+        """Within this block, every read sees the log as of one moment (one read transaction)."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._conn.execute("COMMIT")
 
     def read(
         self,

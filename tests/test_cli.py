@@ -681,3 +681,15 @@ def test_logs_name_each_connection_and_errors_name_client_and_user(tmp_path, ser
     errors = [line for line in lines if "error=" in line]
     assert any(f"client={first_id} user=log-user error=unknown_agent" in line for line in errors), errors
     assert any(f"client={second_id} user={second_id} error=invalid_json" in line for line in errors), errors
+
+
+def test_replay_of_a_damaged_log_is_a_clear_error(tmp_path, populated_db):
+    db = tmp_path / "damaged.db"
+    data = bytearray(populated_db.read_bytes())
+    page = int.from_bytes(data[16:18], "big") or 65536
+    for offset in range(page, len(data), 7):  # scribble over every page after the header page
+        data[offset] = 0xA5
+    db.write_bytes(bytes(data))
+    result = cli("replay", "--db", str(db), cwd=tmp_path)
+    assert result.returncode != 0
+    assert_one_line_error(result.stderr, "damaged")

@@ -131,3 +131,18 @@ async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(tmp_pa
         types = [f["type"] for f in received]
         assert types[0] == "connected" and types.count("agent_done") < 2
         nursery.cancel_scope.cancel()
+
+
+async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(tmp_path):
+    async with trio.open_nursery() as nursery:
+        h = Harness(nursery, str(tmp_path / "b.db"))
+        await h.start()
+        ws, conn = await h.client(lockstep=True)
+        conn._outbox_bytes = 3000  # frames are many fewer than outbox_size; their text is not
+        for _ in range(3):
+            await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
+        with trio.fail_after(10):
+            while conn not in h.finished:
+                await trio.sleep(0.01)
+        assert conn._close_code == TRY_AGAIN_LATER
+        nursery.cancel_scope.cancel()

@@ -368,3 +368,37 @@ async def test_a_frame_over_max_message_size_closes_with_1009(db_path):
             assert info.value.reason.code == 1009
         async with connect(server.port) as c:  # the server goes on
             assert await c.request({"type": "ping"}, "ping") == [{"type": "ping"}]
+
+
+async def test_a_subscriber_that_switches_user_mid_turn_gets_nothing_more_of_it(db_path):
+    brain = GatedBrain()
+    async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
+        async with connect(server.port) as phone, connect(server.port) as kiosk:
+            for c in (phone, kiosk):
+                await c.request({"type": "set_user", "user_id": "alice"}, "user_set")
+            await kiosk.request({"type": "subscribe", "agent_id": AGENT}, "subscribed")
+            await phone.send(chat("my secret is 42"))
+            assert (await kiosk.recv())["type"] == "agent_thinking"  # still alice's kiosk here
+            await brain.started.wait()
+            await kiosk.request({"type": "set_user", "user_id": "bob"}, "user_set")
+            brain.gate.set()
+            frames = await phone.recv_until("agent_done")
+            assert frames[-2]["type"] == "response"
+            # bob's kiosk: the next frame is the answer to its own ping, nothing of alice's turn
+            assert await kiosk.request({"type": "ping"}, "ping") == [{"type": "ping"}]
+
+
+async def test_clients_that_reset_right_after_the_handshake_do_not_hurt_the_server(server):
+    import socket
+    import struct
+
+    for _ in range(100):
+        sock = trio.socket.socket()
+        await sock.connect(("127.0.0.1", server.port))
+        await sock.send(HANDSHAKE.format(path="/ws").encode())
+        await sock.recv(1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = RST
+        sock.close()
+    async with connect(server.port) as c:
+        frames = await c.request(chat("still serving?"), "agent_done")
+        assert "still serving?" in frames[-2]["message"]

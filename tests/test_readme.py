@@ -33,3 +33,4 @@ def test_the_documented_config_is_valid(tmp_path):
     settings = server_settings(config)
     assert settings.port == 5050 and settings.synchronous == "NORMAL"
     assert [a.agent_id for a in config.agents] == ["helper"]
+

@@ -15,7 +15,7 @@ from actors import AgentSpec, ConfigError, agent_specs
 
 from .server import ServerSettings
 
-_SETTING_TYPES = {f.name: f.type for f in attrs.fields(ServerSettings)}
+_SETTING_TYPES = {f.name: f.type.__name__ for f in attrs.fields(attrs.resolve_types(ServerSettings))}
 
 
 @attrs.frozen

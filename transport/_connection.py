@@ -48,8 +48,8 @@ def frame_of(output: Output) -> p.ServerFrame:
 class Connection:
     """A client's session. Implements `actors.Outbox`.
 
-    Frames for the client wait in a bounded queue written by one task; a client that
-    lets the queue overflow is closed with 1013, so no agent ever waits on it.
+    Frames for the client wait in a queue bounded in frames and in size, written by one
+    task; a client that lets it overflow is closed with 1013, so no agent ever waits on it.
     """
 
     def __init__(
@@ -60,6 +60,7 @@ class Connection:
         *,
         clock: Callable[[], str],
         outbox_size: int = 1024,
+        outbox_bytes: int = 8 * 1024 * 1024,
         close_timeout: float = 5.0,
         accepting: Callable[[], bool] = lambda: True,
     ) -> None:
@@ -76,6 +77,8 @@ class Connection:
         self._close_timeout = close_timeout
         self._accepting = accepting
         self._send, self._receive = trio.open_memory_channel[p.ServerFrame](outbox_size)
+        self._outbox_bytes = outbox_bytes
+        self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
         self._close_reason = ""
@@ -93,8 +96,8 @@ class Connection:
         """Close the connection with `code`, from any task, without waiting.
 
         With `drain`, frames already queued are written first; without, they are dropped (for
-        a client that does not read). Either way the close takes at most `close_timeout`
-        seconds; a client still not reading by then is cut off without a close frame.
+        a client that does not read). Writing them gets at most `close_timeout` seconds, the
+        close handshake as long again; a client still not reading is cut off without a close frame.
         """
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
@@ -102,12 +105,17 @@ class Connection:
         self._send.close()  # no more frames; the writer ends the connection when done
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
 
+    def _remote(self) -> str:
+        try:
+            remote = self._ws.remote  # getpeername(): fails once the client has reset the connection
+        except OSError:
+            return "gone"
+        return f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
+
     async def run(self) -> None:
         """Serve the client until it leaves or the connection is closed; never raises."""
-        remote = self._ws.remote
-        where = f"{remote.address}:{remote.port}" if hasattr(remote, "address") else str(remote)
-        logger.info("open client=%s remote=%s", self.client_id, where)
         try:
+            logger.info("open client=%s remote=%s", self.client_id, self._remote())
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_frames)
@@ -133,13 +141,18 @@ class Connection:
             )
 
     def _queue(self, frame: p.ServerFrame) -> None:
+        size = p.text_size(frame)
         try:
+            if self._queued_size + size > self._outbox_bytes and self._queued_size:
+                raise trio.WouldBlock
             self._send.send_nowait(frame)
         except trio.WouldBlock:
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass  # closing or gone; what it missed is in the log
+        else:
+            self._queued_size += size
 
     async def _write_frames(self) -> None:
         """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
@@ -155,6 +168,7 @@ class Connection:
                         frames.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                self._queued_size -= sum(p.text_size(f) for f in frames)
                 if self._discard:
                     break
                 texts = [p.encode(f) for f in p.coalesce(frames)]
@@ -171,6 +185,8 @@ class Connection:
                 data = await self._ws.get_message()
             except ConnectionClosed:
                 return
+            if self._close_code is not None:
+                continue  # closing: nothing more is taken on
             cmd = None
             try:
                 cmd = p.decode(data)

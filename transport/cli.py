@@ -12,6 +12,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 
 import trio
+from sqlite_utils.utils import sqlite3
 
 from actors import ConfigError
 from store import DEFAULT_WINDOW, EventLog, Memory, MissingEventLog, NotAnEventLog, UndecodableEvent
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
         if isinstance(problem, (ConfigError, NotAnEventLog, MissingEventLog, UndecodableEvent)):
             print(f"agentcast: error: {problem}", file=sys.stderr)
+            return 1
+        if isinstance(problem, sqlite3.DatabaseError):
+            print(f"agentcast: error: the database is damaged or unreadable: {problem}", file=sys.stderr)
             return 1
         if isinstance(problem, OSError):
             where = f": {problem.filename}" if problem.filename else ""
@@ -122,7 +126,7 @@ async def _handle_signals(signals, server: Server, scope: trio.CancelScope) -> N
 
 def _replay(args: argparse.Namespace) -> int:
     windows = {spec.agent_id: spec.short_term_window for spec in load_config(args.config).agents} if args.config else {}
-    with EventLog.open(args.db, readonly=True) as log:
+    with EventLog.open(args.db, readonly=True) as log, log.snapshot():
         memories = []
         for agent_id, user in log.streams():
             if (args.agent is not None and agent_id != args.agent) or (args.user is not None and user != args.user):

@@ -107,7 +107,6 @@ COMMAND_TYPES: dict[str, type] = {c.TYPE: c for c in (Ping, SetUser, Subscribe, 
 @frozen
 class Connected:
     client_id: str
-    request_id: str | None = None
     TYPE = "connected"
 
 
@@ -329,6 +328,19 @@ def encode(frame: ServerFrame) -> str:
     """The JSON text of one server frame, its "type" tag first (as people read frames in logs)."""
     body = converter.unstructure(frame, unstructure_as=ServerFrame)
     return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
+
+
+def text_size(frame: ServerFrame) -> int:
+    """About how many characters `frame` takes on the wire (its texts plus a fixed overhead)."""
+    if type(frame) is ResponseChunk:
+        return 100 + len(frame.delta)
+    if type(frame) is Response:
+        return 100 + len(frame.message)
+    if type(frame) is MemoryResults:
+        return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
+    if type(frame) is Error:
+        return 100 + len(frame.message)
+    return 100
 
 
 def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:

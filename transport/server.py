@@ -5,6 +5,7 @@ Owns the nursery tree of a running server. Imports trio, trio_websocket, actors 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,8 @@ class ServerSettings:
     max_message_size: int = 64 * 1024
     #: Frames waiting to be written to one client; beyond that it is closed with 1013.
     outbox_size: int = 1024
+    #: Characters of frames waiting to be written to one client; beyond that it is closed with 1013.
+    outbox_bytes: int = 8 * 1024 * 1024
     #: Seconds a client has to finish the WebSocket handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for a client to acknowledge a close.
@@ -49,12 +52,12 @@ class ServerSettings:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
-        for name in ("max_message_size", "outbox_size", "readers"):
+        for name in ("max_message_size", "outbox_size", "outbox_bytes", "readers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("handshake_timeout", "close_timeout", "shutdown_grace"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0")
 
 
 class Server:
@@ -158,11 +161,16 @@ class Server:
             self.audience,
             clock=self._clock,
             outbox_size=self.settings.outbox_size,
+            outbox_bytes=self.settings.outbox_bytes,
             close_timeout=self.settings.close_timeout,
             accepting=lambda: self._accepting,
         )
+        if not self._accepting:  # shutdown began during the handshake: close like the others
+            conn.close(GOING_AWAY, "server shutting down")
         self.connections.add(conn)
         try:
             await conn.run()
+        except Exception:  # Connection.run promises not to raise; this keeps the server up if it ever does
+            logger.exception("client=%s: connection handler failed", conn.client_id)
         finally:
             self.connections.discard(conn)
