@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import trio
 import trio.testing
-from trio_websocket import wrap_client_stream, wrap_server_stream
+from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from actors import Agents, Audience, Journal, agent_specs
+from actors import Agents, Audience, Journal, TurnDone, agent_specs
 from store import EventLog
 from transport._connection import TRY_AGAIN_LATER, Connection
 
@@ -51,6 +52,20 @@ class Harness:
         await connection_ready.wait()
         return ws, self.current
 
+    async def wait_finished(self, conn):
+        """Until `conn.run()` has returned (bounded)."""
+        with trio.fail_after(10):
+            while conn not in self.finished:
+                await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def h(nursery, tmp_path):
+    """Agents on a fresh log; everything is cancelled when the test ends (pytest-trio's nursery)."""
+    harness = Harness(nursery, str(tmp_path / "agentcast.db"))
+    await harness.start()
+    return harness
+
 
 async def recv(ws):
     with trio.fail_after(10):
@@ -64,85 +79,60 @@ async def recv_until(ws, type_):
     return frames
 
 
-async def test_a_client_that_stops_reading_is_closed_with_1013_and_nobody_waits(tmp_path):
-    async with trio.open_nursery() as nursery:
-        h = Harness(nursery, str(tmp_path / "c.db"))
-        await h.start()
-        reader_ws, _ = await h.client()
-        assert (await recv(reader_ws))["type"] == "connected"
-        stalled_ws, stalled = await h.client(lockstep=True, outbox_size=4)
-        # The stalled client never reads: its first frame ("connected") already blocks the writer.
-        await stalled_ws.send_message(json.dumps({"type": "set_user", "user_id": "slow"}))
-        for i in range(3):
-            await stalled_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": f"unread {i}"}))
-        with trio.fail_after(10):
-            while stalled not in h.finished:
-                await trio.sleep(0.01)
-        assert stalled._close_code == TRY_AGAIN_LATER
-        # Everyone else goes on.
-        await reader_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "still fine"}))
-        frames = await recv_until(reader_ws, "agent_done")
-        assert "still fine" in frames[-2]["message"]
-        # Whatever the stalled client's commands started is complete in the log: the turns it
-        # submitted before being cut off were carried out and committed, whole.
-        await h.agents.wait_idle()
-        events = list(h.log.read(user="slow"))
-        said = [r.event.content for r in events if r.event.role == "user"]
-        assert said and said == [f"unread {i}" for i in range(len(said))]
-        assert [r.event.role for r in events] == ["user", "assistant"] * len(said)
-        nursery.cancel_scope.cancel()
+async def test_a_client_that_stops_reading_is_closed_with_1013_and_nobody_waits(h):
+    reader_ws, _ = await h.client()
+    assert (await recv(reader_ws))["type"] == "connected"
+    stalled_ws, stalled = await h.client(lockstep=True, outbox_size=4)
+    # The stalled client never reads: its first frame ("connected") already blocks the writer.
+    await stalled_ws.send_message(json.dumps({"type": "set_user", "user_id": "slow"}))
+    for i in range(3):
+        await stalled_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": f"unread {i}"}))
+    await h.wait_finished(stalled)
+    assert stalled._close_code == TRY_AGAIN_LATER
+    # Everyone else goes on.
+    await reader_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "still fine"}))
+    frames = await recv_until(reader_ws, "agent_done")
+    assert "still fine" in frames[-2]["message"]
+    # Whatever the stalled client's commands started is complete in the log: the turns it
+    # submitted before being cut off were carried out and committed, whole.
+    await h.agents.wait_idle()
+    events = list(h.log.read(user="slow"))
+    said = [r.event.content for r in events if r.event.role == "user"]
+    assert said and said == [f"unread {i}" for i in range(len(said))]
+    assert [r.event.role for r in events] == ["user", "assistant"] * len(said)
 
 
-async def test_deliveries_after_the_client_left_are_ignored(tmp_path):
-    async with trio.open_nursery() as nursery:
-        h = Harness(nursery, str(tmp_path / "d.db"))
-        await h.start()
-        ws, conn = await h.client()
-        assert (await recv(ws))["type"] == "connected"
-        await ws.aclose()
-        with trio.fail_after(10):
-            while conn not in h.finished:
-                await trio.sleep(0.01)
-        from actors import TurnDone
-        conn.deliver(TurnDone("my_agent", None))  # must neither raise nor block
-        nursery.cancel_scope.cancel()
+async def test_deliveries_after_the_client_left_are_ignored(h):
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    await ws.aclose()
+    await h.wait_finished(conn)
+    conn.deliver(TurnDone("my_agent", None))  # must neither raise nor block
 
 
-async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(tmp_path):
-    from trio_websocket import ConnectionClosed
-
-    async with trio.open_nursery() as nursery:
-        h = Harness(nursery, str(tmp_path / "s.db"))
-        await h.start()
-        ws, conn = await h.client(lockstep=True, outbox_size=2)
-        for _ in range(2):  # 14 frames: more than the client library buffers plus the queue holds
-            await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "flood me"}))
-        with trio.fail_after(10):
-            while conn._close_code is None:
-                await trio.sleep(0.01)
-        received = []
-        try:
-            while True:
-                received.append(await recv(ws))
-        except ConnectionClosed as closed:
-            assert closed.reason.code == TRY_AGAIN_LATER
-        # it got what was already on its way when the queue overflowed (its WebSocket library
-        # buffers a frame or two), then the close; not the rest of the turn
-        types = [f["type"] for f in received]
-        assert types[0] == "connected" and types.count("agent_done") < 2
-        nursery.cancel_scope.cancel()
+async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(h):
+    ws, conn = await h.client(lockstep=True, outbox_size=2)
+    for _ in range(2):  # 14 frames: more than the client library buffers plus the queue holds
+        await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "flood me"}))
+    with trio.fail_after(10):
+        while conn._close_code is None:
+            await trio.sleep(0.01)
+    received = []
+    try:
+        while True:
+            received.append(await recv(ws))
+    except ConnectionClosed as closed:
+        assert closed.reason.code == TRY_AGAIN_LATER
+    # it got what was already on its way when the queue overflowed (its WebSocket library
+    # buffers a frame or two), then the close; not the rest of the turn
+    types = [f["type"] for f in received]
+    assert types[0] == "connected" and types.count("agent_done") < 2
 
 
-async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(tmp_path):
-    async with trio.open_nursery() as nursery:
-        h = Harness(nursery, str(tmp_path / "b.db"))
-        await h.start()
-        ws, conn = await h.client(lockstep=True)
-        conn._outbox_bytes = 3000  # frames are many fewer than outbox_size; their text is not
-        for _ in range(3):
-            await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
-        with trio.fail_after(10):
-            while conn not in h.finished:
-                await trio.sleep(0.01)
-        assert conn._close_code == TRY_AGAIN_LATER
-        nursery.cancel_scope.cancel()
+async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(h):
+    ws, conn = await h.client(lockstep=True)
+    conn._outbox_bytes = 3000  # frames are many fewer than outbox_size; their text is not
+    for _ in range(3):
+        await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
+    await h.wait_finished(conn)
+    assert conn._close_code == TRY_AGAIN_LATER
