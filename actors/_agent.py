@@ -285,7 +285,8 @@ class Agent:
 
     async def _clear(self, memory: Memory, cmd: ClearMemory) -> Memory:
         (rec,) = await self._journal.append([MemoryCleared(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
-        self._recipients(cmd).deliver(MemoryWasCleared(self.agent_id, cmd.long_term, rec.seq, cmd.request_id))
+        forgotten = memory.long_term_count if cmd.long_term else 0
+        self._recipients(cmd).deliver(MemoryWasCleared(self.agent_id, cmd.long_term, forgotten, rec.seq, cmd.request_id))
         return fold(memory, rec)
 
 

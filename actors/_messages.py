@@ -117,6 +117,8 @@ class SearchResults:
 class MemoryWasCleared:
     agent_id: str
     long_term: bool
+    #: Messages whose text was erased from the log (all of long-term memory; 0 for short-term).
+    forgotten: int
     seq: int
     request_id: str | None
 

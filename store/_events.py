@@ -68,6 +68,10 @@ class UndecodableEvent(ValueError):
     """A row of the log whose type or payload this version cannot read."""
 
 
+#: The payload of a message event whose text was forgotten (a long-term clear came after it).
+REDACTED = '{"content":"","redacted":true}'
+
+
 def payload_of(event: Event) -> str:
     """The JSON payload stored for `event`: everything but the columns the log indexes."""
     body: dict[str, object] = {}

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 
 from attrs import frozen
 
-from ._events import Event, MemoryCleared, Recorded, event_from_row, payload_of
+from ._events import REDACTED, Event, MemoryCleared, Recorded, event_from_row, payload_of
 from ._memory import DEFAULT_WINDOW, Memory, rebuild
-from ._schema import connect_readonly, connect_writable
+from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
+
+logger = logging.getLogger("agentcast.store")
 
 #: Most distinct words of a query that a search uses; the rest are ignored.
 MAX_QUERY_TERMS = 32
@@ -98,10 +102,12 @@ class EventLog:
         """Append every batch, in order, in one transaction (group commit).
 
         Returns the recorded events batch by batch. When this returns, all of them are
-        committed; when it raises, none is.
+        committed; when it raises, none is. A long-term `MemoryCleared` also erases the text
+        it clears (see `_forget`) before this returns.
         """
         conn = self._conn
         out: list[list[Recorded]] = []
+        forgot = False
         conn.execute("BEGIN IMMEDIATE")
         try:
             for batch in batches:
@@ -112,7 +118,7 @@ class EventLog:
                         (event.at, event.TYPE, event.agent_id, event.user, payload_of(event)),
                     )
                     seq = cur.lastrowid
-                    self._project(seq, event)
+                    forgot = self._project(seq, event) or forgot
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
             conn.execute("COMMIT")
@@ -120,22 +126,52 @@ class EventLog:
             if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
                 conn.execute("ROLLBACK")
             raise
+        if forgot:
+            self._checkpoint()
         return out
 
-    def _project(self, seq: int, event: Event) -> None:
+    def _project(self, seq: int, event: Event) -> bool:
+        """Keep the index in step with `event`; True if it made the log forget something."""
         scope = scope_token(event.agent_id, event.user)
         if isinstance(event, MemoryCleared):
             if event.long_term:
-                self._conn.execute(
-                    "DELETE FROM memory_fts WHERE rowid IN "
-                    "(SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
-                    (f"scope : {scope}",),
-                )
+                self._forget(seq, event.agent_id, event.user, scope)
+                return True
         else:
             self._conn.execute(
                 "INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
                 (seq, event.content, scope),
             )
+        return False
+
+    def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
+        """Erase the text of every message of (agent_id, user) before `seq`: index rows and event payloads.
+
+        The events keep their rows and sequence numbers; their payload becomes REDACTED. With
+        `secure_delete` on, SQLite zeroes the freed bytes; FTS5 drops the tokens from its
+        index in place (secure-delete, SQLite >= 3.42) or, on older SQLite, by rewriting it.
+        """
+        conn = self._conn
+        conn.execute(
+            "DELETE FROM memory_fts WHERE rowid IN (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
+            (f"scope : {scope}",),
+        )
+        conn.execute(
+            "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
+            "AND type IN ('user_message', 'agent_message') AND payload != ?",
+            (REDACTED, agent_id, user, seq, REDACTED),
+        )
+        if not FTS5_SECURE_DELETE:
+            conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it, so no old page survives in the WAL."""
+        for _ in range(100):
+            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if not busy:
+                return
+            time.sleep(0.01)  # a reader still holds an old snapshot; it is short-lived
+        logger.warning("%s: WAL checkpoint after forgetting stayed busy; it completes at a later one", self.path)
 
     # -- reading -------------------------------------------------------------------
 

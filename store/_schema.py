@@ -12,6 +12,11 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from sqlite_utils.utils import sqlite3  # pysqlite3 (a newer SQLite) when installed, else the stdlib
 
+#: FTS5 can remove a deleted row's tokens from its index in place from SQLite 3.42 on (the
+#: pysqlite3-binary wheel brings a current SQLite; the stdlib's may be older). Without it the
+#: index is rewritten ('optimize') after each forgetting instead.
+FTS5_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 42, 0)
+
 #: PRAGMA application_id of every agentcast log: "AGCT".
 APPLICATION_ID = 0x41474354
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -117,11 +122,15 @@ def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") ->
     try:
         conn.execute(f"PRAGMA synchronous={synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
+        # Deleted and overwritten content is zeroed in the file, not just unlinked (forgetting).
+        conn.execute("PRAGMA secure_delete=ON")
         db = Database(conn)
         if migrations.pending(db):
             with db.atomic():
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             migrations.apply(db)
+        if FTS5_SECURE_DELETE:  # a persistent setting of the index; older SQLite versions ignore it
+            conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('secure-delete', 1)")
     except BaseException:
         conn.close()
         raise

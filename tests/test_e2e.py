@@ -137,7 +137,7 @@ async def test_clear_memory_short_term_then_long_term(server):
     async with connect(server.port) as c:
         await c.request(chat("remember the kiwi"), "agent_done")
         assert await c.request({"type": "clear_memory", "agent_id": AGENT}, "memory_cleared") == [
-            {"type": "memory_cleared", "agent_id": AGENT, "clear_long_term": False, "seq": 3}
+            {"type": "memory_cleared", "agent_id": AGENT, "clear_long_term": False, "forgotten": 0, "seq": 3}
         ]
         (short,) = await c.request(search("kiwi", use_long_term=False), "memory_results")
         assert short["results"] == []
@@ -146,6 +146,7 @@ async def test_clear_memory_short_term_then_long_term(server):
         (cleared,) = await c.request({"type": "clear_memory", "agent_id": AGENT, "clear_long_term": True,
                                       "request_id": "c"}, "memory_cleared")
         assert cleared["clear_long_term"] is True and cleared["request_id"] == "c"
+        assert cleared["forgotten"] == 2 and cleared["seq"] == 4
         (after,) = await c.request(search("kiwi"), "memory_results")
         assert after["results"] == []
 

@@ -291,8 +291,8 @@ def test_encode_keeps_request_id_when_set():
 
 
 def test_encode_keeps_clear_long_term_false():
-    wire = json.loads(encode(MemoryCleared("echo", False, 4)))
-    assert wire == {"type": "memory_cleared", "agent_id": "echo", "clear_long_term": False, "seq": 4}
+    wire = json.loads(encode(MemoryCleared("echo", False, 0, 4)))
+    assert wire == {"type": "memory_cleared", "agent_id": "echo", "clear_long_term": False, "forgotten": 0, "seq": 4}
 
 
 @pytest.mark.parametrize("user_id", [123, "123"])

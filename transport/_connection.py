@@ -40,8 +40,8 @@ def frame_of(output: Output) -> p.ServerFrame:
         case actors.SearchResults(agent_id, query, found, rid):
             results = [p.MemoryResult(f.hit.role, f.hit.content, f.hit.at, f.hit.score, f.source) for f in found]
             return p.MemoryResults(agent_id, query, results, rid)
-        case actors.MemoryWasCleared(agent_id, long_term, seq, rid):
-            return p.MemoryCleared(agent_id, long_term, seq, rid)
+        case actors.MemoryWasCleared(agent_id, long_term, forgotten, seq, rid):
+            return p.MemoryCleared(agent_id, long_term, forgotten, seq, rid)
     raise TypeError(f"not an actor output: {output!r}")
 
 

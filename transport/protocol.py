@@ -196,6 +196,7 @@ class MemoryResults:
 class MemoryCleared:
     agent_id: str
     clear_long_term: bool
+    forgotten: int
     seq: int
     request_id: str | None = None
     TYPE = "memory_cleared"

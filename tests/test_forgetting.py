@@ -1,0 +1,91 @@
+"""Forgetting that really forgets: after a long-term clear, the cleared text is gone from the raw
+bytes of the database and its WAL (FTS5 shadow tables included), other users' text is intact."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import store._log
+import store._schema
+from store import AgentMessage, EventLog, MemoryCleared, UserMessage
+from support import connect, running_server
+
+A_MARK = "zqxalphamarker"
+B_MARK = "zqxbetamarker"
+
+
+def raw_bytes(db: Path) -> bytes:
+    """Everything SQLite keeps on disk for `db`: the file, its WAL and its shared-memory index."""
+    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists())
+
+
+def fill(log: EventLog, user: str, mark: str, n: int) -> None:
+    for i in range(n):  # many small commits: many FTS segments, many WAL frames
+        log.append([[UserMessage("a", user, "t", f"note {i} about {mark} and more"),
+                     AgentMessage("a", user, "t", f"You said: note {i} about {mark}")]])
+
+
+@pytest.fixture(params=[True, False], ids=["fts5-secure-delete", "fts5-optimize-fallback"])
+def fts_mode(request, monkeypatch):
+    if request.param and not store._schema.FTS5_SECURE_DELETE:
+        pytest.skip("this SQLite has no FTS5 secure-delete (needs 3.42; pysqlite3-binary brings it)")
+    monkeypatch.setattr(store._schema, "FTS5_SECURE_DELETE", request.param)
+    monkeypatch.setattr(store._log, "FTS5_SECURE_DELETE", request.param)
+    return request.param
+
+
+def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts_mode):
+    db = tmp_path / "f.db"
+    log = EventLog.open(db)
+    fill(log, "A", A_MARK, 60)
+    fill(log, "B", B_MARK, 60)
+    assert A_MARK.encode() in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+    (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
+    assert A_MARK.encode() not in raw_bytes(db)
+    assert B_MARK.encode() in raw_bytes(db)
+    # the log keeps every row and sequence number; A's messages lost their text
+    events = list(log.read(user="A"))
+    assert [r.seq for r in events] == sorted(r.seq for r in events) and len(events) == 121
+    assert all(r.event.content == "" for r in events if hasattr(r.event, "content"))
+    assert log.search("a", "B", B_MARK, 5)
+    assert not log.search("a", "A", A_MARK, 5)
+    log.close()
+    reopened = EventLog.open(db)
+    fill(reopened, "A", "fresh", 1)
+    reopened.close()
+    assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+
+
+def test_a_short_term_clear_erases_nothing(tmp_path):
+    db = tmp_path / "s.db"
+    with EventLog.open(db) as log:
+        fill(log, "A", A_MARK, 3)
+        log.append([[MemoryCleared("a", "A", "t", False)]])
+        assert log.search("a", "A", A_MARK, 10)
+    assert A_MARK.encode() in raw_bytes(db)
+
+
+async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_path):
+    db = Path(db_path)
+    async with running_server(db_path) as server:
+        async with connect(server.port) as a, connect(server.port) as b:
+            await a.request({"type": "set_user", "user_id": "A"}, "user_set")
+            await b.request({"type": "set_user", "user_id": "B"}, "user_set")
+            for i in range(5):
+                await a.request({"type": "chat", "agent_id": "my_agent", "message": f"{A_MARK} {i}"}, "agent_done")
+                await b.request({"type": "chat", "agent_id": "my_agent", "message": f"{B_MARK} {i}"}, "agent_done")
+            await a.request({"type": "search_memory", "agent_id": "my_agent", "query": A_MARK}, "memory_results")
+            (cleared,) = await a.request(
+                {"type": "clear_memory", "agent_id": "my_agent", "clear_long_term": True}, "memory_cleared")
+            assert cleared["forgotten"] == 10
+            assert A_MARK.encode() not in raw_bytes(db)  # the server (and its readers) still running
+            assert B_MARK.encode() in raw_bytes(db)
+            (short,) = await a.request({"type": "clear_memory", "agent_id": "my_agent"}, "memory_cleared")
+            assert short["forgotten"] == 0
+    assert A_MARK.encode() not in raw_bytes(db)
+    async with running_server(db_path) as server, connect(server.port) as a:
+        await a.request({"type": "set_user", "user_id": "A"}, "user_set")
+        (found,) = await a.request({"type": "search_memory", "agent_id": "my_agent", "query": A_MARK}, "memory_results")
+        assert found["results"] == []
+    assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
