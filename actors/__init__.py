@@ -15,12 +15,16 @@ from ._messages import (
     MemoryWasCleared,
     Outbox,
     Output,
+    PacedOutbox,
+    Resume,
+    Resumed,
     SearchMemory,
     SearchResults,
     TurnChunk,
     TurnDone,
     TurnResponse,
     TurnStarted,
+    UserSaid,
 )
 
 __all__ = [
@@ -28,4 +32,5 @@ __all__ = [
     "Busy", "ChatTurn", "ClearMemory", "ConfigError", "DEFAULT_AGENTS", "EchoBrain", "Failed", "Found",
     "Journal", "MemoryWasCleared", "Outbox", "Output", "SearchMemory", "SearchResults", "Turn",
     "TurnChunk", "TurnDone", "TurnResponse", "TurnStarted", "agent_specs", "split_chunks", "utc_now",
+    "PacedOutbox", "Resume", "Resumed", "UserSaid",
 ]

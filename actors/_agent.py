@@ -241,6 +241,15 @@ class Agent:
         agent_id, rid = self.agent_id, cmd.request_id
         recipients = self._recipients(cmd)
         recipients.deliver(TurnStarted(agent_id, rid))
+        logged = None  # a retry: the turn of this command_id as the log has it
+        if cmd.command_id is not None:
+            logged = await self._journal.read(lambda log: log.find_turn(agent_id, cmd.user, cmd.command_id))
+            if logged is not None and logged[1] is not None:  # answered before: answer from the log
+                answer_rec = logged[1]
+                recipients.deliver(TurnChunk(agent_id, answer_rec.event.content, rid))
+                recipients.deliver(TurnResponse(agent_id, answer_rec.event.content, answer_rec.seq, rid))
+                recipients.deliver(TurnDone(agent_id, rid))
+                return memory
         brain = self.spec.brain
         recalled = ()
         if brain.recall and memory.long_term_count:
@@ -261,18 +270,21 @@ class Agent:
         except Exception:
             logger.exception("agent %s: brain failed", agent_id)
             failure = "The agent failed while answering"
-        said = UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid)
+        # The user's message is logged once, even if the turn fails or is retried.
+        said = [] if logged is not None else [UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)]
         if failure is not None:
-            # The user did say it: that stays remembered even though no answer came.
-            (said_rec,) = await self._journal.append([said])
+            for rec in await self._journal.append(said) if said else ():
+                memory = fold(memory, rec)
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
-            return fold(memory, said_rec)
+            return memory
         answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid)
-        said_rec, answer_rec = await self._journal.append([said, answer])
+        *said_recs, answer_rec = await self._journal.append([*said, answer])
         recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
         recipients.deliver(TurnDone(agent_id, rid))
-        return fold(fold(memory, said_rec), answer_rec)
+        for rec in (*said_recs, answer_rec):
+            memory = fold(memory, rec)
+        return memory
 
     async def _search(self, memory: Memory, cmd: SearchMemory) -> None:
         since = 0 if cmd.use_long_term else memory.short_term_since

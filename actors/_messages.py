@@ -22,6 +22,14 @@ class Outbox(Protocol):
     def deliver(self, output: "Output") -> None: ...
 
 
+class PacedOutbox(Outbox, Protocol):
+    """An outbox that can also say when it has room: a backlog (`Resume`) waits for it before each
+    output, so a long history flows at the pace the client reads it instead of overflowing it."""
+
+    async def room(self) -> None:
+        """Return once the outbox has room again (or never will: it is closing); time-bounded."""
+
+
 # -- commands: each is for one (agent, user) lane and answers to `origin` ------------------
 
 
@@ -32,6 +40,7 @@ class ChatTurn:
     at: str
     origin: Outbox
     request_id: str | None = None
+    command_id: str | None = None
 
 
 @frozen
@@ -53,7 +62,21 @@ class ClearMemory:
     request_id: str | None = None
 
 
-AgentCommand = Union[ChatTurn, SearchMemory, ClearMemory]
+@frozen
+class Resume:
+    """Subscribe `origin` to the (agent, user) from the log on: `Resumed`, then every logged event
+    of the (agent, user) with a seq above `after_seq` (the backlog, in seq order), then the live
+    stream. Carried out in the user's lane, so that nothing of the user is committed between the
+    backlog and the live stream (no gap, no duplicate). The origin must already be subscribed,
+    held (`Audience.subscribe(..., held=True)`); a resume whose subscription is gone does nothing."""
+
+    user: str
+    after_seq: int
+    origin: Outbox
+    request_id: str | None = None
+
+
+AgentCommand = Union[ChatTurn, SearchMemory, ClearMemory, Resume]
 
 # -- outputs ---------------------------------------------------------------------------------
 
@@ -123,4 +146,25 @@ class MemoryWasCleared:
     request_id: str | None
 
 
-Output = Union[TurnStarted, TurnChunk, TurnResponse, Failed, TurnDone, SearchResults, MemoryWasCleared]
+@frozen
+class UserSaid:
+    """A user's message, committed as event `seq`: in a backlog, and live to resumed subscribers."""
+
+    agent_id: str
+    message: str
+    seq: int
+    request_id: str | None
+
+
+@frozen
+class Resumed:
+    """A resumed subscription starts: its backlog (the events after `after_seq`) follows, then the live stream."""
+
+    agent_id: str
+    after_seq: int
+    request_id: str | None
+
+
+Output = Union[
+    TurnStarted, TurnChunk, TurnResponse, Failed, TurnDone, SearchResults, MemoryWasCleared, UserSaid, Resumed,
+]

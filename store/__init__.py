@@ -13,6 +13,19 @@ from ._events import (
 from ._log import MAX_QUERY_TERMS, EventLog, Hit, match_expression
 from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, rebuild
 from ._schema import MissingEventLog, NotAnEventLog
+from ._inspect import (  # read-side tools: point-in-time replay, raw events, verify
+    Check,
+    Cut,
+    Rebuilt,
+    VerifyReport,
+    event_fields,
+    events_after,
+    last_seq_at,
+    memory_at,
+    parse_instant,
+    rebuild_all,
+    verify,
+)
 
 __all__ = [
     "AgentMessage",
@@ -33,4 +46,15 @@ __all__ = [
     "fold",
     "match_expression",
     "rebuild",
+    "Check",
+    "Cut",
+    "Rebuilt",
+    "VerifyReport",
+    "event_fields",
+    "events_after",
+    "last_seq_at",
+    "memory_at",
+    "parse_instant",
+    "rebuild_all",
+    "verify",
 ]

@@ -20,6 +20,9 @@ class UserMessage:
     content: str
     request_id: str | None = None
 
+    #: The client's id for the chat command, if it gave one (a retry with it is not appended again).
+    command_id: str | None = None
+
     TYPE = "user_message"
     role = "user"
 
@@ -81,6 +84,8 @@ def payload_of(event: Event) -> str:
         body["content"] = event.content
     if event.request_id is not None:
         body["request_id"] = event.request_id
+    if getattr(event, "command_id", None) is not None:
+        body["command_id"] = event.command_id
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -100,6 +105,8 @@ def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) 
         content = body["content"]
         if not isinstance(content, str):
             raise TypeError("content is not a string")
+        if cls is UserMessage:
+            return UserMessage(agent_id, user, at, content, request_id, body.get("command_id"))
         return cls(agent_id, user, at, content, request_id)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UndecodableEvent(f"undecodable {type_} payload: {exc}") from None

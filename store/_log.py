@@ -114,8 +114,9 @@ class EventLog:
                 recorded = []
                 for event in batch:
                     cur = conn.execute(
-                        "INSERT INTO events (at, type, agent_id, user, payload) VALUES (?, ?, ?, ?, ?)",
-                        (event.at, event.TYPE, event.agent_id, event.user, payload_of(event)),
+                        "INSERT INTO events (at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?)",
+                        (event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
+                         getattr(event, "command_id", None)),
                     )
                     seq = cur.lastrowid
                     forgot = self._project(seq, event) or forgot
@@ -211,6 +212,19 @@ class EventLog:
     def memory(self, agent_id: str, user: str, *, window: int = DEFAULT_WINDOW, until_seq: int | None = None) -> Memory:
         """The memory of (agent_id, user), rebuilt from its events up to `until_seq`."""
         return rebuild(agent_id, user, self.read(agent_id=agent_id, user=user, until_seq=until_seq), window)
+
+    def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
+        """The logged turn of the chat command `command_id`: its user message and its answer
+        (None if the turn failed), or None if the log holds no such command."""
+        row = self._conn.execute(
+            "SELECT seq FROM events WHERE agent_id = ? AND user = ? AND command_id = ? ORDER BY seq LIMIT 1",
+            (agent_id, user, command_id),
+        ).fetchone()
+        if row is None:
+            return None
+        said, *rest = self.read(agent_id=agent_id, user=user, after_seq=row[0] - 1, until_seq=row[0] + 1)
+        answer = rest[0] if rest and rest[0].seq == said.seq + 1 and rest[0].event.TYPE == "agent_message" else None
+        return said, answer
 
     def streams(self) -> list[tuple[str, str]]:
         """Every (agent_id, user) that has events, sorted."""

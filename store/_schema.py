@@ -46,6 +46,13 @@ def m001_event_log(db: Database) -> None:
     db.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('rank', 'bm25(1.0, 0.0)')")
 
 
+@migrations()
+def m002_command_ids(db: Database) -> None:
+    """Chat commands may carry a client-chosen id, so that a retry is answered from the log."""
+    db.execute("ALTER TABLE events ADD COLUMN command_id TEXT")
+    db.execute("CREATE INDEX events_by_command ON events (agent_id, user, command_id) WHERE command_id IS NOT NULL")
+
+
 class NotAnEventLog(Exception):
     """The file exists but is not an agentcast event log (or is one from a newer version)."""
 

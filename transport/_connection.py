@@ -217,8 +217,9 @@ class Connection:
     def _handle(self, cmd: p.Command) -> None:
         """Carry out one decoded command; never blocks. Raises `ProtocolError` to refuse it."""
         match cmd:
-            case p.Chat(agent_id, message, rid):
-                self._submit(self._agent(agent_id, rid), actors.ChatTurn(self.user, message, self._clock(), self, rid))
+            case p.Chat(agent_id, message, rid, command_id):
+                turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
+                self._submit(self._agent(agent_id, rid), turn)
             case p.Ping(rid):
                 self._queue(p.Pong(rid))
             case p.SearchMemory(agent_id, query, limit, use_long_term, rid):

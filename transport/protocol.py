@@ -5,7 +5,7 @@ Pure functions over JSON text; must not import trio, trio_websocket, `actors` or
 from __future__ import annotations
 
 import json
-from typing import NewType, Union
+from typing import NewType, Optional, Union
 
 import cattrs
 from attrs import frozen
@@ -18,13 +18,19 @@ from cattrs.strategies import configure_tagged_union
 Text = NewType("Text", str)
 #: An agent id: non-empty text of at most MAX_ID_LENGTH characters.
 AgentId = NewType("AgentId", str)
+#: A client-chosen command id: non-empty text of at most MAX_ID_LENGTH characters.
+CommandId = NewType("CommandId", str)
 #: A search limit: an integer from 1 to MAX_LIMIT.
 Limit = NewType("Limit", int)
 #: A user id: an integer, or non-empty text of at most MAX_ID_LENGTH characters.
 UserId = Union[int, str]
+#: A log sequence number to resume after: an integer from 0 to MAX_SEQ.
+AfterSeq = NewType("AfterSeq", int)
 
 MAX_ID_LENGTH = 256
 MAX_LIMIT = 100
+#: The largest sequence number SQLite can hold.
+MAX_SEQ = 2**63 - 1
 DEFAULT_LIMIT = 5
 
 
@@ -62,6 +68,8 @@ class SetUser:
 class Subscribe:
     agent_id: AgentId
     request_id: str | None = None
+    #: Resume: first every logged event of the connection's (agent, user) with a greater seq, then live.
+    after_seq: Optional[AfterSeq] = None
     TYPE = "subscribe"
 
 
@@ -77,6 +85,8 @@ class Chat:
     agent_id: AgentId
     message: Text
     request_id: str | None = None
+    #: Makes the chat idempotent: a retry with a command_id the log holds is answered from the log.
+    command_id: CommandId | None = None
     TYPE = "chat"
 
 
@@ -130,6 +140,8 @@ class Subscribed:
     agent_id: str
     message: str
     request_id: str | None = None
+    #: For a resumed subscription: the `after_seq` it resumes after (its backlog follows).
+    after_seq: int | None = None
     TYPE = "subscribed"
 
 
@@ -165,6 +177,17 @@ class Response:
     seq: int
     request_id: str | None = None
     TYPE = "response"
+
+
+@frozen
+class UserMessage:
+    """A message of the user, committed to the log as event `seq` (in a backlog, and live to resumed subscriptions)."""
+
+    agent_id: str
+    message: str
+    seq: int
+    request_id: str | None = None
+    TYPE = "user_message"
 
 
 @frozen
@@ -213,7 +236,7 @@ class Error:
 
 ServerFrame = Union[
     Connected, Pong, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
-    Response, AgentDone, MemoryResults, MemoryCleared, Error,
+    Response, UserMessage, AgentDone, MemoryResults, MemoryCleared, Error,
 ]
 
 # -- the converter -----------------------------------------------------------------------
@@ -257,6 +280,13 @@ def _limit(value, _type) -> int:
     return value
 
 
+def _after_seq(value, _type) -> int:
+    # Optional[AfterSeq]: the field may be absent (its default), but not null.
+    if type(value) is not int or not 0 <= value <= MAX_SEQ:
+        raise _FieldError(f"must be an integer from 0 to {MAX_SEQ}")
+    return value
+
+
 def _user_id(value, _type) -> int | str:
     if type(value) is int:
         return value
@@ -271,8 +301,10 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict_bool)
     conv.register_structure_hook(Text, _text)
     conv.register_structure_hook(AgentId, _agent_id)
+    conv.register_structure_hook(CommandId, _agent_id)
     conv.register_structure_hook(Limit, _limit)
     conv.register_structure_hook(UserId, _user_id)
+    conv.register_structure_hook(Optional[AfterSeq], _after_seq)
     type_of = lambda cls: cls.TYPE  # noqa: E731
     configure_tagged_union(Command, conv, tag_name="type", tag_generator=type_of)
     configure_tagged_union(ServerFrame, conv, tag_name="type", tag_generator=type_of)
@@ -335,7 +367,7 @@ def text_size(frame: ServerFrame) -> int:
     """About how many characters `frame` takes on the wire (its texts plus a fixed overhead)."""
     if type(frame) is ResponseChunk:
         return 100 + len(frame.delta)
-    if type(frame) is Response:
+    if type(frame) is Response or type(frame) is UserMessage:
         return 100 + len(frame.message)
     if type(frame) is MemoryResults:
         return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
