@@ -4,6 +4,7 @@ Owns turn execution and who hears it (`Audience`). Must not import `transport`.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -12,7 +13,7 @@ from datetime import datetime, timezone
 import trio
 from attrs import frozen
 
-from store import AgentMessage, Memory, MemoryCleared, UserMessage, fold
+from store import AgentMessage, EventLog, Memory, MemoryCleared, Recorded, UserMessage, fold
 
 from ._brain import Brain, BrainError, Turn
 from ._journal import Journal
@@ -25,15 +26,26 @@ from ._messages import (
     MemoryWasCleared,
     Outbox,
     Output,
+    Resume,
+    Resumed,
     SearchMemory,
     SearchResults,
     TurnChunk,
     TurnDone,
     TurnResponse,
     TurnStarted,
+    UserSaid,
 )
 
 logger = logging.getLogger("agentcast.actors")
+
+#: Events read from the log at a time for a resumed subscription's backlog (never the whole history at once).
+BACKLOG_PAGE = 500
+
+
+#: A lane saves a snapshot of its memory once this many events were folded since the last one,
+#: so that rebuilding a lane folds at most about this many events whatever its history.
+SNAPSHOT_EVERY = 1000
 
 
 def utc_now() -> str:
@@ -66,14 +78,45 @@ class Busy(Exception):
     """The agent (or this user's lane in it) has as many commands as it may hold."""
 
 
+_HELD, _LIVE, _TAIL = "held", "live", "tail"
+
+
 class Audience:
-    """Who hears an agent's turns: the outboxes subscribed per (agent, user)."""
+    """Who hears an agent's turns: the outboxes subscribed per (agent, user).
+
+    A subscription is *live* (`subscribe`), *held* (`subscribe(held=True)`: registered for a
+    `Resume` that has not delivered its backlog yet; hears nothing) or a *tail* (a resume made
+    it live: it also hears each user message as it is committed, so it sees every logged event).
+    """
 
     def __init__(self) -> None:
-        self._subscribers: dict[tuple[str, str], dict[Outbox, None]] = {}
+        self._subscribers: dict[tuple[str, str], dict[Outbox, str]] = {}
 
-    def subscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
-        self._subscribers.setdefault((agent_id, user), {})[outbox] = None
+    def subscribe(self, agent_id: str, user: str, outbox: Outbox, *, held: bool = False) -> None:
+        """Subscribe `outbox` (live). With `held`, register it for a pending `Resume` instead; an
+        existing subscription then stays as it is until the resume has delivered its backlog."""
+        subs = self._subscribers.setdefault((agent_id, user), {})
+        if held:
+            subs.setdefault(outbox, _HELD)
+        else:
+            subs[outbox] = _LIVE
+
+    def subscribed(self, agent_id: str, user: str, outbox: Outbox) -> bool:
+        """True while `outbox` has a subscription (of any kind) to `agent_id` under `user`."""
+        subs = self._subscribers.get((agent_id, user))
+        return subs is not None and outbox in subs
+
+    def tail(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        """Make `outbox`'s subscription a tail (a resume delivered its backlog); nothing if it has none."""
+        subs = self._subscribers.get((agent_id, user))
+        if subs is not None and outbox in subs:
+            subs[outbox] = _TAIL
+
+    def release(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        """Drop `outbox`'s subscription if it is still held (its resume failed); a live one stays."""
+        subs = self._subscribers.get((agent_id, user))
+        if subs is not None and subs.get(outbox) == _HELD:
+            self.unsubscribe(agent_id, user, outbox)
 
     def unsubscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
         key = (agent_id, user)
@@ -86,13 +129,18 @@ class Audience:
     def recipients(self, agent_id: str, user: str, origin: Outbox) -> "Recipients":
         """`origin`, then every other outbox subscribed to `agent_id` under `user`: each once."""
         subs = self._subscribers.get((agent_id, user))
-        others = [o for o in subs if o is not origin] if subs else []
+        others = [o for o, kind in subs.items() if o is not origin and kind != _HELD] if subs else []
         return Recipients(self, agent_id, user, origin, others)
 
     def hears(self, agent_id: str, user: str, outbox: Outbox) -> bool:
-        """True while `outbox` is subscribed to `agent_id` under `user`."""
+        """True while `outbox` is subscribed (live or tail) to `agent_id` under `user`."""
         subs = self._subscribers.get((agent_id, user))
-        return subs is not None and outbox in subs
+        return subs is not None and subs.get(outbox, _HELD) != _HELD
+
+    def tails(self, agent_id: str, user: str, outbox: Outbox) -> bool:
+        """True while `outbox` is a tail subscriber (a resumed one) of `agent_id` under `user`."""
+        subs = self._subscribers.get((agent_id, user))
+        return subs is not None and subs.get(outbox) == _TAIL
 
 
 class Recipients:
@@ -113,6 +161,12 @@ class Recipients:
         self._origin.deliver(output)
         for outbox in self._others:
             if self._audience.hears(self._agent_id, self._user, outbox):
+                outbox.deliver(output)
+
+    def deliver_to_tails(self, output: Output) -> None:
+        """Deliver `output` to those of the recipients (the origin too) that are tail subscribers."""
+        for outbox in (self._origin, *self._others):
+            if self._audience.tails(self._agent_id, self._user, outbox):
                 outbox.deliver(output)
 
 
@@ -197,6 +251,7 @@ class Agent:
 
     async def _run_lane(self, user: str, lane: _Lane) -> None:
         memory: Memory | None = None
+        saved = 0  # the version of the memory's latest snapshot
         window = self.spec.short_term_window
         while True:
             command = None
@@ -209,8 +264,12 @@ class Agent:
                 continue
             try:
                 if memory is None:
-                    memory = await self._journal.read(lambda log: log.memory(self.agent_id, user, window=window))
+                    memory, folded = await self._journal.read(lambda log: log.restore(self.agent_id, user, window=window))
+                    saved = memory.version - folded
                 memory = await self._carry_out(memory, command)
+                if memory.version - saved >= SNAPSHOT_EVERY:
+                    await self._journal.save_snapshot(memory)
+                    saved = memory.version
             except Exception:  # the lane lives on; its state is rebuilt from the log
                 logger.exception("agent %s: command for user %s failed", self.agent_id, user)
                 memory = None
@@ -225,7 +284,7 @@ class Agent:
             recipients.deliver(TurnDone(self.agent_id, command.request_id))
 
     def _recipients(self, command: AgentCommand) -> Recipients:
-        if isinstance(command, SearchMemory):
+        if isinstance(command, (SearchMemory, Resume)):
             return Recipients(self._audience, self.agent_id, command.user, command.origin, [])
         return self._audience.recipients(self.agent_id, command.user, command.origin)
 
@@ -235,7 +294,18 @@ class Agent:
         if isinstance(command, SearchMemory):
             await self._search(memory, command)
             return memory
+        if isinstance(command, Resume):
+            await self._resume(command)
+            return memory
         return await self._clear(memory, command)
+
+    async def _append(self, recipients: Recipients, events: list) -> list[Recorded]:
+        """Append `events`; once they are committed, tell tail subscribers the user's messages among them."""
+        recorded = await self._journal.append(events)
+        for rec in recorded:
+            if isinstance(rec.event, UserMessage):
+                recipients.deliver_to_tails(UserSaid(self.agent_id, rec.event.content, rec.seq, rec.event.request_id))
+        return recorded
 
     async def _chat(self, memory: Memory, cmd: ChatTurn) -> Memory:
         agent_id, rid = self.agent_id, cmd.request_id
@@ -273,13 +343,13 @@ class Agent:
         # The user's message is logged once, even if the turn fails or is retried.
         said = [] if logged is not None else [UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)]
         if failure is not None:
-            for rec in await self._journal.append(said) if said else ():
+            for rec in await self._append(recipients, said) if said else ():
                 memory = fold(memory, rec)
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
             return memory
         answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid)
-        *said_recs, answer_rec = await self._journal.append([*said, answer])
+        *said_recs, answer_rec = await self._append(recipients, [*said, answer])
         recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
         recipients.deliver(TurnDone(agent_id, rid))
         for rec in (*said_recs, answer_rec):
@@ -300,6 +370,82 @@ class Agent:
         forgotten = memory.long_term_count if cmd.long_term else 0
         self._recipients(cmd).deliver(MemoryWasCleared(self.agent_id, cmd.long_term, forgotten, rec.seq, cmd.request_id))
         return fold(memory, rec)
+
+
+    async def _resume(self, cmd: Resume) -> None:
+        """Deliver to the origin `Resumed`, then the (agent, user)'s logged events after
+        `cmd.after_seq` in seq order, then make its held subscription a tail.
+
+        This runs in the user's lane, and the lane is the only writer of the user's events: until
+        it returns, nothing of the user is committed, so the backlog meets the live stream with
+        no gap and no duplicate. The backlog is read BACKLOG_PAGE events at a time on the
+        journal's readers, and before each output it waits for room in the origin's queue (a
+        `PacedOutbox`), so neither the lane nor the connection holds the whole history.
+        """
+        agent_id, user, origin = self.agent_id, cmd.user, cmd.origin
+        audience = self._audience
+        if not audience.subscribed(agent_id, user, origin):
+            return  # withdrawn (unsubscribed, switched user, disconnected) before it started
+        room = getattr(origin, "room", None)
+        memory: Memory | None = None  # as of the previous event; read only once a long-term clear needs it
+        window = self.spec.short_term_window
+        try:
+            origin.deliver(Resumed(agent_id, cmd.after_seq, cmd.request_id))
+            after = cmd.after_seq
+            while True:
+                page = await self._journal.read(lambda log: _read_page(log, agent_id, user, after))
+                for rec in page:
+                    event = rec.event
+                    if isinstance(event, MemoryCleared) and event.long_term and memory is None:
+                        memory = await self._journal.read(
+                            lambda log, before=rec.seq - 1: log.memory(agent_id, user, window=window, until_seq=before)
+                        )
+                    output = _replayed(agent_id, rec, memory)
+                    if memory is not None:
+                        memory = fold(memory, rec)
+                    if output is not None:
+                        if room is not None:
+                            await room()
+                        origin.deliver(output)
+                if len(page) < BACKLOG_PAGE:
+                    break
+                after = page[-1].seq
+                if not audience.subscribed(agent_id, user, origin):
+                    return  # withdrawn mid-way: the rest is not wanted
+        except BaseException:
+            audience.release(agent_id, user, origin)  # no live stream after an incomplete backlog
+            raise
+        audience.tail(agent_id, user, origin)
+
+
+def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[Recorded]:
+    """Up to BACKLOG_PAGE events of (agent_id, user) after `after_seq`; the read ends with the call."""
+    events = log.read(agent_id=agent_id, user=user, after_seq=after_seq)
+    try:
+        return list(itertools.islice(events, BACKLOG_PAGE))
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # finishes the SQLite statement: no read transaction outlives the page
+
+
+def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> Output | None:
+    """The output that replays one logged event in a backlog (as its live frame carried it), or
+    None for an event not replayed: a message whose text a later long-term clear erased (the
+    clear itself is replayed), or an event type this version does not replay."""
+    event = rec.event
+    if isinstance(event, MemoryCleared):
+        forgotten = memory.long_term_count if event.long_term and memory is not None else 0
+        return MemoryWasCleared(
+            agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq, request_id=event.request_id
+        )
+    if not getattr(event, "content", None):  # erased: a message's text is never empty otherwise
+        return None
+    if isinstance(event, UserMessage):
+        return UserSaid(agent_id, event.content, rec.seq, event.request_id)
+    if isinstance(event, AgentMessage):
+        return TurnResponse(agent_id, event.content, rec.seq, event.request_id)
+    return None
 
 
 class Agents(Mapping[str, Agent]):

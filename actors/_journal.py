@@ -9,16 +9,17 @@ from typing import TypeVar
 
 import trio
 
-from store import Event, EventLog, Recorded
+from store import Event, EventLog, Memory, Recorded
 
 T = TypeVar("T")
 
 
 class _Pending:
-    __slots__ = ("events", "done", "result", "error")
+    __slots__ = ("events", "snapshot", "done", "result", "error")
 
-    def __init__(self, events: Sequence[Event]) -> None:
+    def __init__(self, events: Sequence[Event], snapshot: Memory | None = None) -> None:
         self.events = events
+        self.snapshot = snapshot
         self.done = trio.Event()
         self.result: list[Recorded] | None = None
         self.error: BaseException | None = None
@@ -49,9 +50,15 @@ class Journal:
 
         Raises what the store raised if the commit failed (nothing of it is then in the log).
         """
+        return await self._enqueue(_Pending(events))
+
+    async def save_snapshot(self, memory: Memory) -> None:
+        """Save `memory` as its (agent, user)'s snapshot, with the next group commit."""
+        await self._enqueue(_Pending((), memory))
+
+    async def _enqueue(self, pending: _Pending) -> list[Recorded]:
         if self._closed:
             raise RuntimeError("the journal is closed")
-        pending = _Pending(events)
         self._queue.append(pending)
         self._wakeup.set()
         with trio.CancelScope(shield=True):  # once queued, the outcome must be known
@@ -84,7 +91,10 @@ class Journal:
     async def _commit(self, batch: list[_Pending]) -> None:
         try:
             results = await trio.to_thread.run_sync(
-                self._writer.append, [p.events for p in batch], limiter=self._writer_limiter
+                self._writer.append,
+                [p.events for p in batch],
+                [p.snapshot for p in batch if p.snapshot is not None],
+                limiter=self._writer_limiter,
             )
         except Exception as exc:
             for p in batch:

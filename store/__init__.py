@@ -11,7 +11,7 @@ from ._events import (
     UserMessage,
 )
 from ._log import MAX_QUERY_TERMS, EventLog, Hit, match_expression
-from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, rebuild
+from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, memory_from_json, memory_to_json, rebuild
 from ._schema import MissingEventLog, NotAnEventLog
 from ._inspect import (  # read-side tools: point-in-time replay, raw events, verify
     Check,
@@ -45,6 +45,8 @@ __all__ = [
     "UserMessage",
     "fold",
     "match_expression",
+    "memory_from_json",
+    "memory_to_json",
     "rebuild",
     "Check",
     "Cut",

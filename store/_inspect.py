@@ -8,8 +8,9 @@ Must not import trio, `actors` or `transport`.
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 
 import attrs
@@ -138,8 +139,8 @@ def events_after(
     objects (see `event_fields`); a message whose text a long-term clear erased has `"redacted": true`.
 
     All rows are fetched at once, so outside `snapshot()` each call is one short read
-    transaction and sees everything committed before it. Raises `UndecodableEvent` naming the
-    seq of an event this version cannot read.
+    transaction and sees everything committed before it. An event this version cannot read ends
+    the list early; when it is the first, raises `UndecodableEvent` naming its seq.
     """
     where, params = ["seq > ?"], [after_seq]
     if agent_id is not None:
@@ -157,6 +158,8 @@ def events_after(
         try:
             fields = event_fields(Recorded(seq, event_from_row(type_, agent, usr, at, payload)))
         except UndecodableEvent as exc:
+            if out:  # return what comes before it; the next call raises
+                break
             raise UndecodableEvent(f"event {seq}: {exc} (`agentcast replay verify` checks the whole log)") from None
         if payload == REDACTED:
             fields["redacted"] = True
@@ -210,9 +213,22 @@ def rebuild_all(log: EventLog, *, window: int = DEFAULT_WINDOW, batch: int = 409
     Call inside `log.snapshot()` for a consistent result while a server writes.
     """
     out = Rebuilt()
-    memories, indexed, tainted = out.memories, out.indexed, out.tainted
     started = time.perf_counter()
     cursor = log._conn.execute("SELECT seq, type, agent_id, user, at, payload FROM events ORDER BY seq")
+    try:
+        count, previous = _fold_rows(cursor, batch, window, out)
+    finally:
+        cursor.close()
+    out.seconds = time.perf_counter() - started
+    out.events = count
+    out.last_seq = previous
+    if count:
+        out.first_seq = log._conn.execute("SELECT min(seq) FROM events").fetchone()[0]
+    return out
+
+
+def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]:
+    memories, indexed, tainted = out.memories, out.indexed, out.tainted
     previous = 0
     count = 0
     while rows := cursor.fetchmany(batch):
@@ -245,12 +261,7 @@ def rebuild_all(log: EventLog, *, window: int = DEFAULT_WINDOW, batch: int = 409
                     indexed[key] = []
             else:
                 indexed[key].append(seq)
-    out.seconds = time.perf_counter() - started
-    out.events = count
-    out.last_seq = previous
-    if count:
-        out.first_seq = log._conn.execute("SELECT min(seq) FROM events").fetchone()[0]
-    return out
+    return count, previous
 
 
 # -- verify ----------------------------------------------------------------------------------
@@ -347,7 +358,7 @@ def verify(log: EventLog, *, window: int = DEFAULT_WINDOW) -> VerifyReport:
     A query that fails on a damaged file is reported as a problem of the check that ran it.
     """
     checks: list[Check] = []
-    with log.snapshot():
+    with _read_transaction(log):
         try:
             rebuilt = rebuild_all(log, window=window)
         except _DB_ERRORS as exc:
@@ -376,6 +387,21 @@ def verify(log: EventLog, *, window: int = DEFAULT_WINDOW) -> VerifyReport:
         events_per_second=rebuilt.events_per_second if rebuilt else 0.0,
         checks=tuple(checks),
     )
+
+
+@contextlib.contextmanager
+def _read_transaction(log: EventLog) -> Iterator[None]:
+    """Like `log.snapshot()`, but ending it cannot fail: on a damaged file the COMMIT itself may."""
+    conn = log._conn
+    conn.execute("BEGIN")
+    try:
+        yield
+    finally:
+        try:
+            conn.execute("COMMIT")
+        except _DB_ERRORS:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
 
 
 def _event_checks(r: Rebuilt) -> list[Check]:

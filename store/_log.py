@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from attrs import frozen
 
 from ._events import REDACTED, Event, MemoryCleared, Recorded, event_from_row, payload_of
-from ._memory import DEFAULT_WINDOW, Memory, rebuild
+from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
 
 logger = logging.getLogger("agentcast.store")
@@ -98,12 +98,13 @@ class EventLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append(self, batches: Sequence[Sequence[Event]]) -> list[list[Recorded]]:
+    def append(self, batches: Sequence[Sequence[Event]], snapshots: Sequence[Memory] = ()) -> list[list[Recorded]]:
         """Append every batch, in order, in one transaction (group commit).
 
         Returns the recorded events batch by batch. When this returns, all of them are
         committed; when it raises, none is. A long-term `MemoryCleared` also erases the text
-        it clears (see `_forget`) before this returns.
+        it clears (see `_forget`) before this returns. `snapshots` are saved in the same
+        transaction (each replaces the previous snapshot of its agent, user and window).
         """
         conn = self._conn
         out: list[list[Recorded]] = []
@@ -122,6 +123,11 @@ class EventLog:
                     forgot = self._project(seq, event) or forgot
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
+            for memory in snapshots:
+                conn.execute(
+                    "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
+                    (memory.agent_id, memory.user, memory.window, memory.last_seq, memory_to_json(memory)),
+                )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
@@ -157,6 +163,7 @@ class EventLog:
             "DELETE FROM memory_fts WHERE rowid IN (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
             (f"scope : {scope}",),
         )
+        conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
         conn.execute(
             "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
             "AND type IN ('user_message', 'agent_message') AND payload != ?",
@@ -210,8 +217,31 @@ class EventLog:
             yield Recorded(seq, event_from_row(type_, agent, usr, at, payload))
 
     def memory(self, agent_id: str, user: str, *, window: int = DEFAULT_WINDOW, until_seq: int | None = None) -> Memory:
-        """The memory of (agent_id, user), rebuilt from its events up to `until_seq`."""
-        return rebuild(agent_id, user, self.read(agent_id=agent_id, user=user, until_seq=until_seq), window)
+        """The memory of (agent_id, user), rebuilt from all its events up to `until_seq`."""
+        sql = "SELECT seq, type, at, payload FROM events WHERE agent_id = ? AND user = ?"
+        params: list[object] = [agent_id, user]
+        if until_seq is not None:
+            sql += " AND seq <= ?"
+            params.append(until_seq)
+        return fold_rows(Memory(agent_id, user, window), self._conn.execute(sql + " ORDER BY seq", params))
+
+    def restore(self, agent_id: str, user: str, *, window: int = DEFAULT_WINDOW) -> tuple[Memory, int]:
+        """The current memory of (agent_id, user): its latest snapshot plus the events after it.
+
+        Returns the memory and how many events were folded onto the snapshot (all of them if
+        there was none), so the caller can tell when a new snapshot is worth saving.
+        """
+        row = self._conn.execute(
+            "SELECT seq, state FROM snapshots WHERE agent_id = ? AND user = ? AND window = ?",
+            (agent_id, user, window),
+        ).fetchone()
+        start = Memory(agent_id, user, window) if row is None else memory_from_json(agent_id, user, row[1])
+        rows = self._conn.execute(
+            "SELECT seq, type, at, payload FROM events WHERE agent_id = ? AND user = ? AND seq > ? ORDER BY seq",
+            (agent_id, user, 0 if row is None else row[0]),
+        )
+        memory = fold_rows(start, rows)
+        return memory, memory.version - start.version
 
     def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
         """The logged turn of the chat command `command_id`: its user message and its answer

@@ -4,12 +4,14 @@ Pure functions over immutable records. Must not import trio, `actors`, `transpor
 """
 from __future__ import annotations
 
+import collections
 import functools
+import json
 from collections.abc import Iterable
 
 from attrs import evolve, frozen
 
-from ._events import AgentMessage, MemoryCleared, Recorded, UserMessage
+from ._events import AgentMessage, MemoryCleared, Recorded, UndecodableEvent, UserMessage, event_from_row
 
 DEFAULT_WINDOW = 20
 
@@ -51,6 +53,8 @@ class Memory:
     long_term_count: int = 0
     clears: tuple[Clear, ...] = ()
     last_seq: int = 0
+    #: How many events of this (agent, user) have been folded in: the memory's version.
+    version: int = 0
 
     @property
     def short_term_since(self) -> int:
@@ -68,12 +72,9 @@ def fold(memory: Memory, recorded: Recorded) -> Memory:
         window = memory.short_term + (message,)
         if len(window) > memory.window:
             window = window[len(window) - memory.window:]
-        return evolve(
-            memory,
-            short_term=window,
-            long_term_count=memory.long_term_count + 1,
-            last_seq=recorded.seq,
-        )
+        m = memory  # built directly rather than with attrs.evolve: this runs once per event
+        return Memory(m.agent_id, m.user, m.window, window, m.long_term_since, m.long_term_count + 1,
+                      m.clears, recorded.seq, m.version + 1)
     if isinstance(event, MemoryCleared):
         clear = Clear(recorded.seq, event.at, event.long_term)
         if event.long_term:
@@ -84,9 +85,81 @@ def fold(memory: Memory, recorded: Recorded) -> Memory:
                 long_term_count=0,
                 clears=memory.clears + (clear,),
                 last_seq=recorded.seq,
+                version=memory.version + 1,
             )
-        return evolve(memory, short_term=(), clears=memory.clears + (clear,), last_seq=recorded.seq)
+        return evolve(
+            memory, short_term=(), clears=memory.clears + (clear,), last_seq=recorded.seq, version=memory.version + 1
+        )
     raise TypeError(f"fold: not an event: {event!r}")
+
+
+def memory_to_json(memory: Memory) -> str:
+    """`memory` as JSON text (a snapshot); `memory_from_json` reads it back."""
+    return json.dumps(
+        {
+            "window": memory.window,
+            "short_term": [[m.seq, m.role, m.content, m.at] for m in memory.short_term],
+            "long_term_since": memory.long_term_since,
+            "long_term_count": memory.long_term_count,
+            "clears": [[c.seq, c.at, c.long_term] for c in memory.clears],
+            "last_seq": memory.last_seq,
+            "version": memory.version,
+        },
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def memory_from_json(agent_id: str, user: str, text: str) -> Memory:
+    """The `Memory` that `memory_to_json` wrote."""
+    d = json.loads(text)
+    return Memory(
+        agent_id,
+        user,
+        d["window"],
+        tuple(Message(*m) for m in d["short_term"]),
+        d["long_term_since"],
+        d["long_term_count"],
+        tuple(Clear(*c) for c in d["clears"]),
+        d["last_seq"],
+        d["version"],
+    )
+
+
+def fold_rows(memory: Memory, rows: Iterable[tuple[int, str, str, str]]) -> Memory:
+    """`memory` with the stored events `rows` (seq, type, at, payload) of its (agent, user) folded in.
+
+    Equal to folding the decoded events one by one with `fold` (tests/test_snapshots.py checks),
+    but only the messages that end up in the short-term window are decoded: rebuilding a long
+    history costs about one row fetch per event.
+    """
+    recent: collections.deque = collections.deque(memory.short_term, maxlen=memory.window)
+    since, count, clears = memory.long_term_since, memory.long_term_count, list(memory.clears)
+    last_seq, version = memory.last_seq, memory.version
+    for row in rows:
+        seq, type_ = row[0], row[1]
+        if type_ == "user_message" or type_ == "agent_message":
+            recent.append(row)
+            count += 1
+        elif type_ == "memory_cleared":
+            event = event_from_row(type_, memory.agent_id, memory.user, row[2], row[3])
+            clears.append(Clear(seq, event.at, event.long_term))
+            recent.clear()
+            if event.long_term:
+                since, count = seq, 0
+        else:
+            raise UndecodableEvent(f"unknown event type {type_!r} at seq {seq}")
+        last_seq, version = seq, version + 1
+    window = tuple(
+        item if isinstance(item, Message) else _message(memory, item) for item in recent
+    )
+    return Memory(memory.agent_id, memory.user, memory.window, window, since, count, tuple(clears), last_seq, version)
+
+
+def _message(memory: Memory, row: tuple[int, str, str, str]) -> Message:
+    seq, type_, at, payload = row
+    event = event_from_row(type_, memory.agent_id, memory.user, at, payload)
+    return Message(seq, event.role, event.content, at)
 
 
 def rebuild(agent_id: str, user: str, events: Iterable[Recorded], window: int = DEFAULT_WINDOW) -> Memory:

@@ -53,6 +53,23 @@ def m002_command_ids(db: Database) -> None:
     db.execute("CREATE INDEX events_by_command ON events (agent_id, user, command_id) WHERE command_id IS NOT NULL")
 
 
+@migrations()
+def m003_snapshots(db: Database) -> None:
+    """Memory snapshots: a lane with a long history starts from its latest one."""
+    db.execute(
+        """
+        CREATE TABLE snapshots (
+            agent_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            window INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (agent_id, user, window)
+        )
+        """
+    )
+
+
 class NotAnEventLog(Exception):
     """The file exists but is not an agentcast event log (or is one from a newer version)."""
 

@@ -42,11 +42,15 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.MemoryResults(agent_id, query, results, rid)
         case actors.MemoryWasCleared(agent_id, long_term, forgotten, seq, rid):
             return p.MemoryCleared(agent_id, long_term, forgotten, seq, rid)
+        case actors.UserSaid(agent_id, message, seq, rid):
+            return p.UserMessage(agent_id, message, seq, rid)
+        case actors.Resumed(agent_id, after_seq, rid):
+            return p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid, after_seq)
     raise TypeError(f"not an actor output: {output!r}")
 
 
 class Connection:
-    """A client's session. Implements `actors.Outbox`.
+    """A client's session. Implements `actors.PacedOutbox`.
 
     Frames for the client wait in a queue bounded in frames and in size, written by one
     task; a client that lets it overflow is closed with 1013, so no agent ever waits on it.
@@ -77,6 +81,9 @@ class Connection:
         self._close_timeout = close_timeout
         self._accepting = accepting
         self._send, self._receive = trio.open_memory_channel[p.ServerFrame](outbox_size)
+        self._outbox_size = outbox_size
+        self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
+        self._ended = False  # `run` has finished
         self._outbox_bytes = outbox_bytes
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
@@ -89,6 +96,33 @@ class Connection:
 
     def deliver(self, output: Output) -> None:
         self._queue(frame_of(output))
+
+    async def room(self) -> None:
+        """Return once the outbound queue is at most half full (in frames and in characters), or
+        the connection is closing.
+
+        A backlog waits on this before each frame, so it flows at the pace the client reads it.
+        A client that takes no frame for `close_timeout` seconds while its queue is that full is
+        not reading: it is closed with 1013 (as if its queue had overflowed), so nobody waits longer.
+        """
+        if not self._crowded():
+            return
+        with trio.move_on_after(self._close_timeout):
+            while self._crowded():
+                await self._drained.wait()
+        if self._crowded():
+            logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, self.user)
+            self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
+
+    def _crowded(self) -> bool:
+        if self._close_code is not None or self._ended:
+            return False
+        frames = self._send.statistics().current_buffer_used
+        return frames * 2 > self._outbox_size or self._queued_size * 2 > self._outbox_bytes
+
+    def _wake_room(self) -> None:
+        self._drained.set()
+        self._drained = trio.Event()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -103,6 +137,7 @@ class Connection:
             self._close_code, self._close_reason = code, reason
         self._discard = self._discard or not drain
         self._send.close()  # no more frames; the writer ends the connection when done
+        self._wake_room()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
 
     def _remote(self) -> str:
@@ -128,6 +163,8 @@ class Connection:
             for agent_id in self.subscriptions:
                 self._audience.unsubscribe(agent_id, self.user, self)
             self._send.close()
+            self._ended = True
+            self._wake_room()
             if self._close_code is not None and not self._mid_frame:
                 with trio.move_on_after(self._close_timeout) as cleanup:
                     cleanup.shield = True
@@ -169,6 +206,7 @@ class Connection:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 self._queued_size -= sum(p.text_size(f) for f in frames)
+                self._wake_room()
                 if self._discard:
                     break
                 texts = [p.encode(f) for f in p.coalesce(frames)]
@@ -234,11 +272,17 @@ class Connection:
                 self.user_id, self.user = user_id, new_user
                 logger.info("client=%s user=%s: user set", self.client_id, self.user)
                 self._queue(p.UserSet(user_id, rid))
-            case p.Subscribe(agent_id, rid):
+            case p.Subscribe(agent_id, rid, None):
                 self._agent(agent_id, rid)
                 self.subscriptions.add(agent_id)
                 self._audience.subscribe(agent_id, self.user, self)
                 self._queue(p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid))
+            case p.Subscribe(agent_id, rid, after_seq):
+                # Resume: the agent sends `subscribed` and the backlog from this user's lane, then
+                # makes the held subscription live (see actors.Resume); until then it hears nothing new.
+                self._submit(self._agent(agent_id, rid), actors.Resume(self.user, after_seq, self, rid))
+                self.subscriptions.add(agent_id)
+                self._audience.subscribe(agent_id, self.user, self, held=True)
             case p.Unsubscribe(agent_id, rid):
                 self._agent(agent_id, rid)
                 self.subscriptions.discard(agent_id)

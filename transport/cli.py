@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return _replay(args)
     except Exception as exc:
         problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
+        if isinstance(problem, BrokenPipeError) and args.command.startswith("replay"):
+            return _stdout_gone()  # e.g. `agentcast replay ... | head`: the reader has all it wanted
         if isinstance(problem, BadArgument):
             print(f"agentcast: error: {problem}", file=sys.stderr)
             return 2

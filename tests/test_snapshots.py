@@ -1,0 +1,87 @@
+"""Snapshots: a lane with a long history starts from its latest snapshot plus the events after it,
+and gets exactly the memory a full rebuild gives; forgetting removes snapshots too."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import actors._agent
+from actors import AgentSpec, EchoBrain
+from store import AgentMessage, EventLog, MemoryCleared, UserMessage, memory_from_json, memory_to_json, rebuild
+from support import connect, running_server
+
+STEP = st.one_of(
+    st.tuples(st.just("chat"), st.text(min_size=1, max_size=20)),
+    st.tuples(st.just("clear"), st.booleans()),
+)
+
+
+def events_for(step, user="u"):
+    kind, arg = step
+    if kind == "chat":
+        return [UserMessage("a", user, "t", arg), AgentMessage("a", user, "t", "re: " + arg)]
+    return [MemoryCleared("a", user, "t", arg)]
+
+
+@settings(max_examples=25, deadline=None)
+@given(steps=st.lists(STEP, max_size=20), cut=st.integers(0, 20), window=st.integers(1, 5))
+def test_restore_from_any_snapshot_equals_a_full_rebuild(tmp_path_factory, steps, cut, window):
+    db = tmp_path_factory.mktemp("snap") / "s.db"
+    with EventLog.open(db) as log:
+        for i, step in enumerate(steps):
+            log.append([events_for(step), events_for(step, user="other")])
+            if i == cut:
+                log.append([], snapshots=[log.memory("a", "u", window=window)])
+        full = rebuild("a", "u", log.read(), window)  # the definition: the pure fold of every event
+        restored, folded = log.restore("a", "u", window=window)
+        assert restored == full == log.memory("a", "u", window=window)
+        assert memory_from_json("a", "u", memory_to_json(full)) == full
+        later = steps[cut + 1:]
+        if cut < len(steps) and ("clear", True) not in later:  # the snapshot stands: only what came after is folded
+            assert folded == sum(len(events_for(s)) for s in later)
+        else:  # no snapshot, or forgetting removed it
+            assert folded == full.version
+
+
+def test_a_snapshot_is_per_window_size(tmp_path):
+    with EventLog.open(tmp_path / "w.db") as log:
+        for i in range(5):
+            log.append([events_for(("chat", f"m{i}"))])
+        log.append([], snapshots=[log.memory("a", "u", window=2)])
+        three, folded = log.restore("a", "u", window=3)
+        assert folded == 10 and len(three.short_term) == 3
+        two, folded = log.restore("a", "u", window=2)
+        assert folded == 0 and len(two.short_term) == 2
+
+
+def test_forgetting_removes_the_snapshots_that_hold_the_text(tmp_path):
+    db = tmp_path / "f.db"
+    with EventLog.open(db) as log:
+        log.append([events_for(("chat", "zqxsnapshotmarker"))])
+        log.append([], snapshots=[log.memory("a", "u")])
+        log.append([[MemoryCleared("a", "u", "t", True)]])
+        memory, folded = log.restore("a", "u")
+        assert memory.short_term == () and memory.long_term_count == 0 and folded == 3
+    data = b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+    assert b"zqxsnapshotmarker" not in data
+
+
+async def test_lanes_save_snapshots_and_start_from_them(db_path, monkeypatch):
+    monkeypatch.setattr(actors._agent, "SNAPSHOT_EVERY", 6)
+    specs = [AgentSpec("my_agent", EchoBrain(), lane_idle_seconds=0.05)]
+    async with running_server(db_path, specs) as server, connect(server.port) as c:
+        await c.request({"type": "set_user", "user_id": "s"}, "user_set")
+        for i in range(4):  # 8 events: one snapshot after the third turn
+            await c.request({"type": "chat", "agent_id": "my_agent", "message": f"turn {i}"}, "agent_done")
+        with EventLog.open(db_path, readonly=True) as log:
+            memory, folded = log.restore("my_agent", "s")
+            assert folded == 2 and memory.version == 8
+            assert memory == log.memory("my_agent", "s")
+        with trio.fail_after(5):  # the idle lane is dropped; the next chat rebuilds it from the snapshot
+            while server.agents["my_agent"].lanes:
+                await trio.sleep(0.01)
+        frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "after"}, "agent_done")
+        assert "remember 8 earlier messages" in frames[-2]["message"]
