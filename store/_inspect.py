@@ -18,7 +18,7 @@ from attrs import define, field, frozen
 
 from ._events import EVENT_TYPES, REDACTED, MemoryCleared, Recorded, UndecodableEvent, event_from_row
 from ._log import EventLog, scope_token
-from ._memory import DEFAULT_WINDOW, Memory, Message, fold
+from ._memory import DEFAULT_WINDOW, Memory, Message, fold, memory_from_json
 from ._schema import sqlite3
 
 #: What a read of a damaged database raises (from the sqlite3 module the store uses).
@@ -96,17 +96,21 @@ def memory_at(
     so a point before such a clear shows those messages with empty content. Call inside
     `log.snapshot()` to read several streams as of one moment.
     """
-    events = [r for r in log.read(agent_id=agent_id, user=user, until_seq=cut.until_seq) if cut.admits(r)]
-    memory = Memory(agent_id, user, window)
-    for recorded in events:
-        memory = fold(memory, recorded)
+    if cut.until_time is None:  # a prefix of the log: the store's own rebuild, then the long-term messages
+        memory = log.memory(agent_id, user, window=window, until_seq=cut.until_seq)
+        events = list(log.read(agent_id=agent_id, user=user, after_seq=memory.long_term_since, until_seq=cut.until_seq))
+    else:
+        events = [r for r in log.read(agent_id=agent_id, user=user) if cut.admits(r)]
+        memory = Memory(agent_id, user, window)
+        for recorded in events:
+            memory = fold(memory, recorded)
     long_term = [
         Message(r.seq, r.event.role, r.event.content, r.event.at)
         for r in events
         if r.seq > memory.long_term_since and not isinstance(r.event, MemoryCleared)
     ]
     forgotten: frozenset[int] = frozenset()
-    if not cut.everything and events:  # without a cut, no remembered message can have been erased
+    if not cut.everything and memory.last_seq:  # without a cut, no remembered message can have been erased
         forgotten = frozenset(row[0] for row in log._conn.execute(
             "SELECT seq FROM events WHERE agent_id = ? AND user = ? AND seq <= ? AND payload = ?",
             (agent_id, user, memory.last_seq, REDACTED),
@@ -120,13 +124,17 @@ def last_seq_at(log: EventLog, cut: Cut = Cut()) -> int:
         if cut.until_seq is None:
             return log.last_seq()
         return log._conn.execute("SELECT coalesce(max(seq), 0) FROM events WHERE seq <= ?", (cut.until_seq,)).fetchone()[0]
-    for seq, at in log._conn.execute("SELECT seq, at FROM events ORDER BY seq DESC"):
-        try:
-            if parse_instant(at) <= cut.until_time:
-                return seq
-        except ValueError:
-            raise UndecodableEvent(f"event {seq} has an unreadable time {at!r}") from None
-    return 0
+    cursor = log._conn.execute("SELECT seq, at FROM events ORDER BY seq DESC")
+    try:
+        for seq, at in cursor:
+            try:
+                if parse_instant(at) <= cut.until_time:
+                    return seq
+            except ValueError:
+                raise UndecodableEvent(f"event {seq} has an unreadable time {at!r}") from None
+        return 0
+    finally:
+        cursor.close()
 
 
 # -- the raw events --------------------------------------------------------------------------
@@ -344,7 +352,7 @@ def _seqs(seqs: Iterable[int], most: int = 5) -> str:
 
 
 def _differences(a: Memory, b: Memory) -> str:
-    names = [f for f in ("short_term", "long_term_since", "long_term_count", "clears", "last_seq") if getattr(a, f) != getattr(b, f)]
+    names = [f.name for f in attrs.fields(Memory) if getattr(a, f.name) != getattr(b, f.name)]
     return ", ".join(names) or "?"
 
 
@@ -352,9 +360,10 @@ def verify(log: EventLog, *, window: int = DEFAULT_WINDOW) -> VerifyReport:
     """Check the whole log, as of one moment; never raises for what it finds (see `VerifyReport`).
 
     Checks: seqs run 1..last without holes; every event type is known and every payload decodes;
-    folding the log twice (once in one pass over all of it, once stream by stream through the
-    stream index) gives the same memory for every (agent, user); the search index holds exactly
-    the long-term messages of every (agent, user) and nothing else; SQLite's integrity_check.
+    folding the log twice (once in one pass over all of it with `fold`, once stream by stream
+    through the stream index as `EventLog.memory` does) gives the same memory for every
+    (agent, user); the search index holds exactly the long-term messages of every (agent, user)
+    and nothing else; every saved snapshot equals the memory at its seq; SQLite's integrity_check.
     A query that fails on a damaged file is reported as a problem of the check that ran it.
     """
     checks: list[Check] = []
@@ -376,6 +385,10 @@ def verify(log: EventLog, *, window: int = DEFAULT_WINDOW) -> VerifyReport:
                 checks.append(_index_check(log, rebuilt, streams))
             except _DB_ERRORS as exc:
                 checks.append(Check("search index", False, "could not be checked", (str(exc),), 1))
+            try:
+                checks.append(_snapshot_check(log, rebuilt))
+            except (*_DB_ERRORS, UndecodableEvent) as exc:
+                checks.append(Check("snapshots", False, "could not be checked", (str(exc),), 1))
         checks.append(_integrity_check(log))
     return VerifyReport(
         path=log.path,
@@ -489,6 +502,42 @@ def _index_check(log: EventLog, r: Rebuilt, streams: list[tuple[str, str]]) -> C
         problems,
         f"{_n(total, 'row')}, agreeing with the projection of {'all ' if compared > 1 else ''}{_n(compared, 'stream')}",
         "disagrees with the projection",
+    )
+
+
+def _snapshot_check(log: EventLog, r: Rebuilt) -> Check:
+    """Every saved snapshot (a lane starts from it) equals the memory folded from the log up to its seq."""
+    conn = log._conn
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone() is None:
+        return Check("snapshots", True, "none (this log has no snapshots table)")
+    rows = conn.execute("SELECT agent_id, user, window, seq, state FROM snapshots ORDER BY agent_id, user, window").fetchall()
+    problems = []
+    compared = skipped = 0
+    for agent_id, user, window, seq, state in rows:
+        key = (agent_id, user)
+        name = f"the snapshot of {_stream(key)} (window {window}) at seq {seq}"
+        if key in r.tainted:
+            skipped += 1
+            continue
+        try:
+            saved = memory_from_json(agent_id, user, state)
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(f"{name} is unreadable: {exc!r}")
+            continue
+        compared += 1
+        then = log.memory(agent_id, user, window=window, until_seq=seq)
+        if then.last_seq != seq:
+            problems.append(f"{name}: the log has no event {seq} of that (agent, user)")
+        elif saved != then:
+            problems.append(f"{name} differs from the log in {_differences(saved, then)}")
+    note = f" ({_n(skipped, 'snapshot')} of streams with unreadable events not compared)" if skipped else ""
+    return _check(
+        "snapshots",
+        problems,
+        (f"{'all ' if compared > 1 else ''}{_n(compared, 'snapshot')} equal to the log at "
+         f"{'their' if compared > 1 else 'its'} seq{note}"
+         if rows else "none saved"),
+        f"disagree with the log{note}",
     )
 
 

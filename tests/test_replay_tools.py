@@ -50,7 +50,11 @@ def write_log(path: Path, events, batch: int = 1) -> Path:
 
 @pytest.fixture
 def sample(tmp_path) -> Path:
-    return write_log(tmp_path / "sample.db", SAMPLE)
+    """The SAMPLE log, with a snapshot of my_agent/u1 (window 3) as of its last event, seq 6."""
+    db = write_log(tmp_path / "sample.db", SAMPLE)
+    with EventLog.open(db) as log:
+        log.append([], snapshots=[log.memory("my_agent", "u1", window=3)])
+    return db
 
 
 def run(capsys, *args: str) -> tuple[int, str, str]:
@@ -301,6 +305,7 @@ def test_verify_a_healthy_log(capsys, sample):
     assert code == 0, out + err
     assert "9 events (seq 1..9), 3 streams" in out
     assert "events/s" in out and "FAIL" not in out
+    assert "1 snapshot equal to the log at its seq" in out
     assert out.strip().endswith("verify: ok")
 
     code, out, _ = run(capsys, "replay", "verify", "--db", str(sample), "--json")
@@ -308,7 +313,7 @@ def test_verify_a_healthy_log(capsys, sample):
     assert code == 0 and report["ok"] is True
     assert (report["events"], report["last_seq"], report["streams"]) == (9, 9, 3)
     assert [c["name"] for c in report["checks"]] == [
-        "sequence", "event types", "payloads", "projection", "search index", "integrity"
+        "sequence", "event types", "payloads", "projection", "search index", "snapshots", "integrity"
     ]
     assert report["rebuild"]["seconds"] >= 0 and report["rebuild"]["events_per_second"] >= 0
 
@@ -337,9 +342,13 @@ def test_verify_an_empty_log(capsys, tmp_path):
         (["INSERT INTO memory_fts (rowid, content, scope) VALUES (100, 'orphan', 'snobody')"], "search index",
          "1 index row belonging to no (agent, user)"),
         (["UPDATE events SET agent_id = 'ghost' WHERE seq = 6"], "search index", "unexpected seq 6"),
+        (["UPDATE snapshots SET state = json_set(state, '$.long_term_count', 99)"], "snapshots",
+         "the snapshot of agent 'my_agent' user 'u1' (window 3) at seq 6 differs from the log in long_term_count"),
+        (["UPDATE snapshots SET state = '{}'"], "snapshots", "at seq 6 is unreadable"),
+        (["UPDATE snapshots SET seq = 7"], "snapshots", "the log has no event 7 of that (agent, user)"),
     ],
     ids=["gap", "two-gaps", "first-missing", "unknown-type", "invalid-json", "bad-field", "fts-row-deleted",
-         "fts-row-of-cleared", "fts-orphan", "event-moved"],
+         "fts-row-of-cleared", "fts-orphan", "event-moved", "snapshot-wrong", "snapshot-unreadable", "snapshot-seq"],
 )
 def test_verify_names_what_is_wrong(capsys, tmp_path, sample, statements, check, expected):
     db = damage(sample, tmp_path, *statements)

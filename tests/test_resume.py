@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import actors._agent
-from actors import AgentSpec, EchoBrain
+from actors import AgentSpec, BrainError, EchoBrain
 from store import AgentMessage, EventLog, UserMessage
 from support import connect, running_server
 
@@ -359,6 +359,33 @@ async def test_a_plain_subscription_is_unchanged_and_gets_no_user_message(server
         await resumed.request({"type": "unsubscribe", "agent_id": AGENT}, "unsubscribed")
         await phone.request(chat("gone"), "agent_done")
         await assert_nothing_more(resumed)
+
+
+class FailingBrain:
+    recall = 0
+
+    async def reply(self, turn):
+        if turn.message == "fail":
+            raise BrainError("no answer today")
+        yield EchoBrain.answer(turn)
+
+
+async def test_a_failed_turn_gives_its_user_message_live_and_in_the_backlog(db_path):
+    async with running_server(db_path, [AgentSpec(AGENT, FailingBrain())]) as server:
+        async with connect(server.port) as phone, connect(server.port) as laptop:
+            for c in (phone, laptop):
+                await as_user(c, "fay")
+            await laptop.send(resume(0))
+            assert await laptop.recv() == subscribed(0)
+            sent = await phone.request(chat("fail", "x"), "agent_done")
+            assert [f["type"] for f in sent] == ["agent_thinking", "error", "agent_done"]
+            seen = await laptop.recv_until("agent_done")
+            assert [f["type"] for f in seen] == ["agent_thinking", "user_message", "error", "agent_done"]
+            said = seen[1]
+            assert said["message"] == "fail" and said["request_id"] == "x"
+            await laptop.send(resume(0))
+            assert await recv_n(laptop, 2) == [subscribed(0), said]
+            await assert_nothing_more(laptop)
 
 
 async def test_a_resume_withdrawn_before_it_starts_delivers_nothing(db_path):
