@@ -141,9 +141,15 @@ def last_seq_at(log: EventLog, cut: Cut = Cut()) -> int:
 
 
 def events_after(
-    log: EventLog, after_seq: int = 0, *, agent_id: str | None = None, user: str | None = None, limit: int = 1000
+    log: EventLog,
+    after_seq: int = 0,
+    *,
+    agent_id: str | None = None,
+    user: str | None = None,
+    until_seq: int | None = None,
+    limit: int = 1000,
 ) -> list[dict]:
-    """Up to `limit` events with seq > `after_seq` (of one agent and/or user), in seq order, as JSON
+    """Up to `limit` events with `after_seq` < seq <= `until_seq` (of one agent and/or user), in seq order, as JSON
     objects (see `event_fields`); a message whose text a long-term clear erased has `"redacted": true`.
 
     All rows are fetched at once, so outside `snapshot()` each call is one short read
@@ -151,6 +157,9 @@ def events_after(
     the list early; when it is the first, raises `UndecodableEvent` naming its seq.
     """
     where, params = ["seq > ?"], [after_seq]
+    if until_seq is not None:
+        where.append("seq <= ?")
+        params.append(until_seq)
     if agent_id is not None:
         where.append("agent_id = ?")
         params.append(agent_id)

@@ -73,6 +73,7 @@ class EventLog:
         self._conn = conn
         self.path = path
         self.readonly = readonly
+        self._checkpoint_due = False  # a forgetting's WAL truncation is still to be done
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, readonly: bool = False, synchronous: str = "NORMAL") -> "EventLog":
@@ -134,7 +135,9 @@ class EventLog:
                 conn.execute("ROLLBACK")
             raise
         if forgot:
-            self._checkpoint()
+            self._checkpoint(patience=1.0)
+        elif self._checkpoint_due:
+            self._checkpoint(patience=0.0)
         return out
 
     def _project(self, seq: int, event: Event) -> bool:
@@ -172,14 +175,29 @@ class EventLog:
         if not FTS5_SECURE_DELETE:
             conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
 
-    def _checkpoint(self) -> None:
-        """Copy the WAL into the database and truncate it, so no old page survives in the WAL."""
-        for _ in range(100):
-            busy, _, _ = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if not busy:
-                return
-            time.sleep(0.01)  # a reader still holds an old snapshot; it is short-lived
-        logger.warning("%s: WAL checkpoint after forgetting stayed busy; it completes at a later one", self.path)
+    def _checkpoint(self, patience: float) -> None:
+        """Copy the WAL into the database and truncate it, so no old page survives in the WAL.
+
+        A reader holding an old snapshot blocks this; it is retried for `patience` seconds (the
+        writer waits meanwhile, so keep it short), then after each later commit until it succeeds.
+        """
+        conn = self._conn
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            deadline = time.monotonic() + patience
+            while True:
+                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                if not busy:
+                    self._checkpoint_due = False
+                    return
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.01)
+        finally:
+            conn.execute("PRAGMA busy_timeout=5000")
+        if not self._checkpoint_due:
+            logger.warning("%s: a reader holds an old snapshot; the WAL is truncated at a later commit", self.path)
+        self._checkpoint_due = True
 
     # -- reading -------------------------------------------------------------------
 

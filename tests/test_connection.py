@@ -12,6 +12,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_str
 from actors import Agents, Audience, Journal, TurnDone, agent_specs
 from store import EventLog
 from transport._connection import TRY_AGAIN_LATER, Connection
+from transport.server import ServerSettings
 
 
 class Harness:
@@ -24,6 +25,7 @@ class Harness:
         self.audience = Audience()
         self.agents = Agents(agent_specs(None), self.journal, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z")
         self.finished: list[Connection] = []
+        self.settings: dict = {}  # ServerSettings fields for the next clients
 
     async def start(self):
         await self.nursery.start(self.journal.run)
@@ -41,7 +43,7 @@ class Harness:
             request = await wrap_server_stream(self.nursery, server_stream)
             ws = await request.accept()
             conn = Connection(ws, self.agents, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z",
-                              outbox_size=outbox_size, close_timeout=0.5)
+                              settings=ServerSettings(outbox_size=outbox_size, close_timeout=0.5, **self.settings))
             self.current = conn
             connection_ready.set()
             await conn.run()
@@ -52,9 +54,9 @@ class Harness:
         await connection_ready.wait()
         return ws, self.current
 
-    async def wait_finished(self, conn):
-        """Until `conn.run()` has returned (bounded)."""
-        with trio.fail_after(10):
+    async def wait_finished(self, conn, timeout=10):
+        """Until `conn.run()` has returned (bounded by `timeout` seconds unless None)."""
+        with trio.fail_after(timeout) if timeout is not None else trio.CancelScope():
             while conn not in self.finished:
                 await trio.sleep(0.01)
 

@@ -89,3 +89,23 @@ async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_pa
         (found,) = await a.request({"type": "search_memory", "agent_id": "my_agent", "query": A_MARK}, "memory_results")
         assert found["results"] == []
     assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+
+
+def test_a_reader_holding_an_old_snapshot_delays_the_wal_truncation_not_the_writer(tmp_path):
+    import time
+
+    db = tmp_path / "r.db"
+    log = EventLog.open(db)
+    fill(log, "A", A_MARK, 5)
+    reader = EventLog.open(db, readonly=True)
+    with reader.snapshot():
+        list(reader.read())  # holds a read transaction on the current snapshot
+        t = time.monotonic()
+        log.append([[MemoryCleared("a", "A", "t", True)]])
+        assert time.monotonic() - t < 3  # bounded wait, not a stall
+        assert log._checkpoint_due
+    log.append([[UserMessage("a", "B", "t", "later")]])  # the next commit completes the truncation
+    assert not log._checkpoint_due
+    assert A_MARK.encode() not in raw_bytes(db)
+    reader.close()
+    log.close()

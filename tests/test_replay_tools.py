@@ -199,11 +199,12 @@ def test_until_time_selects_events_by_their_own_time(tmp_path):
         (("--until-seq", "-1"), "--until-seq"),
         (("--until-seq", "five"), "'five'"),
         (("--until-seq", "1.5"), "--until-seq"),
+        (("--until-seq", str(2**64)), "larger than any sequence number"),
         (("--until-time", "yesterday"), "not an ISO 8601 time: 'yesterday'"),
         (("--until-time", "2026-11-31T00:00:00Z"), "--until-time"),
         (("--until-seq", "3", "--until-time", at(3)), "not both"),
     ],
-    ids=["negative-seq", "word-seq", "fraction-seq", "word-time", "no-such-day", "both"],
+    ids=["negative-seq", "word-seq", "fraction-seq", "huge-seq", "word-time", "no-such-day", "both"],
 )
 def test_bad_cut_values_are_one_line_errors(capsys, sample, args, expected):
     code, out, err = run(capsys, "replay", "--db", str(sample), *args)
@@ -265,6 +266,12 @@ def test_events_prints_every_event_as_one_json_line(capsys, sample):
 )
 def test_events_filters(capsys, sample, args, seqs):
     assert [e["seq"] for e in events(capsys, sample, *args)] == seqs
+
+
+def test_events_reads_in_batches_and_stops_at_the_last_event_committed_when_it_started(capsys, tmp_path):
+    db = write_log(tmp_path / "many.db", [UserMessage("a", f"u{i % 3}", at(i), f"m{i}") for i in range(2500)], batch=500)
+    assert [e["seq"] for e in events(capsys, db)] == list(range(1, 2501))
+    assert [e["content"] for e in events(capsys, db, "--user", "u1", "--after-seq", "2490")] == ["m2491", "m2494", "m2497"]
 
 
 def test_events_reports_an_undecodable_event_by_seq(capsys, tmp_path, sample):

@@ -13,7 +13,7 @@ import attrs
 
 from actors import AgentSpec, ConfigError, agent_specs
 
-from .server import ServerSettings
+from ._settings import ServerSettings
 
 _SETTING_TYPES = {f.name: f.type.__name__ for f in attrs.fields(attrs.resolve_types(ServerSettings))}
 

@@ -4,6 +4,7 @@ Turns wire commands into actor commands and actor outputs into wire frames. Impo
 """
 from __future__ import annotations
 
+import collections
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -15,12 +16,14 @@ import actors
 from actors import Agent, Audience, Busy, Output
 
 from . import protocol as p
+from ._settings import ServerSettings
 from ._wsbatch import send_text_batch
 
 logger = logging.getLogger("agentcast.transport")
 
 #: Close codes (RFC 6455 and IANA registry).
 GOING_AWAY = 1001
+INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
 
@@ -63,11 +66,11 @@ class Connection:
         audience: Audience,
         *,
         clock: Callable[[], str],
-        outbox_size: int = 1024,
-        outbox_bytes: int = 8 * 1024 * 1024,
-        close_timeout: float = 5.0,
+        settings: ServerSettings = ServerSettings(),
         accepting: Callable[[], bool] = lambda: True,
+        users: collections.Counter | None = None,
     ) -> None:
+        """`users` counts the connections of each user across the server (for the per-user cap)."""
         self.client_id = str(uuid.uuid4())
         #: The user's id as the client gave it (int or str); None until `set_user`.
         self.user_id: int | str | None = None
@@ -78,13 +81,20 @@ class Connection:
         self._agents = agents
         self._audience = audience
         self._clock = clock
-        self._close_timeout = close_timeout
+        self._settings = settings
+        self._close_timeout = settings.close_timeout
+        self._users = users if users is not None else collections.Counter()
+        self._users[self.user] += 1
+        self._last_activity = trio.current_time()
+        self._tokens = float(settings.rate_burst)  # the rate limit's token bucket
+        self._tokens_at = self._last_activity
         self._accepting = accepting
+        outbox_size = settings.outbox_size
         self._send, self._receive = trio.open_memory_channel[p.ServerFrame](outbox_size)
         self._outbox_size = outbox_size
         self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
         self._ended = False  # `run` has finished
-        self._outbox_bytes = outbox_bytes
+        self._outbox_bytes = settings.outbox_bytes
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
@@ -154,6 +164,10 @@ class Connection:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_frames)
+                    if self._settings.heartbeat_interval:
+                        nursery.start_soon(self._heartbeat)
+                    if self._settings.idle_timeout:
+                        nursery.start_soon(self._close_when_idle)
                     self._queue(p.Connected(self.client_id))
                     await self._read_frames()
                     nursery.cancel_scope.cancel()
@@ -162,6 +176,9 @@ class Connection:
         finally:
             for agent_id in self.subscriptions:
                 self._audience.unsubscribe(agent_id, self.user, self)
+            self._users[self.user] -= 1
+            if not self._users[self.user]:
+                del self._users[self.user]
             self._send.close()
             self._ended = True
             self._wake_room()
@@ -213,6 +230,7 @@ class Connection:
                 self._mid_frame = True
                 await send_text_batch(self._ws, texts)
                 self._mid_frame = False
+                self._last_activity = trio.current_time()
         except ConnectionClosed:
             self._mid_frame = False
         self._scope.cancel()
@@ -223,10 +241,12 @@ class Connection:
                 data = await self._ws.get_message()
             except ConnectionClosed:
                 return
+            self._last_activity = trio.current_time()
             if self._close_code is not None:
                 continue  # closing: nothing more is taken on
             cmd = None
             try:
+                self._take_token()
                 cmd = p.decode(data)
                 self._handle(cmd)
             except p.ProtocolError as exc:
@@ -235,6 +255,47 @@ class Connection:
             except Exception:
                 logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
                 self._queue(p.Error("internal_error", "The server failed to handle this message"))
+
+    async def _heartbeat(self) -> None:
+        """Ping the client every `heartbeat_interval`; no pong within `heartbeat_timeout` closes it (1011)."""
+        s = self._settings
+        while True:
+            await trio.sleep(s.heartbeat_interval)
+            with trio.move_on_after(s.heartbeat_timeout) as waited:
+                try:
+                    await self._ws.ping()
+                except ConnectionClosed:
+                    return
+            if waited.cancelled_caught:
+                logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, self.user, s.heartbeat_timeout)
+                self.close(INTERNAL_ERROR, "no pong to the keepalive ping", drain=False)
+                return
+
+    async def _close_when_idle(self) -> None:
+        """Close the connection (1001) after `idle_timeout` seconds without a frame either way."""
+        idle = self._settings.idle_timeout
+        while True:
+            await trio.sleep_until(self._last_activity + idle)
+            if trio.current_time() >= self._last_activity + idle:
+                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, self.user, idle)
+                self.close(GOING_AWAY, f"idle for {idle:g} seconds")
+                return
+
+    def _take_token(self) -> None:
+        """Spend one frame of the rate limit, or raise `rate_limited` (the frame is then ignored)."""
+        rate = self._settings.rate_limit
+        if not rate:
+            return
+        now = trio.current_time()
+        self._tokens = min(float(self._settings.rate_burst), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            raise p.ProtocolError("rate_limited", f"Too many messages: at most {rate:g} a second; this one was ignored")
+        self._tokens -= 1
+
+    def _check_length(self, field: str, text: str, limit: int, request_id: str | None) -> None:
+        if len(text) > limit:
+            raise p.ProtocolError("too_long", f"Field '{field}' is longer than {limit} characters", request_id)
 
     # -- commands --------------------------------------------------------------------------
 
@@ -256,16 +317,27 @@ class Connection:
         """Carry out one decoded command; never blocks. Raises `ProtocolError` to refuse it."""
         match cmd:
             case p.Chat(agent_id, message, rid, command_id):
+                self._check_length("message", message, self._settings.max_chat_chars, rid)
                 turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
                 self._submit(self._agent(agent_id, rid), turn)
             case p.Ping(rid):
                 self._queue(p.Pong(rid))
             case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
+                self._check_length("query", query, self._settings.max_query_chars, rid)
                 self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
             case p.ClearMemory(agent_id, long_term, rid):
                 self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
             case p.SetUser(user_id, rid):
                 new_user = str(user_id)
+                if new_user != self.user and self._users[new_user] >= self._settings.max_connections_per_user:
+                    self._queue(p.Error("too_many_connections", f"User {new_user} already has "
+                                        f"{self._settings.max_connections_per_user} connections", None, rid))
+                    self.close(TRY_AGAIN_LATER, "too many connections for this user")
+                    return
+                self._users[self.user] -= 1
+                if not self._users[self.user]:
+                    del self._users[self.user]
+                self._users[new_user] += 1
                 for agent_id in self.subscriptions:
                     self._audience.unsubscribe(agent_id, self.user, self)
                     self._audience.subscribe(agent_id, new_user, self)

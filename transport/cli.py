@@ -220,7 +220,13 @@ def _seq_value(option: str, text: str) -> int:
         raise BadArgument(f"{option} needs a sequence number (an integer >= 0), not {text!r}") from None
     if value < 0:
         raise BadArgument(f"{option} needs a sequence number (an integer >= 0), not {value}")
+    if value > MAX_SEQ:
+        raise BadArgument(f"{option} {value} is larger than any sequence number can be ({MAX_SEQ})")
     return value
+
+
+#: SQLite's largest integer, so the largest seq there can be.
+MAX_SEQ = 2**63 - 1
 
 
 def _cut(args: argparse.Namespace) -> Cut:
@@ -341,8 +347,13 @@ def _replay_events(args: argparse.Namespace) -> int:
     after = _seq_value("--after-seq", args.after_seq)
     if not args.follow:
         try:
-            with EventLog.open(args.db, readonly=True) as log, log.snapshot():  # the log as of one moment
-                while batch := events_after(log, after, agent_id=args.agent, user=args.user, limit=EVENTS_BATCH):
+            with EventLog.open(args.db, readonly=True) as log:
+                # The events up to the last one committed now. Batch by batch, each its own short read
+                # transaction: a slow reader of stdout never holds a transaction open on the log.
+                last = log.last_seq()
+                while batch := events_after(
+                    log, after, agent_id=args.agent, user=args.user, until_seq=last, limit=EVENTS_BATCH
+                ):
                     _write_events(batch)
                     after = batch[-1]["seq"]
         except BrokenPipeError:

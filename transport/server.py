@@ -4,60 +4,23 @@ Owns the nursery tree of a running server. Imports trio, trio_websocket, actors 
 """
 from __future__ import annotations
 
+import collections
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 
 import trio
-from attrs import frozen
 from trio_websocket import WebSocketRequest, WebSocketServer
 
 from actors import Agents, AgentSpec, Audience, Journal, utc_now
 from store import EventLog
 
 from ._connection import GOING_AWAY, Connection
+from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
 
 WS_PATH = "/ws"
-
-
-@frozen
-class ServerSettings:
-    """How a server listens and stores. Every field has the default `agentcast serve` uses."""
-
-    host: str = "127.0.0.1"
-    port: int = 5050
-    db: str = "agentcast.db"
-    #: SQLite synchronous mode: "NORMAL" survives a crash of the process, "FULL" also a power cut.
-    synchronous: str = "NORMAL"
-    #: Largest client frame, in bytes; a larger one closes the connection with 1009.
-    max_message_size: int = 64 * 1024
-    #: Frames waiting to be written to one client; beyond that it is closed with 1013.
-    outbox_size: int = 1024
-    #: Characters of frames waiting to be written to one client; beyond that it is closed with 1013.
-    outbox_bytes: int = 8 * 1024 * 1024
-    #: Seconds a client has to finish the WebSocket handshake.
-    handshake_timeout: float = 10.0
-    #: Seconds to wait for a client to acknowledge a close.
-    close_timeout: float = 5.0
-    #: Seconds that running turns get to finish when the server shuts down.
-    shutdown_grace: float = 5.0
-    #: Read-only database connections for searches and memory rebuilds.
-    readers: int = 2
-
-    def __attrs_post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, not {self.port}")
-        if self.synchronous.upper() not in ("NORMAL", "FULL"):
-            raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
-        for name in ("max_message_size", "outbox_size", "outbox_bytes", "readers"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1")
-        for name in ("handshake_timeout", "close_timeout", "shutdown_grace"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"{name} must be a finite number of seconds >= 0")
 
 
 class Server:
@@ -76,6 +39,8 @@ class Server:
         self.stopped = trio.Event()
         self._accepting = False
         self.connections: set[Connection] = set()
+        #: Open connections per user.
+        self.users: collections.Counter[str] = collections.Counter()
         self.audience = Audience()
         self.agents: Agents | None = None
         self.journal: Journal | None = None
@@ -151,6 +116,10 @@ class Server:
             if not self._accepting:
                 await request.reject(503, body=b"The server is shutting down\n")
                 return
+            if len(self.connections) >= self.settings.max_connections:
+                logger.warning("refused a connection: %d connections open", len(self.connections))
+                await request.reject(503, body=b"The server has as many connections as it may hold\n")
+                return
             ws = await request.accept()
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
@@ -160,10 +129,9 @@ class Server:
             self.agents,
             self.audience,
             clock=self._clock,
-            outbox_size=self.settings.outbox_size,
-            outbox_bytes=self.settings.outbox_bytes,
-            close_timeout=self.settings.close_timeout,
+            settings=self.settings,
             accepting=lambda: self._accepting,
+            users=self.users,
         )
         if not self._accepting:  # shutdown began during the handshake: close like the others
             conn.close(GOING_AWAY, "server shutting down")

@@ -1,0 +1,122 @@
+"""Limits that keep one connection from hurting the others: heartbeat, idle timeout, rate limit,
+text length, connections per user and in total (issue 4's limits, each with its default)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed
+
+from support import connect, running_server
+from test_connection import Harness, recv
+from test_e2e import HANDSHAKE
+from transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
+
+
+@pytest.fixture
+async def h(nursery, tmp_path):
+    harness = Harness(nursery, str(tmp_path / "agentcast.db"))
+    await harness.start()
+    return harness
+
+
+async def test_a_client_that_answers_pings_stays_connected(h, autojump_clock):
+    h.settings = {"heartbeat_interval": 20, "heartbeat_timeout": 20, "idle_timeout": 0}
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+
+    async def keep_reading():  # trio-websocket answers pings while a reader is waiting
+        try:
+            while True:
+                await ws.get_message()
+        except ConnectionClosed:
+            pass
+
+    async with trio.open_nursery() as n:
+        n.start_soon(keep_reading)
+        await trio.sleep(3600)  # 180 heartbeats (virtual time)
+        assert conn not in h.finished and conn._close_code is None
+        n.cancel_scope.cancel()
+
+
+async def test_a_client_that_never_answers_pings_is_closed_with_1011(h, autojump_clock):
+    h.settings = {"heartbeat_interval": 20, "heartbeat_timeout": 20, "idle_timeout": 0}
+    ws, conn = await h.client(lockstep=True)
+    for _ in range(3):  # answers it never reads: its library's queue fills, then nothing is read at all
+        await ws.send_message(json.dumps({"type": "ping"}))
+    start = trio.current_time()
+    await h.wait_finished(conn, timeout=None)
+    assert conn._close_code == INTERNAL_ERROR
+    assert 40 <= trio.current_time() - start <= 41
+
+
+async def test_an_idle_connection_is_closed_with_1001_and_activity_keeps_it(h, autojump_clock):
+    h.settings = {"heartbeat_interval": 0, "idle_timeout": 100}
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    for _ in range(5):  # active every 60 s: stays open past the 100 s limit
+        await trio.sleep(60)
+        await ws.send_message(json.dumps({"type": "ping"}))
+        assert (await recv(ws))["type"] == "ping"
+    start = trio.current_time()
+    with pytest.raises(ConnectionClosed) as closed:
+        await ws.get_message()
+    assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
+
+
+async def test_frames_past_the_rate_limit_are_refused_and_the_bucket_refills(h, autojump_clock):
+    h.settings = {"rate_limit": 5, "rate_burst": 3}
+    ws, _ = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    for _ in range(5):
+        await ws.send_message(json.dumps({"type": "ping"}))
+    answers = [await recv(ws) for _ in range(5)]
+    assert [a["type"] for a in answers] == ["ping"] * 3 + ["error"] * 2
+    assert answers[-1]["code"] == "rate_limited"
+    await trio.sleep(1)  # 5 more tokens, capped at the burst of 3
+    for _ in range(4):
+        await ws.send_message(json.dumps({"type": "ping"}))
+    assert [(await recv(ws))["type"] for _ in range(4)] == ["ping"] * 3 + ["error"]
+
+
+async def test_messages_and_queries_over_their_length_limit_are_too_long(db_path):
+    async with running_server(db_path, max_chat_chars=10, max_query_chars=5) as server, connect(server.port) as c:
+        await c.send({"type": "chat", "agent_id": "my_agent", "message": "x" * 11, "request_id": "l"})
+        error = await c.recv()
+        assert error["code"] == "too_long" and "message" in error["message"] and error["request_id"] == "l"
+        await c.send({"type": "search_memory", "agent_id": "my_agent", "query": "y" * 6})
+        assert (await c.recv())["code"] == "too_long"
+        frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "x" * 10}, "agent_done")
+        assert frames[-2]["type"] == "response"
+
+
+async def test_a_user_past_the_per_user_cap_is_closed_with_1013(db_path):
+    async with running_server(db_path, max_connections_per_user=2) as server:
+        async with connect(server.port) as a, connect(server.port) as b, connect(server.port) as c:
+            for client in (a, b):
+                await client.request({"type": "set_user", "user_id": "u"}, "user_set")
+            await c.send({"type": "set_user", "user_id": "u"})
+            error = await c.recv()
+            assert error["code"] == "too_many_connections"
+            with pytest.raises(ConnectionClosed) as closed:
+                await c.recv()
+            assert closed.value.reason.code == TRY_AGAIN_LATER
+            await a.send({"type": "set_user", "user_id": "u"})  # already one of them: fine
+            assert (await a.recv())["type"] == "user_set"
+        async with connect(server.port) as d:  # the others left: room again
+            assert (await d.request({"type": "set_user", "user_id": "u"}, "user_set"))[-1]["type"] == "user_set"
+
+
+async def test_past_the_connection_cap_the_handshake_is_refused_with_503(db_path):
+    async with running_server(db_path, max_connections=2) as server:
+        async with connect(server.port), connect(server.port):
+            async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+                await stream.send_all(HANDSHAKE.format(path="/ws").encode())
+                head = b""
+                with trio.fail_after(5):
+                    while b"\r\n\r\n" not in head:
+                        head += await stream.receive_some()
+            assert head.startswith(b"HTTP/1.1 503")
+        async with connect(server.port) as c:
+            assert c.hello["type"] == "connected"

@@ -1,0 +1,65 @@
+"""`ServerSettings`: every knob of a server (listening, storage, limits, timeouts), with its default.
+
+Plain attrs data; imports nothing of the project.
+"""
+from __future__ import annotations
+
+import math
+
+from attrs import frozen
+
+
+@frozen
+class ServerSettings:
+    """How a server listens and stores. Every field has the default `agentcast serve` uses."""
+
+    host: str = "127.0.0.1"
+    port: int = 5050
+    db: str = "agentcast.db"
+    #: SQLite synchronous mode: "NORMAL" survives a crash of the process, "FULL" also a power cut.
+    synchronous: str = "NORMAL"
+    #: Largest client frame, in bytes; a larger one closes the connection with 1009.
+    max_message_size: int = 64 * 1024
+    #: Frames waiting to be written to one client; beyond that it is closed with 1013.
+    outbox_size: int = 1024
+    #: Characters of frames waiting to be written to one client; beyond that it is closed with 1013.
+    outbox_bytes: int = 8 * 1024 * 1024
+    #: Seconds a client has to finish the WebSocket handshake.
+    handshake_timeout: float = 10.0
+    #: Seconds to wait for a client to acknowledge a close.
+    close_timeout: float = 5.0
+    #: Seconds that running turns get to finish when the server shuts down.
+    shutdown_grace: float = 5.0
+    #: Read-only database connections for searches and memory rebuilds.
+    readers: int = 2
+    #: Longest chat message and search query a client may send, in characters (`too_long` beyond).
+    max_chat_chars: int = 32_000
+    max_query_chars: int = 1_000
+    #: Connections the server holds at once; beyond, the handshake is refused with HTTP 503.
+    max_connections: int = 10_000
+    #: Connections of one user at once (a person's devices and tabs); beyond, the newest is closed with 1013.
+    max_connections_per_user: int = 32
+    #: Seconds between WebSocket pings to each client (0: none); no pong within `heartbeat_timeout`
+    #: closes the connection with 1011.
+    heartbeat_interval: float = 20.0
+    heartbeat_timeout: float = 20.0
+    #: Seconds without a frame in either direction before a connection is closed with 1001 (0: never).
+    idle_timeout: float = 3600.0
+    #: Frames per second one connection may send, on average (0: unlimited), with bursts of `rate_burst`;
+    #: frames beyond are answered `rate_limited` and not carried out.
+    rate_limit: float = 0.0
+    rate_burst: int = 20
+
+    def __attrs_post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, not {self.port}")
+        if self.synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
+        for name in ("max_message_size", "outbox_size", "outbox_bytes", "readers", "max_chat_chars",
+                     "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("handshake_timeout", "close_timeout", "shutdown_grace", "heartbeat_interval",
+                     "heartbeat_timeout", "idle_timeout", "rate_limit"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number of seconds >= 0")
