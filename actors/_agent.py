@@ -63,14 +63,18 @@ class AgentSpec:
     #: Messages kept in short-term memory.
     short_term_window: int = 20
     #: Commands queued or running in the agent, all users together; more are refused `busy`.
-    mailbox_size: int = 1024
+    mailbox_size: int = 4096
     #: Commands queued or running for one user of the agent; more are refused `busy`.
     lane_size: int = 64
+    #: Commands queued or running from one connection; more are refused `busy`, so that a client
+    #: flooding commands without waiting for answers cannot fill the mailbox for everyone else.
+    connection_size: int = 16
     #: A user's lane idle this long (seconds) is dropped; it is rebuilt from the log on next use.
     lane_idle_seconds: float = 60.0
 
     def __attrs_post_init__(self) -> None:
-        if self.short_term_window < 1 or self.mailbox_size < 1 or self.lane_size < 1 or not self.lane_idle_seconds > 0:
+        sizes = (self.short_term_window, self.mailbox_size, self.lane_size, self.connection_size)
+        if min(sizes) < 1 or not self.lane_idle_seconds > 0:
             raise ValueError(f"agent {self.agent_id!r}: sizes must be >= 1 and lane_idle_seconds > 0")
 
 
@@ -191,7 +195,8 @@ class Agent:
         self._clock = clock
         self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](spec.mailbox_size)
         self._lanes: dict[str, _Lane] = {}
-        self._pending: dict[str, int] = {}  # per user: commands queued or running
+        self._pending: dict[str, int] = {}
+        self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running  # per user: commands queued or running
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
@@ -205,8 +210,13 @@ class Agent:
         pending = self._pending.get(command.user, 0)
         if pending >= self.spec.lane_size:
             raise Busy(f"Agent '{self.agent_id}' has {self.spec.lane_size} of your commands queued; try again shortly")
+        from_origin = self._per_origin.get(command.origin, 0)
+        if from_origin >= self.spec.connection_size:
+            raise Busy(f"Agent '{self.agent_id}' has {self.spec.connection_size} commands of this connection "
+                       "queued; wait for their answers")
         self._mailbox_send.send_nowait(command)  # its capacity is mailbox_size, checked above
         self._pending[command.user] = pending + 1
+        self._per_origin[command.origin] = from_origin + 1
         self._in_flight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
@@ -239,12 +249,18 @@ class Agent:
 
     # -- lanes ---------------------------------------------------------------------------
 
-    def _finished(self, user: str) -> None:
+    def _finished(self, command: AgentCommand) -> None:
+        user, origin = command.user, command.origin
         left = self._pending[user] - 1
         if left:
             self._pending[user] = left
         else:
             del self._pending[user]
+        left = self._per_origin[origin] - 1
+        if left:
+            self._per_origin[origin] = left
+        else:
+            del self._per_origin[origin]
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
@@ -275,7 +291,7 @@ class Agent:
                 memory = None
                 self._fail(command, "agent_error", "The agent failed while handling this message")
             finally:
-                self._finished(user)
+                self._finished(command)
 
     def _fail(self, command: AgentCommand, code: str, message: str) -> None:
         recipients = self._recipients(command)

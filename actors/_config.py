@@ -22,7 +22,13 @@ DEFAULT_AGENTS: dict[str, dict[str, Any]] = {
     "multi_user_agent": {"description": "An agent with separate memory per user (echo brain)", "brain": "echo"},
 }
 
-_SPEC_KEYS = {"short_term_window": int, "mailbox_size": int, "lane_size": int, "lane_idle_seconds": (int, float)}
+_SPEC_KEYS = {
+    "short_term_window": int,
+    "mailbox_size": int,
+    "lane_size": int,
+    "connection_size": int,
+    "lane_idle_seconds": (int, float),
+}
 
 
 def _brain(agent_id: str, value: Any) -> Brain:

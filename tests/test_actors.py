@@ -530,7 +530,7 @@ async def test_group_commit_many_lanes_share_commits_and_log_each_event_once(tmp
     turns = users * per_user
     # Every user's first turn waits in the brain until all 20 are there; after that it answers at once.
     brain = GateBrain(expected=users)
-    async with running(tmp_path, AgentSpec("a", brain)) as w:
+    async with running(tmp_path, AgentSpec("a", brain, connection_size=turns)) as w:
         agent, journal, out = w.agents["a"], w.journal, Recorder()
         for i in range(per_user):
             for u in range(users):

@@ -403,3 +403,18 @@ async def test_clients_that_reset_right_after_the_handshake_do_not_hurt_the_serv
     async with connect(server.port) as c:
         frames = await c.request(chat("still serving?"), "agent_done")
         assert "still serving?" in frames[-2]["message"]
+
+
+async def test_a_flooding_connection_gets_busy_and_others_are_served(db_path):
+    brain = GatedBrain()
+    specs = [AgentSpec(AGENT, brain, connection_size=3)]
+    async with running_server(db_path, specs) as server:
+        async with connect(server.port) as flood, connect(server.port) as polite:
+            for i in range(4):
+                await flood.send(chat(f"flood {i}", str(i)))
+            frames = await flood.recv_until("error")
+            assert frames[-1]["code"] == "busy" and frames[-1]["request_id"] == "3"
+            await polite.send(chat("my turn", "p"))
+            assert (await polite.recv())["type"] == "agent_thinking"  # accepted, not busy
+            brain.gate.set()
+            assert (await polite.recv_until("agent_done"))[-2]["type"] == "response"
