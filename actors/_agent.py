@@ -409,7 +409,7 @@ class Agent:
             origin.deliver(Resumed(agent_id, cmd.after_seq, cmd.request_id))
             after = cmd.after_seq
             while True:
-                page = await self._journal.read(lambda log: _read_page(log, agent_id, user, after))
+                page = await self._journal.read(lambda log, after=after: _read_page(log, agent_id, user, after))
                 for rec in page:
                     event = rec.event
                     if isinstance(event, MemoryCleared) and event.long_term and memory is None:

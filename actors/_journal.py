@@ -102,7 +102,7 @@ class Journal:
                 p.done.set()
             return
         self.commits += 1
-        for p, recorded in zip(batch, results):
+        for p, recorded in zip(batch, results, strict=True):
             self.events_appended += len(recorded)
             p.result = recorded
             p.done.set()

@@ -21,7 +21,6 @@ import random
 import re
 import resource
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -118,7 +117,7 @@ async def bad_client(url, host, port, n, deadline, tally, rng):
                             await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent",
                                                               "message": f"flood {n} {i}"}))
                     elif kind == "no_read":
-                        for i in range(50):
+                        for _ in range(50):
                             await ws.send_message(json.dumps({"type": "search_memory", "agent_id": "my_agent",
                                                               "query": "flood", "limit": 100}))
                         await trio.sleep(10)

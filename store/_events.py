@@ -89,24 +89,36 @@ def payload_of(event: Event) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) -> Event:
-    """Rebuild an event from its stored columns; raises `UndecodableEvent` when it cannot."""
+def payload_from_row(type_: str, payload: str) -> dict:
+    """The checked JSON payload of a stored event; raises `UndecodableEvent` when it cannot be read.
+
+    Cheaper than `event_from_row` (no event object): for passes that only need to know every
+    row is readable and need the events themselves for a few rows.
+    """
     cls = EVENT_TYPES.get(type_)
     if cls is None:
         raise UndecodableEvent(f"unknown event type {type_!r}")
     try:
         body = json.loads(payload)
-        request_id = body.get("request_id")
         if cls is MemoryCleared:
-            long_term = body["long_term"]
-            if not isinstance(long_term, bool):
+            if type(body["long_term"]) is not bool:
                 raise TypeError("long_term is not a boolean")
-            return MemoryCleared(agent_id, user, at, long_term, request_id)
-        content = body["content"]
-        if not isinstance(content, str):
+        elif type(body["content"]) is not str:
             raise TypeError("content is not a string")
-        if cls is UserMessage:
-            return UserMessage(agent_id, user, at, content, request_id, body.get("command_id"))
-        return cls(agent_id, user, at, content, request_id)
+        request_id = body.get("request_id")
+        if request_id is not None and type(request_id) is not str:
+            raise TypeError("request_id is not a string")
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UndecodableEvent(f"undecodable {type_} payload: {exc}") from None
+    return body
+
+
+def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) -> Event:
+    """Rebuild an event from its stored columns; raises `UndecodableEvent` when it cannot."""
+    body = payload_from_row(type_, payload)
+    request_id = body.get("request_id")
+    if type_ == "memory_cleared":
+        return MemoryCleared(agent_id, user, at, body["long_term"], request_id)
+    if type_ == "user_message":
+        return UserMessage(agent_id, user, at, body["content"], request_id, body.get("command_id"))
+    return AgentMessage(agent_id, user, at, body["content"], request_id)

@@ -8,6 +8,8 @@ Must not import trio, `actors` or `transport`.
 """
 from __future__ import annotations
 
+import collections
+
 import contextlib
 import time
 from collections.abc import Iterable, Iterator
@@ -16,9 +18,9 @@ from datetime import datetime, timezone
 import attrs
 from attrs import define, field, frozen
 
-from ._events import EVENT_TYPES, REDACTED, MemoryCleared, Recorded, UndecodableEvent, event_from_row
+from ._events import EVENT_TYPES, REDACTED, MemoryCleared, Recorded, UndecodableEvent, event_from_row, payload_from_row
 from ._log import EventLog, scope_token
-from ._memory import DEFAULT_WINDOW, Memory, Message, fold, memory_from_json
+from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, memory_from_json
 from ._schema import sqlite3
 
 #: What a read of a damaged database raises (from the sqlite3 module the store uses).
@@ -244,8 +246,32 @@ def rebuild_all(log: EventLog, *, window: int = DEFAULT_WINDOW, batch: int = 409
     return out
 
 
+class _Stream:
+    """One stream's memory while the one-pass rebuild runs: what `fold` would hold, kept in
+    mutable form (the short-term window as a bounded deque of events) and made a `Memory` at the end."""
+
+    __slots__ = ("recent", "since", "count", "clears", "last_seq", "version")
+
+    def __init__(self, window: int) -> None:
+        self.recent: collections.deque = collections.deque(maxlen=window)
+        self.since = self.count = self.last_seq = self.version = 0
+        self.clears: list[Clear] = []
+
+    def memory(self, agent_id: str, user: str, window: int) -> Memory:
+        short = tuple(Message(*item) for item in self.recent)
+        return Memory(agent_id, user, window, short, self.since, self.count, tuple(self.clears),
+                      self.last_seq, self.version)
+
+
 def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]:
-    memories, indexed, tainted = out.memories, out.indexed, out.tainted
+    """Decode every row (to find what cannot be read) and fold it into its stream, in one pass.
+
+    Equivalent to `fold` over each stream's decoded events (the projection check compares it with
+    a stream-by-stream rebuild), but without building a `Memory` per event: that is what makes
+    the full rebuild run at a few hundred thousand events a second.
+    """
+    streams: dict[tuple[str, str], _Stream] = {}
+    indexed, tainted = out.indexed, out.tainted
     previous = 0
     count = 0
     while rows := cursor.fetchmany(batch):
@@ -263,21 +289,28 @@ def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]
                 tainted.add(key)
                 continue
             try:
-                event = event_from_row(type_, agent_id, user, at, payload)
+                body = payload_from_row(type_, payload)
             except UndecodableEvent as exc:
                 out.undecodable.append((seq, str(exc)))
                 tainted.add(key)
                 continue
-            memory = memories.get(key)
-            if memory is None:
-                memory = Memory(agent_id, user, window)
+            stream = streams.get(key)
+            if stream is None:
+                stream = streams[key] = _Stream(window)
                 indexed[key] = []
-            memories[key] = fold(memory, Recorded(seq, event))
-            if isinstance(event, MemoryCleared):
-                if event.long_term:
+            stream.last_seq = seq
+            stream.version += 1
+            if type_ == "memory_cleared":
+                stream.clears.append(Clear(seq, at, body["long_term"]))
+                stream.recent.clear()
+                if body["long_term"]:
+                    stream.since, stream.count = seq, 0
                     indexed[key] = []
             else:
+                stream.recent.append((seq, "user" if type_ == "user_message" else "assistant", body["content"], at))
+                stream.count += 1
                 indexed[key].append(seq)
+    out.memories.update({key: st.memory(key[0], key[1], window) for key, st in streams.items()})
     return count, previous
 
 
