@@ -418,3 +418,13 @@ async def test_a_flooding_connection_gets_busy_and_others_are_served(db_path):
             assert (await polite.recv())["type"] == "agent_thinking"  # accepted, not busy
             brain.gate.set()
             assert (await polite.recv_until("agent_done"))[-2]["type"] == "response"
+
+
+async def test_a_refused_handshake_is_hung_up_on_even_if_the_client_stays(server):
+    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
+        await stream.send_all(HANDSHAKE.format(path="/nope").encode())
+        data = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():  # b"" once the server has closed it
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 404")

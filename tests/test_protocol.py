@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transport.protocol import (
+    Auth,
     COMMAND_TYPES,
     Chat,
     ClearMemory,
@@ -32,7 +33,7 @@ from transport.protocol import (
     error_frame,
 )
 
-COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth)
 
 
 def frame(**fields) -> str:

@@ -5,6 +5,7 @@ Reads files and validates; imports actors (for agent specs) and server settings,
 from __future__ import annotations
 
 import tomllib
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,26 @@ from actors import AgentSpec, ConfigError, agent_specs
 
 from ._settings import ServerSettings
 
-_SETTING_TYPES = {f.name: f.type.__name__ for f in attrs.fields(attrs.resolve_types(ServerSettings))}
+
+def _type_name(type_: Any) -> str:
+    """The TOML type a setting takes: "str", "int", "float" or "list of str" (optional settings are just absent)."""
+    args = set(typing.get_args(type_))
+    if typing.get_origin(type_) is tuple:
+        return "list of str"
+    if args and type(None) in args:  # `str | None`
+        (type_,) = args - {type(None)}
+    return type_.__name__
+
+
+_SETTING_TYPES = {f.name: _type_name(f.type) for f in attrs.fields(attrs.resolve_types(ServerSettings))}
+
+
+def _has_type(value: Any, name: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if name == "list of str":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return isinstance(value, {"str": str, "int": int, "float": (int, float)}[name])
 
 
 @attrs.frozen
@@ -47,8 +67,7 @@ def load_config(path: str | Path | None) -> Config:
     for key, value in server.items():
         if key not in _SETTING_TYPES:
             raise ConfigError(f"{path}: unknown setting server.{key} (known: {', '.join(sorted(_SETTING_TYPES))})")
-        expected = {"str": str, "int": int, "float": (int, float)}[_SETTING_TYPES[key]]
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if not _has_type(value, _SETTING_TYPES[key]):
             raise ConfigError(f"{path}: server.{key} must be of type {_SETTING_TYPES[key]}")
     try:
         agents = agent_specs(data.get("agents"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import uuid
 from collections.abc import Callable, Mapping
 
@@ -16,13 +17,15 @@ import actors
 from actors import Agent, Audience, Busy, Output
 
 from . import protocol as p
+from ._auth import Authenticator, Claims, TokenError
 from ._settings import ServerSettings
-from ._wsbatch import send_text_batch
+from ._wsinternals import send_text_batch
 
 logger = logging.getLogger("agentcast.transport")
 
 #: Close codes (RFC 6455 and IANA registry).
 GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
@@ -69,13 +72,27 @@ class Connection:
         settings: ServerSettings = ServerSettings(),
         accepting: Callable[[], bool] = lambda: True,
         users: collections.Counter | None = None,
+        auth: Authenticator | None = None,
+        claims: Claims | None = None,
     ) -> None:
-        """`users` counts the connections of each user across the server (for the per-user cap)."""
+        """`users` counts the connections of each user across the server (for the per-user cap).
+
+        With `auth` (authentication on), the connection must authenticate (an `auth` frame) within
+        `auth_timeout`, unless it starts with the `claims` of a token its handshake carried.
+        """
         self.client_id = str(uuid.uuid4())
-        #: The user's id as the client gave it (int or str); None until `set_user`.
+        #: The user's id as the client gave it (int or str); None until `set_user` (or authentication).
         self.user_id: int | str | None = None
         #: The user, as memory is keyed: the text form of `user_id`, else this connection's own id.
         self.user = self.client_id
+        self._auth = auth
+        #: The claims of the token the connection is authenticated with (auth on); None until then.
+        self.claims: Claims | None = None
+        self._expires_at = math.inf  # trio time at which the token expires
+        self._auth_changed = trio.Event()  # set (and replaced) when the connection (re)authenticates
+        if auth is not None and claims is not None:
+            self.claims, self.user_id, self.user = claims, claims.user_id, str(claims.user_id)
+            self._expires_at = self._trio_time_of(claims.expires_at)
         self.subscriptions: set[str] = set()
         self._ws = ws
         self._agents = agents
@@ -169,6 +186,15 @@ class Connection:
                     if self._settings.idle_timeout:
                         nursery.start_soon(self._close_when_idle)
                     self._queue(p.Connected(self.client_id))
+                    if self._auth is not None:
+                        if self.claims is not None:  # authenticated by the handshake's Authorization header
+                            logger.info("client=%s user=%s: authenticated (header) until %s",
+                                        self.client_id, self.user, self.claims.expires_iso)
+                            self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
+                            cap = self._settings.max_connections_per_user
+                            if self._users[self.user] > cap:
+                                self._too_many_connections(self.user, None)
+                        nursery.start_soon(self._guard_auth)
                     await self._read_frames()
                     nursery.cancel_scope.cancel()
         except Exception:
@@ -281,6 +307,38 @@ class Connection:
                 self.close(GOING_AWAY, f"idle for {idle:g} seconds")
                 return
 
+    def _trio_time_of(self, unix_seconds: float) -> float:
+        """The trio clock's reading at wall-clock time `unix_seconds` (the token clock is the authenticator's)."""
+        assert self._auth is not None
+        return trio.current_time() + (unix_seconds - self._auth.now())
+
+    async def _guard_auth(self) -> None:
+        """With auth on: close (1008) a connection not authenticated within `auth_timeout`, and one whose
+        token expires (a new `auth` frame for the same user before then moves the expiry)."""
+        if self.claims is None:
+            timeout = self._settings.auth_timeout
+            with trio.move_on_after(timeout):
+                await self._auth_changed.wait()
+            if self.claims is None:
+                logger.info("client=%s: not authenticated within %ss; closing", self.client_id, timeout)
+                self.close(POLICY_VIOLATION, f"not authenticated within {timeout:g} seconds")
+                return
+        while True:
+            changed = self._auth_changed = trio.Event()
+            with trio.move_on_at(self._expires_at):
+                await changed.wait()
+            if trio.current_time() >= self._expires_at:
+                self._expire()
+                return
+
+    def _expire(self) -> None:
+        assert self.claims is not None
+        if self._close_code is not None:
+            return
+        logger.info("client=%s user=%s: token expired; closing", self.client_id, self.user)
+        self._queue(p.Error("token_expired", f"The token expired at {self.claims.expires_iso}; reconnect with a new one"))
+        self.close(POLICY_VIOLATION, "token expired")
+
     def _take_token(self) -> None:
         """Spend one frame of the rate limit, or raise `rate_limited` (the frame is then ignored)."""
         rate = self._settings.rate_limit
@@ -313,8 +371,64 @@ class Connection:
         except Busy as exc:
             raise p.ProtocolError("busy", str(exc), command.request_id) from None
 
+    def _authenticate(self, token: str, rid: str | None) -> None:
+        if self._auth is None:
+            raise p.ProtocolError(
+                "auth_disabled",
+                "Authentication is off on this server: the token was not checked; set_user chooses the user",
+                rid,
+            )
+        try:
+            claims = self._auth.verify(token)
+        except TokenError as exc:
+            raise p.ProtocolError("invalid_token", exc.message, rid) from None
+        if self.claims is not None and str(claims.user_id) != self.user:
+            raise p.ProtocolError(
+                "forbidden", "This connection is authenticated as another user; open a new connection for this one", rid
+            )
+        if self.claims is None and not self._switch_user(claims.user_id, rid):
+            return
+        self.claims, self.user_id = claims, claims.user_id
+        self._expires_at = self._trio_time_of(claims.expires_at)
+        self._auth_changed.set()
+        logger.info("client=%s user=%s: authenticated until %s", self.client_id, self.user, claims.expires_iso)
+        self._queue(p.Authenticated(claims.user_id, claims.expires_iso, rid))
+
+    def _too_many_connections(self, user: str, rid: str | None) -> None:
+        cap = self._settings.max_connections_per_user
+        self._queue(p.Error("too_many_connections", f"User {user} already has {cap} connections", None, rid))
+        self.close(TRY_AGAIN_LATER, "too many connections for this user")
+
+    def _switch_user(self, user_id: int | str, rid: str | None) -> bool:
+        """Make `user_id` the connection's user; False (and the connection closing with 1013) if that user
+        already has `max_connections_per_user` connections."""
+        new_user = str(user_id)
+        if new_user != self.user and self._users[new_user] >= self._settings.max_connections_per_user:
+            self._too_many_connections(new_user, rid)
+            return False
+        self._users[self.user] -= 1
+        if not self._users[self.user]:
+            del self._users[self.user]
+        self._users[new_user] += 1
+        for agent_id in self.subscriptions:
+            self._audience.unsubscribe(agent_id, self.user, self)
+            self._audience.subscribe(agent_id, new_user, self)
+        self.user_id, self.user = user_id, new_user
+        logger.info("client=%s user=%s: user set", self.client_id, self.user)
+        return True
+
     def _handle(self, cmd: p.Command) -> None:
         """Carry out one decoded command; never blocks. Raises `ProtocolError` to refuse it."""
+        if self._auth is not None and type(cmd) is not p.Ping and type(cmd) is not p.Auth:
+            if self.claims is None:
+                raise p.ProtocolError(
+                    "unauthenticated",
+                    'Authenticate first: send {"type":"auth","token":"..."}; until then only auth and ping are accepted',
+                    cmd.request_id,
+                )
+            if self._auth.now() >= self.claims.expires_at:  # the expiry's close is due: take nothing more on
+                self._expire()
+                return
         match cmd:
             case p.Chat(agent_id, message, rid, command_id):
                 self._check_length("message", message, self._settings.max_chat_chars, rid)
@@ -327,23 +441,18 @@ class Connection:
                 self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
             case p.ClearMemory(agent_id, long_term, rid):
                 self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
-            case p.SetUser(user_id, rid):
-                new_user = str(user_id)
-                if new_user != self.user and self._users[new_user] >= self._settings.max_connections_per_user:
-                    self._queue(p.Error("too_many_connections", f"User {new_user} already has "
-                                        f"{self._settings.max_connections_per_user} connections", None, rid))
-                    self.close(TRY_AGAIN_LATER, "too many connections for this user")
-                    return
-                self._users[self.user] -= 1
-                if not self._users[self.user]:
-                    del self._users[self.user]
-                self._users[new_user] += 1
-                for agent_id in self.subscriptions:
-                    self._audience.unsubscribe(agent_id, self.user, self)
-                    self._audience.subscribe(agent_id, new_user, self)
-                self.user_id, self.user = user_id, new_user
-                logger.info("client=%s user=%s: user set", self.client_id, self.user)
+            case p.Auth(token, rid):
+                self._authenticate(token, rid)
+            case p.SetUser(user_id, rid) if self._auth is not None:
+                # With auth on the token decides the user: set_user may only name that same user.
+                if str(user_id) != self.user:
+                    raise p.ProtocolError(
+                        "forbidden", f"This connection is authenticated as user {self.user}; set_user may name only it", rid
+                    )
                 self._queue(p.UserSet(user_id, rid))
+            case p.SetUser(user_id, rid):
+                if self._switch_user(user_id, rid):
+                    self._queue(p.UserSet(user_id, rid))
             case p.Subscribe(agent_id, rid, None):
                 self._agent(agent_id, rid)
                 self.subscriptions.add(agent_id)

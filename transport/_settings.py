@@ -5,8 +5,12 @@ Plain attrs data; imports nothing of the project.
 from __future__ import annotations
 
 import math
+import re
 
-from attrs import frozen
+from attrs import field, frozen
+
+#: An origin as browsers send it: scheme://host[:port], no path.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s]+")
 
 
 @frozen
@@ -49,6 +53,17 @@ class ServerSettings:
     #: frames beyond are answered `rate_limited` and not carried out.
     rate_limit: float = 0.0
     rate_burst: int = 20
+    #: Token authentication: the name of the environment variable holding the secret (None: auth off).
+    #: The secret itself is never part of the settings.
+    auth_secret_env: str | None = None
+    #: Seconds a connection has to authenticate (with auth on); then it is closed with 1008.
+    auth_timeout: float = 10.0
+    #: Origins a browser handshake may come from (exact scheme://host[:port]); others get HTTP 403.
+    #: Empty: every origin. Handshakes without an Origin header (non-browser clients) are always allowed.
+    allow_origins: tuple[str, ...] = field(default=(), converter=tuple)
+    #: TLS: a PEM certificate chain (and its key, unless `keyfile` gives it); None: plain ws://.
+    certfile: str | None = None
+    keyfile: str | None = None
 
     def __attrs_post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -63,3 +78,15 @@ class ServerSettings:
                      "heartbeat_timeout", "idle_timeout", "rate_limit"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number of seconds >= 0")
+        if not (math.isfinite(self.auth_timeout) and self.auth_timeout > 0):
+            raise ValueError("auth_timeout must be a finite number of seconds > 0")
+        if self.auth_secret_env is not None and not self.auth_secret_env:
+            raise ValueError("auth_secret_env must name an environment variable")
+        for origin in self.allow_origins:
+            if type(origin) is not str or not _ORIGIN.fullmatch(origin.lower()):
+                raise ValueError(
+                    f"allow_origins: {origin!r} is not an origin such as https://chat.example.com "
+                    "(scheme://host[:port], no path, no trailing slash)"
+                )
+        if self.keyfile is not None and self.certfile is None:
+            raise ValueError("keyfile needs certfile")

@@ -1,5 +1,6 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
-(now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log.
+(now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
+`token` mints an authentication token.
 
 Argument parsing and printing only; the work is done by `transport.server` and `store`.
 """
@@ -9,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -36,6 +38,7 @@ from store import (
     verify,
 )
 
+from ._auth import Authenticator, exposure_warning, parse_ttl, secret_from_env, valid_user_id
 from ._config import load_config, server_settings
 from .server import WS_PATH, Server
 
@@ -60,6 +63,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--db", help="the event log, a SQLite file; created if absent (default agentcast.db)")
     serve.add_argument("--config", help="a TOML file with [server] settings and [agents.ID] tables")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--auth-secret-env", metavar="NAME",
+        help="turn token authentication on, with the secret (at least 32 bytes) in environment variable NAME",
+    )
+    serve.add_argument(
+        "--allow-origin", metavar="URL", action="append", dest="allow_origins",
+        help="a browser Origin that may connect, e.g. https://chat.example.com (repeatable; others get HTTP 403; "
+        "default: every origin)",
+    )
+    serve.add_argument("--certfile", help="serve wss:// (TLS) with this PEM certificate chain")
+    serve.add_argument("--keyfile", help="the certificate's private key (PEM), unless --certfile holds it")
+
+    token = sub.add_parser(
+        "token", help="mint an authentication token",
+        description="Print a token for --user, valid for --ttl, signed with the secret in an environment variable "
+        "(the one the server's --auth-secret-env names). The token goes to stdout, alone.",
+    )
+    token.add_argument(
+        "--user", required=True,
+        help="the user id; an integer such as 123 becomes a JSON integer, anything else a string",
+    )
+    token.add_argument("--user-string", action="store_true", help="make the user id a string even if it is all digits")
+    token.add_argument("--ttl", default="1h", help="how long the token is valid: 30s, 15m, 1h, 7d (default 1h)")
+    token.add_argument(
+        "--secret-env", metavar="NAME",
+        help=f"the environment variable holding the secret (default: the config's auth_secret_env, else {DEFAULT_SECRET_ENV})",
+    )
+    token.add_argument("--config", help="the server's config file, for its auth_secret_env")
 
     replay = sub.add_parser(
         "replay",
@@ -84,6 +115,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     return parser
 
+
+#: The environment variable `agentcast token` reads the secret from when nothing names one.
+DEFAULT_SECRET_ENV = "AGENTCAST_AUTH_SECRET"
 
 #: The subcommands of `replay` (`agentcast replay events ...`); anything else after `replay` is the plain form.
 REPLAY_TOOLS = ("events", "verify")
@@ -140,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "token":
+            return _token(args)
         if args.command == "replay events":
             return _replay_events(args)
         if args.command == "replay verify":
@@ -180,8 +216,14 @@ def _serve(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     config = load_config(args.config)
-    settings = server_settings(config, host=args.host, port=args.port, db=args.db)
-    server = Server(settings, config.agents)
+    settings = server_settings(
+        config, host=args.host, port=args.port, db=args.db, auth_secret_env=args.auth_secret_env,
+        allow_origins=args.allow_origins, certfile=args.certfile, keyfile=args.keyfile,
+    )
+    server = Server(settings, config.agents)  # reads the secret: unset or short is a ConfigError here
+    warning = exposure_warning(settings.host, server.auth is not None)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     trio.run(_run_until_signalled, server)
     return 0
 
@@ -191,8 +233,8 @@ async def _run_until_signalled(server: Server) -> None:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
             s = server.settings
-            print(f"agentcast listening on ws://{s.host}:{port}{WS_PATH} (db {s.db}; agents: {', '.join(server.agents)})",
-                  flush=True)
+            print(f"agentcast listening on {server.scheme}://{s.host}:{port}{WS_PATH} "
+                  f"(db {s.db}; agents: {', '.join(server.agents)})", flush=True)
             nursery.start_soon(_handle_signals, signals, server, nursery.cancel_scope)
             await server.stopped.wait()
             nursery.cancel_scope.cancel()
@@ -208,6 +250,34 @@ async def _handle_signals(signals, server: Server, scope: trio.CancelScope) -> N
             return
         logger.info("%s: shutting down gracefully (send it again to stop now)", name)
         server.stop()
+
+
+# -- token -----------------------------------------------------------------------------------
+
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def token_user(text: str, *, as_string: bool = False) -> int | str:
+    """The user id `agentcast token --user TEXT` means: an integer written canonically (123, -5, not 007)
+    is a JSON integer, unless `as_string`; anything else is a string."""
+    user: int | str = int(text) if not as_string and _INTEGER.fullmatch(text) else text
+    if not valid_user_id(user):
+        raise BadArgument("--user needs an integer or a non-empty string of at most 256 characters")
+    return user
+
+
+def _token(args: argparse.Namespace) -> int:
+    user = token_user(args.user, as_string=args.user_string)
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        raise BadArgument(f"--ttl: {exc}") from None
+    name = args.secret_env
+    if name is None and args.config:
+        name = server_settings(load_config(args.config)).auth_secret_env
+    auth = Authenticator(secret_from_env(name or DEFAULT_SECRET_ENV))
+    print(auth.mint(user, ttl), flush=True)
+    return 0
 
 
 # -- replay ----------------------------------------------------------------------------------

@@ -26,12 +26,16 @@ Limit = NewType("Limit", int)
 UserId = Union[int, str]
 #: A log sequence number to resume after: an integer from 0 to MAX_SEQ.
 AfterSeq = NewType("AfterSeq", int)
+#: An authentication token: non-empty text of at most MAX_TOKEN_LENGTH characters.
+Token = NewType("Token", str)
 
 MAX_ID_LENGTH = 256
 MAX_LIMIT = 100
 #: The largest sequence number SQLite can hold.
 MAX_SEQ = 2**63 - 1
 DEFAULT_LIMIT = 5
+#: The longest token an `auth` frame may carry (4 KiB).
+MAX_TOKEN_LENGTH = 4096
 
 
 class ProtocolError(Exception):
@@ -55,6 +59,15 @@ class _FieldError(ValueError):
 class Ping:
     request_id: str | None = None
     TYPE = "ping"
+
+
+@frozen
+class Auth:
+    """Authenticate the connection with a token (when the server has authentication on)."""
+
+    token: Token
+    request_id: str | None = None
+    TYPE = "auth"
 
 
 @frozen
@@ -108,8 +121,10 @@ class ClearMemory:
     TYPE = "clear_memory"
 
 
-Command = Union[Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory]
-COMMAND_TYPES: dict[str, type] = {c.TYPE: c for c in (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)}
+Command = Union[Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory]
+COMMAND_TYPES: dict[str, type] = {
+    c.TYPE: c for c in (Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)
+}
 
 # -- server -> client --------------------------------------------------------------------
 
@@ -126,6 +141,16 @@ class Pong:
 
     request_id: str | None = None
     TYPE = "ping"
+
+
+@frozen
+class Authenticated:
+    """The connection is authenticated as `user_id` (the token's, same JSON type) until `expires_at` (ISO UTC)."""
+
+    user_id: UserId
+    expires_at: str
+    request_id: str | None = None
+    TYPE = "authenticated"
 
 
 @frozen
@@ -235,7 +260,7 @@ class Error:
 
 
 ServerFrame = Union[
-    Connected, Pong, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
+    Connected, Pong, Authenticated, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
     Response, UserMessage, AgentDone, MemoryResults, MemoryCleared, Error,
 ]
 
@@ -274,6 +299,13 @@ def _agent_id(value, _type) -> str:
     return value
 
 
+def _token(value, _type) -> str:
+    # The message never shows the value: a token is a credential.
+    if type(value) is not str or not value or len(value) > MAX_TOKEN_LENGTH or not _text_ok(value):
+        raise _FieldError(f"must be a non-empty string of at most {MAX_TOKEN_LENGTH} characters")
+    return value
+
+
 def _limit(value, _type) -> int:
     if type(value) is not int or not 1 <= value <= MAX_LIMIT:
         raise _FieldError(f"must be an integer from 1 to {MAX_LIMIT}")
@@ -302,6 +334,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Text, _text)
     conv.register_structure_hook(AgentId, _agent_id)
     conv.register_structure_hook(CommandId, _agent_id)
+    conv.register_structure_hook(Token, _token)
     conv.register_structure_hook(Limit, _limit)
     conv.register_structure_hook(UserId, _user_id)
     conv.register_structure_hook(Optional[AfterSeq], _after_seq)

@@ -7,15 +7,18 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import ssl
 from collections.abc import Callable, Sequence
 
 import trio
 from trio_websocket import WebSocketRequest, WebSocketServer
 
-from actors import Agents, AgentSpec, Audience, Journal, utc_now
+from actors import Agents, AgentSpec, Audience, ConfigError, Journal, utc_now
 from store import EventLog
 
+from ._auth import Authenticator, TokenError, bearer_token, origin_allowed
 from ._connection import GOING_AWAY, Connection
+from ._wsinternals import reject
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -28,9 +31,27 @@ class Server:
 
     `stop()` shuts it down gracefully: stop accepting, give running turns `shutdown_grace`
     seconds, close every client with 1001, then close the database.
+
+    With `settings.auth_secret_env` (or an `auth`), clients must authenticate with a token; with
+    `settings.certfile`, it serves wss:// (TLS). A missing or short secret, or unreadable certificate
+    files, raise `ConfigError` here, before anything listens.
     """
 
-    def __init__(self, settings: ServerSettings, specs: Sequence[AgentSpec], *, clock: Callable[[], str] = utc_now) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        specs: Sequence[AgentSpec],
+        *,
+        clock: Callable[[], str] = utc_now,
+        auth: Authenticator | None = None,
+    ) -> None:
+        if auth is None and settings.auth_secret_env is not None:
+            auth = Authenticator.from_env(settings.auth_secret_env)
+        #: Verifies tokens; None when authentication is off.
+        self.auth = auth
+        self._ssl = _ssl_context(settings)
+        #: "wss" with TLS, else "ws".
+        self.scheme = "wss" if self._ssl is not None else "ws"
         self.settings = settings
         self._specs = list(specs)
         self._clock = clock
@@ -89,6 +110,9 @@ class Server:
             listeners = await trio.open_tcp_listeners(s.port, host=s.host)
         except OSError as exc:
             raise OSError(exc.errno, f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
+        sockets = [listener.socket for listener in listeners]
+        if self._ssl is not None:
+            listeners = [trio.SSLListener(listener, self._ssl, https_compatible=True) for listener in listeners]
         endpoint = WebSocketServer(
             self._handle,
             listeners,
@@ -101,8 +125,9 @@ class Server:
         async with trio.open_nursery() as accept:
             await accept.start(endpoint.run)
             self._accepting = True
-            port = listeners[0].socket.getsockname()[1]
-            logger.info("listening on ws://%s:%d%s", s.host, port, WS_PATH)
+            port = sockets[0].getsockname()[1]
+            logger.info("listening on %s://%s:%d%s (authentication %s)", self.scheme, s.host, port, WS_PATH,
+                        "on" if self.auth is not None else "off")
             task_status.started(port)
             await self._stop.wait()
             accept.cancel_scope.cancel()
@@ -111,15 +136,36 @@ class Server:
         """One client, from handshake to close. Nothing escapes: an exception here would end the server."""
         try:
             if request.path.split("?", 1)[0] != WS_PATH:
-                await request.reject(404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
+                await reject(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
+                return
+            if not origin_allowed(request.headers, self.settings.allow_origins):
+                origins = [v.decode("latin-1")[:200] for n, v in request.headers if n.lower() == b"origin"]
+                logger.info("refused a handshake from Origin %s (remote %s)", ", ".join(origins), request.remote)
+                await reject(request, 403, body=b"Forbidden: this Origin may not connect (see allow_origins)\n")
                 return
             if not self._accepting:
-                await request.reject(503, body=b"The server is shutting down\n")
+                await reject(request, 503, body=b"The server is shutting down\n")
                 return
             if len(self.connections) >= self.settings.max_connections:
                 logger.warning("refused a connection: %d connections open", len(self.connections))
-                await request.reject(503, body=b"The server has as many connections as it may hold\n")
+                await reject(request, 503, body=b"The server has as many connections as it may hold\n")
                 return
+            claims = None
+            token = bearer_token(request.headers) if self.auth is not None else None
+            if token is not None:  # auth on and an Authorization header: the connection starts authenticated
+                try:
+                    if not token:
+                        raise TokenError("malformed", "The Authorization header must be 'Bearer <token>'")
+                    claims = self.auth.verify(token)
+                except TokenError as exc:
+                    logger.info("refused a handshake: %s (remote %s)", exc.message, request.remote)
+                    await reject(
+                        request,
+                        401,
+                        extra_headers=[(b"WWW-Authenticate", b'Bearer error="invalid_token"')],
+                        body=f"Unauthorized: {exc.message}\n".encode(),
+                    )
+                    return
             ws = await request.accept()
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
@@ -132,6 +178,8 @@ class Server:
             settings=self.settings,
             accepting=lambda: self._accepting,
             users=self.users,
+            auth=self.auth,
+            claims=claims,
         )
         if not self._accepting:  # shutdown began during the handshake: close like the others
             conn.close(GOING_AWAY, "server shutting down")
@@ -142,3 +190,16 @@ class Server:
             logger.exception("client=%s: connection handler failed", conn.client_id)
         finally:
             self.connections.discard(conn)
+
+
+def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:
+    """The TLS context for `settings.certfile`/`keyfile`, or None without a certificate."""
+    if settings.certfile is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.certfile, settings.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        files = settings.certfile + (f" / {settings.keyfile}" if settings.keyfile else "")
+        raise ConfigError(f"cannot load the TLS certificate {files}: {getattr(exc, 'strerror', None) or exc}") from None
+    return context

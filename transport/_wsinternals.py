@@ -1,16 +1,17 @@
-"""Writing several WebSocket text messages in one socket write: the only code that touches trio-websocket internals.
+"""The only code that touches trio-websocket internals: several text messages in one socket write,
+and hanging up on a rejected handshake.
 
-trio-websocket writes each message with its own `send_all`, which dominates its cost; this module
-mirrors its private `WebSocketConnection._send` for a list of messages. Pinned by pyproject
-(trio-websocket >=0.11,<0.13) and checked by tests/test_wsbatch.py; if the internals are not
-there it falls back to one `send_message` per message.
+trio-websocket writes each message with its own `send_all`, which dominates its cost, and keeps
+the socket of a rejected handshake open until the client closes it. Pinned by pyproject
+(trio-websocket >=0.11,<0.13) and checked by tests/test_wsinternals.py; where the internals are
+missing, each function falls back to the public API.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto.events import TextMessage
 
 _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
@@ -40,3 +41,11 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await ws._abort_web_socket()
             raise ConnectionClosed(ws._close_reason) from None
+
+
+async def reject(request: WebSocketRequest, status: int, body: bytes, extra_headers=None) -> None:
+    """Refuse a handshake with an HTTP `status`, then close the socket (without waiting for the client)."""
+    await request.reject(status, extra_headers=extra_headers, body=body)
+    stream = getattr(getattr(request, "_connection", None), "_stream", None)
+    if stream is not None:
+        await trio.aclose_forcefully(stream)

@@ -1,4 +1,4 @@
-"""transport._wsbatch, the one place that uses trio-websocket internals: several messages in one
+"""transport._wsinternals, the one place that uses trio-websocket internals: several messages in one
 socket write, each still arriving as its own message; and frame coalescing (transport.protocol.coalesce)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_str
 import pytest
 
 from transport import protocol as p
-from transport._wsbatch import batching_supported, send_text_batch
+from transport._wsinternals import batching_supported, send_text_batch
 
 
 async def pair(nursery):
