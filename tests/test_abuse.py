@@ -134,3 +134,55 @@ async def test_connections_past_the_cap(db_path):
                         assert head.startswith(b"HTTP/1.1 503")
             held.set()
         await assert_healthy(server)
+
+
+# -- with authentication on ------------------------------------------------------------------
+
+
+async def assert_healthy_with_auth(server) -> None:
+    """As `assert_healthy`, for a server that wants tokens."""
+    from test_auth import authenticate, token_for
+
+    word = "zq" + uuid.uuid4().hex[:10]
+    async with connect(server.port) as me, connect(server.port) as other:
+        assert (await authenticate(me, token_for(f"healthy-{word}")))["type"] == "authenticated"
+        assert (await authenticate(other, token_for(f"other-{word}")))["type"] == "authenticated"
+        frames = await me.request({"type": "chat", "agent_id": "my_agent", "message": f"remember {word}"}, "agent_done")
+        assert word in frames[-2]["message"]
+        (mine,) = await me.request({"type": "search_memory", "agent_id": "my_agent", "query": word}, "memory_results")
+        assert mine["results"] and mine["results"][0]["content"] == f"remember {word}"
+        (theirs,) = await other.request({"type": "search_memory", "agent_id": "my_agent", "query": word},
+                                        "memory_results")
+        assert theirs["results"] == []
+
+
+async def test_forged_expired_and_stolen_identities(db_path, monkeypatch):
+    from test_auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, handshake, token_for
+
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
+    async with running_server(db_path, auth_secret_env=SECRET_ENV, allow_origins=("https://chat.example",),
+                              close_timeout=0.2) as server:
+        async with connect(server.port) as victim:  # the victim's memory, which nobody else may read
+            await authenticate(victim, token_for("victim"))
+            await victim.request({"type": "chat", "agent_id": "my_agent", "message": "victim secret zqvictim"},
+                                 "agent_done")
+        async with connect(server.port) as thief:
+            forged = token_for("victim", secret=OTHER_SECRET)
+            expired = token_for("victim", ttl=-60)
+            for bad in (forged, expired, forged[:-3] + "abc", "not.a.token", "x" * 5000):
+                reply = await authenticate(thief, bad)
+                assert reply["type"] == "error" and reply["code"] in ("invalid_token", "invalid_field")
+            for frame in ({"type": "search_memory", "agent_id": "my_agent", "query": "zqvictim"},
+                          {"type": "set_user", "user_id": "victim"}):
+                await thief.send(frame)
+                assert (await thief.recv())["code"] == "unauthenticated"
+            assert (await authenticate(thief, token_for("thief")))["type"] == "authenticated"
+            await thief.send({"type": "set_user", "user_id": "victim"})
+            assert (await thief.recv())["code"] == "forbidden"
+            (found,) = await thief.request({"type": "search_memory", "agent_id": "my_agent", "query": "zqvictim"},
+                                           "memory_results")
+            assert found["results"] == []
+        assert (await handshake(server.port, "Origin: https://evil.example")).startswith(b"HTTP/1.1 403")
+        assert (await handshake(server.port, f"Authorization: Bearer {token_for('victim', secret=OTHER_SECRET)}")
+                ).startswith(b"HTTP/1.1 401")
+        await assert_healthy_with_auth(server)
