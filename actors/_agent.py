@@ -62,7 +62,8 @@ class AgentSpec:
     description: str = ""
     #: Messages kept in short-term memory.
     short_term_window: int = 20
-    #: Commands queued or running in the agent, all users together; more are refused `busy`.
+    #: Commands queued or running in the agent, all users together; beyond, a user who already has
+    #: one queued is refused `busy` (a user with none still gets one: flooders cannot starve others).
     mailbox_size: int = 4096
     #: Commands queued or running for one user of the agent; more are refused `busy`.
     lane_size: int = 64
@@ -193,7 +194,8 @@ class Agent:
         self._journal = journal
         self._audience = audience
         self._clock = clock
-        self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](spec.mailbox_size)
+        # Bounded by `submit`: at most mailbox_size commands, plus one for each user with none queued.
+        self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](math.inf)
         self._lanes: dict[str, _Lane] = {}
         self._pending: dict[str, int] = {}
         self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running  # per user: commands queued or running
@@ -205,16 +207,16 @@ class Agent:
 
     def submit(self, command: AgentCommand) -> None:
         """Queue `command` behind the same user's earlier ones, or raise `Busy`."""
-        if self._in_flight >= self.spec.mailbox_size:
-            raise Busy(f"Agent '{self.agent_id}' is busy ({self.spec.mailbox_size} commands queued); try again shortly")
         pending = self._pending.get(command.user, 0)
+        if self._in_flight >= self.spec.mailbox_size and pending:  # a user with nothing queued always gets a turn
+            raise Busy(f"Agent '{self.agent_id}' is busy ({self.spec.mailbox_size} commands queued); try again shortly")
         if pending >= self.spec.lane_size:
             raise Busy(f"Agent '{self.agent_id}' has {self.spec.lane_size} of your commands queued; try again shortly")
         from_origin = self._per_origin.get(command.origin, 0)
         if from_origin >= self.spec.connection_size:
             raise Busy(f"Agent '{self.agent_id}' has {self.spec.connection_size} commands of this connection "
                        "queued; wait for their answers")
-        self._mailbox_send.send_nowait(command)  # its capacity is mailbox_size, checked above
+        self._mailbox_send.send_nowait(command)
         self._pending[command.user] = pending + 1
         self._per_origin[command.origin] = from_origin + 1
         self._in_flight += 1
@@ -308,7 +310,8 @@ class Agent:
         if isinstance(command, ChatTurn):
             return await self._chat(memory, command)
         if isinstance(command, SearchMemory):
-            await self._search(memory, command)
+            if not getattr(command.origin, "gone", False):  # nobody left to read the results
+                await self._search(memory, command)
             return memory
         if isinstance(command, Resume):
             await self._resume(command)

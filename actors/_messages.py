@@ -21,6 +21,9 @@ class Outbox(Protocol):
 
     def deliver(self, output: "Output") -> None: ...
 
+    # An outbox may also have a `gone` attribute, True once nobody will read it: an agent then
+    # skips its queued searches (turns and clears still run: they change the user's memory).
+
 
 class PacedOutbox(Outbox, Protocol):
     """An outbox that can also say when it has room: a backlog (`Resume`) waits for it before each

@@ -273,22 +273,24 @@ async def test_full_mailbox_and_full_lane_answer_busy_and_drop_nothing(tmp_path)
         with pytest.raises(Busy, match="2 of your commands queued"):
             agent.submit(chat("alice", "three", out, "alice-refused"))
         agent.submit(search("bob", "anything", out, long_term=True, request_id="bob-search"))
-        with pytest.raises(Busy, match="busy"):
-            agent.submit(chat("carol", "hi", out, "carol-refused"))
+        # The mailbox is full: a user with something queued is refused; one with nothing still gets
+        # a turn (so that flooders cannot starve everyone else), and only one.
         with pytest.raises(Busy, match="busy"):
             agent.submit(chat("bob", "hi", out, "bob-refused"))
-        assert agent.in_flight == 3
+        agent.submit(chat("carol", "first", out, "carol-first"))
+        with pytest.raises(Busy, match="busy"):
+            agent.submit(chat("carol", "hi", out, "carol-refused"))
+        assert agent.in_flight == 4
 
         with trio.fail_after(WAIT):
             await brain.all_entered.wait()
         await out.wait_for(SearchResults)  # bob's lane is not held up by alice's
-        assert agent.in_flight == 2
         brain.release.set()
         with trio.fail_after(WAIT):
             await agent.wait_idle()
 
         assert agent.in_flight == 0
-        for rid in ("alice-1", "alice-2"):
+        for rid in ("alice-1", "alice-2", "carol-first"):
             assert [type(o) for o in out.for_request(rid)] == [TurnStarted, TurnChunk, TurnResponse, TurnDone]
         assert [type(o) for o in out.for_request("bob-search")] == [SearchResults]
         for rid in ("alice-refused", "carol-refused", "bob-refused"):
@@ -298,8 +300,9 @@ async def test_full_mailbox_and_full_lane_answer_busy_and_drop_nothing(tmp_path)
         agent.submit(chat("alice", "three", out, "alice-3"))
         agent.submit(chat("carol", "hi", out, "carol-1"))
         agent.submit(chat("bob", "hi", out, "bob-1"))
-        await out.wait_for(TurnDone, 5)
-        assert {d.request_id for d in out.of(TurnDone)} == {"alice-1", "alice-2", "alice-3", "carol-1", "bob-1"}
+        await out.wait_for(TurnDone, 6)
+        assert {d.request_id for d in out.of(TurnDone)} == {"alice-1", "alice-2", "carol-first", "alice-3", "carol-1",
+                                                            "bob-1"}
 
 
 async def test_busy_is_raised_while_commands_are_running_not_only_queued(tmp_path):
@@ -315,15 +318,16 @@ async def test_busy_is_raised_while_commands_are_running_not_only_queued(tmp_pat
 
         with pytest.raises(Busy):
             agent.submit(chat("alice", "two", out))
+        agent.submit(chat("carol", "one", out, "c1"))  # nothing queued for carol: she still gets her turn
         with pytest.raises(Busy):
-            agent.submit(chat("carol", "one", out))
+            agent.submit(chat("carol", "two", out))
 
         brain.release.set()
-        await out.wait_for(TurnDone, 2)
+        await out.wait_for(TurnDone, 3)
         with trio.fail_after(WAIT):
             await agent.wait_idle()
-        agent.submit(chat("carol", "one", out, "c1"))
-        await out.wait_for(TurnDone, 3)
+        agent.submit(chat("carol", "two", out, "c2"))
+        await out.wait_for(TurnDone, 4)
 
 
 # -- brain failures -----------------------------------------------------------------------------

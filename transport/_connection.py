@@ -121,6 +121,11 @@ class Connection:
 
     # -- actors.Outbox -----------------------------------------------------------------
 
+    @property
+    def gone(self) -> bool:
+        """True once the connection has ended: what is delivered to it is dropped."""
+        return self._ended
+
     def deliver(self, output: Output) -> None:
         self._queue(frame_of(output))
 
