@@ -8,7 +8,10 @@ that stop reading, clients that vanish mid-handshake). Prints one JSON line:
   turns_logged  user messages of well-behaved users in the log (must equal turns_acked)
   rss_start_kib / rss_end_kib   server memory after start-up and at the end of the run
 
-    python bench/soak.py [--connections 500] [--seconds 60] [--bad 0.2]
+    python bench/soak.py [--connections 500] [--seconds 60] [--bad 0.2] [--rate-limit 10]
+
+The server runs with the rate limit docs/security.md recommends for an internet-facing deployment
+(10 frames/s per connection); `--rate-limit 0` turns it off to see an unprotected server flooded.
 
 Everything runs on loopback; the load is bounded in time and count and stops by itself.
 """
@@ -145,12 +148,17 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=60)
     p.add_argument("--bad", type=float, default=0.2, help="share of misbehaving clients")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate-limit", type=float, default=10.0,
+                   help="the server's rate_limit, frames/s per connection (docs/security.md recommends 10; 0: off)")
     args = p.parse_args()
     raise_fd_limit()
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "soak.db"
+        config = Path(tmp) / "soak.toml"
+        config.write_text(f"[server]\nrate_limit = {args.rate_limit}\n")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning"],
+            [sys.executable, "-m", "transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning",
+             "--config", str(config)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_fd_limit,
         )
         try:
@@ -174,6 +182,7 @@ def main() -> int:
             logged = sum(1 for r in log.read() if r.event.TYPE == "user_message" and r.event.user.startswith("good-"))
     out = {
         "connections": args.connections, "seconds": round(elapsed, 1), "bad_share": args.bad,
+        "rate_limit": args.rate_limit,
         "errors": len(tally.errors), "turns_acked": tally.acked, "turns_logged": logged,
         "bad_client_runs": tally.bad_runs, "rss_start_kib": rss_start, "rss_end_kib": rss_end,
         "server_exit": proc.returncode,
