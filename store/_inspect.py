@@ -158,20 +158,7 @@ def events_after(
     transaction and sees everything committed before it. An event this version cannot read ends
     the list early; when it is the first, raises `UndecodableEvent` naming its seq.
     """
-    where, params = ["seq > ?"], [after_seq]
-    if until_seq is not None:
-        where.append("seq <= ?")
-        params.append(until_seq)
-    if agent_id is not None:
-        where.append("agent_id = ?")
-        params.append(agent_id)
-    if user is not None:
-        where.append("user = ?")
-        params.append(user)
-    rows = log._conn.execute(
-        f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq LIMIT ?",
-        (*params, limit),
-    ).fetchall()
+    rows = log.rows(agent_id=agent_id, user=user, after_seq=after_seq, until_seq=until_seq, limit=limit).fetchall()
     out = []
     for seq, type_, agent, usr, at, payload in rows:
         try:

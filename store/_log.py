@@ -219,6 +219,20 @@ class EventLog:
         until_seq: int | None = None,
     ) -> Iterator[Recorded]:
         """The recorded events in sequence order, optionally of one agent and/or user."""
+        for seq, type_, agent, usr, at, payload in self.rows(agent_id=agent_id, user=user, after_seq=after_seq,
+                                                             until_seq=until_seq):
+            yield Recorded(seq, event_from_row(type_, agent, usr, at, payload))
+
+    def rows(
+        self,
+        *,
+        agent_id: str | None = None,
+        user: str | None = None,
+        after_seq: int = 0,
+        until_seq: int | None = None,
+        limit: int | None = None,
+    ):
+        """A cursor over the stored rows (seq, type, agent_id, user, at, payload) that `read` decodes."""
         where = ["seq > ?"]
         params: list[object] = [after_seq]
         if until_seq is not None:
@@ -231,8 +245,10 @@ class EventLog:
             where.append("user = ?")
             params.append(user)
         sql = f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq"
-        for seq, type_, agent, usr, at, payload in self._conn.execute(sql, params):
-            yield Recorded(seq, event_from_row(type_, agent, usr, at, payload))
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return self._conn.execute(sql, params)
 
     def memory(self, agent_id: str, user: str, *, window: int = DEFAULT_WINDOW, until_seq: int | None = None) -> Memory:
         """The memory of (agent_id, user), rebuilt from all its events up to `until_seq`."""
