@@ -367,7 +367,7 @@ class Agent:
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
             return memory
-        answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid)
+        answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid, cmd.command_id)
         *said_recs, answer_rec = await self._append(recipients, [*said, answer])
         recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
         recipients.deliver(TurnDone(agent_id, rid))

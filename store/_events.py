@@ -36,6 +36,8 @@ class AgentMessage:
     at: str
     content: str
     request_id: str | None = None
+    #: The chat command this answers, if it had a `command_id` (how a retry finds its answer).
+    command_id: str | None = None
 
     TYPE = "agent_message"
     role = "assistant"
@@ -121,4 +123,4 @@ def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) 
         return MemoryCleared(agent_id, user, at, body["long_term"], request_id)
     if type_ == "user_message":
         return UserMessage(agent_id, user, at, body["content"], request_id, body.get("command_id"))
-    return AgentMessage(agent_id, user, at, body["content"], request_id)
+    return AgentMessage(agent_id, user, at, body["content"], request_id, body.get("command_id"))

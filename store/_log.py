@@ -280,15 +280,18 @@ class EventLog:
     def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
         """The logged turn of the chat command `command_id`: its user message and its answer
         (None if the turn failed), or None if the log holds no such command."""
-        row = self._conn.execute(
-            "SELECT seq FROM events WHERE agent_id = ? AND user = ? AND command_id = ? ORDER BY seq LIMIT 1",
-            (agent_id, user, command_id),
-        ).fetchone()
-        if row is None:
+        found: dict[str, Recorded] = {}
+        for type_ in ("user_message", "agent_message"):
+            row = self._conn.execute(
+                "SELECT seq, type, agent_id, user, at, payload FROM events "
+                "WHERE agent_id = ? AND user = ? AND command_id = ? AND type = ? ORDER BY seq LIMIT 1",
+                (agent_id, user, command_id, type_),
+            ).fetchone()
+            if row is not None:
+                found[type_] = Recorded(row[0], event_from_row(row[1], row[2], row[3], row[4], row[5]))
+        if "user_message" not in found:
             return None
-        said, *rest = self.read(agent_id=agent_id, user=user, after_seq=row[0] - 1, until_seq=row[0] + 1)
-        answer = rest[0] if rest and rest[0].seq == said.seq + 1 and rest[0].event.TYPE == "agent_message" else None
-        return said, answer
+        return found["user_message"], found.get("agent_message")
 
     def streams(self) -> list[tuple[str, str]]:
         """Every (agent_id, user) that has events, sorted."""

@@ -113,3 +113,19 @@ async def test_a_bad_command_id_is_an_invalid_field(server, bad):
             assert error["type"] == "agent_thinking"
         else:
             assert error["type"] == "error" and error["code"] == "invalid_field" and "command_id" in error["message"]
+
+
+async def test_a_failed_turn_retried_after_other_traffic_is_answered_once(db_path):
+    brain = FlakyBrain()
+    async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
+        async with connect(server.port) as f, connect(server.port) as g:
+            await f.request({"type": "set_user", "user_id": "f"}, "user_set")
+            await g.request({"type": "set_user", "user_id": "g"}, "user_set")
+            assert (await f.request(chat("flaky again", "cmd-x"), "agent_done"))[1]["code"] == "brain_error"
+            await g.request(chat("someone else in between"), "agent_done")  # the answer will not be seq + 1
+            first = await f.request(chat("flaky again", "cmd-x"), "agent_done")
+            await g.request(chat("and again"), "agent_done")
+            for _ in range(3):
+                again = await f.request(chat("flaky again", "cmd-x"), "agent_done")
+                assert again[-2]["seq"] == first[-2]["seq"] and again[-2]["message"] == first[-2]["message"]
+    assert [t for t, _ in logged(db_path, "f")] == ["user_message", "agent_message"]

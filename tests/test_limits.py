@@ -120,3 +120,31 @@ async def test_past_the_connection_cap_the_handshake_is_refused_with_503(db_path
             assert head.startswith(b"HTTP/1.1 503")
         async with connect(server.port) as c:
             assert c.hello["type"] == "connected"
+
+
+async def test_the_connection_cap_holds_under_concurrent_handshakes(db_path):
+    async with running_server(db_path, max_connections=2) as server:
+        opened = []
+
+        async def try_connect():
+            try:
+                async with connect(server.port):
+                    opened.append(1)
+                    await trio.sleep(0.5)  # hold it while the others try
+            except Exception:
+                pass
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(30):
+                nursery.start_soon(try_connect)
+            await trio.sleep(0.3)
+            assert len(server.connections) <= 2
+        assert len(opened) <= 2
+
+
+def test_heartbeat_timeout_must_be_positive_while_heartbeats_are_on():
+    from transport.server import ServerSettings
+
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        ServerSettings(heartbeat_interval=20, heartbeat_timeout=0)
+    ServerSettings(heartbeat_interval=0, heartbeat_timeout=0)  # heartbeats off: fine

@@ -45,10 +45,16 @@ async def test_a_batch_is_one_socket_write_and_arrives_as_separate_messages():
             await real_send_all(data)
 
         server_ws._stream.send_all = counting_send_all
-        texts = ["one", "two ünïcode", "x" * 70000, "four"]
+        texts = ["one", "two ünïcode", "x" * 30000, "four"]
         await send_text_batch(server_ws, texts)
         assert len(writes) == 1
         assert [await client_ws.get_message() for _ in texts] == texts
+        # a bigger batch goes in pieces of whole messages, so a ping can be written between them
+        writes.clear()
+        big = ["y" * 40000, "z" * 40000, "small", "w" * 100000, "end"]
+        await send_text_batch(server_ws, big)
+        assert len(writes) == 3
+        assert [await client_ws.get_message() for _ in big] == big
         nursery.cancel_scope.cancel()
 
 

@@ -19,7 +19,7 @@ from actors import Agent, Audience, Busy, Output
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
 from ._settings import ServerSettings
-from ._wsinternals import send_text_batch
+from ._wsinternals import abort, send_text_batch
 
 logger = logging.getLogger("agentcast.transport")
 
@@ -213,9 +213,11 @@ class Connection:
             self._send.close()
             self._ended = True
             self._wake_room()
-            if self._close_code is not None and not self._mid_frame:
-                with trio.move_on_after(self._close_timeout) as cleanup:
-                    cleanup.shield = True
+            with trio.move_on_after(self._close_timeout) as cleanup:
+                cleanup.shield = True
+                if self._mid_frame:  # a write was cut short: no close frame can follow it
+                    await abort(self._ws)
+                elif self._close_code is not None:
                     await self._ws.aclose(self._close_code, self._close_reason)
             close = self._ws.closed
             logger.info(

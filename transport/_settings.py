@@ -74,6 +74,8 @@ class ServerSettings:
                      "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.heartbeat_interval and not self.heartbeat_timeout > 0:
+            raise ValueError("heartbeat_timeout must be more than 0 seconds while heartbeat_interval is on")
         for name in ("handshake_timeout", "close_timeout", "shutdown_grace", "heartbeat_interval",
                      "heartbeat_timeout", "idle_timeout", "rate_limit"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):

@@ -22,11 +22,16 @@ def batching_supported(ws: WebSocketConnection) -> bool:
     return all(hasattr(ws, name) for name in _INTERNALS)
 
 
+#: Most bytes written while holding the stream lock: a ping (the heartbeat) waits at most one piece.
+WRITE_PIECE = 64 * 1024
+
+
 async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None:
-    """Send `texts` as consecutive text messages, in one `send_all` when possible.
+    """Send `texts` as consecutive text messages, in as few `send_all`s as possible (pieces of
+    about WRITE_PIECE bytes, whole messages, so that control frames can go between them).
 
     Raises `ConnectionClosed` like `send_message` does. Cancelled midway, the stream may hold
-    part of a message: like any cancelled `send_all`, the connection can take no more data.
+    part of a message: then call `abort`, nothing more may be written to it.
     """
     if not batching_supported(ws):  # pragma: no cover - another trio-websocket version
         for text in texts:
@@ -34,13 +39,34 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    data = b"".join(ws._wsproto.send(TextMessage(data=text)) for text in texts)
+    piece: list[bytes] = []
+    size = 0
+    for i, text in enumerate(texts):
+        data = ws._wsproto.send(TextMessage(data=text))
+        piece.append(data)
+        size += len(data)
+        if size >= WRITE_PIECE or i == len(texts) - 1:
+            await _write(ws, b"".join(piece))
+            piece, size = [], 0
+
+
+async def _write(ws: WebSocketConnection, data: bytes) -> None:
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
     async with ws._stream_lock:
         try:
             await ws._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await ws._abort_web_socket()
             raise ConnectionClosed(ws._close_reason) from None
+
+
+async def abort(ws: WebSocketConnection) -> None:
+    """Drop the connection without a close frame: after a cut-off write, one would corrupt the stream."""
+    if batching_supported(ws):
+        await trio.aclose_forcefully(ws._stream)
+        if not ws._close_reason:
+            await ws._abort_web_socket()
 
 
 async def reject(request: WebSocketRequest, status: int, body: bytes, extra_headers=None) -> None:

@@ -60,6 +60,7 @@ class Server:
         self.stopped = trio.Event()
         self._accepting = False
         self.connections: set[Connection] = set()
+        self._handshakes = 0  # handshakes past the connection cap check, not yet connections
         #: Open connections per user.
         self.users: collections.Counter[str] = collections.Counter()
         self.audience = Audience()
@@ -134,6 +135,7 @@ class Server:
 
     async def _handle(self, request: WebSocketRequest) -> None:
         """One client, from handshake to close. Nothing escapes: an exception here would end the server."""
+        reserved = False
         try:
             if request.path.split("?", 1)[0] != WS_PATH:
                 await reject(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
@@ -146,10 +148,12 @@ class Server:
             if not self._accepting:
                 await reject(request, 503, body=b"The server is shutting down\n")
                 return
-            if len(self.connections) >= self.settings.max_connections:
+            if len(self.connections) + self._handshakes >= self.settings.max_connections:
                 logger.warning("refused a connection: %d connections open", len(self.connections))
                 await reject(request, 503, body=b"The server has as many connections as it may hold\n")
                 return
+            self._handshakes += 1  # a place is held for this handshake (concurrent ones count too)
+            reserved = True
             claims = None
             token = bearer_token(request.headers) if self.auth is not None else None
             if token is not None:  # auth on and an Authorization header: the connection starts authenticated
@@ -170,6 +174,9 @@ class Server:
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
             return
+        finally:
+            if reserved:
+                self._handshakes -= 1
         conn = Connection(
             ws,
             self.agents,
