@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 import trio
 from trio_websocket import open_websocket_url
 
-from actors import agent_specs
+from actors import BrainError, agent_specs
 from transport.server import Server, ServerSettings
 
 
@@ -56,3 +56,49 @@ async def running_server(db: str, specs=None, **settings):
             yield server
         finally:
             server.stop()
+
+
+#: A WebSocket upgrade request for `path`, to send by hand over a raw TCP stream.
+HANDSHAKE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def handshake(port: int, *headers: str, path: str = "/ws") -> bytes:
+    """The HTTP head the server answers a raw handshake for `path` with `headers` ("Name: value") added."""
+    extra = "".join(f"{h}\r\n" for h in headers)
+    request = HANDSHAKE.format(path=path).replace("\r\n\r\n", "\r\n" + extra + "\r\n")
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(request.encode())
+        head = b""
+        with trio.fail_after(5):
+            while b"\r\n\r\n" not in head:
+                chunk = await stream.receive_some()
+                if not chunk:
+                    break
+                head += chunk
+    return head
+
+
+class GatedBrain:
+    """Answers only when the test opens `gate` (`started` is set once a turn is waiting).
+
+    Its answer is `answer(turn)` (a list of deltas; by default "gated answer" in two); a turn
+    whose message is "fail please" fails at once with a `BrainError`.
+    """
+
+    recall = 0
+
+    def __init__(self, answer=lambda turn: ["gated ", "answer"]):
+        self.answer = answer
+        self.gate = trio.Event()
+        self.started = trio.Event()
+
+    async def reply(self, turn):
+        self.started.set()
+        if turn.message == "fail please":
+            raise BrainError("the model is down")
+        await self.gate.wait()
+        for delta in self.answer(turn):
+            yield delta

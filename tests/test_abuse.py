@@ -10,8 +10,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from support import connect, running_server
-from test_e2e import HANDSHAKE
+from support import HANDSHAKE, connect, handshake, running_server
 
 
 async def assert_healthy(server) -> None:
@@ -157,7 +156,7 @@ async def assert_healthy_with_auth(server) -> None:
 
 
 async def test_forged_expired_and_stolen_identities(db_path, monkeypatch):
-    from test_auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, handshake, token_for
+    from test_auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, token_for
 
     monkeypatch.setenv(SECRET_ENV, SECRET.decode())
     async with running_server(db_path, auth_secret_env=SECRET_ENV, allow_origins=("https://chat.example",),

@@ -30,9 +30,8 @@ from trio_websocket import (
 
 from actors import ConfigError, agent_specs
 from store import EventLog
-from support import Client, connect, running_server
+from support import HANDSHAKE, Client, connect, handshake, running_server
 from test_connection import Harness
-from test_e2e import HANDSHAKE
 from transport import protocol as p
 from transport._auth import (
     MIN_SECRET_BYTES,
@@ -83,22 +82,6 @@ def secret_env(monkeypatch):
 async def authenticate(client: Client, token: str, rid=None) -> dict:
     await client.send({"type": "auth", "token": token, **({"request_id": rid} if rid else {})})
     return await client.recv()
-
-
-async def handshake(port: int, *headers: str) -> bytes:
-    """The HTTP head the server answers a raw handshake with `headers` ("Name: value") added."""
-    extra = "".join(f"{h}\r\n" for h in headers)
-    request = HANDSHAKE.format(path="/ws").replace("\r\n\r\n", "\r\n" + extra + "\r\n")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(request.encode())
-        head = b""
-        with trio.fail_after(5):
-            while b"\r\n\r\n" not in head:
-                chunk = await stream.receive_some()
-                if not chunk:
-                    break
-                head += chunk
-    return head
 
 
 # -- tokens ----------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from actors import AgentSpec, BrainError, EchoBrain, split_chunks
-from support import connect, running_server
+from actors import AgentSpec, EchoBrain, split_chunks
+from support import HANDSHAKE, GatedBrain, connect, handshake, running_server
 
 AGENT = "my_agent"
 
@@ -275,40 +275,10 @@ async def test_memory_survives_a_restart(db_path):
         assert gone["results"] == []
 
 
-HANDSHAKE = (
-    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
 async def test_wrong_path_is_rejected_with_404(server):
-    async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
-        await stream.send_all(HANDSHAKE.format(path="/elsewhere").encode())
-        head = b""
-        with trio.fail_after(5):
-            while b"\r\n\r\n" not in head:
-                head += await stream.receive_some()
-    assert head.startswith(b"HTTP/1.1 404")
+    assert (await handshake(server.port, path="/elsewhere")).startswith(b"HTTP/1.1 404")
     async with connect(server.port, "/ws?client=x") as c:  # a query string is fine
         assert c.hello["type"] == "connected"
-
-
-class GatedBrain:
-    """Answers only when the test opens the gate; can be told to fail."""
-
-    recall = 0
-
-    def __init__(self):
-        self.gate = trio.Event()
-        self.started = trio.Event()
-
-    async def reply(self, turn):
-        self.started.set()
-        if turn.message == "fail please":
-            raise BrainError("the model is down")
-        await self.gate.wait()
-        yield "gated "
-        yield "answer"
 
 
 async def test_busy_agent_answers_busy_and_drops_nothing(db_path):

@@ -8,9 +8,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from support import connect, running_server
+from support import connect, handshake, running_server
 from test_connection import Harness, recv
-from test_e2e import HANDSHAKE
 from transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
 
 
@@ -111,13 +110,7 @@ async def test_a_user_past_the_per_user_cap_is_closed_with_1013(db_path):
 async def test_past_the_connection_cap_the_handshake_is_refused_with_503(db_path):
     async with running_server(db_path, max_connections=2) as server:
         async with connect(server.port), connect(server.port):
-            async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
-                await stream.send_all(HANDSHAKE.format(path="/ws").encode())
-                head = b""
-                with trio.fail_after(5):
-                    while b"\r\n\r\n" not in head:
-                        head += await stream.receive_some()
-            assert head.startswith(b"HTTP/1.1 503")
+            assert (await handshake(server.port)).startswith(b"HTTP/1.1 503")
         async with connect(server.port) as c:
             assert c.hello["type"] == "connected"
 

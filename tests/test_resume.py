@@ -11,7 +11,7 @@ import trio
 import actors._agent
 from actors import AgentSpec, BrainError, EchoBrain
 from store import AgentMessage, EventLog, UserMessage
-from support import connect, running_server
+from support import GatedBrain, connect, running_server
 
 AGENT = "my_agent"
 AT = "2026-01-01T00:00:00.000Z"
@@ -160,23 +160,8 @@ async def test_events_before_and_after_a_restart_are_resumable(db_path):
             await assert_nothing_more(c)
 
 
-class GatedBrain:
-    """Echoes, but holds each answer until the test opens `gate`."""
-
-    recall = 0
-
-    def __init__(self):
-        self.gate = trio.Event()
-        self.started = trio.Event()
-
-    async def reply(self, turn):
-        self.started.set()
-        await self.gate.wait()
-        yield EchoBrain.answer(turn)
-
-
 async def test_turns_in_flight_or_queued_while_resuming_arrive_once_from_the_backlog(db_path):
-    brain = GatedBrain()
+    brain = GatedBrain(answer=lambda turn: [EchoBrain.answer(turn)])
     async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
         async with connect(server.port) as phone, connect(server.port) as laptop:
             for c in (phone, laptop):
@@ -211,7 +196,7 @@ async def test_turns_in_flight_or_queued_while_resuming_arrive_once_from_the_bac
 
 
 async def test_a_resume_right_behind_the_connections_own_turn_starts_its_stream_after_that_turn(db_path):
-    brain = GatedBrain()
+    brain = GatedBrain(answer=lambda turn: [EchoBrain.answer(turn)])
     async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server, connect(server.port) as c:
         await as_user(c, "own")
         await c.send(chat("mine", "m"))
@@ -389,7 +374,7 @@ async def test_a_failed_turn_gives_its_user_message_live_and_in_the_backlog(db_p
 
 
 async def test_a_resume_withdrawn_before_it_starts_delivers_nothing(db_path):
-    brain = GatedBrain()
+    brain = GatedBrain(answer=lambda turn: [EchoBrain.answer(turn)])
     async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
         async with connect(server.port) as phone, connect(server.port) as laptop:
             for c in (phone, laptop):
