@@ -419,11 +419,11 @@ class AgentClient:
         else:
             send.close()
         try:
-            async with receive:
-                yield receive
+            yield receive
         finally:
             self._listeners.discard(send)
             send.close()
+            receive.close()
 
     def on(self, type_: str | type, callback: Callable[[Any], None]) -> Callable[[], None]:
         """Call `callback(event)` (a plain function, run in the client's reader: keep it short) for each event
@@ -562,7 +562,7 @@ class AgentClient:
             if self._ping_interval:
                 nursery.start_soon(self._heartbeat, ws, nursery.cancel_scope)
             try:
-                await self._restore()
+                await self._restore(nursery)
             except ConnectionClosed as exc:  # lost while restoring: try again
                 self._lost_reason = self._lost_reason or _describe(exc)
                 nursery.cancel_scope.cancel()
@@ -578,7 +578,7 @@ class AgentClient:
                 await trio.sleep_forever()
         return failure
 
-    async def _restore(self) -> None:
+    async def _restore(self, nursery: trio.Nursery) -> None:
         """Authenticate, set the user, resume the subscriptions and send the cut-off commands again."""
         gen = self._generation
         wanted = self.user_id
@@ -598,13 +598,13 @@ class AgentClient:
             frame, _ = await self._call({"type": "set_user", "user_id": wanted}, UserSet, now=True)
             self.user_id = frame.user_id
         for agent_id, after in list(self._subscriptions.items()):
+            # Sent now, answered later: a resume waits in the user's queue behind running turns, and the
+            # cut-off commands below must not wait for it (the server keeps the order of a connection's frames).
             seen = self._last_seq.get(agent_id)
             resume = after if seen is None else seen
-            try:
-                await self._call(_without_none(type="subscribe", agent_id=agent_id, after_seq=resume), Subscribed, now=True)
-            except AgentError as exc:  # e.g. the agent no longer exists after a restart with another config
-                logger.warning("could not resume the subscription to %s: %s", agent_id, exc)
-                self._subscriptions.pop(agent_id, None)
+            request = self._open_request(_without_none(type="subscribe", agent_id=agent_id, after_seq=resume))
+            await self._transmit(request, now=True)
+            nursery.start_soon(self._resumed, request, agent_id)
         for request in list(self._open.values()):
             if request.sent_gen == gen:
                 continue
@@ -618,6 +618,22 @@ class AgentClient:
                 self._new_attempt(request)  # a fresh request_id: a backlog's frames keep the old one
             request.sent_gen = gen
             await self._ws.send_message(request.wire())
+
+    async def _resumed(self, request: _Request, agent_id: str) -> None:
+        """Wait for the answer to a resuming `subscribe` sent by `_restore`."""
+        try:
+            while True:
+                got, _ = await request.next()
+                if isinstance(got, Subscribed):
+                    return
+                if isinstance(got, Error):  # e.g. the agent no longer exists after a restart with another config
+                    logger.warning("could not resume the subscription to %s: %s", agent_id, got.message)
+                    self._subscriptions.pop(agent_id, None)
+                    return
+        except ClientError:
+            return
+        finally:
+            self._finish(request)
 
     async def _reader(self, ws, scope: trio.CancelScope) -> None:
         try:
@@ -679,7 +695,7 @@ class AgentClient:
                 send.send_nowait(event)
             except trio.WouldBlock:
                 logger.warning("an events() reader is too far behind; dropped a %s event", frame_type(event))
-            except trio.ClosedResourceError:
+            except (trio.ClosedResourceError, trio.BrokenResourceError):  # its reader is gone
                 self._listeners.discard(send)
         for key in (frame_type(event), "*"):
             for callback in list(self._callbacks.get(key, ())):
