@@ -13,6 +13,7 @@ import subprocess
 import sys
 import termios
 import time
+from pathlib import Path
 
 import pytest
 from test_cli import CLI, EXIT_TIMEOUT, serve  # noqa: F401 - `serve` is a fixture
@@ -249,3 +250,18 @@ def test_a_bad_address_or_agent_is_one_clear_line(server, tmp_path):
 
 if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("pseudo-terminal tests run on Linux")
+
+
+def test_the_documented_python_client_example_runs(server, tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "clients.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("ws://127.0.0.1:5050/ws", server.url))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "You said: My favourite colour is turquoise." in out and "(answer committed as event 2)" in out
+    assert "You said: What did I just say?\n(I remember 2 earlier messages" in out and "(event 4)" in out
+    assert "user      'My favourite colour is turquoise.'" in out
+    assert "forgot 4 messages" in out
+    assert "error unknown_agent: No agent with ID 'no_such_agent' exists" in out
