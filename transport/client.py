@@ -541,14 +541,14 @@ class AgentClient:
                 return
             if self._fatal is not None:
                 fatal = self._fatal
-                self._shutdown(lambda: AgentError(fatal.code, fatal.message) if isinstance(fatal, AgentError) else ConnectionLost(str(fatal)))
+                self._shutdown(lambda fatal=fatal: AgentError(fatal.code, fatal.message) if isinstance(fatal, AgentError) else ConnectionLost(str(fatal)))
                 return
             attempts += 1
             if not self._reconnect or (self._max_attempts is not None and attempts > self._max_attempts):
                 self._push(Disconnected(reason, attempts, None))
                 tried = f" after {attempts - 1} reconnection attempts" if self._reconnect else ""
                 message = f"connection to {self.url} lost{tried}: {reason}"
-                self._shutdown(lambda: ConnectionLost(message))
+                self._shutdown(lambda message=message: ConnectionLost(message))
                 return
             delay = min(self._backoff_max, self._backoff_initial * 2 ** (attempts - 1)) * random.uniform(0.5, 1.0)
             self._push(Disconnected(reason, attempts, delay))
