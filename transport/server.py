@@ -208,6 +208,7 @@ class Server:
             logger.exception("HTTP %s %s failed", head.method[:20], head.path[:200])
             response = text_response(500, "Internal server error\n")
         self.metrics.http_requests.labels(self.http.route_of(head.path), str(response.status)).inc()
+        logger.debug("http %s %s -> %d (remote %s)", head.method[:20], head.path[:200], response.status, remote_of(stream))
         await write_response(stream, response, head_only=head.method == "HEAD")
 
     async def _serve_websocket(self, stream: PrefixedStream, deadline: float) -> None:
