@@ -296,3 +296,24 @@ async def test_plain_http_over_tls(tmp_path):
         with trio.move_on_after(1):
             assert b"HTTP/1.1 200" not in (await exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).raw
         assert (await get(server.port, "/agentcast.js", context=context)).status == 200
+
+
+async def test_a_failing_route_is_a_500_and_the_server_goes_on(server):
+    async def boom():
+        raise ValueError("a bug in a route")
+
+    server.http.handlers["/boom"] = boom
+    reply = await get(server.port, "/boom")
+    assert reply.status == 500 and b"Traceback" not in reply.body and b"a bug" not in reply.body
+    await assert_healthy(server)
+
+
+async def test_a_stop_does_not_wait_for_half_sent_requests(db_path):
+    async with running_server(db_path, handshake_timeout=60, close_timeout=0.2) as server:
+        async with await trio.open_tcp_stream("127.0.0.1", server.port) as stalled:
+            await stalled.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
+            assert (await get(server.port, "/healthz")).status == 200
+            server.stop()
+            with trio.fail_after(5):  # not the 60 s of handshake_timeout
+                await server.stopped.wait()
+                assert await stalled.receive_some() == b""
