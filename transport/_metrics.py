@@ -1,8 +1,8 @@
 """`Metrics`: one server's Prometheus metrics, in a registry of its own (tests run many servers in one
 process), rendered in the Prometheus text format for GET /metrics.
 
-Imports prometheus_client and `actors` (output types); no trio: values that live elsewhere (connections,
-mailboxes, the journal's counts, the database's size) are read through callables at scrape time.
+Imports prometheus_client and `actors` (output types), not trio itself: values that live elsewhere
+(connections, mailboxes, the journal's counts, the database's size) are read through callables at scrape time.
 """
 from __future__ import annotations
 
