@@ -1,6 +1,6 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`token` mints an authentication token.
+`token` mints an authentication token; `chat` is a terminal chat client (in `transport._chat`).
 
 Argument parsing and printing only; the work is done by `transport.server` and `store`.
 """
@@ -92,6 +92,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     token.add_argument("--config", help="the server's config file, for its auth_secret_env")
 
+    chat = sub.add_parser(
+        "chat", help="chat with an agent in the terminal",
+        description="An interactive chat with a running server: answers stream as they arrive. Commands: "
+        "/search QUERY, /clear, /clear-all, /agent NAME, /user ID, /help, /quit. Reads lines from stdin "
+        "(a terminal or a pipe); reconnects if the server goes away.",
+    )
+    chat.add_argument("--url", default="ws://127.0.0.1:5050/ws", help="the server (default ws://127.0.0.1:5050/ws)")
+    chat.add_argument("--agent", default="my_agent", help="the agent to talk to first (default my_agent)")
+    chat.add_argument("--user", help="the user id; an integer such as 123 becomes a JSON integer, anything else a string")
+    chat.add_argument("--token-env", metavar="NAME", help="authenticate with the token in environment variable NAME")
+
     replay = sub.add_parser(
         "replay",
         help="rebuild memory from an event log and print it; `replay events`, `replay verify`",
@@ -176,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "chat":
+            from ._chat import run_chat  # the client side: loaded only for this command
+
+            return run_chat(args)
         if args.command == "replay events":
             return _replay_events(args)
         if args.command == "replay verify":

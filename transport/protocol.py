@@ -465,3 +465,52 @@ def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:
     """The `error` frame that reports `error` to the client."""
     return Error(error.code, error.message, agent_id, error.request_id)
+
+
+# -- decoding server frames (for clients) --------------------------------------------------
+# Kept apart from the server's side above: the server never calls these. A client must keep
+# working when the server is newer than it, so nothing here raises on a frame it does not know.
+
+
+@frozen
+class UnknownFrame:
+    """A server frame this version cannot type (a new `type`, or a known one whose fields do not fit).
+
+    `data` is the frame's whole JSON object, so nothing the server said is lost.
+    """
+
+    type: str
+    data: dict
+    request_id: str | None = None
+
+
+SERVER_FRAME_TYPES: dict[str, type] = {
+    c.TYPE: c for c in ServerFrame.__args__  # type: ignore[attr-defined]
+}
+
+
+def decode_server_frame(data: str | bytes | dict) -> ServerFrame | UnknownFrame:
+    """The typed frame for one frame the server sent (JSON text or an already parsed object).
+
+    Extra fields of a known frame are ignored (the raw object is still in `UnknownFrame.data` when
+    the frame cannot be typed). Raises `ValueError` only for data that is not a JSON object with a
+    string `type`, which no agentcast server sends.
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            obj = json.loads(data)
+        except RecursionError:
+            raise ValueError("server frame is not valid JSON: nested too deeply") from None
+    else:
+        obj = data
+    if not isinstance(obj, dict) or type(obj.get("type")) is not str:
+        raise ValueError("server frame is not a JSON object with a string 'type'")
+    rid = obj.get("request_id")
+    request_id = rid if type(rid) is str else None
+    cls = SERVER_FRAME_TYPES.get(obj["type"])
+    if cls is not None:
+        try:
+            return converter.structure(obj, cls)
+        except Exception:  # noqa: BLE001 - a frame of a newer server: keep it untyped, never crash
+            pass
+    return UnknownFrame(obj["type"], obj, request_id)
