@@ -16,11 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-import test_cli
 from test_cli import CLI, EXIT_TIMEOUT
-
-#: `serve(db, *args)`: a real `agentcast serve`, killed at teardown (the fixture of test_cli.py).
-serve = test_cli.serve
 
 #: Bound on waiting for one piece of output.
 DEADLINE = 15.0
