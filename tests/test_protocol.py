@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from transport.protocol import (
     Auth,
+    Cancel,
     COMMAND_TYPES,
     Chat,
     ClearMemory,
@@ -33,7 +34,7 @@ from transport.protocol import (
     error_frame,
 )
 
-COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth)
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, Cancel)
 
 
 def frame(**fields) -> str:
