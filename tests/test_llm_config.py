@@ -88,3 +88,15 @@ def test_bad_settings_are_config_errors_naming_the_setting(tmp_path, text, says)
         load(tmp_path, text)
     assert says in str(caught.value)
     assert "sk-x" not in str(caught.value)
+
+
+def test_every_config_in_docs_agents_md_is_valid(tmp_path):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "agents.md").read_text()
+    blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
+    assert len(blocks) == 3  # OpenAI, Ollama, vLLM
+    for block in blocks:
+        (spec,) = load(tmp_path, block).agents
+        assert isinstance(spec.brain, OpenAIBrain), block
