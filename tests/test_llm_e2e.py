@@ -301,17 +301,20 @@ async def test_a_turn_whose_client_disconnects_still_completes_and_is_logged(db_
     assert [r.event.TYPE for r in events_of(db_path)] == ["user_message", "agent_message"]
 
 
-async def test_cancel_on_disconnect_cancels_the_turn_and_closes_the_stream(db_path):
+async def test_cancel_on_disconnect_cancels_the_turn_and_its_queued_chats_and_closes_the_stream(db_path):
     async with llm_server(db_path, text("Part", "ial", stall_after=1), cancel_on_disconnect=True) as server:
         async with user(server) as alice:
             await alice.send(chat("Go on", "r"))
+            await alice.send(chat("And then?", "q"))  # queued behind: cancelled too, the model never asked
             await frame_of_type(alice, "response_chunk")
         with trio.fail_after(5):
             await server.fake.disconnected.wait()
         await server.agents.wait_idle()
     events = events_of(db_path)
-    assert [r.event.TYPE for r in events] == ["user_message", "turn_ended"]
+    assert [r.event.TYPE for r in events] == ["user_message", "turn_ended", "user_message", "turn_ended"]
     assert (events[1].event.outcome, events[1].event.partial) == ("cancelled", "Part")
+    assert (events[3].event.outcome, events[3].event.partial) == ("cancelled", "")
+    assert len(server.fake.requests) == 1
 
 
 # -- the seed document's client ----------------------------------------------------------------
