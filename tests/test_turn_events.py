@@ -133,3 +133,20 @@ def test_a_cut_shows_the_activity_as_it_was(log):
     from store import Cut
 
     assert [r.seq for r in activity_at(log, A, U, cut=Cut(until_seq=4))] == [2, 4]
+
+
+def test_replay_prints_tool_calls_and_cancelled_and_failed_turns_from_the_log(tmp_path, capsys):
+    from transport.cli import main
+
+    db = tmp_path / "events.db"
+    with EventLog.open(db) as log:
+        log.append([turn_events()])
+    assert main(["replay", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("    #")]
+    activity = [line.split(None, 2)[2] for line in lines[-6:]]
+    assert activity[0].startswith('tool call  remember  {"fact": "drinks zqxteamarker"}  [call_1]')
+    assert activity[1].startswith('tool result remember  {"remembered": "drinks zqxteamarker", "seq": 3}')
+    assert activity[3].startswith("tool result search_memory  error: the arguments are not valid JSON")
+    assert activity[4] == 'cancelled  partial answer: "Once upon a zqxteamarker"'
+    assert activity[5] == 'failed     the model server failed (HTTP 503)  (partial answer: "")'
