@@ -5,7 +5,7 @@ Pure functions over JSON text; must not import trio, trio_websocket, `actors` or
 from __future__ import annotations
 
 import json
-from typing import NewType, Optional, Union
+from typing import Any, NewType, Optional, Union
 
 import cattrs
 from attrs import frozen
@@ -121,9 +121,21 @@ class ClearMemory:
     TYPE = "clear_memory"
 
 
-Command = Union[Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory]
+# -- client -> server: turns of real models (tool calls, cancellation) ------------------------
+
+
+@frozen
+class Cancel:
+    """Cancel the user's running turn on the agent (the one with `request_id`, when given)."""
+
+    agent_id: AgentId
+    request_id: str | None = None
+    TYPE = "cancel"
+
+
+Command = Union[Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Cancel]
 COMMAND_TYPES: dict[str, type] = {
-    c.TYPE: c for c in (Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)
+    c.TYPE: c for c in (Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Cancel)
 }
 
 # -- server -> client --------------------------------------------------------------------
@@ -194,6 +206,14 @@ class ResponseChunk:
 
 
 @frozen
+class Usage:
+    """Tokens the model's provider counted for a turn (all its requests together)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@frozen
 class Response:
     """The agent's whole answer, sent once it is committed to the log as event `seq`."""
 
@@ -201,6 +221,8 @@ class Response:
     message: str
     seq: int
     request_id: str | None = None
+    #: When the provider reported it (real models; never for the echo brain).
+    usage: Usage | None = None
     TYPE = "response"
 
 
@@ -259,9 +281,50 @@ class Error:
     TYPE = "error"
 
 
+# -- server -> client: turns of real models (tool calls, cancellation) ------------------------
+
+
+@frozen
+class ToolCall:
+    """The model called `tool` with `arguments` (a JSON object, or the model's raw text if it was
+    not JSON); logged before it is sent. Its `tool_result` (same `call_id`) follows."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    arguments: Any
+    request_id: str | None = None
+    TYPE = "tool_call"
+
+
+@frozen
+class ToolResult:
+    """Tool call `call_id` returned `result` (any JSON value), or failed with `error` (then `result` is absent)."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    result: Any = None
+    error: str | None = None
+    request_id: str | None = None
+    TYPE = "tool_result"
+
+
+@frozen
+class Cancelled:
+    """The turn was cancelled; `partial` is the answer streamed until then (logged as a cancelled turn).
+    `agent_done` follows."""
+
+    agent_id: str
+    partial: str
+    request_id: str | None = None
+    TYPE = "cancelled"
+
+
 ServerFrame = Union[
     Connected, Pong, Authenticated, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
     Response, UserMessage, AgentDone, MemoryResults, MemoryCleared, Error,
+    ToolCall, ToolResult, Cancelled,
 ]
 
 # -- list_agents: which agents exist (issue 7) ------------------------------------------------
@@ -438,6 +501,8 @@ def text_size(frame: ServerFrame) -> int:
         return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
     if type(frame) is Error:
         return 100 + len(frame.message)
+    if type(frame) is ToolCall or type(frame) is ToolResult or type(frame) is Cancelled:
+        return 100 + len(encode(frame))
     return 100
 
 
