@@ -485,10 +485,21 @@ def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None
     return ProtocolError("invalid_message", f"Invalid '{type_}' message", request_id)  # pragma: no cover
 
 
+#: The encoder of server frames (made once: `json.dumps` with options builds a new one per call).
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: Per frame class, its unstructure hook (what the tagged union calls after looking the class up).
+_unstructure_hooks: dict[type, Any] = {}
+
+
 def encode(frame: ServerFrame) -> str:
     """The JSON text of one server frame, its "type" tag first (as people read frames in logs)."""
-    body = converter.unstructure(frame, unstructure_as=ServerFrame)
-    return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
+    cls = type(frame)
+    hook = _unstructure_hooks.get(cls)
+    if hook is None:
+        if cls not in SERVER_FRAME_TYPES.values():
+            raise TypeError(f"not a server frame: {frame!r}")
+        hook = _unstructure_hooks[cls] = converter.get_unstructure_hook(cls)
+    return _json_encoder.encode({"type": cls.TYPE, **hook(frame)})
 
 
 def text_size(frame: ServerFrame) -> int:
