@@ -8,11 +8,16 @@ missing, each function falls back to the public API.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 from wsproto.events import TextMessage
+
+from ._http import PrefixedStream
+
+_POSIX = os.name == "posix"  # os.write on a socket's descriptor
 
 _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
 
@@ -50,10 +55,46 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
             piece, size = [], 0
 
 
+def _socket_fd(stream: object) -> int:
+    """The file descriptor of the TCP socket under `stream` when writing to it writes to that socket
+    as is (a `trio.SocketStream`, or the `PrefixedStream` over one that the server hands trio-websocket:
+    it sends straight through); -1 otherwise (TLS, test streams, a socket that sent EOF or is closed)."""
+    if type(stream) is PrefixedStream:
+        stream = stream.stream
+    if not _POSIX or type(stream) is not trio.SocketStream or stream.socket.did_shutdown_SHUT_WR:
+        return -1
+    return stream.socket.fileno()
+
+
 async def _write(ws: WebSocketConnection, data: bytes) -> None:
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    async with ws._stream_lock:
+    lock = ws._stream_lock
+    fd = -1 if lock.locked() else _socket_fd(ws._stream)
+    if fd >= 0:
+        # Fast path: nobody else is writing, so take the lock without waiting and write to the
+        # (non-blocking) socket now; only what the socket does not take goes the usual way. This
+        # saves the two trips through the scheduler (lock, socket) of every write; the writer still
+        # checkpoints when it next waits for frames.
+        lock.acquire_nowait()
+        try:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # reset or broken pipe: as SocketStream.send_all would report it
+                await ws._abort_web_socket()
+                raise ConnectionClosed(ws._close_reason) from None
+            if sent < len(data):
+                try:
+                    await ws._stream.send_all(memoryview(data)[sent:])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await ws._abort_web_socket()
+                    raise ConnectionClosed(ws._close_reason) from None
+        finally:
+            lock.release()
+        return
+    async with lock:
         try:
             await ws._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
