@@ -8,12 +8,14 @@ import struct
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, TextMessage
 
 import pytest
 
 from transport import protocol as p
 from transport._http import PrefixedStream
-from transport._wsinternals import _socket_fd, batching_supported, send_text_batch
+from transport._wsinternals import _socket_fd, batching_supported, plain_framing, send_text_batch
 
 
 async def pair(nursery):
@@ -158,4 +160,29 @@ async def test_over_tcp_writing_to_a_connection_the_client_reset_raises_connecti
                 while True:  # until the server side has seen the reset
                     await send_text_batch(server_ws, ["late"])
                     await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_built_here_are_the_bytes_wsproto_makes():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        assert plain_framing(server_ws)  # the installed wsproto: frames are built in send_text_batch
+        assert not plain_framing(client_ws)  # a client masks its frames: never built here
+        texts = ["", "a", "x" * 125, "x" * 126, "é" * 63, "ü" * 64, "y" * 65535, "y" * 65536, "☕" * 40000]
+        written = []
+        real_send_all = server_ws._stream.send_all
+
+        async def recording_send_all(data):
+            written.append(bytes(data))
+            await real_send_all(data)
+
+        server_ws._stream.send_all = recording_send_all
+        await send_text_batch(server_ws, texts)
+        reference = WSConnection(ConnectionType.SERVER)
+        reference.initiate_upgrade_connection([(b"Host", b"x"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
+                                               (b"Sec-WebSocket-Version", b"13"),
+                                               (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==")], "/ws")
+        reference.send(AcceptConnection())
+        assert b"".join(written) == b"".join(reference.send(TextMessage(data=t)) for t in texts)
+        assert [await client_ws.get_message() for _ in texts] == texts
         nursery.cancel_scope.cancel()
