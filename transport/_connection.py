@@ -33,6 +33,9 @@ TRY_AGAIN_LATER = 1013
 
 def frame_of(output: Output) -> p.ServerFrame:
     """The wire frame that carries one actor output."""
+    make = _FRAME_OF.get(type(output))
+    if make is not None:  # the outputs of every chat turn, looked up by type rather than matched in turn
+        return make(output)
     match output:
         case actors.TurnChunk(agent_id, delta, rid):
             return p.ResponseChunk(agent_id, delta, rid)
@@ -61,6 +64,15 @@ def frame_of(output: Output) -> p.ServerFrame:
         case actors.TurnCancelled(agent_id, partial, rid):
             return p.Cancelled(agent_id, partial, rid)
     raise TypeError(f"not an actor output: {output!r}")
+
+
+_FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
+    actors.TurnChunk: lambda o: p.ResponseChunk(o.agent_id, o.delta, o.request_id),
+    actors.TurnStarted: lambda o: p.AgentThinking(o.agent_id, o.request_id),
+    actors.TurnDone: lambda o: p.AgentDone(o.agent_id, o.request_id),
+}
+#: The outputs counted in the metrics (`Connection._count`).
+_COUNTED = (actors.TurnDone, actors.Failed)
 
 
 class Connection:
@@ -118,7 +130,8 @@ class Connection:
         self._tokens_at = self._last_activity
         self._accepting = accepting
         outbox_size = settings.outbox_size
-        self._send, self._receive = trio.open_memory_channel[p.ServerFrame](outbox_size)
+        # Each item is (frame, its text_size), so the writer need not measure it again.
+        self._send, self._receive = trio.open_memory_channel[tuple[p.ServerFrame, int]](outbox_size)
         self._outbox_size = outbox_size
         self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
         self._ended = False  # `run` has finished
@@ -141,7 +154,7 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        if self._metrics is not None and type(output) in (actors.TurnDone, actors.Failed):
+        if self._metrics is not None and type(output) in _COUNTED:
             self._count(output)
         self._queue(frame_of(output), count_error=False)
 
@@ -268,7 +281,7 @@ class Connection:
         try:
             if self._queued_size + size > self._outbox_bytes and self._queued_size:
                 raise trio.WouldBlock
-            self._send.send_nowait(frame)
+            self._send.send_nowait((frame, size))
         except trio.WouldBlock:
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
@@ -284,14 +297,16 @@ class Connection:
         """
         receive = self._receive
         try:
-            async for frame in receive:
+            async for frame, size in receive:
                 frames = [frame]
                 while True:
                     try:
-                        frames.append(receive.receive_nowait())
+                        frame, more = receive.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                self._queued_size -= sum(p.text_size(f) for f in frames)
+                    frames.append(frame)
+                    size += more
+                self._queued_size -= size
                 self._wake_room()
                 if self._discard:
                     break

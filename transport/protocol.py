@@ -443,6 +443,10 @@ def _make_converter() -> cattrs.Converter:
 converter = _make_converter()
 
 
+#: Per command type tag, its class's structure hook.
+_structure_hooks: dict[str, Any] = {}
+
+
 def decode(data: str | bytes) -> Command:
     """Parse and validate one client frame.
 
@@ -468,7 +472,12 @@ def decode(data: str | bytes) -> Command:
         shown = type_ if isinstance(type_, str) else json.dumps(type_)
         raise ProtocolError("unknown_type", f"Unknown message type: {shown}", request_id)
     try:
-        return converter.structure(obj, Command)
+        # The command class's own structure hook, as the tagged union would call it (the "type" key is
+        # an extra key, ignored): the union's dispatch is skipped.
+        hook = _structure_hooks.get(type_)
+        if hook is None:
+            hook = _structure_hooks[type_] = converter.get_structure_hook(COMMAND_TYPES[type_])
+        return hook(obj, COMMAND_TYPES[type_])
     except ClassValidationError as exc:
         raise _field_problem(exc, type_, request_id) from None
     except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
