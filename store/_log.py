@@ -140,6 +140,19 @@ class EventLog:
             self._checkpoint(patience=0.0)
         return out
 
+    def check_writable(self, wait: float = 0.25) -> None:
+        """Raise `sqlite3.OperationalError` unless this connection can take the database's write lock now
+        (waiting at most `wait` seconds for a lock another connection holds): `BEGIN IMMEDIATE`, then
+        `ROLLBACK`. Writes nothing. For health checks."""
+        conn = self._conn
+        (busy_timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout={max(0, int(wait * 1000))}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
+
     def _project(self, seq: int, event: Event) -> bool:
         """Keep the index in step with `event`; True if it made the log forget something."""
         scope = scope_token(event.agent_id, event.user)

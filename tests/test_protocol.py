@@ -16,6 +16,7 @@ from transport.protocol import (
     Chat,
     ClearMemory,
     Error,
+    ListAgents,
     MemoryCleared,
     MemoryResult,
     MemoryResults,
@@ -33,7 +34,7 @@ from transport.protocol import (
     error_frame,
 )
 
-COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth)
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents)
 
 
 def frame(**fields) -> str:

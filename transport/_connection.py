@@ -18,6 +18,7 @@ from actors import Agent, Audience, Busy, Output
 
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
+from ._metrics import Metrics
 from ._settings import ServerSettings
 from ._wsinternals import abort, send_text_batch
 
@@ -74,8 +75,11 @@ class Connection:
         users: collections.Counter | None = None,
         auth: Authenticator | None = None,
         claims: Claims | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`users` counts the connections of each user across the server (for the per-user cap).
+
+        `metrics`, if given, counts this connection's turns and errors and times its chats.
 
         With `auth` (authentication on), the connection must authenticate (an `auth` frame) within
         `auth_timeout`, unless it starts with the `claims` of a token its handshake carried.
@@ -118,6 +122,9 @@ class Connection:
         self._close_reason = ""
         self._discard = False  # drop queued frames instead of writing them
         self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
+        self._metrics = metrics
+        #: Per agent: the trio time each chat of this connection arrived, oldest first, until its agent_done.
+        self._chats_waiting: dict[str, collections.deque[float]] = {}
 
     # -- actors.Outbox -----------------------------------------------------------------
 
@@ -127,7 +134,24 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        self._queue(frame_of(output))
+        if self._metrics is not None and type(output) in (actors.TurnDone, actors.Failed):
+            self._count(output)
+        self._queue(frame_of(output), count_error=False)
+
+    def _count(self, output: actors.TurnDone | actors.Failed) -> None:
+        """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
+        assert self._metrics is not None
+        if not self._metrics.first_delivery(output):
+            return  # a copy for a subscriber; the sender's connection counted it
+        if type(output) is actors.Failed:
+            self._metrics.errors.labels(output.code).inc()
+            return
+        self._metrics.turns.labels(output.agent_id).inc()
+        waiting = self._chats_waiting.get(output.agent_id)
+        if waiting:  # the user's turns with this agent finish in the order they arrived
+            self._metrics.turn_seconds.labels(output.agent_id).observe(trio.current_time() - waiting.popleft())
+            if not waiting:
+                del self._chats_waiting[output.agent_id]
 
     async def room(self) -> None:
         """Return once the outbound queue is at most half full (in frames and in characters), or
@@ -227,7 +251,10 @@ class Connection:
                 close.code if close is not None else self._close_code,
             )
 
-    def _queue(self, frame: p.ServerFrame) -> None:
+    def _queue(self, frame: p.ServerFrame, *, count_error: bool = True) -> None:
+        """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
+        if count_error and type(frame) is p.Error and self._metrics is not None:
+            self._metrics.errors.labels(frame.code).inc()
         size = p.text_size(frame)
         try:
             if self._queued_size + size > self._outbox_bytes and self._queued_size:
@@ -441,8 +468,13 @@ class Connection:
                 self._check_length("message", message, self._settings.max_chat_chars, rid)
                 turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
                 self._submit(self._agent(agent_id, rid), turn)
+                if self._metrics is not None:
+                    self._chats_waiting.setdefault(agent_id, collections.deque()).append(trio.current_time())
             case p.Ping(rid):
                 self._queue(p.Pong(rid))
+            case p.ListAgents(rid):
+                infos = [p.AgentInfo(agent.agent_id, agent.spec.description) for agent in self._agents.values()]
+                self._queue(p.AgentList(infos, rid))
             case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
                 self._check_length("query", query, self._settings.max_query_chars, rid)
                 self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))

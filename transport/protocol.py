@@ -264,6 +264,38 @@ ServerFrame = Union[
     Response, UserMessage, AgentDone, MemoryResults, MemoryCleared, Error,
 ]
 
+# -- list_agents: which agents exist (issue 7) ------------------------------------------------
+# Kept in a block of its own: the unions above are extended here, so the lines listing the original
+# frames stay as they were.
+
+
+@frozen
+class ListAgents:
+    """Ask which agents the server has."""
+
+    request_id: str | None = None
+    TYPE = "list_agents"
+
+
+@frozen
+class AgentInfo:
+    agent_id: str
+    description: str
+
+
+@frozen
+class AgentList:
+    """The answer to `list_agents`: every agent, in the order of the server's configuration."""
+
+    agents: list[AgentInfo]
+    request_id: str | None = None
+    TYPE = "agents"
+
+
+Command = Union[Command, ListAgents]
+COMMAND_TYPES[ListAgents.TYPE] = ListAgents
+ServerFrame = Union[ServerFrame, AgentList]
+
 # -- the converter -----------------------------------------------------------------------
 
 
