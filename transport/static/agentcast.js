@@ -117,6 +117,7 @@ export class AgentcastClient {
     this._prefix = randomId().slice(0, 8);
     this._counter = 0;
     this._connectWaiters = [];
+    this._cancels = new Map(); // request_id of a chat -> the cancel call waiting for its answer
   }
 
   // ----- events -----
@@ -366,6 +367,20 @@ export class AgentcastClient {
 
   _settle(frame) {
     const rid = frame.request_id;
+    if (typeof rid === "string" && this._cancels.has(rid)) {
+      const cancel = this._cancels.get(rid);
+      if (frame.type === "cancelled") {
+        this._cancels.delete(rid);
+        cancel.resolve(frame);
+      } else if (frame.type === "error" && ["nothing_to_cancel", "unknown_type"].includes(frame.code)) {
+        this._cancels.delete(rid);
+        cancel.reject(new AgentcastError(frame.code, frame.message, frame));
+        return; // about the cancel, not the chat
+      } else if (frame.type === "agent_done") {
+        this._cancels.delete(rid);
+        cancel.reject(new AgentcastError("nothing_to_cancel", "The turn ended before it was cancelled", frame));
+      }
+    }
     if (typeof rid !== "string" || !this._pending.has(rid)) return;
     const call = this._pending.get(rid);
     if (call.onFrame) {
@@ -528,11 +543,25 @@ export class AgentcastClient {
     return this.request(frame, { requestId, onChunk, onFrame, timeout });
   }
 
-  /** Ask the agent to stop this user's running turn (`requestId`: only that turn). */
+  /**
+   * Ask the agent to stop this user's running turn on `agentId` (with `requestId`: only if the
+   * running turn is that chat). The chat's promise then rejects with code `cancelled` (its
+   * `error.frame.partial` is the answer so far). With `requestId`, resolves with the `cancelled`
+   * frame or rejects with `nothing_to_cancel` (`unknown_type` on servers without cancel); without,
+   * resolves once sent.
+   */
   cancel(agentId, { requestId } = {}) {
     const frame = { type: "cancel", agent_id: agentId };
-    if (requestId) frame.request_id = requestId;
-    return this.send(frame);
+    if (!requestId) return Promise.resolve(this.send(frame));
+    frame.request_id = requestId;
+    return new Promise((resolve, reject) => {
+      // The answers carry the chat's request_id: they are told apart from the chat's own frames.
+      this._cancels.set(requestId, { resolve, reject });
+      if (!this.send(frame)) {
+        this._cancels.delete(requestId);
+        reject(new AgentcastError("connection_lost", "Not connected"));
+      }
+    });
   }
 
   /** Resolves with the results (best first): [{role, content, timestamp, score, source}]. */
