@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 from contextlib import contextmanager
@@ -172,5 +173,168 @@ def test_two_users_each_see_only_their_own_streamed_answers(open_page, tmp_path)
         assert page.evaluate("window.thinkingShown")
     assert "bob" not in alice.locator("#conversation").text_content()
     assert "alice" not in bob.locator("#conversation").text_content()
-    alice.screenshot(path="/tmp/web-shot.png")
     assert not alice.js_errors and not bob.js_errors, alice.js_errors + bob.js_errors
+
+
+XSS = '<img src=x onerror="window.pwned = 1"><script>window.pwned = 2</script><b>bold?</b>'
+
+
+def test_markup_in_a_message_shows_as_text_on_every_page_of_the_user(open_page):
+    laptop, phone = open_page("mallory"), open_page("mallory")  # the same user: phone sees laptop's turns
+    expect(phone.locator("#status")).to_have_attribute("data-state", "open")
+    send(laptop, XSS)
+    for page in (laptop, phone):
+        turn = page.locator("#conversation .turn").last
+        expect(turn.locator(".msg.user .text")).to_have_text(XSS)
+        expect(turn.locator(".msg.agent .body")).to_contain_text("You said: " + XSS)
+        expect(turn.locator(".msg.agent")).to_have_attribute("data-seq", re.compile(r"^\d+$"))
+    laptop.fill("#search-query", "bold")
+    laptop.click("#search")
+    expect(laptop.locator("#search-results li").first).to_contain_text(XSS)
+    for page in (laptop, phone):
+        assert page.locator("#conversation img, #conversation script, #conversation b, #search-results img").count() == 0
+        assert page.evaluate("window.pwned") is None
+        assert not page.js_errors, page.js_errors
+
+
+def test_reload_shows_the_conversation_again_and_search_finds_it(open_page, tmp_path):
+    page = open_page("carol", agent="my_agent")
+    send(page, "My favourite colour is turquoise.")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+    send(page, "And I live in Lisbon.")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+    page.reload()
+    expect(page.locator("#status")).to_have_attribute("data-state", "open")
+    expect(page.locator("#user-id")).to_have_value("carol")
+    # the backlog from the log: both turns, in order
+    expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(
+        ["My favourite colour is turquoise.", "And I live in Lisbon."])
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+
+    page.fill("#search-query", "favourite colour")
+    page.click("#search")
+    first = page.locator("#search-results li").first
+    expect(first).to_contain_text("My favourite colour is turquoise.")
+    expect(first).to_have_attribute("data-source", "short_term")
+    # AGENTCAST_SCREENSHOT=docs/chat-page.png makes the README's picture of the page
+    page.screenshot(path=os.environ.get("AGENTCAST_SCREENSHOT") or str(tmp_path / "chat-page.png"))
+
+    page.click("#clear-short")  # short-term emptied; long-term search still finds it
+    expect(page.locator("#conversation .system")).to_contain_text("Short-term memory cleared")
+    page.uncheck("#long-term")
+    page.click("#search")
+    expect(page.locator("#search-status")).to_have_text("nothing found")
+    page.check("#long-term")
+    page.click("#search")
+    expect(page.locator("#search-results li").first).to_have_attribute("data-source", "long_term")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#clear-all")
+    expect(page.locator("#conversation .system")).to_contain_text("4 messages erased")
+    page.click("#search")
+    expect(page.locator("#search-status")).to_have_text("nothing found")
+    assert not page.js_errors, page.js_errors
+
+
+def test_switching_user_resends_set_user_and_shows_that_users_conversation(open_page):
+    page = open_page("dave", agent="my_agent")
+    send(page, "dave was here")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+    page.evaluate("() => { window.sentFrames = []; const s = window.agentcast._sendNow.bind(window.agentcast);"
+                  " window.agentcast._sendNow = (f) => { window.sentFrames.push(f); s(f); }; }")
+    page.fill("#user-id", "erin")
+    page.click("#user-switch")
+    expect(page.locator("#status")).to_have_text("connected as erin")
+    expect(page.locator("#conversation .turn")).to_have_count(0)
+    send(page, "erin now")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+    sent = page.evaluate("window.sentFrames")
+    assert [(f["type"], f.get("user_id"), f.get("after_seq")) for f in sent][:2] == [
+        ("set_user", "erin", None), ("subscribe", None, 0)]  # then erin's log from the start
+    assert "dave was here" not in page.locator("#conversation").text_content()
+    page.fill("#user-id", "dave")
+    page.click("#user-switch")
+    expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["dave was here"])
+    assert not page.js_errors, page.js_errors
+
+
+def test_without_list_agents_the_agent_is_typed_and_tool_calls_and_stop_render(open_page, live):
+    """A server without `list_agents` (answered unknown_type) and, until the llm branch lands, the
+    tool_call / tool_result / cancelled frames injected by a WebSocket route in front of the page."""
+    _, call = live
+    to_server = []
+
+    def route(ws):
+        server = ws.connect_to_server()
+
+        def from_page(message):
+            frame = json.loads(message)
+            to_server.append(frame)
+            if frame["type"] == "list_agents":
+                ws.send(json.dumps({"type": "error", "code": "unknown_type", "request_id": frame["request_id"],
+                                    "message": "Unknown message type: list_agents"}))
+            elif frame["type"] == "cancel":
+                rid = frame["request_id"]
+                ws.send(json.dumps({"type": "cancelled", "agent_id": "gated", "partial": "", "request_id": rid}))
+                ws.send(json.dumps({"type": "agent_done", "agent_id": "gated", "request_id": rid}))
+            else:
+                server.send(message)
+
+        def from_server(message):
+            ws.send(message)
+            frame = json.loads(message)
+            if frame["type"] == "agent_thinking":
+                rid = frame["request_id"]
+                ws.send(json.dumps({"type": "tool_call", "agent_id": "gated", "call_id": "c1", "tool": "lookup",
+                                    "arguments": {"q": "<img src=x onerror=alert(1)>"}, "request_id": rid}))
+                ws.send(json.dumps({"type": "tool_result", "agent_id": "gated", "call_id": "c1", "tool": "lookup",
+                                    "result": {"found": "<b>yes</b>"}, "request_id": rid}))
+
+        ws.on_message(from_page)
+        server.on_message(from_server)
+
+    page = open_page("frank", agent="gated", route=route)
+    expect(page.locator("#agent")).to_be_hidden()
+    expect(page.locator("#agent-text")).to_have_value("gated")
+    send(page, "use a tool, then wait")
+    turn = page.locator("#conversation .turn").last
+    tool = turn.locator("details.tool")
+    expect(tool.locator("summary")).to_have_text("🔧 lookup")
+    expect(tool.locator(".result")).to_contain_text('"found": "<b>yes</b>"')
+    expect(turn.locator(".thinking")).to_be_visible()
+    expect(page.locator("#stop")).to_be_enabled()
+    page.click("#stop")
+    expect(turn.locator(".stopped")).to_have_text(" (stopped)")
+    expect(turn.locator(".thinking")).to_be_hidden()
+    expect(page.locator("#stop")).to_be_disabled()
+    cancel = next(f for f in to_server if f["type"] == "cancel")
+    chat = next(f for f in to_server if f["type"] == "chat")
+    assert cancel == {"type": "cancel", "agent_id": "gated", "request_id": chat["request_id"]}
+    assert page.locator("#conversation img, #conversation b").count() == 0
+    call(GATED.gate.set)  # let the server's turn end
+    assert not page.js_errors, page.js_errors
+
+
+def test_a_dropped_connection_reconnects_and_resumes_without_duplicates(open_page):
+    sockets = []
+
+    def route(ws):
+        server, sent = ws.connect_to_server(), []
+        ws.on_message(lambda message: (sent.append(json.loads(message)), server.send(message)))
+        sockets.append((ws, sent))
+
+    page = open_page("grace", agent="my_agent", route=route)
+    send(page, "before the drop")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+    page.evaluate("() => { window.states = []; window.agentcast.on('state', (s) => window.states.push(s.state)); }")
+    seq = int(page.locator("#conversation .msg.agent[data-seq]").get_attribute("data-seq"))
+    sockets[0][0].close(code=1012, reason="restarting")
+    page.wait_for_function("() => window.states.includes('reconnecting') && window.agentcast.state === 'open'")
+    expect(page.locator("#status")).to_have_text("connected as grace")
+    send(page, "after the drop")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+    expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["before the drop", "after the drop"])
+    assert len(sockets) == 2 and page.evaluate("window.states") == ["reconnecting", "open"]
+    again = [(f["type"], f.get("user_id"), f.get("agent_id"), f.get("after_seq")) for f in sockets[1][1]]
+    assert again[:2] == [("set_user", "grace", None, None), ("subscribe", None, "my_agent", seq)]
+    assert not page.js_errors, page.js_errors
