@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -277,3 +278,19 @@ client.close();
         await node.tell()
         assert (await node.expect("answered"))["message"].startswith("You said: still there?")
         await node.finish(nursery)
+
+
+async def test_the_example_in_docs_clients_md_runs(db_path, tmp_path):
+    docs = (CLIENT.parent.parent.parent / "docs" / "clients.md").read_text()
+    example = next(b for b in re.findall(r"```js\n(.*?)```", docs, re.S) if "./agentcast.js" in b)
+    script = tmp_path / "chat.mjs"
+    script.write_text(example.replace('"./agentcast.js"', json.dumps(CLIENT.as_uri())))
+    async with running_server(db_path) as server:
+        env = {**os.environ, "AGENTCAST_URL": f"ws://127.0.0.1:{server.port}/ws"}
+        with trio.fail_after(20):
+            done = await trio.run_process([*NODE, str(script)], env=env, capture_stdout=True, capture_stderr=True)
+    out = done.stdout.decode()
+    assert out.startswith("You said: My favourite colour is turquoise.") and "(seq 2)" in out, out
+    assert "short_term user: My favourite colour is turquoise." in out
+    assert out.rstrip().endswith("my_agent, assistant, multi_user_agent")
+    assert done.stderr.decode().split() == ["[connecting]", "[open]", "[closed]"]
