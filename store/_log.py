@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 
 from attrs import frozen
 
-from ._events import REDACTED, Event, MemoryCleared, Recorded, event_from_row, payload_of
+from ._events import ACTIVITY_TYPES, REDACTED, ROLE_OF_TYPE, Event, MemoryCleared, Recorded, event_from_row, is_message, \
+    payload_of, redacted_payload
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
 
@@ -160,7 +161,7 @@ class EventLog:
             if event.long_term:
                 self._forget(seq, event.agent_id, event.user, scope)
                 return True
-        else:
+        elif is_message(event):
             self._conn.execute(
                 "INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
                 (seq, event.content, scope),
@@ -180,11 +181,23 @@ class EventLog:
             (f"scope : {scope}",),
         )
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
+        messages = ", ".join(f"'{t}'" for t in ROLE_OF_TYPE)
         conn.execute(
             "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
-            "AND type IN ('user_message', 'agent_message') AND payload != ?",
+            f"AND type IN ({messages}) AND payload != ?",
             (REDACTED, agent_id, user, seq, REDACTED),
         )
+        # Tool calls and results and partial answers hold the user's words too: their text goes as well.
+        activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+        rows = conn.execute(
+            "SELECT seq, type, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
+            f"AND type IN ({activity})",
+            (agent_id, user, seq),
+        ).fetchall()
+        for row_seq, type_, payload in rows:
+            redacted = redacted_payload(type_, payload)
+            if redacted != payload:
+                conn.execute("UPDATE events SET payload = ? WHERE seq = ?", (redacted, row_seq))
         if not FTS5_SECURE_DELETE:
             conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
 
@@ -331,6 +344,6 @@ class EventLog:
             (match, since_seq, limit),
         )
         return [
-            Hit(seq, "user" if type_ == "user_message" else "assistant", content, at, score)
+            Hit(seq, ROLE_OF_TYPE.get(type_, "assistant"), content, at, score)
             for seq, type_, content, at, score in rows
         ]

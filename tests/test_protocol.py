@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from transport.protocol import (
     Auth,
+    Cancel,
     COMMAND_TYPES,
     Chat,
     ClearMemory,
@@ -34,7 +35,7 @@ from transport.protocol import (
     error_frame,
 )
 
-COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents)
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents, Cancel)
 
 
 def frame(**fields) -> str:

@@ -14,7 +14,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actors
-from actors import Agent, Audience, Busy, Output
+from actors import Agent, Audience, Busy, NothingToCancel, Output
 
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
@@ -38,8 +38,9 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.ResponseChunk(agent_id, delta, rid)
         case actors.TurnStarted(agent_id, rid):
             return p.AgentThinking(agent_id, rid)
-        case actors.TurnResponse(agent_id, message, seq, rid):
-            return p.Response(agent_id, message, seq, rid)
+        case actors.TurnResponse(agent_id, message, seq, rid, usage):
+            tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
+            return p.Response(agent_id, message, seq, rid, tokens)
         case actors.TurnDone(agent_id, rid):
             return p.AgentDone(agent_id, rid)
         case actors.Failed(agent_id, code, message, rid):
@@ -53,6 +54,12 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.UserMessage(agent_id, message, seq, rid)
         case actors.Resumed(agent_id, after_seq, rid):
             return p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid, after_seq)
+        case actors.TurnToolCall(agent_id, call_id, tool, arguments, rid):
+            return p.ToolCall(agent_id, call_id, tool, arguments, rid)
+        case actors.TurnToolResult(agent_id, call_id, tool, result, error, rid):
+            return p.ToolResult(agent_id, call_id, tool, result, error, rid)
+        case actors.TurnCancelled(agent_id, partial, rid):
+            return p.Cancelled(agent_id, partial, rid)
     raise TypeError(f"not an actor output: {output!r}")
 
 
@@ -237,6 +244,8 @@ class Connection:
             self._send.close()
             self._ended = True
             self._wake_room()
+            for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
+                agent.disconnected(self)
             with trio.move_on_after(self._close_timeout) as cleanup:
                 cleanup.shield = True
                 if self._mid_frame:  # a write was cut short: no close frame can follow it
@@ -480,6 +489,12 @@ class Connection:
                 self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
             case p.ClearMemory(agent_id, long_term, rid):
                 self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
+            case p.Cancel(agent_id, rid):
+                # Not through the mailbox: the lane is busy with the very turn to cancel.
+                try:
+                    self._agent(agent_id, rid).cancel(self.user, rid, self)
+                except NothingToCancel as exc:
+                    raise p.ProtocolError("nothing_to_cancel", str(exc), rid) from None
             case p.Auth(token, rid):
                 self._authenticate(token, rid)
             case p.SetUser(user_id, rid) if self._auth is not None:
