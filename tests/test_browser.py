@@ -8,7 +8,6 @@ import re
 import shutil
 import threading
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import trio
