@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from contextlib import asynccontextmanager
 
 import trio
@@ -10,6 +11,7 @@ from trio_websocket import open_websocket_url
 
 from actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
 from fake_openai import FakeOpenAI
+from transport._auth import mint
 from transport.server import Server, ServerSettings
 
 
@@ -58,6 +60,11 @@ async def running_server(db: str, specs=None, **settings):
             yield server
         finally:
             server.stop()
+
+
+def token_for(secret: bytes, user, ttl: int = 3600) -> str:
+    """A token for `user` signed with `secret`, valid for `ttl` seconds from now (as `agentcast token` makes)."""
+    return mint(secret, user, int(time.time()) + ttl)
 
 
 #: The agent id of `llm_server`'s `openai` agent.

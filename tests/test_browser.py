@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import threading
-import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -16,8 +15,7 @@ import trio
 
 from actors import AgentSpec, EchoBrain
 from fake_openai import error, text, tool_calls
-from support import LLM_AGENT, llm_server, running_server
-from transport._auth import mint  # how tests/test_auth.py mints tokens
+from support import LLM_AGENT, llm_server, running_server, token_for
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -108,10 +106,6 @@ def live(tmp_path_factory):
 
 SECRET_ENV = "AGENTCAST_BROWSER_TEST_SECRET"
 SECRET = b"s" * 40
-
-
-def token_for(user, ttl=3600, secret=SECRET) -> str:
-    return mint(secret, user, int(time.time()) + ttl)
 
 
 @pytest.fixture(scope="module")
@@ -402,14 +396,14 @@ def test_with_auth_on_the_page_signs_in_with_a_token_and_shows_what_is_refused(o
     expect(status).to_have_text("not signed in")
     expect(dialog).to_be_visible()
     expect(message).to_have_text("This server needs you to sign in with a token.")
-    page.fill("#token", token_for("alice", secret=b"not the server's secret, 40 bytes long!!"))
+    page.fill("#token", token_for(b"not the server's secret, 40 bytes long!!", "alice"))
     page.click("#auth-submit")
     expect(message).to_contain_text("Not signed in: Token signature is invalid")
     expect(message).to_have_class("error")
     expect(status).to_have_text("not signed in")
     expect(page.locator("#token")).to_have_value("")
 
-    good = token_for("alice")
+    good = token_for(SECRET, "alice")
     page.fill("#token", good)
     page.press("#token", "Enter")
     expect(dialog).to_be_hidden()
@@ -437,7 +431,7 @@ def test_with_auth_on_the_page_signs_in_with_a_token_and_shows_what_is_refused(o
 
 def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_reconnect_loops(open_page, auth_live):
     page = open_page("ivy", agent="my_agent", server=auth_live, state="signed-out")
-    page.fill("#token", token_for("ivy", ttl=4))  # expires in 3 to 4 s
+    page.fill("#token", token_for(SECRET, "ivy", ttl=4))  # expires in 3 to 4 s
     page.press("#token", "Enter")
     status = page.locator("#status")
     expect(status).to_have_text("signed in as ivy")
@@ -453,7 +447,7 @@ def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_recon
     assert page.evaluate("[window.agentcast.state, window.agentcast._timer]") == ["closed", None]
     assert len(page.sockets) == 1
 
-    page.fill("#token", token_for("ivy"))
+    page.fill("#token", token_for(SECRET, "ivy"))
     page.press("#token", "Enter")
     expect(status).to_have_text("signed in as ivy")
     send(page, "after a new token")
