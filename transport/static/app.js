@@ -324,8 +324,9 @@ ui.composer.addEventListener("submit", (event) => {
   mine.add(rid);
   ui.stop.disabled = false;
   client.chat(agentId, text, { requestId: rid }).catch((err) => {
-    // Server errors were shown from their frames; this is for the client's own (closed, timeout).
-    if (!err.frame || !err.frame.type) render.error({ type: "error", request_id: rid, message: err.message });
+    // Server errors were shown from their frames once live; this is for the client's own (closed,
+    // timeout) and the server's before the conversation was open (e.g. `unauthenticated`).
+    if (!live || !err.frame || !err.frame.type) render.error({ type: "error", request_id: rid, message: err.message });
     finish(turn, rid);
   });
   scrollToEnd();
@@ -391,7 +392,7 @@ ui.authForm.addEventListener("submit", async (event) => {
   ui.authMessage.classList.remove("error");
   ui.authMessage.textContent = "signing in…";
   try {
-    await client.auth(token); // the `authenticated` listener below does the rest
+    await client.auth(token, { requestId: nextRequestId() }); // the `authenticated` listener does the rest
     ui.authDialog.close();
   } catch (err) {
     const message = {
@@ -420,10 +421,17 @@ client.on("authenticated", (frame) => {
 });
 
 client.on("error", (frame) => {
-  if (frame.code === "unauthenticated" && auth.user === null) {
+  const mine = typeof frame.request_id === "string" && frame.request_id.startsWith(`web-${pagePrefix}-`);
+  if (frame.code === "unauthenticated") {
     auth.needed = true;
+    auth.user = null;
     showStatus();
     if (!ui.authDialog.open) askForToken("This server needs you to sign in with a token.");
+  } else if (frame.code === "invalid_token" && !mine) {
+    // the client's own `auth` after a reconnect: the token it kept is no longer accepted
+    auth.user = null;
+    showStatus();
+    askForToken(`Your token was refused when reconnecting: ${frame.message}`, { error: true });
   } else if (frame.code === "token_expired") {
     auth.expired = true; // the server closes the connection (1008) right after: see the "state" listener
   }
