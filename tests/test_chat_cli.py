@@ -267,6 +267,7 @@ def test_the_documented_python_client_example_runs(server, tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    assert out.startswith("my_agent: (no description)\nassistant: (no description)\nslow: (no description)\n"), out
     assert "You said: My favourite colour is turquoise." in out and "(answer committed as event 2)" in out
     assert "You said: What did I just say?\n(I remember 2 earlier messages" in out and "(event 4)" in out
     assert "user      'My favourite colour is turquoise.'" in out
