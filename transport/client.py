@@ -207,11 +207,10 @@ class _PendingCancel:
     handles a connection's frames in order and refuses a `cancel` at once, so an `error` for it comes before the
     pong; after the pong the cancel was accepted, and the turn's `cancelled` is awaited."""
 
-    def __init__(self, agent_id: str, target: str | None, ping_id: str, own: _Request | None) -> None:
+    def __init__(self, agent_id: str, target: str | None, ping_id: str) -> None:
         self.agent_id = agent_id
         self.target = target
         self.ping_id = ping_id
-        self.own = own
         self.accepted = False
         self.error: Error | None = None
         self.cancelled: Cancelled | None = None
@@ -570,7 +569,7 @@ class AgentClient:
             own = None
         ping = self._open_request({"type": "ping"})
         ping.retry = False
-        waiter = _PendingCancel(agent_id, request_id, ping.request_id, own)
+        waiter = _PendingCancel(agent_id, request_id, ping.request_id)
         flagged: list[_Request] = []  # chats marked as being cancelled: never sent again
         try:
             async with self._cancel_sending:
