@@ -1,5 +1,5 @@
-"""Test support: a small JSON WebSocket client, a real server on a free loopback port, and one whose
-`openai` agent talks to the scripted fake OpenAI server (fake_openai.py)."""
+"""Test support: a small JSON WebSocket client, a real server on a free loopback port (with echo agents,
+or with an `openai` agent talking to the fake OpenAI-compatible server of tests/fake_openai.py), and test tokens."""
 from __future__ import annotations
 
 import json
@@ -72,13 +72,13 @@ LLM_AGENT = "llm"
 
 
 @asynccontextmanager
-async def llm_server(db_path, *replies, brain=None, others=(), **spec_options):
-    """A server with the agents `others` and one `openai` agent LLM_AGENT whose model is a fake
-    scripted with `replies` (`server.fake`: script more with `server.fake.script(...)`)."""
+async def llm_server(db_path, *replies, brain=None, agent_id=LLM_AGENT, others=(), **spec_options):
+    """A server with the agents `others` and one `openai` agent `agent_id` whose model is a fake
+    (tests/fake_openai.py) scripted with `replies` (`server.fake`: script more with `server.fake.script(...)`)."""
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI(*replies).start(nursery)
         brain_options = {"model": "fake-model", "base_url": fake.base_url, "retries": 0, **(brain or {})}
-        spec = AgentSpec(LLM_AGENT, OpenAIBrain(**brain_options), **spec_options)
+        spec = AgentSpec(agent_id, OpenAIBrain(**brain_options), **spec_options)
         async with running_server(db_path, [*others, spec]) as server:
             server.fake = fake
             yield server
