@@ -1,0 +1,189 @@
+"""Review of issue 6 (real agents): failing repros of bugs found in review. Each test states the expected behaviour."""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+
+import httpx
+import pytest
+import trio
+
+from actors import AgentSpec, ConfigError, OpenAIBrain, ToolCall, ToolResult, TurnDone, agent_specs
+from actors._brain import BrainError
+from fake_openai import FakeOpenAI, Reply, chunk, text, tool_calls
+from store import EventLog
+from test_actors import Recorder, chat as actor_chat, logged, running
+from test_llm_e2e import AGENT, chat, llm_server, user
+from test_openai_brain import brain_for, items_of, turn_for
+
+
+@pytest.fixture
+async def fake(nursery):
+    return await FakeOpenAI().start(nursery)
+
+
+# -- 1. an error reported inside the stream is copied into the frame (and the log) without a bound ----------
+
+
+async def test_review_an_in_stream_provider_error_is_bounded(fake):
+    fake.script(Reply(chunks=[{"error": {"message": "x" * 100_000}}]))
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    # the HTTP-status path cuts the provider's reason at 300 characters; the in-stream path does not
+    assert len(str(caught.value)) < 1000, len(str(caught.value))
+
+
+# -- 2. credentials in base_url (basic auth to a proxied Ollama, a key in the query) reach the client -------
+
+
+async def test_review_base_url_credentials_never_reach_the_error_text():
+    with trio.socket.socket() as s:  # a port nobody listens on
+        await s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    brain = OpenAIBrain(model="m", base_url=f"http://proxyuser:s3cret-pass@127.0.0.1:{port}/v1", retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert "s3cret-pass" not in str(caught.value), str(caught.value)  # this text is the error frame's message
+    assert "s3cret-pass" not in repr(brain)
+
+
+# -- 3. deeply nested tool arguments: RecursionError is not a ValueError --------------------------------------
+
+
+async def test_review_too_deeply_nested_tool_arguments_are_a_tool_error_not_a_crashed_turn(fake):
+    deep = "[" * 5000 + "]" * 5000
+    fake.script(tool_calls(("c1", "current_time", deep)), text("Sorry."))
+    brain = brain_for(fake, tools=["current_time"])
+    items = await items_of(brain, turn_for(brain))  # RecursionError escapes json.loads' `except ValueError`
+    results = [i for i in items if isinstance(i, ToolResult)]
+    assert results and results[0].error, items
+    assert items[-1] == "Sorry."
+
+
+async def test_review_nested_tool_arguments_that_parse_are_delivered_to_the_client(db_path):
+    # depth 500 parses (json.loads' limit is ~1000) and is logged, but encoding the tool_call frame
+    # (cattrs unstructure of an `Any` field recurses several frames per level) raises RecursionError
+    # inside Connection.deliver, which must never raise: the turn then fails after its call was logged.
+    nested = {"x": json.loads("[" * 500 + "]" * 500)}
+    replies = (tool_calls(("c1", "current_time", nested)), text("Done."))
+    async with llm_server(db_path, *replies, brain={"tools": ["current_time"]}) as server:
+        async with user(server) as alice:
+            frames = await alice.request(chat("go", "r1"), "agent_done")
+    kinds = [f["type"] for f in frames if f["type"] != "response_chunk"]
+    assert kinds == ["agent_thinking", "tool_call", "tool_result", "response", "agent_done"], frames
+
+
+# -- 4. a cancel that is accepted but never answered -----------------------------------------------------
+
+
+class ShieldedCleanupBrain:
+    """Streams a delta, then does uncancellable cleanup (as httpcore does when it closes a connection:
+    `AsyncShieldCancellation`) and returns. `in_cleanup` is set while the cleanup waits on `release`."""
+
+    recall = 0
+
+    def __init__(self):
+        self.in_cleanup = trio.Event()
+        self.release = trio.Event()
+
+    async def reply(self, turn):
+        yield "partial"
+        with trio.CancelScope(shield=True):
+            self.in_cleanup.set()
+            await self.release.wait()
+
+
+async def test_review_an_accepted_cancel_is_always_answered(tmp_path):
+    brain = ShieldedCleanupBrain()
+    async with running(tmp_path, AgentSpec("a", brain)) as w:
+        agent, asker, phone = w.agents["a"], Recorder("asker"), Recorder("phone")
+        agent.submit(actor_chat("u", "hi", asker, "r1"))
+        with trio.fail_after(5):
+            await brain.in_cleanup.wait()
+        agent.cancel("u", None, phone)  # accepted: no NothingToCancel
+        brain.release.set()
+        await asker.wait_for(TurnDone)
+        await agent.wait_idle()
+        # the phone's cancel was accepted, so it must hear how the turn ended (cancelled or not)
+        assert phone.of(TurnDone), (asker.outputs, phone.outputs)
+
+
+# -- 5. a failed first append loses the user's message but later events of the turn are logged -----------
+
+
+class ToolFirstBrain:
+    recall = 0
+
+    async def reply(self, turn):
+        yield ToolCall("c1", "current_time", {})
+        yield "answer"
+
+
+async def test_review_a_failed_first_append_never_leaves_turn_events_without_their_message(tmp_path):
+    async with running(tmp_path, AgentSpec("a", ToolFirstBrain())) as w:
+        writer = w.journal._writer
+        real_append, calls = writer.append, []
+
+        def flaky_append(*args, **kwargs):  # the database is locked once (e.g. another writer), then fine
+            calls.append(1)
+            if len(calls) == 1:
+                raise sqlite3.OperationalError("database is locked")
+            return real_append(*args, **kwargs)
+
+        writer.append = flaky_append
+        out = Recorder()
+        w.agents["a"].submit(actor_chat("u", "hello", out, "r1"))
+        await out.wait_for(TurnDone)
+        await w.agents["a"].wait_idle()
+    types = [r.event.TYPE for r in logged(w.path)]
+    # "nothing of a turn is ever logged before the message that caused it" (_TurnLog's docstring)
+    assert not types or types[0] == "user_message", types
+
+
+# -- 6. every turn builds a new httpx.AsyncClient: ~50 ms of CA-bundle loading on the event loop ----------
+
+
+async def test_review_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch):
+    spent: list[float] = []
+    original_init = httpx.AsyncClient.__init__
+
+    def timed_init(self, *args, **kwargs):
+        started = time.perf_counter()
+        original_init(self, *args, **kwargs)
+        spent.append(time.perf_counter() - started)
+
+    monkeypatch.setattr(httpx.AsyncClient, "__init__", timed_init)
+    async with llm_server(db_path, text("One."), text("Two."), text("Three.")) as server:
+        async with user(server) as alice:
+            for n in range(3):
+                await alice.request(chat(f"m{n}", f"r{n}"), "agent_done")
+    # each turn blocks the whole server (every connection, every agent) while its client is built
+    assert sum(spent) < 0.02, f"{len(spent)} clients built, {sum(spent) * 1000:.0f} ms on the event loop"
+
+
+# -- 7. a custom tool whose module fails at import is not a ConfigError ----------------------------------
+
+
+def test_review_a_custom_tool_module_that_fails_at_import_is_a_config_error(tmp_path, monkeypatch):
+    (tmp_path / "review_broken_tools.py").write_text("raise RuntimeError('missing dependency')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="review_broken_tools"):
+        agent_specs({"a": {"brain": {"kind": "openai", "model": "m", "tools": ["review_broken_tools:weather"]}}})
+
+
+# -- 8. a canceller that subscribed after the turn started hears nothing -----------------------------------
+
+
+async def test_review_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
+    async with llm_server(db_path, text("Slow", stall_after=1)) as server:
+        async with user(server) as alice:
+            await alice.send(chat("Go", "mine"))
+            await alice.recv_until("response_chunk")
+            async with user(server, subscribe=True) as new_tab:  # e.g. a tab opened during the answer
+                await new_tab.send({"type": "cancel", "agent_id": AGENT})
+                assert [f["type"] for f in await alice.recv_until("agent_done")] == ["cancelled", "agent_done"]
+                # Recipients were fixed when the turn began; `cancellers` skips those that `hears()` now
+                frames = await new_tab.recv_until("agent_done", timeout=2)
+                assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
