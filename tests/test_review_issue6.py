@@ -187,3 +187,18 @@ async def test_review_a_canceller_subscribed_after_the_turn_began_hears_its_end(
                 # Recipients were fixed when the turn began; `cancellers` skips those that `hears()` now
                 frames = await new_tab.recv_until("agent_done", timeout=2)
                 assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
+
+
+# -- 9. a key httpx refuses as a header value (a trailing newline from a secrets file) is logged in full -----
+
+
+async def test_review_a_malformed_api_key_never_reaches_the_logs(db_path, monkeypatch, caplog):
+    monkeypatch.setenv("REVIEW_API_KEY", "sk-review-SECRET-123\n")  # e.g. a Kubernetes secret made from a file
+    async with llm_server(db_path, text("never sent"), brain={"api_key_env": "REVIEW_API_KEY"}) as server:
+        async with user(server) as alice:
+            frames = await alice.request(chat("hi", "r1"), "agent_done")
+    assert frames[-2]["code"] == "brain_error"
+    assert "sk-review-SECRET-123" not in json.dumps(frames)
+    # httpx.LocalProtocolError("Illegal header value b'Bearer sk-...'") escapes _try's handlers and is
+    # logged by the agent's logger.exception("brain failed")
+    assert "sk-review-SECRET-123" not in caplog.text
