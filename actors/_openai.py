@@ -30,6 +30,8 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_DELAY = 60.0
 #: How much of an error body is read to find the provider's reason.
 MAX_ERROR_BODY = 4096
+#: How much of the provider's reason for an error is shown (in the error frame and the log).
+MAX_REASON_CHARS = 300
 
 
 class _Retry(Exception):
@@ -310,7 +312,7 @@ class OpenAIBrain:
         if not isinstance(chunk, dict):
             raise BrainError("malformed stream from the model server: a chunk is not a JSON object")
         if chunk.get("error") is not None:
-            raise BrainError(f"the model server reported an error: {_scrub(_reason_of(chunk), key)}")
+            raise BrainError(f"the model server reported an error: {_scrub(_reason_of(chunk)[:MAX_REASON_CHARS], key)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -379,7 +381,7 @@ def _reason_of(obj: dict) -> str:
         return error
     if isinstance(obj.get("message"), str):
         return obj["message"]
-    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:300]
+    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:MAX_REASON_CHARS]
 
 
 def _reason_of_body(body: bytes) -> str:
@@ -387,8 +389,8 @@ def _reason_of_body(body: bytes) -> str:
     try:
         obj = json.loads(text)
     except ValueError:
-        return text[:300]
-    return _reason_of(obj)[:300] if isinstance(obj, dict) else text[:300]
+        return text[:MAX_REASON_CHARS]
+    return _reason_of(obj)[:MAX_REASON_CHARS] if isinstance(obj, dict) else text[:MAX_REASON_CHARS]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
