@@ -119,6 +119,9 @@ def resolve_tools(names: Sequence[str]) -> tuple[Tool, ...]:
                 made = getattr(importlib.import_module(module_name), attribute)
             except (ImportError, AttributeError) as exc:
                 raise ValueError(f"tool {name!r} cannot be imported: {exc}") from None
+            except Exception as exc:  # the module itself failed (a missing setting, a bug): still a config error
+                raise ValueError(f"tool {name!r} cannot be imported: its module {module_name!r} failed: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
             if not isinstance(made, Tool):
                 raise ValueError(f"tool {name!r} is not a Tool (decorate the function with actors.tool)")
         else:

@@ -164,7 +164,7 @@ async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch
     assert sum(spent) < 0.02, f"{len(spent)} clients built, {sum(spent) * 1000:.0f} ms on the event loop"
 
 
-# -- 7. a custom tool whose module fails at import is not a ConfigError ----------------------------------
+# -- configuration ---------------------------------------------------------------------------------------
 
 
 def test_a_custom_tool_module_that_fails_at_import_is_a_config_error(tmp_path, monkeypatch):
