@@ -145,8 +145,8 @@ class _TurnLog:
     async def append(self, events: Sequence[Event]) -> list[Recorded]:
         """Append `events` (after the user's message, the first time); returns their records once committed."""
         batch = [self._said, *events] if self._said is not None else list(events)
-        self._said = None
         recorded = await self._agent._append(self._recipients, batch)
+        self._said = None  # only once committed: after a failed append, the next one carries it again
         self.recorded.extend(recorded)
         return recorded[len(recorded) - len(events):]
 

@@ -111,7 +111,7 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
         assert phone.of(TurnDone), (asker.outputs, phone.outputs)
 
 
-# -- 5. a failed first append loses the user's message but later events of the turn are logged -----------
+# -- the turn log ----------------------------------------------------------------------------------------
 
 
 class ToolFirstBrain:
