@@ -127,7 +127,7 @@ class RunningTurn:
     scope: trio.CancelScope
     request_id: str | None
     origin: Outbox
-    #: Outboxes that cancelled it without hearing the turn: they get its end too.
+    #: Outboxes other than `origin` that cancelled it: each gets its end, whether it hears the turn or not.
     cancellers: list[Outbox] = field(factory=list)
 
 
@@ -250,11 +250,22 @@ class Recipients:
         self._origin = origin
         self._others = others
 
-    def deliver(self, output: Output) -> None:
+    def deliver(self, output: Output, also: Sequence[Outbox] = ()) -> None:
+        """Deliver `output` to the recipients, and to each outbox of `also` that is not one of them
+        (e.g. a tab that cancelled a turn begun before it subscribed): each outbox once."""
         self._origin.deliver(output)
         for outbox in self._others:
             if self._audience.hears(self._agent_id, self._user, outbox):
                 outbox.deliver(output)
+        for outbox in also:
+            if not self.reaches(outbox):
+                outbox.deliver(output)
+
+    def reaches(self, outbox: Outbox) -> bool:
+        """True if `deliver` gives its outputs to `outbox` now."""
+        if outbox is self._origin:
+            return True
+        return outbox in self._others and self._audience.hears(self._agent_id, self._user, outbox)
 
     def deliver_to_tails(self, output: Output) -> None:
         """Deliver `output` to those of the recipients (the origin too) that are tail subscribers."""
@@ -325,7 +336,12 @@ class Agent:
     def cancel(self, user: str, request_id: str | None, canceller: Outbox) -> None:
         """Cancel `user`'s running turn (the one with `request_id`, if given) at once: the brain is
         stopped where it is, its partial answer is logged as a cancelled turn, and its recipients (and
-        `canceller`) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if there is none.
+        `canceller`, whoever it is) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if
+        there is none.
+
+        A cancel that did not raise is always answered so: the turn ends cancelled even if the brain
+        finished its answer meanwhile (in a step that cannot be interrupted, such as closing its
+        connection), with all of its text as the partial answer.
 
         Only `user`'s own turn can be cancelled: turns are found by user. Queued turns are untouched.
         """
@@ -520,13 +536,10 @@ class Agent:
             if self._running.get(cmd.user) is running:
                 del self._running[cmd.user]
         partial = "".join(deltas)
-        if running.scope.cancelled_caught:
+        if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
             await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid)])
             for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
-                recipients.deliver(output)
-                for canceller in running.cancellers:
-                    if not self._audience.hears(agent_id, cmd.user, canceller):
-                        canceller.deliver(output)
+                recipients.deliver(output, also=running.cancellers)
         elif failure is not None:
             await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid)])
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))

@@ -10,7 +10,8 @@ import httpx
 import pytest
 import trio
 
-from actors import AgentSpec, ConfigError, OpenAIBrain, ToolCall, ToolResult, TurnDone, agent_specs
+from actors import (AgentSpec, ConfigError, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
+                    agent_specs)
 from actors._brain import BrainError
 from fake_openai import FakeOpenAI, Reply, chunk, text, tool_calls
 from store import EventLog
@@ -76,7 +77,7 @@ async def test_nested_tool_arguments_that_parse_are_delivered_to_the_client(db_p
     assert kinds == ["agent_thinking", "tool_call", "tool_result", "response", "agent_done"], frames
 
 
-# -- 4. a cancel that is accepted but never answered -----------------------------------------------------
+# -- every accepted cancel is answered ------------------------------------------------------------------
 
 
 class ShieldedCleanupBrain:
@@ -107,8 +108,9 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
         brain.release.set()
         await asker.wait_for(TurnDone)
         await agent.wait_idle()
-        # the phone's cancel was accepted, so it must hear how the turn ended (cancelled or not)
-        assert phone.of(TurnDone), (asker.outputs, phone.outputs)
+        # the phone's cancel was accepted, so the turn ends cancelled (with all it said) for everyone
+        assert [type(o) for o in phone.outputs] == [TurnCancelled, TurnDone], phone.outputs
+        assert asker.of(TurnCancelled)[0].partial == "partial" and not asker.of(TurnResponse)
 
 
 # -- the turn log ----------------------------------------------------------------------------------------
@@ -174,7 +176,6 @@ def test_a_custom_tool_module_that_fails_at_import_is_a_config_error(tmp_path, m
         agent_specs({"a": {"brain": {"kind": "openai", "model": "m", "tools": ["broken_tools_module:weather"]}}})
 
 
-# -- 8. a canceller that subscribed after the turn started hears nothing -----------------------------------
 
 
 async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
@@ -185,7 +186,7 @@ async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path
             async with user(server, subscribe=True) as new_tab:  # e.g. a tab opened during the answer
                 await new_tab.send({"type": "cancel", "agent_id": AGENT})
                 assert [f["type"] for f in await alice.recv_until("agent_done")] == ["cancelled", "agent_done"]
-                # Recipients were fixed when the turn began; `cancellers` skips those that `hears()` now
+                # the turn's recipients were fixed when it began: the new tab hears its end as a canceller
                 frames = await new_tab.recv_until("agent_done", timeout=2)
                 assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
 
