@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime, timezone
@@ -529,8 +530,9 @@ class Agent:
                         failure = "The agent gave an empty answer"
                 except BrainError as exc:
                     failure = str(exc) or "The agent could not answer"
-                except Exception:
-                    logger.exception("agent %s: brain failed", agent_id)
+                except Exception as exc:  # its kind and stack, not its text: that may quote a header (a key) or a URL
+                    logger.error("agent %s: brain failed: %s (message withheld)\n%s", agent_id, type(exc).__name__,
+                                 "".join(traceback.format_tb(exc.__traceback__)).rstrip())
                     failure = "The agent failed while answering"
         finally:
             if self._running.get(cmd.user) is running:

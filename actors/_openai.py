@@ -12,6 +12,7 @@ import math
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import trio
@@ -132,7 +133,15 @@ class OpenAIBrain:
         except ValueError as exc:
             raise ValueError(f"openai brain: tools: {exc}") from None
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(base_url)
+        path = parts.path.rstrip("/")
+        #: As configured (credentials and query included): only ever used to send requests.
+        self.base_url = urlunsplit(parts._replace(path=path))
+        self._url = urlunsplit(parts._replace(path=path + "/chat/completions"))
+        #: `base_url` without credentials or query: what errors, logs and repr show.
+        self.shown_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
+        secrets = [parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password or ""]
+        self._url_secrets = tuple(sorted({x for x in secrets if len(x) >= 3}, key=len, reverse=True))
         self.api_key_env = api_key_env
         self.system_prompt = system_prompt
         self.temperature = temperature
@@ -148,12 +157,21 @@ class OpenAIBrain:
             logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
                            "turns will fail until it is", model, api_key_env)
 
-    def __repr__(self) -> str:  # never the key (it is not even kept here)
-        return f"OpenAIBrain(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+    def __repr__(self) -> str:  # never the key (it is not even kept here), nor the URL's credentials or query
+        return f"OpenAIBrain(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"
 
     @property
     def url(self) -> str:
-        return self.base_url + "/chat/completions"
+        """The endpoint requests go to (with the credentials and query of `base_url`: never shown)."""
+        return self._url
+
+    def _scrub(self, text: str, key: str | None) -> str:
+        """`text` with the API key and `base_url`'s credentials and query (should anything echo them) masked."""
+        text = text.replace(self.base_url, self.shown_url)
+        for secret in (key, *self._url_secrets):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     # -- the prompt ----------------------------------------------------------------------
 
@@ -196,10 +214,14 @@ class OpenAIBrain:
     def _api_key(self) -> str | None:
         if self.api_key_env is None:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = (os.environ.get(self.api_key_env) or "").strip()  # a secret made from a file often ends in a newline
         if not key:
             raise BrainError(f"the API key is missing: the environment variable {self.api_key_env} "
                              "(api_key_env) is not set on the server")
+        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            # never the value: an HTTP library refusing it as a header would quote it in its error
+            raise BrainError(f"the API key in the environment variable {self.api_key_env} (api_key_env) is not "
+                             "usable: it holds spaces, control or non-ASCII characters")
         return key
 
     async def reply(self, turn: Turn) -> AsyncIterator[BrainItem]:
@@ -291,15 +313,17 @@ class OpenAIBrain:
                         streamed = True
                         yield delta
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retry(f"could not connect to the model server at {self.base_url}: {_scrub(str(exc), key) or type(exc).__name__}") from None
+            raise _Retry(f"could not connect to the model server at {self.shown_url}: {self._scrub(str(exc), key) or type(exc).__name__}") from None
         except httpx.TimeoutException:
             raise BrainError(f"the model server sent nothing for {self.timeout:g} s (timeout)") from None
         except SSEError as exc:
-            raise BrainError(f"malformed stream from the model server: {_scrub(str(exc), key)}") from None
+            raise BrainError(f"malformed stream from the model server: {self._scrub(str(exc), key)}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if not streamed and not result.calls:
-                raise _Retry(f"the model server closed the connection: {_scrub(str(exc), key) or type(exc).__name__}") from None
+                raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key) or type(exc).__name__}") from None
             raise BrainError("the model server closed the connection in the middle of the answer") from None
+        except httpx.HTTPError as exc:  # any other: its text may quote a header or the URL, so only its kind
+            raise BrainError(f"the request to the model server failed ({type(exc).__name__})") from None
         if not result.finished:
             raise BrainError("malformed stream from the model server: it ended before the answer was complete")
 
@@ -308,11 +332,11 @@ class OpenAIBrain:
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise BrainError(f"malformed stream from the model server: not JSON: {_scrub(data[:200], key)!r}") from None
+            raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):
             raise BrainError("malformed stream from the model server: a chunk is not a JSON object")
         if chunk.get("error") is not None:
-            raise BrainError(f"the model server reported an error: {_scrub(_reason_of(chunk)[:MAX_REASON_CHARS], key)}")
+            raise BrainError(f"the model server reported an error: {self._scrub(_reason_of(chunk)[:MAX_REASON_CHARS], key)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -359,12 +383,12 @@ class OpenAIBrain:
             body += piece
             if len(body) >= MAX_ERROR_BODY:
                 break
-        reason = _scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        reason = self._scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
         status = response.status_code
         what = {
             401: "the model server refused the API key",
             403: "the model server refused access",
-            404: f"not found: is the model {self.model!r} served at {self.base_url}?",
+            404: f"not found: is the model {self.model!r} served at {self.shown_url}?",
             429: "the model server is rate limiting us",
         }.get(status, "the model server failed" if status >= 500 else "the model server refused the request")
         text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
@@ -400,11 +424,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return None if seconds is None or not math.isfinite(seconds) or seconds < 0 else min(seconds, MAX_RETRY_DELAY)
-
-
-def _scrub(text: str, key: str | None) -> str:
-    """`text` with the API key (should a server echo it) masked."""
-    return text.replace(key, "***") if key else text
 
 
 BRAINS["openai"] = OpenAIBrain

@@ -92,7 +92,8 @@ def error(status: int, message: str, *, retry_after: str | None = None) -> Reply
 class FakeOpenAI:
     """Serves scripted `Reply`s in order, one per request; records every request.
 
-    `requests` holds each request's JSON body, `headers` each one's headers (lower-case names).
+    `requests` holds each request's JSON body, `headers` each one's headers (lower-case names),
+    `targets` each one's path and query.
     `stalled` is set when a reply starts stalling; `disconnected` once the client has closed a
     stalled connection (so a test can see that cancelling really closed the HTTP stream).
     """
@@ -101,6 +102,7 @@ class FakeOpenAI:
         self.replies: deque[Reply] = deque(replies)
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
+        self.targets: list[str] = []
         self.stalled = trio.Event()
         self.disconnected = trio.Event()
         self.port = 0
@@ -155,6 +157,7 @@ class FakeOpenAI:
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 return None
+        self.targets.append(request.target.decode())
         self.headers.append({k.decode().lower(): v.decode() for k, v in request.headers})
         self.requests.append(json.loads(body) if body else {})
         return request

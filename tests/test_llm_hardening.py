@@ -3,6 +3,7 @@ logs, hostile or broken providers and tools end a turn cleanly, and every accept
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 
@@ -13,11 +14,12 @@ import trio
 from actors import (AgentSpec, ConfigError, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
                     agent_specs)
 from actors._brain import BrainError
-from fake_openai import FakeOpenAI, Reply, chunk, text, tool_calls
+from fake_openai import FakeOpenAI, Reply, error, text, tool_calls
 from store import EventLog
 from test_actors import Recorder, chat as actor_chat, logged, running
 from test_llm_e2e import AGENT, chat, llm_server, user
 from test_openai_brain import brain_for, items_of, turn_for
+from transport.cli import setup_logging
 
 
 @pytest.fixture
@@ -37,18 +39,6 @@ async def test_an_in_stream_provider_error_is_bounded(fake):
     assert len(str(caught.value)) < 1000, len(str(caught.value))
 
 
-# -- 2. credentials in base_url (basic auth to a proxied Ollama, a key in the query) reach the client -------
-
-
-async def test_base_url_credentials_never_reach_the_error_text():
-    with trio.socket.socket() as s:  # a port nobody listens on
-        await s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    brain = OpenAIBrain(model="m", base_url=f"http://proxyuser:s3cret-pass@127.0.0.1:{port}/v1", retries=0)
-    with pytest.raises(BrainError) as caught:
-        await items_of(brain, turn_for(brain))
-    assert "s3cret-pass" not in str(caught.value), str(caught.value)  # this text is the error frame's message
-    assert "s3cret-pass" not in repr(brain)
 
 
 # -- 3. deeply nested tool arguments: RecursionError is not a ValueError --------------------------------------
@@ -191,16 +181,66 @@ async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path
                 assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
 
 
-# -- 9. a key httpx refuses as a header value (a trailing newline from a secrets file) is logged in full -----
+# -- secrets: the API key, credentials in base_url ---------------------------------------------------------
 
 
-async def test_a_malformed_api_key_never_reaches_the_logs(db_path, monkeypatch, caplog):
+async def test_base_url_credentials_never_reach_the_error_text():
+    with trio.socket.socket() as s:  # a port nobody listens on
+        await s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    brain = OpenAIBrain(model="m", base_url=f"http://proxyuser:s3cret-pass@127.0.0.1:{port}/v1", retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert "s3cret-pass" not in str(caught.value), str(caught.value)  # this text is the error frame's message
+    assert "s3cret-pass" not in repr(brain)
+
+
+async def test_base_url_credentials_and_query_are_used_but_never_shown(fake):
+    fake.script(error(404, "no such model"))
+    base_url = fake.base_url.replace("http://", "http://proxyuser:s3cret-pass@") + "?api-version=2024&key=k3y-in-query"
+    brain = OpenAIBrain(model="m", base_url=base_url, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert fake.targets == ["/v1/chat/completions?api-version=2024&key=k3y-in-query"]
+    assert fake.headers[0]["authorization"].startswith("Basic ")  # the URL's credentials, as basic auth
+    assert f"served at http://127.0.0.1:{fake.port}/v1?" in str(caught.value), str(caught.value)
+    assert "s3cret" not in str(caught.value) + repr(brain) and "k3y" not in str(caught.value) + repr(brain)
+
+
+def test_the_server_keeps_httpx_from_logging_request_urls():
+    setup_logging("info")
+    assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
+    assert logging.getLogger("httpcore").getEffectiveLevel() >= logging.WARNING
+
+
+async def test_an_api_key_with_a_trailing_newline_is_used_without_it(db_path, monkeypatch):
     monkeypatch.setenv("AGENTCAST_TEST_API_KEY", "sk-test-SECRET-123\n")  # e.g. a Kubernetes secret made from a file
+    async with llm_server(db_path, text("Hi."), brain={"api_key_env": "AGENTCAST_TEST_API_KEY"}) as server:
+        async with user(server) as alice:
+            frames = await alice.request(chat("hi", "r1"), "agent_done")
+        assert server.fake.headers[0]["authorization"] == "Bearer sk-test-SECRET-123"
+    assert frames[-2]["message"] == "Hi."
+
+
+@pytest.mark.parametrize("bad_key", ["sk-test-SECRET-123\nX-Injected: 1", "sk-test-SECRET-123\x1b", "sk-test-SECRET-123 é"])
+async def test_an_unusable_api_key_is_a_clear_error_that_never_quotes_it(db_path, monkeypatch, caplog, bad_key):
+    monkeypatch.setenv("AGENTCAST_TEST_API_KEY", bad_key)
     async with llm_server(db_path, text("never sent"), brain={"api_key_env": "AGENTCAST_TEST_API_KEY"}) as server:
         async with user(server) as alice:
             frames = await alice.request(chat("hi", "r1"), "agent_done")
-    assert frames[-2]["code"] == "brain_error"
+        assert server.fake.requests == []
+    assert frames[-2]["code"] == "brain_error" and "AGENTCAST_TEST_API_KEY" in frames[-2]["message"]
     assert "sk-test-SECRET-123" not in json.dumps(frames)
-    # httpx.LocalProtocolError("Illegal header value b'Bearer sk-...'") escapes _try's handlers and is
-    # logged by the agent's logger.exception("brain failed")
     assert "sk-test-SECRET-123" not in caplog.text
+
+
+async def test_an_http_library_error_is_a_brain_error_that_never_quotes_the_request(fake, monkeypatch, caplog):
+    # e.g. httpx refusing a header value: its text quotes the value (which can be the key)
+    async def refuse(self, request, **kwargs):
+        raise httpx.LocalProtocolError("Illegal header value b'Bearer sk-test-SECRET-123'")
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", refuse)
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert "LocalProtocolError" in str(caught.value) and "SECRET" not in str(caught.value)
