@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import ssl
+
+import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
 import httpx
 import trio
 from attrs import define, field
@@ -33,6 +36,19 @@ MAX_RETRY_DELAY = 60.0
 MAX_ERROR_BODY = 4096
 #: How much of the provider's reason for an error is shown (in the error frame and the log).
 MAX_REASON_CHARS = 300
+
+#: The TLS settings every client shares (see `_shared_ssl_context`).
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    """The TLS settings of every request (the CA bundle, or SSL_CERT_FILE/SSL_CERT_DIR), made once per
+    process when the first brain is configured (before the server's event loop runs): loading the CA
+    bundle takes tens of milliseconds, which a turn making its own would stall every connection for."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = httpx.create_ssl_context()
+    return _SSL_CONTEXT
 
 
 class _Retry(Exception):
@@ -153,6 +169,7 @@ class OpenAIBrain:
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.include_usage = include_usage
+        self._ssl_context = _shared_ssl_context()
         if api_key_env and not os.environ.get(api_key_env):
             logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
                            "turns will fail until it is", model, api_key_env)
@@ -232,8 +249,10 @@ class OpenAIBrain:
         counted = answered = False
         rounds = 0
         # One client (and connection) per turn: leaving this block, normally or by cancellation,
-        # closes the connection, so a cancelled answer stops being generated and paid for.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers) as client:
+        # closes the connection, so a cancelled answer stops being generated and paid for. The
+        # client is cheap to make: its TLS settings are made once, off the event loop.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers,
+                                     verify=self._ssl_context) as client:
             while True:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()

@@ -135,7 +135,7 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
     assert not types or types[0] == "user_message", types
 
 
-# -- 6. every turn builds a new httpx.AsyncClient: ~50 ms of CA-bundle loading on the event loop ----------
+# -- the event loop --------------------------------------------------------------------------------------
 
 
 async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch):
@@ -152,7 +152,8 @@ async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch
         async with user(server) as alice:
             for n in range(3):
                 await alice.request(chat(f"m{n}", f"r{n}"), "agent_done")
-    # each turn blocks the whole server (every connection, every agent) while its client is built
+    # a turn's client is made on the event loop: loading a CA bundle (or importing httpcore) there would
+    # stall every connection and agent of the server, so the TLS settings are made once, beforehand
     assert sum(spent) < 0.02, f"{len(spent)} clients built, {sum(spent) * 1000:.0f} ms on the event loop"
 
 
