@@ -37,6 +37,13 @@ MAX_ERROR_BODY = 4096
 #: How much of the provider's reason for an error is shown (in the error frame and the log).
 MAX_REASON_CHARS = 300
 
+#: The longest tool call arguments (JSON text) a model may send; the rest is dropped and the call fails.
+MAX_TOOL_ARGUMENTS_CHARS = 65_536
+#: How deep a tool call's arguments may nest (objects and arrays); deeper is an error for the model.
+MAX_TOOL_ARGUMENTS_DEPTH = 32
+#: The longest tool name kept from the stream (real names have at most 64 characters).
+MAX_TOOL_NAME_CHARS = 256
+
 #: The TLS settings every client shares (see `_shared_ssl_context`).
 _SSL_CONTEXT: ssl.SSLContext | None = None
 
@@ -67,6 +74,7 @@ class _PendingCall:
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    too_long: bool = False  # the arguments went past MAX_TOOL_ARGUMENTS_CHARS (the rest was dropped)
 
 
 @define
@@ -277,13 +285,10 @@ class OpenAIBrain:
                     for c in calls
                 ]})
                 for call in calls:
-                    try:
-                        arguments: object = json.loads(call.arguments) if call.arguments.strip() else {}
-                    except ValueError:
-                        arguments = call.arguments
+                    arguments, problem = _arguments_of(call)
                     yield ToolCall(call.call_id, call.name, arguments)
-                    if isinstance(arguments, str):
-                        outcome = ToolOutcome(error="the arguments are not valid JSON")
+                    if problem is not None:
+                        outcome = ToolOutcome(error=problem)
                     elif turn.tools is None:
                         outcome = ToolOutcome(error="no tools are available in this turn")
                     else:
@@ -350,7 +355,7 @@ class OpenAIBrain:
         """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
         try:
             chunk = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):
             raise BrainError("malformed stream from the model server: a chunk is not a JSON object")
@@ -390,9 +395,11 @@ class OpenAIBrain:
                     call.call_id = piece["id"]
                 function = piece.get("function") or {}
                 if isinstance(function.get("name"), str):
-                    call.name += function["name"]
-                if isinstance(function.get("arguments"), str):
-                    call.arguments += function["arguments"]
+                    call.name = (call.name + function["name"])[:MAX_TOOL_NAME_CHARS]
+                if isinstance(function.get("arguments"), str) and function["arguments"]:
+                    room = MAX_TOOL_ARGUMENTS_CHARS - len(call.arguments)
+                    call.too_long = call.too_long or len(function["arguments"]) > room
+                    call.arguments += function["arguments"][:room]
         return deltas
 
     async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
@@ -414,6 +421,33 @@ class OpenAIBrain:
         if status in RETRYABLE_STATUSES:
             return _Retry(text, _retry_after(response))
         return BrainError(text)
+
+
+def _arguments_of(call: _PendingCall) -> tuple[object, str | None]:
+    """A tool call's arguments as parsed JSON, or (its raw text, why it cannot be run)."""
+    if call.too_long:
+        return call.arguments, f"the arguments are longer than {MAX_TOOL_ARGUMENTS_CHARS} characters"
+    if not call.arguments.strip():
+        return {}, None
+    try:
+        arguments = json.loads(call.arguments)
+    except RecursionError:  # nested deeper than the parser goes
+        return call.arguments, f"the arguments are nested more than {MAX_TOOL_ARGUMENTS_DEPTH} levels deep"
+    except ValueError:
+        return call.arguments, "the arguments are not valid JSON"
+    if _depth_over(arguments, MAX_TOOL_ARGUMENTS_DEPTH):
+        return call.arguments, f"the arguments are nested more than {MAX_TOOL_ARGUMENTS_DEPTH} levels deep"
+    return arguments, None
+
+
+def _depth_over(value: object, limit: int) -> bool:
+    """True if `value` (parsed JSON) nests objects and arrays more than `limit` deep (without recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for c in level if isinstance(c, (dict, list)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return False
+    return any(isinstance(v, (dict, list)) for v in level)
 
 
 def _reason_of(obj: dict) -> str:

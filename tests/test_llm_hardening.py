@@ -17,6 +17,7 @@ from actors._brain import BrainError
 from fake_openai import FakeOpenAI, Reply, error, text, tool_calls
 from store import EventLog
 from test_actors import Recorder, chat as actor_chat, logged, running
+from support import running_server
 from test_llm_e2e import AGENT, chat, llm_server, user
 from test_openai_brain import brain_for, items_of, turn_for
 from transport.cli import setup_logging
@@ -41,23 +42,41 @@ async def test_an_in_stream_provider_error_is_bounded(fake):
 
 
 
-# -- 3. deeply nested tool arguments: RecursionError is not a ValueError --------------------------------------
+# -- tool call arguments: size and depth --------------------------------------------------------------------
 
 
-async def test_too_deeply_nested_tool_arguments_are_a_tool_error_not_a_crashed_turn(fake):
-    deep = "[" * 5000 + "]" * 5000
+@pytest.mark.parametrize("depth", [33, 500, 5000])  # 5000 is past what json.loads can parse at all
+async def test_too_deeply_nested_tool_arguments_are_a_tool_error_the_model_sees(fake, depth):
+    deep = "[" * depth + "]" * depth
     fake.script(tool_calls(("c1", "current_time", deep)), text("Sorry."))
     brain = brain_for(fake, tools=["current_time"])
-    items = await items_of(brain, turn_for(brain))  # RecursionError escapes json.loads' `except ValueError`
-    results = [i for i in items if isinstance(i, ToolResult)]
-    assert results and results[0].error, items
+    items = await items_of(brain, turn_for(brain))
+    assert items[0] == ToolCall("c1", "current_time", deep)  # the raw text: shown and logged as it came
+    assert items[1] == ToolResult("c1", "current_time", None, "the arguments are nested more than 32 levels deep")
     assert items[-1] == "Sorry."
+    assert "nested more than 32" in fake.requests[1]["messages"][-1]["content"]
 
 
-async def test_nested_tool_arguments_that_parse_are_delivered_to_the_client(db_path):
-    # depth 500 parses (json.loads' limit is ~1000) and is logged, but encoding the tool_call frame
-    # (cattrs unstructure of an `Any` field recurses several frames per level) raises RecursionError
-    # inside Connection.deliver, which must never raise: the turn then fails after its call was logged.
+async def test_tool_arguments_nested_up_to_the_limit_are_parsed(fake):
+    arguments = json.loads('{"a":' * 31 + "[1]" + "}" * 31)  # 32 levels
+    fake.script(tool_calls(("c1", "current_time", arguments)), text("Ok."))
+    brain = brain_for(fake, tools=["current_time"])
+    items = await items_of(brain, turn_for(brain))
+    assert items[0] == ToolCall("c1", "current_time", arguments)
+    assert "nested" not in (items[1].error or "")  # current_time itself refuses the unknown field
+
+
+async def test_oversized_tool_arguments_are_cut_and_a_tool_error(fake):
+    huge = json.dumps({"city": "x" * 100_000})
+    fake.script(tool_calls(("c1", "current_time", huge), pieces=50), text("Too long, sorry."))
+    brain = brain_for(fake, tools=["current_time"])
+    items = await items_of(brain, turn_for(brain))
+    assert len(items[0].arguments) == 65_536 and huge.startswith(items[0].arguments)
+    assert items[1].error == "the arguments are longer than 65536 characters"
+    assert items[-1] == "Too long, sorry."
+
+
+async def test_deeply_nested_tool_arguments_end_the_turn_normally_for_the_client(db_path):
     nested = {"x": json.loads("[" * 500 + "]" * 500)}
     replies = (tool_calls(("c1", "current_time", nested)), text("Done."))
     async with llm_server(db_path, *replies, brain={"tools": ["current_time"]}) as server:
@@ -65,6 +84,29 @@ async def test_nested_tool_arguments_that_parse_are_delivered_to_the_client(db_p
             frames = await alice.request(chat("go", "r1"), "agent_done")
     kinds = [f["type"] for f in frames if f["type"] != "response_chunk"]
     assert kinds == ["agent_thinking", "tool_call", "tool_result", "response", "agent_done"], frames
+    assert "nested more than 32" in frames[2]["error"]
+
+
+class DeepArgumentsBrain:
+    """A brain (not the openai one) whose tool call's arguments nest deeper than a frame can be encoded."""
+
+    recall = 0
+
+    async def reply(self, turn):
+        yield ToolCall("c1", "deep", {"x": json.loads("[" * 500 + "]" * 500)})
+        yield ToolResult("c1", "deep", "ok")
+        yield "Done."
+
+
+async def test_a_frame_that_cannot_be_encoded_is_an_error_frame_and_the_connection_goes_on(db_path):
+    async with running_server(db_path, [AgentSpec(AGENT, DeepArgumentsBrain())]) as server:
+        async with user(server) as alice:
+            frames = await alice.request(chat("go", "r1"), "agent_done")
+            kinds = [f["type"] for f in frames if f["type"] != "response_chunk"]
+            assert kinds == ["agent_thinking", "error", "tool_result", "response", "agent_done"], frames
+            assert frames[1]["code"] == "internal_error" and frames[1]["request_id"] == "r1"
+            again = await alice.request(chat("again", "r2"), "agent_done")
+            assert again[-2]["type"] == "response"
 
 
 # -- every accepted cancel is answered ------------------------------------------------------------------
