@@ -10,8 +10,8 @@ import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import AsyncExitStack, aclosing
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import ssl
@@ -19,6 +19,8 @@ import ssl
 import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
 import httpx
 import trio
+from typing import TypeVar
+
 from attrs import define, field
 from httpx_sse import SSEError, aconnect_sse
 
@@ -26,6 +28,7 @@ from ._brain import BRAINS, BrainError, BrainItem, ToolCall, ToolResult, Turn, U
 from ._tools import Tool, ToolOutcome, resolve_tools
 
 logger = logging.getLogger("agentcast.actors.openai")
+T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: HTTP statuses worth another try (before the first token only): rate limited, or the server failing.
@@ -127,6 +130,9 @@ class OpenAIBrain:
         retries: int = 2,
         retry_backoff: float = 1.0,
         include_usage: bool = True,
+        turn_timeout: float = 300.0,
+        max_answer_chars: int = 200_000,
+        max_tool_calls: int = 16,
     ) -> None:
         _check(isinstance(model, str) and bool(model.strip()), "the model's name (a non-empty string)", "model")
         _check(isinstance(base_url, str) and base_url.startswith(("http://", "https://")),
@@ -152,6 +158,11 @@ class OpenAIBrain:
         _check(_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY,
                f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}", "retry_backoff")
         _check(type(include_usage) is bool, "true or false", "include_usage")
+        _check(_number(turn_timeout) and 0 < turn_timeout <= 86_400, "a number of seconds above 0 (at most 86400)",
+               "turn_timeout")
+        _check(type(max_answer_chars) is int and max_answer_chars >= 1, "an integer >= 1", "max_answer_chars")
+        _check(type(max_tool_calls) is int and 1 <= max_tool_calls <= 128, "an integer from 1 to 128",
+               "max_tool_calls")
         try:
             self.tools: tuple[Tool, ...] = resolve_tools(tools)
         except ValueError as exc:
@@ -177,6 +188,9 @@ class OpenAIBrain:
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.include_usage = include_usage
+        self.turn_timeout = float(turn_timeout)
+        self.max_answer_chars = max_answer_chars
+        self.max_tool_calls = max_tool_calls
         self._ssl_context = _shared_ssl_context()
         if api_key_env and not os.environ.get(api_key_env):
             logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
@@ -255,7 +269,8 @@ class OpenAIBrain:
         messages = self.prompt(turn)
         prompt_tokens = completion_tokens = 0
         counted = answered = False
-        rounds = 0
+        rounds = chars = 0
+        deadline = trio.current_time() + self.turn_timeout
         # One client (and connection) per turn: leaving this block, normally or by cancellation,
         # closes the connection, so a cancelled answer stops being generated and paid for. The
         # client is cheap to make: its TLS settings are made once, off the event loop.
@@ -264,8 +279,15 @@ class OpenAIBrain:
             while True:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()
-                async with aclosing(self._stream(client, self._body(messages, offer_tools), result, key)) as deltas:
+                body = self._body(messages, offer_tools)
+                async with aclosing(self._stream(client, body, result, key, deadline)) as deltas:
                     async for delta in deltas:
+                        if len(delta) > self.max_answer_chars - chars:  # the rest is not generated (closed)
+                            if self.max_answer_chars > chars:
+                                yield delta[: self.max_answer_chars - chars]
+                            raise BrainError(f"the answer went past {self.max_answer_chars} characters "
+                                             "(max_answer_chars)")
+                        chars += len(delta)
                         answered = True
                         yield delta
                 if result.usage is not None:
@@ -292,7 +314,7 @@ class OpenAIBrain:
                     elif turn.tools is None:
                         outcome = ToolOutcome(error="no tools are available in this turn")
                     else:
-                        outcome = await turn.tools.run(call.name, arguments)
+                        outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
                     yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
                     messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
         if not answered:
@@ -300,12 +322,23 @@ class OpenAIBrain:
         if counted:
             yield Usage(prompt_tokens, completion_tokens)
 
-    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+    async def _within(self, deadline: float, awaitable: Awaitable[T]) -> T:
+        """`await awaitable`, or raise `BrainError` if the turn's deadline (`turn_timeout`) comes first.
+
+        Each wait of a turn is bounded so (never a cancel scope around a `yield`): the per-read
+        `timeout` alone cannot stop a provider that keeps the stream alive without answering.
+        """
+        with trio.move_on_at(deadline):
+            return await awaitable
+        raise BrainError(f"the model took longer than {self.turn_timeout:g} s to answer (turn_timeout)")
+
+    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
+                      deadline: float) -> AsyncIterator[str]:
         """One request: yields its text deltas, fills `result`; tries again before the first token."""
         attempt = 0
         while True:
             try:
-                async for delta in self._try(client, body, result, key):
+                async for delta in self._try(client, body, result, key, deadline):
                     yield delta
                 return
             except _Retry as retry:
@@ -315,16 +348,25 @@ class OpenAIBrain:
                 delay = self.retry_backoff * 2**attempt if retry.delay is None else retry.delay
                 attempt += 1
                 logger.info("openai brain (model %s): %s; try %d in %.1f s", self.model, retry.reason, attempt + 1, delay)
-                await trio.sleep(min(delay, MAX_RETRY_DELAY))
+                await self._within(deadline, trio.sleep(min(delay, MAX_RETRY_DELAY)))
 
-    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
+                   deadline: float) -> AsyncIterator[str]:
         streamed = False
         try:
-            async with aconnect_sse(client, "POST", self.url, json=body) as source:
+            async with AsyncExitStack() as stack:
+                source = await self._within(deadline, stack.enter_async_context(
+                    aconnect_sse(client, "POST", self.url, json=body)))
                 response = source.response
                 if response.status_code != 200:
-                    raise await self._http_error(response, key)
-                async for sse in source.aiter_sse():
+                    raise await self._within(deadline, self._http_error(response, key))
+                events = source.aiter_sse()
+                stack.push_async_callback(events.aclose)
+                while True:
+                    try:
+                        sse = await self._within(deadline, anext(events))
+                    except StopAsyncIteration:
+                        break
                     if sse.event not in ("message", ""):  # comments and other event kinds are not chunks
                         continue
                     data = sse.data.strip()
@@ -390,6 +432,8 @@ class OpenAIBrain:
                 index = piece.get("index", len(result.calls))
                 if type(index) is not int:
                     raise BrainError("malformed stream from the model server: a tool call's index is not an integer")
+                if index not in result.calls and len(result.calls) >= self.max_tool_calls:
+                    raise BrainError(f"the model called more than {self.max_tool_calls} tools at once (max_tool_calls)")
                 call = result.calls.setdefault(index, _PendingCall())
                 if isinstance(piece.get("id"), str) and piece["id"]:
                     call.call_id = piece["id"]

@@ -23,7 +23,8 @@ class Reply:
     With `status` 200 and no `body`: a `text/event-stream` of `chunks` (a dict is sent as JSON,
     a str as it is), then `data: [DONE]` if `done`. `stall_after=N`: after N chunks send nothing
     more and wait until the client closes the connection. `cut_after=N`: after N chunks close
-    the connection abruptly (no end of the chunked body). With a `body`: that, with `status`.
+    the connection abruptly (no end of the chunked body). `keepalive=S`: after the chunks, send an SSE
+    comment every S seconds until the client closes the connection. With a `body`: that, with `status`.
     """
 
     status: int = 200
@@ -34,6 +35,7 @@ class Reply:
     headers: dict = field(factory=dict)
     stall_after: int | None = None
     cut_after: int | None = None
+    keepalive: float | None = None
 
 
 def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
@@ -183,6 +185,15 @@ class FakeOpenAI:
         if reply.stall_after is not None:
             await self._stall(stream)
             return False
+        if reply.keepalive is not None:
+            self.stalled.set()
+            try:
+                while True:
+                    await trio.sleep(reply.keepalive)
+                    await stream.send_all(conn.send(h11.Data(data=b": keepalive\n\n")))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.disconnected.set()
+                return False
         if reply.done:
             await stream.send_all(conn.send(h11.Data(data=b"data: [DONE]\n\n")))
         await stream.send_all(conn.send(h11.EndOfMessage()))

@@ -11,10 +11,10 @@ import httpx
 import pytest
 import trio
 
-from actors import (AgentSpec, ConfigError, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
+from actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
                     agent_specs)
 from actors._brain import BrainError
-from fake_openai import FakeOpenAI, Reply, error, text, tool_calls
+from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
 from store import EventLog
 from test_actors import Recorder, chat as actor_chat, logged, running
 from support import running_server
@@ -287,3 +287,55 @@ async def test_an_http_library_error_is_a_brain_error_that_never_quotes_the_requ
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert "LocalProtocolError" in str(caught.value) and "SECRET" not in str(caught.value)
+
+
+# -- bounds on a whole turn: time, answer length, tool calls ----------------------------------------------
+
+
+async def test_a_provider_that_keeps_the_stream_alive_without_answering_hits_turn_timeout(fake, autojump_clock):
+    fake.script(Reply(chunks=[chunk("Thinking")], keepalive=5.0))  # an SSE comment every 5 s, forever
+    brain = brain_for(fake, timeout=10, turn_timeout=120)
+    got, started = [], trio.current_time()
+    with pytest.raises(BrainError, match=r"took longer than 120 s to answer \(turn_timeout\)"):
+        async for item in brain.reply(turn_for(brain)):
+            got.append(item)
+    assert got == ["Thinking"] and trio.current_time() - started == pytest.approx(120)
+    with trio.fail_after(30):  # (virtual time) the fake notices when a keepalive finds the connection closed
+        await fake.disconnected.wait()  # the stream was closed: the provider stops generating
+
+
+async def test_turn_timeout_ends_the_turn_as_a_brain_error_with_its_partial_logged(fake, tmp_path, autojump_clock):
+    fake.script(Reply(chunks=[chunk("Thinking")], keepalive=5.0))
+    async with running(tmp_path, AgentSpec("a", brain_for(fake, turn_timeout=60))) as w:
+        out = Recorder()
+        w.agents["a"].submit(actor_chat("u", "go", out, "r1"))
+        await out.wait_for(TurnDone, timeout=None)  # the journal's threads let an autojump clock race a fail_after
+    (failed,) = out.of(Failed)
+    assert failed.code == "brain_error" and "turn_timeout" in failed.message
+    ended = logged(w.path)[-1].event
+    assert (ended.TYPE, ended.outcome, ended.partial) == ("turn_ended", "failed", "Thinking")
+    assert "turn_timeout" in ended.reason
+
+
+async def test_an_answer_longer_than_max_answer_chars_is_cut_and_a_brain_error(fake):
+    fake.script(text("x" * 60, "y" * 60, "never sent"))
+    brain = brain_for(fake, max_answer_chars=100)
+    got = []
+    with pytest.raises(BrainError, match=r"went past 100 characters \(max_answer_chars\)"):
+        async for item in brain.reply(turn_for(brain)):
+            got.append(item)
+    assert got == ["x" * 60, "y" * 40]
+
+
+async def test_more_tool_calls_in_one_round_than_max_tool_calls_is_a_brain_error(fake):
+    fake.script(tool_calls(*((f"c{n}", "current_time", {}) for n in range(5))))
+    brain = brain_for(fake, tools=["current_time"], max_tool_calls=4)
+    with pytest.raises(BrainError, match=r"more than 4 tools at once \(max_tool_calls\)"):
+        await items_of(brain, turn_for(brain))
+
+
+@pytest.mark.parametrize("setting, value", [("turn_timeout", 0), ("turn_timeout", True), ("max_answer_chars", 0),
+                                            ("max_tool_calls", 0), ("max_tool_calls", 129)])
+def test_bounds_of_a_turn_are_checked_in_config(setting, value):
+    with pytest.raises(ConfigError, match=setting):
+        agent_specs({"a": {"brain": {"kind": "openai", "model": "m", setting: value}}})
