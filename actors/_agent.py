@@ -480,11 +480,8 @@ class Agent:
         logged = None  # a retry: the turn of this command_id as the log has it
         if cmd.command_id is not None:
             logged = await self._journal.read(lambda log: log.find_turn(agent_id, cmd.user, cmd.command_id))
-            if logged is not None and logged[1] is not None:  # answered before: answer from the log
-                answer_rec = logged[1]
-                recipients.deliver(TurnChunk(agent_id, answer_rec.event.content, rid))
-                recipients.deliver(TurnResponse(agent_id, answer_rec.event.content, answer_rec.seq, rid))
-                recipients.deliver(TurnDone(agent_id, rid))
+            ending = logged[1] if logged is not None else None
+            if ending is not None and _answered_from_log(agent_id, ending, rid, recipients):
                 return memory
         brain = self.spec.brain
         running = RunningTurn(trio.CancelScope(), rid, cmd.origin)
@@ -539,11 +536,13 @@ class Agent:
                 del self._running[cmd.user]
         partial = "".join(deltas)
         if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid)])
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
+                                             cmd.command_id)])
             for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
                 recipients.deliver(output, also=running.cancellers)
         elif failure is not None:
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid)])
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid,
+                                             cmd.command_id)])
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
         else:
@@ -615,6 +614,22 @@ class Agent:
             audience.release(agent_id, user, origin)  # no live stream after an incomplete backlog
             raise
         audience.tail(agent_id, user, origin)
+
+
+def _answered_from_log(agent_id: str, ending: Recorded, rid: str | None, recipients: Recipients) -> bool:
+    """Answer a retried chat from how its logged turn ended, if that settles it: an answer is given
+    again (same seq), a cancellation again (`TurnCancelled`, never re-run: that would pay for the
+    answer the user stopped). False for a failed turn: that one is run again."""
+    event = ending.event
+    if isinstance(event, AgentMessage):
+        recipients.deliver(TurnChunk(agent_id, event.content, rid))
+        recipients.deliver(TurnResponse(agent_id, event.content, ending.seq, rid))
+    elif isinstance(event, TurnEnded) and event.outcome == CANCELLED:
+        recipients.deliver(TurnCancelled(agent_id, event.partial, rid))
+    else:
+        return False
+    recipients.deliver(TurnDone(agent_id, rid))
+    return True
 
 
 def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[Recorded]:
