@@ -40,6 +40,8 @@ MAX_ERROR_BODY = 4096
 #: How much of the provider's reason for an error is shown (in the error frame and the log).
 MAX_REASON_CHARS = 300
 
+#: Put between the text of two requests of a turn (text before tool calls, text after them).
+ROUND_SEPARATOR = "\n\n"
 #: The longest tool call arguments (JSON text) a model may send; the rest is dropped and the call fails.
 MAX_TOOL_ARGUMENTS_CHARS = 65_536
 #: How deep a tool call's arguments may nest (objects and arrays); deeper is an error for the model.
@@ -268,8 +270,9 @@ class OpenAIBrain:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         messages = self.prompt(turn)
         prompt_tokens = completion_tokens = 0
-        counted = answered = False
+        counted = False
         rounds = chars = 0
+        answer = ""  # the end of the answer so far (enough to see how it ends)
         deadline = trio.current_time() + self.turn_timeout
         # One client (and connection) per turn: leaving this block, normally or by cancellation,
         # closes the connection, so a cancelled answer stops being generated and paid for. The
@@ -280,15 +283,19 @@ class OpenAIBrain:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()
                 body = self._body(messages, offer_tools)
+                said: list[str] = []  # this round's text
                 async with aclosing(self._stream(client, body, result, key, deadline)) as deltas:
                     async for delta in deltas:
+                        if not said and answer and not answer[-1].isspace() and not delta[0].isspace():
+                            delta = ROUND_SEPARATOR + delta  # text after tool calls: a new paragraph
                         if len(delta) > self.max_answer_chars - chars:  # the rest is not generated (closed)
                             if self.max_answer_chars > chars:
                                 yield delta[: self.max_answer_chars - chars]
                             raise BrainError(f"the answer went past {self.max_answer_chars} characters "
                                              "(max_answer_chars)")
                         chars += len(delta)
-                        answered = True
+                        said.append(delta)
+                        answer = (answer + delta)[-1:]
                         yield delta
                 if result.usage is not None:
                     counted = True
@@ -302,7 +309,8 @@ class OpenAIBrain:
                 calls = [result.calls[i] for i in sorted(result.calls)]
                 for n, call in enumerate(calls):
                     call.call_id = call.call_id or f"call_{rounds}_{n}"
-                messages.append({"role": "assistant", "content": None, "tool_calls": [
+                # the text the model wrote before calling (if any) goes back with the calls
+                messages.append({"role": "assistant", "content": "".join(said).strip() or None, "tool_calls": [
                     {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                     for c in calls
                 ]})
@@ -317,7 +325,7 @@ class OpenAIBrain:
                         outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
                     yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
                     messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
-        if not answered:
+        if not answer:
             raise BrainError("the model gave an empty answer")
         if counted:
             yield Usage(prompt_tokens, completion_tokens)

@@ -339,3 +339,26 @@ async def test_more_tool_calls_in_one_round_than_max_tool_calls_is_a_brain_error
 def test_bounds_of_a_turn_are_checked_in_config(setting, value):
     with pytest.raises(ConfigError, match=setting):
         agent_specs({"a": {"brain": {"kind": "openai", "model": "m", setting: value}}})
+
+
+# -- text the model writes alongside tool calls -------------------------------------------------------------
+
+
+async def test_text_streamed_with_tool_calls_goes_back_to_the_model_and_joins_the_answer(fake):
+    calling = tool_calls(("c1", "current_time", {}))
+    fake.script(Reply(chunks=[chunk("Let me check"), chunk(" the time."), *calling.chunks]), text("It is 04:30."))
+    brain = brain_for(fake, tools=["current_time"])
+    items = await items_of(brain, turn_for(brain))
+    text_items = [i for i in items if isinstance(i, str)]
+    assert "".join(text_items) == "Let me check the time.\n\nIt is 04:30."
+    assistant = fake.requests[1]["messages"][-2]
+    assert assistant["role"] == "assistant" and assistant["content"] == "Let me check the time."
+    assert assistant["tool_calls"][0]["id"] == "c1"
+
+
+async def test_a_tool_round_without_text_sends_no_content_and_adds_no_separator(fake):
+    fake.script(tool_calls(("c1", "current_time", {})), text("It is 04:30."))
+    brain = brain_for(fake, tools=["current_time"])
+    items = await items_of(brain, turn_for(brain))
+    assert [i for i in items if isinstance(i, str)] == ["It is 04:30."]
+    assert fake.requests[1]["messages"][-2]["content"] is None
