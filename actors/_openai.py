@@ -386,8 +386,16 @@ class OpenAIBrain:
                     for delta in self._chunk(data, result, key):
                         streamed = True
                         yield delta
+        except httpx.ProxyError as exc:  # only its kind: its text might name the proxy's URL (and credentials)
+            raise _Retry(f"could not reach the model server at {self.shown_url} through the proxy "
+                         f"({type(exc).__name__})") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise _Retry(f"could not connect to the model server at {self.shown_url}: {self._scrub(str(exc), key) or type(exc).__name__}") from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:  # while sending the request: nothing streamed yet
+            reason = f"could not send the request to the model server at {self.shown_url} ({type(exc).__name__})"
+            if not streamed and not result.calls:
+                raise _Retry(reason) from None
+            raise BrainError(reason) from None
         except httpx.TimeoutException:
             raise BrainError(f"the model server sent nothing for {self.timeout:g} s (timeout)") from None
         except SSEError as exc:
@@ -396,6 +404,11 @@ class OpenAIBrain:
             if not streamed and not result.calls:
                 raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key) or type(exc).__name__}") from None
             raise BrainError("the model server closed the connection in the middle of the answer") from None
+        except httpx.DecodingError:
+            raise BrainError("the model server's answer could not be decoded (its content encoding is broken)") from None
+        except httpx.CloseError:
+            if not result.finished:
+                raise BrainError("the connection to the model server failed in the middle of the answer") from None
         except httpx.HTTPError as exc:  # any other: its text may quote a header or the URL, so only its kind
             raise BrainError(f"the request to the model server failed ({type(exc).__name__})") from None
         if not result.finished:

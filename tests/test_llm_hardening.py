@@ -362,3 +362,46 @@ async def test_a_tool_round_without_text_sends_no_content_and_adds_no_separator(
     items = await items_of(brain, turn_for(brain))
     assert [i for i in items if isinstance(i, str)] == ["It is 04:30."]
     assert fake.requests[1]["messages"][-2]["content"] is None
+
+
+# -- every kind of HTTP failure is a clear brain_error; those before the request was sent are retried -------
+
+
+def failing_send(monkeypatch, exc: Exception, times: int) -> list:
+    """Make the first `times` requests fail with `exc` (as httpx raises it); returns the list of tries."""
+    real_send, tries = httpx.AsyncClient.send, []
+
+    async def send(self, request, **kwargs):
+        tries.append(request.url.path)
+        if len(tries) <= times:
+            raise exc
+        return await real_send(self, request, **kwargs)
+
+    monkeypatch.setattr(httpx.AsyncClient, "send", send)
+    return tries
+
+
+@pytest.mark.parametrize("exc", [httpx.WriteError("broken pipe"), httpx.WriteTimeout("slow"),
+                                 httpx.ProxyError("proxy said no"), httpx.ConnectError("refused")])
+async def test_errors_before_the_request_was_sent_are_retried(fake, monkeypatch, autojump_clock, exc):
+    fake.script(text("Made it."))
+    tries = failing_send(monkeypatch, exc, times=1)
+    brain = brain_for(fake, retries=1)
+    assert await items_of(brain, turn_for(brain)) == ["Made it."]
+    assert len(tries) == 2
+
+
+@pytest.mark.parametrize("exc, says", [
+    (httpx.WriteError("broken pipe"), "could not send the request to the model server at http://127.0.0.1"),
+    (httpx.ProxyError("http://user:pw@proxy"), "through the proxy (ProxyError)"),
+    (httpx.DecodingError("bad gzip"), "could not be decoded"),
+    (httpx.CloseError("reset"), "failed in the middle of the answer"),
+    (httpx.RemoteProtocolError("illegal"), "the model server closed the connection: illegal"),
+    (httpx.UnsupportedProtocol("no"), "the request to the model server failed (UnsupportedProtocol)"),
+])
+async def test_every_http_failure_is_a_clear_brain_error(fake, monkeypatch, autojump_clock, exc, says):
+    failing_send(monkeypatch, exc, times=10)
+    brain = brain_for(fake, retries=1)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert says in str(caught.value) and "pw@" not in str(caught.value)
