@@ -14,6 +14,7 @@ import trio
 from actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
                     agent_specs)
 from actors._brain import BrainError
+from actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
 from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
 from store import EventLog
 from test_actors import Recorder, chat as actor_chat, logged, running
@@ -405,3 +406,12 @@ async def test_every_http_failure_is_a_clear_brain_error(fake, monkeypatch, auto
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert says in str(caught.value) and "pw@" not in str(caught.value)
+
+
+async def test_a_tool_error_text_is_bounded():
+    def loud(ctx, args):
+        raise ToolError("e" * 100_000)
+
+    toolbox = Toolbox([Tool("loud", "fails at length", CurrentTimeArgs, loud)], ToolContext("a", "u", None))
+    outcome = await toolbox.run("loud", {})
+    assert len(outcome.error) <= 2001 and outcome.error.startswith("eee")
