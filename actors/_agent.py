@@ -598,10 +598,10 @@ class Agent:
                         memory = await self._journal.read(
                             lambda log, before=rec.seq - 1: log.memory(agent_id, user, window=window, until_seq=before)
                         )
-                    output = _replayed(agent_id, rec, memory)
+                    outputs = _replayed(agent_id, rec, memory)
                     if memory is not None:
                         memory = fold(memory, rec)
-                    if output is not None:
+                    for output in outputs:
                         if room is not None:
                             await room()
                         origin.deliver(output)
@@ -643,23 +643,33 @@ def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[
             close()  # finishes the SQLite statement: no read transaction outlives the page
 
 
-def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> Output | None:
-    """The output that replays one logged event in a backlog (as its live frame carried it), or
-    None for an event not replayed: a message whose text a later long-term clear erased (the
-    clear itself is replayed), or an event type this version does not replay."""
-    event = rec.event
+def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> tuple[Output, ...]:
+    """The outputs that replay one logged event in a backlog, as its live frames carried it: a
+    user message, an answer, a clear, a tool call or result, and a turn that ended without an
+    answer (`TurnCancelled` or `Failed` `brain_error`, then `TurnDone`). None for a message whose
+    text a later long-term clear erased (the clear itself is replayed; a tool call's arguments, a
+    result or a partial answer it erased are replayed empty), or an event type this version does
+    not replay."""
+    event, rid = rec.event, rec.event.request_id
     if isinstance(event, MemoryCleared):
         forgotten = memory.long_term_count if event.long_term and memory is not None else 0
-        return MemoryWasCleared(
-            agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq, request_id=event.request_id
-        )
+        return (MemoryWasCleared(agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq,
+                                 request_id=rid),)
+    if isinstance(event, ToolCalled):
+        return (TurnToolCall(agent_id, event.call_id, event.tool, event.arguments, rid),)
+    if isinstance(event, ToolReturned):
+        return (TurnToolResult(agent_id, event.call_id, event.tool, event.result, event.error, rid),)
+    if isinstance(event, TurnEnded):
+        if event.outcome == CANCELLED:
+            return TurnCancelled(agent_id, event.partial, rid), TurnDone(agent_id, rid)
+        return Failed(agent_id, "brain_error", event.reason or "The agent could not answer", rid), TurnDone(agent_id, rid)
     if not getattr(event, "content", None):  # erased: a message's text is never empty otherwise
-        return None
+        return ()
     if isinstance(event, UserMessage):
-        return UserSaid(agent_id, event.content, rec.seq, event.request_id)
+        return (UserSaid(agent_id, event.content, rec.seq, rid),)
     if isinstance(event, AgentMessage):
-        return TurnResponse(agent_id, event.content, rec.seq, event.request_id)
-    return None
+        return (TurnResponse(agent_id, event.content, rec.seq, rid),)
+    return ()
 
 
 class Agents(Mapping[str, Agent]):
