@@ -11,14 +11,13 @@ import httpx
 import pytest
 import trio
 
-from actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone, TurnResponse,
-                    agent_specs)
+from actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone,
+                    TurnResponse, agent_specs)
 from actors._brain import BrainError
 from actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
 from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
-from store import EventLog
-from test_actors import Recorder, chat as actor_chat, logged, running
 from support import running_server
+from test_actors import Recorder, chat as actor_chat, logged, running
 from test_llm_e2e import AGENT, chat, llm_server, user
 from test_openai_brain import brain_for, items_of, turn_for
 from transport.cli import setup_logging
@@ -146,6 +145,19 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
         assert asker.of(TurnCancelled)[0].partial == "partial" and not asker.of(TurnResponse)
 
 
+async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
+    async with llm_server(db_path, text("Slow", stall_after=1)) as server:
+        async with user(server) as alice:
+            await alice.send(chat("Go", "mine"))
+            await alice.recv_until("response_chunk")
+            async with user(server, subscribe=True) as new_tab:  # e.g. a tab opened during the answer
+                await new_tab.send({"type": "cancel", "agent_id": AGENT})
+                assert [f["type"] for f in await alice.recv_until("agent_done")] == ["cancelled", "agent_done"]
+                # the turn's recipients were fixed when it began: the new tab hears its end as a canceller
+                frames = await new_tab.recv_until("agent_done", timeout=2)
+                assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
+
+
 # -- the turn log ----------------------------------------------------------------------------------------
 
 
@@ -210,19 +222,6 @@ def test_a_custom_tool_module_that_fails_at_import_is_a_config_error(tmp_path, m
         agent_specs({"a": {"brain": {"kind": "openai", "model": "m", "tools": ["broken_tools_module:weather"]}}})
 
 
-
-
-async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
-    async with llm_server(db_path, text("Slow", stall_after=1)) as server:
-        async with user(server) as alice:
-            await alice.send(chat("Go", "mine"))
-            await alice.recv_until("response_chunk")
-            async with user(server, subscribe=True) as new_tab:  # e.g. a tab opened during the answer
-                await new_tab.send({"type": "cancel", "agent_id": AGENT})
-                assert [f["type"] for f in await alice.recv_until("agent_done")] == ["cancelled", "agent_done"]
-                # the turn's recipients were fixed when it began: the new tab hears its end as a canceller
-                frames = await new_tab.recv_until("agent_done", timeout=2)
-                assert [f["type"] for f in frames] == ["cancelled", "agent_done"]
 
 
 # -- secrets: the API key, credentials in base_url ---------------------------------------------------------
