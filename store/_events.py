@@ -5,6 +5,7 @@ Must not import trio, `actors` or `transport`.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _quote  # the string encoder of ensure_ascii=False
 from typing import Union
 
 from attrs import frozen
@@ -78,17 +79,21 @@ REDACTED = '{"content":"","redacted":true}'
 
 
 def payload_of(event: Event) -> str:
-    """The JSON payload stored for `event`: everything but the columns the log indexes."""
-    body: dict[str, object] = {}
+    """The JSON payload stored for `event`: everything but the columns the log indexes.
+
+    Exactly `json.dumps(body, ensure_ascii=False, separators=(",", ":"))`, spelled out: it runs
+    for every appended event.
+    """
     if isinstance(event, MemoryCleared):
-        body["long_term"] = event.long_term
+        text = '{"long_term":true' if event.long_term else '{"long_term":false'
     else:
-        body["content"] = event.content
+        text = '{"content":' + _quote(event.content)
     if event.request_id is not None:
-        body["request_id"] = event.request_id
-    if getattr(event, "command_id", None) is not None:
-        body["command_id"] = event.command_id
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        text += ',"request_id":' + _quote(event.request_id)
+    command_id = getattr(event, "command_id", None)
+    if command_id is not None:
+        text += ',"command_id":' + _quote(command_id)
+    return text + "}"
 
 
 def payload_from_row(type_: str, payload: str) -> dict:

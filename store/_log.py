@@ -5,6 +5,7 @@ Synchronous and thread-agnostic (one caller at a time). Must not import trio, `a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -37,6 +38,7 @@ class Hit:
     score: float
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_token(agent_id: str, user: str) -> str:
     """The one index token that names an (agent, user) memory; opaque and collision-resistant."""
     digest = hashlib.blake2b(f"{agent_id}\x00{user}".encode(), digest_size=12).hexdigest()
@@ -112,18 +114,28 @@ class EventLog:
         forgot = False
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Sequence numbers are given explicitly: the next ones after the newest, which is what
+            # SQLite would pick (seq is the rowid; nothing else writes during this transaction), so
+            # that the rows go in with one executemany per table instead of two statements per event.
+            (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            rows: list[tuple] = []
+            indexed: list[tuple[int, str, str]] = []
             for batch in batches:
                 recorded = []
                 for event in batch:
-                    cur = conn.execute(
-                        "INSERT INTO events (at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?)",
-                        (event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
-                         getattr(event, "command_id", None)),
-                    )
-                    seq = cur.lastrowid
-                    forgot = self._project(seq, event) or forgot
+                    seq += 1
+                    rows.append((seq, event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
+                                 getattr(event, "command_id", None)))
+                    if isinstance(event, MemoryCleared):
+                        if event.long_term:  # what it forgets must be in the tables first
+                            self._write_rows(rows, indexed)
+                            self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
+                            forgot = True
+                    else:
+                        indexed.append((seq, event.content, scope_token(event.agent_id, event.user)))
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
+            self._write_rows(rows, indexed)
             for memory in snapshots:
                 conn.execute(
                     "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
@@ -140,19 +152,18 @@ class EventLog:
             self._checkpoint(patience=0.0)
         return out
 
-    def _project(self, seq: int, event: Event) -> bool:
-        """Keep the index in step with `event`; True if it made the log forget something."""
-        scope = scope_token(event.agent_id, event.user)
-        if isinstance(event, MemoryCleared):
-            if event.long_term:
-                self._forget(seq, event.agent_id, event.user, scope)
-                return True
-        else:
-            self._conn.execute(
-                "INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
-                (seq, event.content, scope),
+    def _write_rows(self, rows: list[tuple], indexed: list[tuple[int, str, str]]) -> None:
+        """Insert the pending event rows and their index rows (the search index is kept in step
+        with the log in the same transaction); empties both lists."""
+        if rows:
+            self._conn.executemany(
+                "INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
-        return False
+            rows.clear()
+        if indexed:
+            self._conn.executemany("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)", indexed)
+            indexed.clear()
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
         """Erase the text of every message of (agent_id, user) before `seq`: index rows and event payloads.

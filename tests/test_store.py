@@ -141,6 +141,52 @@ def test_append_is_all_or_nothing_across_batches(tmp_path, bad_content, error):
         assert [h.content for h in reopened.search(AGENT, USER, "zebra", 10)] == ["zebra later"]
 
 
+def test_append_gives_consecutive_seqs_across_batches_and_calls(log):
+    out = log.append([[user_msg("a"), agent_msg("b")], [cleared(False)], [user_msg("c", user="u2")]])
+    (more,) = log.append([[agent_msg("d")]])
+    seqs = [r.seq for batch in out for r in batch] + [r.seq for r in more]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert [r.seq for r in log.read()] == seqs
+
+
+def test_a_long_term_clear_inside_one_append_forgets_what_came_before_it_in_that_append(log):
+    (recorded,) = log.append([[
+        user_msg("zebra before", i=1),
+        agent_msg("zebra reply before", i=2),
+        user_msg("zebra of another user", user="u2", i=3),
+        cleared(True, i=4),
+        user_msg("zebra after", i=5),
+    ]])
+    assert [r.seq for r in recorded] == [1, 2, 3, 4, 5]
+    assert [h.content for h in log.search(AGENT, USER, "zebra", 10)] == ["zebra after"]
+    assert [h.content for h in log.search(AGENT, "u2", "zebra", 10)] == ["zebra of another user"]
+    contents = [getattr(r.event, "content", None) for r in log.read()]
+    assert contents == ["", "", "zebra of another user", None, "zebra after"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        UserMessage(AGENT, USER, at(1), 'quotes " and \\ back\nslash, caf\u00e9 \U0001f600 \x00 \u2028', "r1", "c1"),
+        AgentMessage(AGENT, USER, at(1), "", None, "c2"),
+        AgentMessage(AGENT, USER, at(1), "plain", "r3"),
+        MemoryCleared(AGENT, USER, at(1), True, "r4"),
+        MemoryCleared(AGENT, USER, at(1), False),
+    ],
+)
+def test_payload_is_the_compact_json_of_the_event(event):
+    import json
+
+    from store._events import payload_of
+
+    body = {"long_term": event.long_term} if isinstance(event, MemoryCleared) else {"content": event.content}
+    if event.request_id is not None:
+        body["request_id"] = event.request_id
+    if getattr(event, "command_id", None) is not None:
+        body["command_id"] = event.command_id
+    assert payload_of(event) == json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
 # -- fold / rebuild ------------------------------------------------------------------------
 
 
