@@ -5,11 +5,9 @@ Synchronous and thread-agnostic (one caller at a time). Must not import trio, `a
 from __future__ import annotations
 
 import contextlib
-import functools
-import hashlib
+import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 
@@ -18,14 +16,12 @@ from attrs import frozen
 from ._events import REDACTED, Event, MemoryCleared, Recorded, event_from_row, payload_of
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
+from ._terms import index_terms, scope_token, term, words
 
 logger = logging.getLogger("agentcast.store")
 
 #: Most distinct words of a query that a search uses; the rest are ignored.
 MAX_QUERY_TERMS = 32
-
-_WORD = re.compile(r"\w+")
-
 
 @frozen
 class Hit:
@@ -38,29 +34,24 @@ class Hit:
     score: float
 
 
-@functools.lru_cache(maxsize=4096)
-def scope_token(agent_id: str, user: str) -> str:
-    """The one index token that names an (agent, user) memory; opaque and collision-resistant."""
-    digest = hashlib.blake2b(f"{agent_id}\x00{user}".encode(), digest_size=12).hexdigest()
-    return "s" + digest
-
-
 def match_expression(agent_id: str, user: str, query: str) -> str | None:
     """The FTS5 MATCH for `query` within one (agent, user), or None if it has no words.
 
-    The query is text, never FTS syntax: it is cut into words and each word is quoted,
-    so quotes, operators, `NEAR(`, `*`, `-` or `:` in it are just characters.
+    The query is text, never FTS syntax: it is cut into words (as messages are, see `_terms`)
+    and each becomes the quoted index term of that word in that memory, so quotes, operators,
+    `NEAR(`, `*`, `-` or `:` in it are just characters, and only that memory's postings are read.
     """
+    scope = scope_token(agent_id, user)
     terms: list[str] = []
-    for word in _WORD.findall(query.lower()):
-        if word not in terms:
-            terms.append(word)
+    for word in words(query):
+        t = term(scope, word)
+        if t not in terms:
+            terms.append(t)
             if len(terms) == MAX_QUERY_TERMS:
                 break
     if not terms:
         return None
-    words = " OR ".join(f'"{t}"' for t in terms)
-    return f"scope : {scope_token(agent_id, user)} AND content : ({words})"
+    return " OR ".join(f'"{t}"' for t in terms)
 
 
 class EventLog:
@@ -119,7 +110,7 @@ class EventLog:
             # that the rows go in with one executemany per table instead of two statements per event.
             (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             rows: list[tuple] = []
-            indexed: list[tuple[int, str, str]] = []
+            indexed: list[tuple[int, str]] = []
             for batch in batches:
                 recorded = []
                 for event in batch:
@@ -132,7 +123,7 @@ class EventLog:
                             self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
                             forgot = True
                     else:
-                        indexed.append((seq, event.content, scope_token(event.agent_id, event.user)))
+                        indexed.append((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
             self._write_rows(rows, indexed)
@@ -152,7 +143,7 @@ class EventLog:
             self._checkpoint(patience=0.0)
         return out
 
-    def _write_rows(self, rows: list[tuple], indexed: list[tuple[int, str, str]]) -> None:
+    def _write_rows(self, rows: list[tuple], indexed: list[tuple[int, str]]) -> None:
         """Insert the pending event rows and their index rows (the search index is kept in step
         with the log in the same transaction); empties both lists."""
         if rows:
@@ -162,7 +153,7 @@ class EventLog:
             )
             rows.clear()
         if indexed:
-            self._conn.executemany("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)", indexed)
+            self._conn.executemany("INSERT INTO memory_index (rowid, terms) VALUES (?, ?)", indexed)
             indexed.clear()
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
@@ -173,9 +164,16 @@ class EventLog:
         index in place (secure-delete, SQLite >= 3.42) or, on older SQLite, by rewriting it.
         """
         conn = self._conn
-        conn.execute(
-            "DELETE FROM memory_fts WHERE rowid IN (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
-            (f"scope : {scope}",),
+        # The index keeps no text: a row is deleted by giving its terms again (made from the
+        # event's text, still there until the UPDATE below).
+        remembered = conn.execute(
+            "SELECT seq, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
+            "AND type IN ('user_message', 'agent_message') AND payload != ?",
+            (agent_id, user, seq, REDACTED),
+        ).fetchall()
+        conn.executemany(
+            "INSERT INTO memory_index (memory_index, rowid, terms) VALUES ('delete', ?, ?)",
+            [(s, index_terms(scope, json.loads(payload)["content"])) for s, payload in remembered],
         )
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
         conn.execute(
@@ -184,7 +182,7 @@ class EventLog:
             (REDACTED, agent_id, user, seq, REDACTED),
         )
         if not FTS5_SECURE_DELETE:
-            conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
+            conn.execute("INSERT INTO memory_index (memory_index) VALUES ('optimize')")
 
     def _checkpoint(self, patience: float) -> None:
         """Copy the WAL into the database and truncate it, so no old page survives in the WAL.
@@ -316,16 +314,19 @@ class EventLog:
         """The best `limit` messages of (agent_id, user)'s long-term memory for `query`, best first.
 
         Only messages with a sequence number >= `since_seq` are considered (to search the
-        short-term window alone). Ranking is SQLite FTS5's BM25.
+        short-term window alone). Ranking is SQLite FTS5's BM25, with a word's document frequency
+        counted among this memory's messages (the term is the memory's own; the number of
+        messages and their average length are the whole index's). Equally good messages come in
+        FTS5's order.
         """
         match = match_expression(agent_id, user, query)
         if match is None:
             return []
         rows = self._conn.execute(
-            "SELECT e.seq, e.type, memory_fts.content, e.at, -memory_fts.rank "
-            "FROM memory_fts JOIN events e ON e.seq = memory_fts.rowid "
-            "WHERE memory_fts MATCH ? AND memory_fts.rowid >= ? "
-            "ORDER BY memory_fts.rank LIMIT ?",
+            "SELECT e.seq, e.type, json_extract(e.payload, '$.content'), e.at, -memory_index.rank "
+            "FROM memory_index JOIN events e ON e.seq = memory_index.rowid "
+            "WHERE memory_index MATCH ? AND memory_index.rowid >= ? "
+            "ORDER BY memory_index.rank LIMIT ?",
             (match, since_seq, limit),
         )
         return [

@@ -24,6 +24,7 @@ from store import (
     match_expression,
     rebuild,
 )
+from store._terms import scope_token, words
 
 AGENT = "echo"
 USER = "u1"
@@ -388,7 +389,8 @@ def test_search_query_without_words_returns_nothing(log, query):
 def test_match_expression_quotes_every_word():
     expr = match_expression(AGENT, USER, 'NEAR(a "b" OR c*')
     assert expr is not None
-    assert '"near"' in expr and '"a"' in expr and '"b"' in expr and '"or"' in expr and '"c"' in expr
+    scope = scope_token(AGENT, USER)
+    assert expr == " OR ".join(f'"{scope}w{word}"' for word in ("near", "a", "b", "or", "c"))
     assert "NEAR(" not in expr and "*" not in expr
 
 
@@ -569,3 +571,88 @@ def test_readonly_log_sees_events_committed_by_an_open_writable_log(tmp_path):
             assert [r.event.content for r in reader.read()] == ["turquoise one", "turquoise two"]
             assert reader.last_seq() == writer.last_seq() == 2
             assert len(reader.search(AGENT, USER, "turquoise", 10)) == 2
+
+
+# -- the search index: per-memory terms, migration, rebuild ---------------------------------
+
+
+def test_words_fold_case_and_accents_and_split_like_fts5():
+    assert words("Café CRÈME, foo_bar don't 東京タワー 42x") == ["cafe", "creme", "foo", "bar", "don", "t", "東京タワー", "42x"]
+
+
+def test_search_matches_regardless_of_case_and_accents(log):
+    append_one(log, user_msg("Un café crème à Genève"), user_msg("東京タワー を 見た"))
+    assert [h.content for h in log.search(AGENT, USER, "CAFE creme", 5)] == ["Un café crème à Genève"]
+    assert [h.content for h in log.search(AGENT, USER, "genève", 5)] == ["Un café crème à Genève"]
+    assert [h.content for h in log.search(AGENT, USER, "東京タワー", 5)] == ["東京タワー を 見た"]
+
+
+def test_a_rare_word_outranks_words_every_message_has(log):
+    append_one(log, *(user_msg(f"the and you {i}", i=i % 60) for i in range(30)))
+    append_one(log, user_msg("the and you turquoise"))
+    hits = log.search(AGENT, USER, "the and you turquoise", 3)
+    assert hits[0].content == "the and you turquoise"
+
+
+def test_document_frequency_is_counted_within_the_memory(log):
+    """Another user's messages full of a word do not make it less telling for this user."""
+    append_one(log, user_msg("zebra crossing"), user_msg("quiet street"))
+    before = [(h.content, h.score) for h in log.search(AGENT, USER, "zebra street", 5)]
+    append_one(log, *(user_msg("zebra zebra zebra", user="u2") for _ in range(50)))
+    after = [h.content for h in log.search(AGENT, USER, "zebra street", 5)]
+    assert [c for c, _ in before] == after
+    assert sorted(after) == ["quiet street", "zebra crossing"]
+
+
+def old_schema_log(path):
+    """A log as agentcast wrote it before migration m004: the `memory_fts` index with its text."""
+    from sqlite_utils import Database
+
+    from store._schema import APPLICATION_ID, migrations
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db = Database(conn)
+    migrations.apply(db, stop_before="m004_search_index_by_user")
+    rows = [(1, "user_message", USER, '{"content":"my favourite colour is turquoise"}'),
+            (2, "agent_message", USER, '{"content":"You said: my favourite colour is turquoise"}'),
+            (3, "user_message", "u2", '{"content":"","redacted":true}'),
+            (4, "memory_cleared", "u2", '{"long_term":true}'),
+            (5, "user_message", "u2", '{"content":"turquoise again"}')]
+    for seq, type_, user, payload in rows:
+        conn.execute("INSERT INTO events (seq, at, type, agent_id, user, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, at(seq), type_, AGENT, user, payload))
+        if type_ != "memory_cleared" and "redacted" not in payload:
+            conn.execute("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, json_extract(?, '$.content'), ?)",
+                         (seq, payload, scope_token(AGENT, user)))
+    conn.close()
+
+
+def test_an_old_log_is_reindexed_and_memory_fts_dropped(tmp_path):
+    from store import verify
+
+    path = tmp_path / "old.db"
+    old_schema_log(path)
+    with EventLog.open(path) as log:
+        tables = {r[0] for r in log._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "memory_fts" not in tables and "memory_index" in tables
+        assert [h.seq for h in log.search(AGENT, USER, "turquoise", 5)] == [1, 2]
+        assert [h.content for h in log.search(AGENT, "u2", "turquoise", 5)] == ["turquoise again"]
+        assert verify(log).ok
+        log.append([[cleared(True, i=9)]])  # forgetting works on the migrated index
+        assert log.search(AGENT, USER, "turquoise", 5) == []
+        assert verify(log).ok
+
+
+def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
+    from store import verify
+
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        append_one(log, user_msg("Un café crème"), user_msg("the other one", user="u2"))
+        log._conn.execute("UPDATE memory_index_words SET unicode = '1.0'")
+        log._conn.execute("INSERT INTO memory_index (memory_index) VALUES ('delete-all')")  # as if made otherwise
+        assert log.search(AGENT, USER, "cafe", 5) == []
+    with EventLog.open(path) as log:
+        assert [h.content for h in log.search(AGENT, USER, "cafe", 5)] == ["Un café crème"]
+        assert verify(log).ok
