@@ -155,7 +155,8 @@ def main() -> None:
         cum.append(total)
     results = {}
     with EventLog.open(db, readonly=True) as log:
-        (messages,) = log._conn.execute("SELECT count(*) FROM memory_fts").fetchone()
+        (messages,) = log._conn.execute(
+            "SELECT count(*) FROM events WHERE type IN ('user_message', 'agent_message')").fetchone()
         (users,) = log._conn.execute("SELECT count(DISTINCT user) FROM events").fetchone()
         for _ in range(20):  # warm the page cache
             log.search(AGENT, f"user{rng.randrange(users)}", "the and you", RECALL)
