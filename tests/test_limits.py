@@ -64,6 +64,18 @@ async def test_an_idle_connection_is_closed_with_1001_and_activity_keeps_it(h, a
     assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
 
 
+async def test_with_heartbeats_on_an_idle_connection_is_still_closed_and_pongs_are_not_activity(h, autojump_clock):
+    """Heartbeat and idle timeout share one task per connection: both act."""
+    h.settings = {"heartbeat_interval": 20, "heartbeat_timeout": 20, "idle_timeout": 100}
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    start = trio.current_time()
+    with pytest.raises(ConnectionClosed) as closed:  # reading: trio-websocket answers the pings meanwhile
+        while True:
+            await ws.get_message()
+    assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
+
+
 async def test_frames_past_the_rate_limit_are_refused_and_the_bucket_refills(h, autojump_clock):
     h.settings = {"rate_limit": 5, "rate_burst": 3}
     ws, _ = await h.client()
