@@ -18,7 +18,7 @@ from store import EventLog
 
 from ._auth import Authenticator, TokenError, bearer_token, origin_allowed
 from ._connection import GOING_AWAY, Connection
-from ._wsinternals import reject
+from ._wsinternals import drop_handshake_parser, reject
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -171,6 +171,7 @@ class Server:
                     )
                     return
             ws = await request.accept()
+            drop_handshake_parser(ws)
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
             return
