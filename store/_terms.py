@@ -41,7 +41,13 @@ def term(scope: str, word: str) -> str:
 def index_terms(scope: str, text: str) -> str:
     """What the index holds for a message of `scope` saying `text`: the scope token (to find all
     of a memory's messages), then the term of every word."""
-    return " ".join([scope, *(term(scope, w) for w in words(text))])
+    found = words(text)
+    if not found:
+        return scope
+    if text.isascii():  # the common case, in one join: every word is ASCII
+        prefix = scope + "w"
+        return scope + " " + prefix + (" " + prefix).join(found)
+    return " ".join([scope, *(term(scope, w) for w in found)])
 
 
 def index_is_current(conn) -> bool:

@@ -656,3 +656,11 @@ def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
     with EventLog.open(path) as log:
         assert [h.content for h in log.search(AGENT, USER, "cafe", 5)] == ["Un café crème"]
         assert verify(log).ok
+
+
+@pytest.mark.parametrize("text", ["", "...", "plain words here", "Café au lait", "東京 and Tokyo", "a_b-c"])
+def test_index_terms_are_the_scope_then_the_term_of_each_word(text):
+    from store._terms import index_terms, term
+
+    scope = scope_token(AGENT, USER)
+    assert index_terms(scope, text) == " ".join([scope, *(term(scope, w) for w in words(text))])
