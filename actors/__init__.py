@@ -2,8 +2,10 @@
 
 Must not import `transport` (enforced by tests/test_layers.py).
 """
-from ._agent import Agent, Agents, AgentSpec, Audience, Busy, utc_now
-from ._brain import BRAINS, Brain, BrainError, EchoBrain, Turn, split_chunks
+from ._agent import ON_BUSY, Agent, Agents, AgentSpec, Audience, Busy, NothingToCancel, RunningTurn, utc_now
+from ._brain import BRAINS, Brain, BrainError, BrainItem, EchoBrain, ToolCall, ToolResult, Turn, Usage, split_chunks
+from ._openai import OpenAIBrain
+from ._tools import TOOLS, MemoryAccess, Tool, ToolContext, ToolError, Toolbox, ToolOutcome, resolve_tools, tool
 from ._config import DEFAULT_AGENTS, ConfigError, agent_specs
 from ._journal import Journal
 from ._messages import (
@@ -20,10 +22,13 @@ from ._messages import (
     Resumed,
     SearchMemory,
     SearchResults,
+    TurnCancelled,
     TurnChunk,
     TurnDone,
     TurnResponse,
     TurnStarted,
+    TurnToolCall,
+    TurnToolResult,
     UserSaid,
 )
 
@@ -33,4 +38,8 @@ __all__ = [
     "Journal", "MemoryWasCleared", "Outbox", "Output", "SearchMemory", "SearchResults", "Turn",
     "TurnChunk", "TurnDone", "TurnResponse", "TurnStarted", "agent_specs", "split_chunks", "utc_now",
     "PacedOutbox", "Resume", "Resumed", "UserSaid",
+    # real models: the openai brain, tools, cancellation
+    "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "RunningTurn", "TOOLS", "Tool",
+    "ToolCall", "ToolContext", "ToolError", "ToolOutcome", "ToolResult", "Toolbox", "TurnCancelled", "TurnToolCall",
+    "TurnToolResult", "Usage", "resolve_tools", "tool",
 ]

@@ -7,15 +7,32 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import aclosing
 from datetime import datetime, timezone
 
 import trio
-from attrs import frozen
+from attrs import define, field, frozen
 
-from store import AgentMessage, EventLog, Memory, MemoryCleared, Recorded, UserMessage, fold
+from store import (
+    CANCELLED,
+    FAILED,
+    AgentMessage,
+    Event,
+    EventLog,
+    FactRemembered,
+    Hit,
+    Memory,
+    MemoryCleared,
+    Recorded,
+    ToolCalled,
+    ToolReturned,
+    TurnEnded,
+    UserMessage,
+    fold,
+)
 
-from ._brain import Brain, BrainError, Turn
+from ._brain import Brain, BrainError, ToolCall, ToolResult, Turn, Usage
 from ._journal import Journal
 from ._messages import (
     AgentCommand,
@@ -30,12 +47,16 @@ from ._messages import (
     Resumed,
     SearchMemory,
     SearchResults,
+    TurnCancelled,
     TurnChunk,
     TurnDone,
     TurnResponse,
     TurnStarted,
+    TurnToolCall,
+    TurnToolResult,
     UserSaid,
 )
+from ._tools import ToolContext, Toolbox
 
 logger = logging.getLogger("agentcast.actors")
 
@@ -72,15 +93,82 @@ class AgentSpec:
     connection_size: int = 16
     #: A user's lane idle this long (seconds) is dropped; it is rebuilt from the log on next use.
     lane_idle_seconds: float = 60.0
+    #: Cancel a running turn when the connection that asked for it goes away (by default it
+    #: completes and is logged, so the user can read it after reconnecting).
+    cancel_on_disconnect: bool = False
+    #: A chat from a user whose previous chat is still queued or running: "queue" it behind
+    #: (default), "reject" it (`busy`), or "interrupt" the running turn (cancelled) and queue it.
+    on_busy: str = "queue"
 
     def __attrs_post_init__(self) -> None:
         sizes = (self.short_term_window, self.mailbox_size, self.lane_size, self.connection_size)
         if min(sizes) < 1 or not self.lane_idle_seconds > 0:
             raise ValueError(f"agent {self.agent_id!r}: sizes must be >= 1 and lane_idle_seconds > 0")
+        if self.on_busy not in ON_BUSY:
+            raise ValueError(f"agent {self.agent_id!r}: on_busy must be one of {', '.join(map(repr, ON_BUSY))}")
+
+
+#: The choices of `AgentSpec.on_busy`.
+ON_BUSY = ("queue", "reject", "interrupt")
 
 
 class Busy(Exception):
     """The agent (or this user's lane in it) has as many commands as it may hold."""
+
+
+class NothingToCancel(Exception):
+    """A cancel found no running turn of that user (with that request_id) on the agent."""
+
+
+@define(eq=False)
+class RunningTurn:
+    """A user's chat turn while its brain runs: cancelling `scope` stops it (and closes its HTTP stream)."""
+
+    scope: trio.CancelScope
+    request_id: str | None
+    origin: Outbox
+    #: Outboxes that cancelled it without hearing the turn: they get its end too.
+    cancellers: list[Outbox] = field(factory=list)
+
+
+class _TurnLog:
+    """The events of one chat turn, appended in order. The user's message goes with the first
+    append (a tool call, a remembered fact, or the end of the turn), so nothing of a turn is
+    ever logged before the message that caused it."""
+
+    def __init__(self, agent: "Agent", recipients: "Recipients", said: UserMessage | None) -> None:
+        self._agent = agent
+        self._recipients = recipients
+        self._said = said
+        self.recorded: list[Recorded] = []
+
+    async def append(self, events: Sequence[Event]) -> list[Recorded]:
+        """Append `events` (after the user's message, the first time); returns their records once committed."""
+        batch = [self._said, *events] if self._said is not None else list(events)
+        self._said = None
+        recorded = await self._agent._append(self._recipients, batch)
+        self.recorded.extend(recorded)
+        return recorded[len(recorded) - len(events):]
+
+
+@frozen
+class _TurnMemory:
+    """The user's memory as the turn's tools reach it (`actors._tools.MemoryAccess`): bound to
+    the turn's agent and user, so a tool can neither read nor write anyone else's."""
+
+    agent: "Agent"
+    user: str
+    request_id: str | None
+    log: _TurnLog
+
+    async def search(self, query: str, limit: int) -> Sequence[Hit]:
+        agent_id, user = self.agent.agent_id, self.user
+        return await self.agent._journal.read(lambda log: log.search(agent_id, user, query, limit))
+
+    async def remember(self, fact: str) -> int:
+        event = FactRemembered(self.agent.agent_id, self.user, self.agent._clock(), fact, self.request_id)
+        (rec,) = await self.log.append([event])
+        return rec.seq
 
 
 _HELD, _LIVE, _TAIL = "held", "live", "tail"
@@ -202,6 +290,8 @@ class Agent:
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()
+        self._chats: dict[str, int] = {}  # per user: chats queued or running
+        self._running: dict[str, RunningTurn] = {}  # per user: the turn whose brain is running
 
     # -- the outside -------------------------------------------------------------------
 
@@ -216,12 +306,46 @@ class Agent:
         if from_origin >= self.spec.connection_size:
             raise Busy(f"Agent '{self.agent_id}' has {self.spec.connection_size} commands of this connection "
                        "queued; wait for their answers")
+        is_chat = isinstance(command, ChatTurn)
+        if is_chat and self.spec.on_busy == "reject" and self._chats.get(command.user):
+            raise Busy(f"Agent '{self.agent_id}' is still answering your previous message; wait for its "
+                       "agent_done (or cancel it) and send again")
         self._mailbox_send.send_nowait(command)
         self._pending[command.user] = pending + 1
         self._per_origin[command.origin] = from_origin + 1
         self._in_flight += 1
         if self._idle.is_set():
             self._idle = trio.Event()
+        if is_chat:
+            self._chats[command.user] = self._chats.get(command.user, 0) + 1
+            running = self._running.get(command.user)
+            if self.spec.on_busy == "interrupt" and running is not None:
+                running.scope.cancel()
+
+    def cancel(self, user: str, request_id: str | None, canceller: Outbox) -> None:
+        """Cancel `user`'s running turn (the one with `request_id`, if given) at once: the brain is
+        stopped where it is, its partial answer is logged as a cancelled turn, and its recipients (and
+        `canceller`) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if there is none.
+
+        Only `user`'s own turn can be cancelled: turns are found by user. Queued turns are untouched.
+        """
+        running = self._running.get(user)
+        if running is None or running.scope.cancel_called:
+            raise NothingToCancel(f"Agent '{self.agent_id}' is not answering you right now: nothing to cancel")
+        if request_id is not None and running.request_id != request_id:
+            raise NothingToCancel(f"Agent '{self.agent_id}' is not answering a message with request_id "
+                                  f"{request_id!r} right now: nothing to cancel")
+        if canceller is not running.origin and canceller not in running.cancellers:
+            running.cancellers.append(canceller)
+        running.scope.cancel()
+
+    def disconnected(self, origin: Outbox) -> None:
+        """`origin` has gone: with `cancel_on_disconnect`, cancel the turn it is waiting for (its
+        chats still queued are cancelled as they come up)."""
+        if self.spec.cancel_on_disconnect:
+            for running in self._running.values():
+                if running.origin is origin:
+                    running.scope.cancel()
 
     @property
     def in_flight(self) -> int:
@@ -263,6 +387,12 @@ class Agent:
             self._per_origin[origin] = left
         else:
             del self._per_origin[origin]
+        if isinstance(command, ChatTurn):
+            left = self._chats[user] - 1
+            if left:
+                self._chats[user] = left
+            else:
+                del self._chats[user]
         self._in_flight -= 1
         if self._in_flight == 0:
             self._idle.set()
@@ -340,38 +470,73 @@ class Agent:
                 recipients.deliver(TurnDone(agent_id, rid))
                 return memory
         brain = self.spec.brain
-        recalled = ()
-        if brain.recall and memory.long_term_count:
-            recalled = await self._journal.read(
-                lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
-            )
+        running = RunningTurn(trio.CancelScope(), rid, cmd.origin)
+        if self.spec.cancel_on_disconnect and getattr(cmd.origin, "gone", False):
+            running.scope.cancel()  # its asker left while it was queued
+        # The user's message is logged once, even if the turn fails, is cancelled or is retried.
+        said = None if logged is not None else UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)
+        turn_log = _TurnLog(self, recipients, said)
         deltas: list[str] = []
+        usage: Usage | None = None
         failure: str | None = None
+        self._running[cmd.user] = running
         try:
-            async for delta in brain.reply(Turn(agent_id, cmd.user, cmd.message, memory, recalled)):
-                if delta:
-                    deltas.append(delta)
-                    recipients.deliver(TurnChunk(agent_id, delta, rid))
-            if not deltas:
-                failure = "The agent gave an empty answer"
-        except BrainError as exc:
-            failure = str(exc) or "The agent could not answer"
-        except Exception:
-            logger.exception("agent %s: brain failed", agent_id)
-            failure = "The agent failed while answering"
-        # The user's message is logged once, even if the turn fails or is retried.
-        said = [] if logged is not None else [UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)]
-        if failure is not None:
-            for rec in await self._append(recipients, said) if said else ():
-                memory = fold(memory, rec)
+            with running.scope:
+                try:
+                    recalled = ()
+                    if brain.recall and memory.long_term_count:
+                        recalled = await self._journal.read(
+                            lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
+                        )
+                    toolbox = Toolbox(getattr(brain, "tools", ()), ToolContext(
+                        agent_id, cmd.user, _TurnMemory(self, cmd.user, rid, turn_log)))
+                    turn = Turn(agent_id, cmd.user, cmd.message, memory, recalled, toolbox)
+                    async with aclosing(brain.reply(turn)) as items:
+                        async for item in items:
+                            if isinstance(item, str):
+                                if item:
+                                    deltas.append(item)
+                                    recipients.deliver(TurnChunk(agent_id, item, rid))
+                            elif isinstance(item, ToolCall):
+                                await turn_log.append([ToolCalled(
+                                    agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.arguments, rid)])
+                                recipients.deliver(TurnToolCall(agent_id, item.call_id, item.tool, item.arguments, rid))
+                            elif isinstance(item, ToolResult):
+                                await turn_log.append([ToolReturned(
+                                    agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.result,
+                                    item.error, rid)])
+                                recipients.deliver(TurnToolResult(
+                                    agent_id, item.call_id, item.tool, item.result, item.error, rid))
+                            elif isinstance(item, Usage):
+                                usage = item
+                    if not deltas:
+                        failure = "The agent gave an empty answer"
+                except BrainError as exc:
+                    failure = str(exc) or "The agent could not answer"
+                except Exception:
+                    logger.exception("agent %s: brain failed", agent_id)
+                    failure = "The agent failed while answering"
+        finally:
+            if self._running.get(cmd.user) is running:
+                del self._running[cmd.user]
+        partial = "".join(deltas)
+        if running.scope.cancelled_caught:
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid)])
+            for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
+                recipients.deliver(output)
+                for canceller in running.cancellers:
+                    if not self._audience.hears(agent_id, cmd.user, canceller):
+                        canceller.deliver(output)
+        elif failure is not None:
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid)])
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
-            return memory
-        answer = AgentMessage(agent_id, cmd.user, self._clock(), "".join(deltas), rid, cmd.command_id)
-        *said_recs, answer_rec = await self._append(recipients, [*said, answer])
-        recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid))
-        recipients.deliver(TurnDone(agent_id, rid))
-        for rec in (*said_recs, answer_rec):
+        else:
+            answer = AgentMessage(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
+            (answer_rec,) = await turn_log.append([answer])
+            recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, usage))
+            recipients.deliver(TurnDone(agent_id, rid))
+        for rec in turn_log.recorded:
             memory = fold(memory, rec)
         return memory
 

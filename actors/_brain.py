@@ -1,16 +1,20 @@
-"""Brains: what an agent thinks with. The `Brain` interface and the built-in `echo` brain.
+"""Brains: what an agent thinks with. The `Brain` interface, what a brain yields, and the built-in `echo` brain.
 
-A brain is pure asynchronous text generation; must not import `transport` or touch the store.
+A brain is asynchronous text generation (plus tool calls through `Turn.tools`); must not import
+`transport` or write to the store.
 """
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
 from attrs import frozen
 
 from store import Hit, Memory
+
+if TYPE_CHECKING:
+    from ._tools import Toolbox
 
 
 @frozen
@@ -24,6 +28,41 @@ class Turn:
     memory: Memory
     #: The best long-term matches for `message` (as many as the brain's `recall` asks).
     recalled: Sequence[Hit] = ()
+    #: The tools this turn may run, bound to this user's memory (None: no tools).
+    tools: "Toolbox | None" = None
+
+
+@frozen
+class ToolCall:
+    """Yielded by a brain when the model calls a tool, BEFORE the brain runs it: the agent logs the
+    call and tells the clients, then the brain goes on (runs it with `turn.tools`)."""
+
+    call_id: str
+    tool: str
+    #: The model's arguments: a JSON object, or its raw text when that was not valid JSON.
+    arguments: object
+
+
+@frozen
+class ToolResult:
+    """Yielded by a brain once a tool call has returned `result` (any JSON value) or failed with `error`."""
+
+    call_id: str
+    tool: str
+    result: object = None
+    error: str | None = None
+
+
+@frozen
+class Usage:
+    """Tokens the provider counted for a whole turn (all its requests); yielded at most once, last."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+#: What a brain's `reply` yields: text deltas of the answer, tool calls and results, usage.
+BrainItem = Union[str, ToolCall, ToolResult, Usage]
 
 
 class BrainError(Exception):
@@ -34,13 +73,15 @@ class Brain(Protocol):
     """The async interface an agent answers with.
 
     `reply` yields the answer as text chunks (deltas) as they are produced; the answer is
-    their concatenation. `recall` is how many long-term matches the brain wants in `Turn`.
-    Raise `BrainError` for a failure the user should see.
+    their concatenation. A brain that runs tools also yields a `ToolCall` before it runs each one
+    and a `ToolResult` after, and may yield one `Usage` last. `recall` is how many long-term
+    matches the brain wants in `Turn`. Raise `BrainError` for a failure the user should see.
+    A turn can be cancelled at any await: the brain must then stop (and close its connections).
     """
 
     recall: int
 
-    def reply(self, turn: Turn) -> AsyncIterator[str]: ...
+    def reply(self, turn: Turn) -> AsyncIterator[BrainItem]: ...
 
 
 class EchoBrain:

@@ -4,11 +4,13 @@ Must not import `transport`.
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
-from ._agent import AgentSpec
+from ._agent import ON_BUSY, AgentSpec
 from ._brain import BRAINS, Brain
+from ._openai import OpenAIBrain  # noqa: F401  (registers the "openai" brain in BRAINS)
 
 
 class ConfigError(ValueError):
@@ -42,6 +44,14 @@ def _brain(agent_id: str, value: Any) -> Brain:
     factory = BRAINS.get(kind)
     if factory is None:
         raise ConfigError(f"agents.{agent_id}.brain: unknown brain {kind!r} (known: {', '.join(sorted(BRAINS))})")
+    params = inspect.signature(factory).parameters
+    unknown = sorted(set(options) - set(params))
+    if unknown:
+        raise ConfigError(f"agents.{agent_id}.brain: unknown setting(s) {', '.join(unknown)} for the {kind} brain "
+                          f"(known: {', '.join(params)})")
+    missing = [n for n, prm in params.items() if prm.default is inspect.Parameter.empty and n not in options]
+    if missing:
+        raise ConfigError(f"agents.{agent_id}.brain: the {kind} brain needs {', '.join(missing)}")
     try:
         return factory(**options)
     except (TypeError, ValueError) as exc:
@@ -60,7 +70,7 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
             raise ConfigError(f"agent id {agent_id!r} must be 1 to 256 characters")
         if not isinstance(body, Mapping):
             raise ConfigError(f"agents.{agent_id} must be a table")
-        unknown = set(body) - {"brain", "description", *_SPEC_KEYS}
+        unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", *_SPEC_KEYS}
         if unknown:
             raise ConfigError(f"agents.{agent_id}: unknown setting(s) {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {}
@@ -73,6 +83,15 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
         description = body.get("description", "")
         if not isinstance(description, str):
             raise ConfigError(f"agents.{agent_id}.description must be a string")
+        if "cancel_on_disconnect" in body:
+            if type(body["cancel_on_disconnect"]) is not bool:
+                raise ConfigError(f"agents.{agent_id}.cancel_on_disconnect must be true or false")
+            kwargs["cancel_on_disconnect"] = body["cancel_on_disconnect"]
+        if "on_busy" in body:
+            if body["on_busy"] not in ON_BUSY:
+                raise ConfigError(f"agents.{agent_id}.on_busy must be one of {', '.join(map(repr, ON_BUSY))} "
+                                  f"(got {body['on_busy']!r})")
+            kwargs["on_busy"] = body["on_busy"]
         try:
             specs.append(AgentSpec(agent_id, _brain(agent_id, body.get("brain", "echo")), description, **kwargs))
         except ValueError as exc:

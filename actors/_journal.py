@@ -56,6 +56,15 @@ class Journal:
         """Save `memory` as its (agent, user)'s snapshot, with the next group commit."""
         await self._enqueue(_Pending((), memory))
 
+    async def check_writable(self, wait: float = 0.25) -> None:
+        """Raise unless the writer can take the database's write lock (see `EventLog.check_writable`).
+
+        Runs in a worker thread between group commits (it waits for one in flight), never on the event loop.
+        """
+        if self._closed:
+            raise RuntimeError("the journal is closed")
+        await trio.to_thread.run_sync(self._writer.check_writable, wait, limiter=self._writer_limiter)
+
     async def _enqueue(self, pending: _Pending) -> list[Recorded]:
         if self._closed:
             raise RuntimeError("the journal is closed")

@@ -11,6 +11,8 @@ from attrs import frozen
 
 from store import Hit
 
+from ._brain import Usage
+
 
 class Outbox(Protocol):
     """Where an agent's outputs for one connection go.
@@ -105,6 +107,8 @@ class TurnResponse:
     message: str
     seq: int
     request_id: str | None
+    #: Tokens the provider counted for the turn, when it reported them.
+    usage: Usage | None = None
 
 
 @frozen
@@ -168,6 +172,42 @@ class Resumed:
     request_id: str | None
 
 
+# -- outputs of a turn with tools, and of a cancelled turn -------------------------------------
+
+
+@frozen
+class TurnToolCall:
+    """The model called a tool (already logged); its result follows as `TurnToolResult`."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    arguments: object
+    request_id: str | None
+
+
+@frozen
+class TurnToolResult:
+    """A tool call returned `result` (any JSON value) or failed with `error` (already logged)."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    result: object
+    error: str | None
+    request_id: str | None
+
+
+@frozen
+class TurnCancelled:
+    """A turn was cancelled; `partial` is what it had streamed (logged as a cancelled turn). `TurnDone` follows."""
+
+    agent_id: str
+    partial: str
+    request_id: str | None
+
+
 Output = Union[
     TurnStarted, TurnChunk, TurnResponse, Failed, TurnDone, SearchResults, MemoryWasCleared, UserSaid, Resumed,
+    TurnToolCall, TurnToolResult, TurnCancelled,
 ]

@@ -3,10 +3,16 @@
 Must not import trio, `actors` or `transport` (enforced by tests/test_layers.py).
 """
 from ._events import (
+    CANCELLED,
+    FAILED,
     AgentMessage,
     Event,
+    FactRemembered,
     MemoryCleared,
     Recorded,
+    ToolCalled,
+    ToolReturned,
+    TurnEnded,
     UndecodableEvent,
     UserMessage,
 )
@@ -18,6 +24,7 @@ from ._inspect import (  # read-side tools: point-in-time replay, raw events, ve
     Cut,
     Rebuilt,
     VerifyReport,
+    activity_at,
     event_fields,
     events_after,
     last_seq_at,
@@ -28,6 +35,13 @@ from ._inspect import (  # read-side tools: point-in-time replay, raw events, ve
 )
 
 __all__ = [
+    "CANCELLED",
+    "FAILED",
+    "FactRemembered",
+    "ToolCalled",
+    "ToolReturned",
+    "TurnEnded",
+    "activity_at",
     "AgentMessage",
     "Clear",
     "DEFAULT_WINDOW",

@@ -9,6 +9,7 @@ Must not import trio, `actors` or `transport`.
 from __future__ import annotations
 
 import collections
+import json
 
 import contextlib
 import time
@@ -18,7 +19,17 @@ from datetime import datetime, timezone
 import attrs
 from attrs import define, field, frozen
 
-from ._events import EVENT_TYPES, REDACTED, MemoryCleared, Recorded, UndecodableEvent, event_from_row, payload_from_row
+from ._events import (
+    ACTIVITY_TYPES,
+    EVENT_TYPES,
+    REDACTED,
+    ROLE_OF_TYPE,
+    Recorded,
+    UndecodableEvent,
+    event_from_row,
+    is_message,
+    payload_from_row,
+)
 from ._log import EventLog, scope_token
 from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, memory_from_json
 from ._schema import sqlite3
@@ -109,7 +120,7 @@ def memory_at(
     long_term = [
         Message(r.seq, r.event.role, r.event.content, r.event.at)
         for r in events
-        if r.seq > memory.long_term_since and not isinstance(r.event, MemoryCleared)
+        if r.seq > memory.long_term_since and is_message(r.event)
     ]
     forgotten: frozenset[int] = frozenset()
     if not cut.everything and memory.last_seq:  # without a cut, no remembered message can have been erased
@@ -137,6 +148,23 @@ def last_seq_at(log: EventLog, cut: Cut = Cut()) -> int:
         return 0
     finally:
         cursor.close()
+
+
+def activity_at(log: EventLog, agent_id: str, user: str, *, cut: Cut = Cut()) -> list[Recorded]:
+    """What the turns of (agent_id, user) did besides answering, as of `cut`, in seq order: the tool
+    calls and their results, and the turns that ended cancelled or failed (with their partial answer).
+
+    These events are logged but are not memory; replaying them never calls a model or a tool.
+    """
+    types = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+    sql = (f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE agent_id = ? AND user = ? "
+           f"AND type IN ({types})")
+    params: list[object] = [agent_id, user]
+    if cut.until_seq is not None:
+        sql += " AND seq <= ?"
+        params.append(cut.until_seq)
+    recorded = [Recorded(row[0], event_from_row(*row[1:])) for row in log._conn.execute(sql + " ORDER BY seq", params)]
+    return [r for r in recorded if cut.admits(r)]
 
 
 # -- the raw events --------------------------------------------------------------------------
@@ -167,7 +195,7 @@ def events_after(
             if out:  # return what comes before it; the next call raises
                 break
             raise UndecodableEvent(f"event {seq}: {exc} (`agentcast replay verify` checks the whole log)") from None
-        if payload == REDACTED:
+        if payload == REDACTED or (type_ in ACTIVITY_TYPES and json.loads(payload).get("redacted") is True):
             fields["redacted"] = True
         out.append(fields)
     return out
@@ -287,6 +315,8 @@ def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]
                 indexed[key] = []
             stream.last_seq = seq
             stream.version += 1
+            if type_ in ACTIVITY_TYPES:
+                continue
             if type_ == "memory_cleared":
                 stream.clears.append(Clear(seq, at, body["long_term"]))
                 stream.recent.clear()
@@ -294,7 +324,7 @@ def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]
                     stream.since, stream.count = seq, 0
                     indexed[key] = []
             else:
-                stream.recent.append((seq, "user" if type_ == "user_message" else "assistant", body["content"], at))
+                stream.recent.append((seq, ROLE_OF_TYPE[type_], body["content"], at))
                 stream.count += 1
                 indexed[key].append(seq)
     out.memories.update({key: st.memory(key[0], key[1], window) for key, st in streams.items()})

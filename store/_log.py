@@ -13,10 +13,21 @@ from collections.abc import Iterator, Sequence
 
 from attrs import frozen
 
-from ._events import REDACTED, Event, MemoryCleared, Recorded, event_from_row, payload_of
+from ._events import (
+    ACTIVITY_TYPES,
+    REDACTED,
+    ROLE_OF_TYPE,
+    Event,
+    MemoryCleared,
+    Recorded,
+    event_from_row,
+    is_message,
+    payload_of,
+    redacted_payload,
+)
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
-from ._terms import index_terms, scope_token, term, words
+from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
 logger = logging.getLogger("agentcast.store")
 
@@ -122,7 +133,7 @@ class EventLog:
                             self._write_rows(rows, indexed)
                             self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
                             forgot = True
-                    else:
+                    elif is_message(event):  # a turn's activity (tool calls, ended turns) is not indexed
                         indexed.append((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
@@ -143,6 +154,19 @@ class EventLog:
             self._checkpoint(patience=0.0)
         return out
 
+    def check_writable(self, wait: float = 0.25) -> None:
+        """Raise `sqlite3.OperationalError` unless this connection can take the database's write lock now
+        (waiting at most `wait` seconds for a lock another connection holds): `BEGIN IMMEDIATE`, then
+        `ROLLBACK`. Writes nothing. For health checks."""
+        conn = self._conn
+        (busy_timeout,) = conn.execute("PRAGMA busy_timeout").fetchone()
+        conn.execute(f"PRAGMA busy_timeout={max(0, int(wait * 1000))}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
+
     def _write_rows(self, rows: list[tuple], indexed: list[tuple[int, str]]) -> None:
         """Insert the pending event rows and their index rows (the search index is kept in step
         with the log in the same transaction); empties both lists."""
@@ -157,7 +181,8 @@ class EventLog:
             indexed.clear()
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
-        """Erase the text of every message of (agent_id, user) before `seq`: index rows and event payloads.
+        """Erase the text of every message (user, agent, fact) of (agent_id, user) before `seq`, index rows
+        and event payloads, and the text of its turns' activity (tool arguments and results, partial answers).
 
         The events keep their rows and sequence numbers; their payload becomes REDACTED. With
         `secure_delete` on, SQLite zeroes the freed bytes; FTS5 drops the tokens from its
@@ -168,7 +193,7 @@ class EventLog:
         # event's text, still there until the UPDATE below).
         remembered = conn.execute(
             "SELECT seq, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
-            "AND type IN ('user_message', 'agent_message') AND payload != ?",
+            f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
             (agent_id, user, seq, REDACTED),
         ).fetchall()
         conn.executemany(
@@ -178,9 +203,20 @@ class EventLog:
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
         conn.execute(
             "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
-            "AND type IN ('user_message', 'agent_message') AND payload != ?",
+            f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
             (REDACTED, agent_id, user, seq, REDACTED),
         )
+        # Tool calls and results and partial answers hold the user's words too: their text goes as well.
+        activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+        rows = conn.execute(
+            "SELECT seq, type, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
+            f"AND type IN ({activity})",
+            (agent_id, user, seq),
+        ).fetchall()
+        for row_seq, type_, payload in rows:
+            redacted = redacted_payload(type_, payload)
+            if redacted != payload:
+                conn.execute("UPDATE events SET payload = ? WHERE seq = ?", (redacted, row_seq))
         if not FTS5_SECURE_DELETE:
             conn.execute("INSERT INTO memory_index (memory_index) VALUES ('optimize')")
 
@@ -330,6 +366,6 @@ class EventLog:
             (match, since_seq, limit),
         )
         return [
-            Hit(seq, "user" if type_ == "user_message" else "assistant", content, at, score)
+            Hit(seq, ROLE_OF_TYPE.get(type_, "assistant"), content, at, score)
             for seq, type_, content, at, score in rows
         ]

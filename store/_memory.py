@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from attrs import evolve, frozen
 
-from ._events import AgentMessage, MemoryCleared, Recorded, UndecodableEvent, UserMessage, event_from_row
+from ._events import ACTIVITY_TYPES, ROLE_OF_TYPE, MemoryCleared, Recorded, UndecodableEvent, event_from_row, is_message
 
 DEFAULT_WINDOW = 20
 
@@ -21,7 +21,7 @@ class Message:
     """One remembered message."""
 
     seq: int
-    role: str  # "user" or "assistant"
+    role: str  # "user", "assistant" or "fact" (remembered by the agent's `remember` tool)
     content: str
     at: str
 
@@ -67,7 +67,7 @@ def fold(memory: Memory, recorded: Recorded) -> Memory:
     event = recorded.event
     if event.agent_id != memory.agent_id or event.user != memory.user:
         return memory
-    if isinstance(event, (UserMessage, AgentMessage)):
+    if is_message(event):
         message = Message(recorded.seq, event.role, event.content, event.at)
         window = memory.short_term + (message,)
         if len(window) > memory.window:
@@ -90,6 +90,8 @@ def fold(memory: Memory, recorded: Recorded) -> Memory:
         return evolve(
             memory, short_term=(), clears=memory.clears + (clear,), last_seq=recorded.seq, version=memory.version + 1
         )
+    if event.TYPE in ACTIVITY_TYPES:  # a tool call or result, an ended turn: logged, not remembered
+        return evolve(memory, last_seq=recorded.seq, version=memory.version + 1)
     raise TypeError(f"fold: not an event: {event!r}")
 
 
@@ -138,9 +140,11 @@ def fold_rows(memory: Memory, rows: Iterable[tuple[int, str, str, str]]) -> Memo
     last_seq, version = memory.last_seq, memory.version
     for row in rows:
         seq, type_ = row[0], row[1]
-        if type_ == "user_message" or type_ == "agent_message":
+        if type_ in ROLE_OF_TYPE:
             recent.append(row)
             count += 1
+        elif type_ in ACTIVITY_TYPES:
+            pass
         elif type_ == "memory_cleared":
             event = event_from_row(type_, memory.agent_id, memory.user, row[2], row[3])
             clears.append(Clear(seq, event.at, event.long_term))

@@ -10,7 +10,10 @@ import json
 import re
 import unicodedata
 
-from ._events import REDACTED
+from ._events import REDACTED, ROLE_OF_TYPE
+
+#: The event types of the messages the index holds (user, agent and fact), for SQL `type IN (...)`.
+MESSAGE_TYPES_SQL = ", ".join(f"'{t}'" for t in ROLE_OF_TYPE)
 
 #: A word: a run of letters and digits (like FTS5's unicode61 tokenizer, `_` separates words).
 _WORD = re.compile(r"[^\W_]+")
@@ -67,7 +70,7 @@ def reindex(conn, *, chunk: int = 10_000) -> None:
     conn.execute("INSERT INTO memory_index (memory_index) VALUES ('delete-all')")
     rows = conn.execute(
         "SELECT seq, agent_id, user, payload FROM events "
-        "WHERE type IN ('user_message', 'agent_message') AND payload != ?",
+        f"WHERE type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
         (REDACTED,),
     )
     while True:

@@ -33,7 +33,7 @@ from actors import (
     agent_specs,
     split_chunks,
 )
-from store import AgentMessage, EventLog, MemoryCleared, UserMessage
+from store import AgentMessage, EventLog, MemoryCleared, TurnEnded, UserMessage
 
 AT = "2026-01-01T00:00:00.000Z"
 #: A safety net for waits in tests on the real clock: a hang fails instead of blocking forever.
@@ -358,12 +358,15 @@ async def test_brain_failure_becomes_failed_then_done_and_lane_keeps_working(tmp
         # The failed turn's user message is remembered: one earlier message.
         assert "I remember 1 earlier message of" in response.message
 
+        # ... and the failed turn is logged as such, with the reason the client was given.
         events = logged(w.path)
-        assert [(type(r.event), r.event.content) for r in events] == [
+        assert [(type(r.event), getattr(r.event, "content", None) or r.event.reason) for r in events] == [
             (UserMessage, message),
+            (TurnEnded, text),
             (UserMessage, "are you still there"),
             (AgentMessage, response.message),
         ]
+        assert events[1].event.outcome == "failed"
 
 
 async def test_brain_failure_after_a_chunk_still_ends_with_failed_and_done(tmp_path):
@@ -381,7 +384,9 @@ async def test_brain_failure_after_a_chunk_still_ends_with_failed_and_done(tmp_p
 
         assert [type(o) for o in out.outputs] == [TurnStarted, TurnChunk, Failed, TurnDone]
         assert out.of(Failed)[0].message == "lost my train of thought"
-        assert [type(r.event) for r in logged(w.path)] == [UserMessage]
+        events = logged(w.path)
+        assert [type(r.event) for r in events] == [UserMessage, TurnEnded]
+        assert (events[1].event.outcome, events[1].event.partial) == ("failed", "I was about to say")
 
 
 # -- fan-out ------------------------------------------------------------------------------------
@@ -585,7 +590,7 @@ def test_config_sets_sizes_and_brain_options():
 @pytest.mark.parametrize(
     ("table", "says"),
     [
-        ({"x": {"brain": "oracle"}}, "agents.x.brain: unknown brain 'oracle' (known: echo)"),
+        ({"x": {"brain": "oracle"}}, "agents.x.brain: unknown brain 'oracle' (known: echo, openai)"),
         ({"x": {"brain": "echo", "colour": "blue"}}, "agents.x: unknown setting(s) colour"),
         ({"x": {"mailbox_size": "lots"}}, "agents.x.mailbox_size must be a number"),
         ({"x": {"lane_size": True}}, "agents.x.lane_size must be a number"),

@@ -144,21 +144,6 @@ def start_serve(db: Path | str, *args: str, cwd: Path | None = None) -> ServePro
         raise
 
 
-@pytest.fixture
-def serve():
-    """`serve(db, *args)` starts a server; every server started is killed at teardown, pass or fail."""
-    started: list[ServeProcess] = []
-
-    def start(db, *args, cwd=None) -> ServeProcess:
-        server = start_serve(db, *args, cwd=cwd)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.kill()
-
-
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """Run a one-shot `agentcast ARGS` (bounded) and return its result."""
     return subprocess.run(
@@ -579,7 +564,7 @@ def test_replay_filters_by_agent_and_user(populated_db):
         ("--agent", "assistant", "--user", "bob"): [],
         ("--user", "bob"): [("my_agent", "bob")],
     }
-    dumps = dict(zip(cases, replay_json_many(populated_db, *cases)))
+    dumps = dict(zip(cases, replay_json_many(populated_db, *cases), strict=True))
     for args, expected in cases.items():
         assert [(m["agent_id"], m["user"]) for m in dumps[args]["memories"]] == expected, args
 

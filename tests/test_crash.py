@@ -15,7 +15,7 @@ from urllib.parse import quote
 from websockets.exceptions import WebSocketException
 
 from store import EventLog, verify
-from test_cli import cli, connect, serve, write_config  # noqa: F401 (`serve` is the fixture)
+from test_cli import cli, connect, write_config
 
 #: Kill-and-restart rounds; a last, clean round then retries what is left and stops the server gracefully.
 ROUNDS = 4

@@ -81,7 +81,10 @@ async def test_a_failed_turn_retried_runs_again_and_logs_the_user_message_once(d
         assert retried[-2]["message"] == "answer 2"
         again = await c.request(chat("flaky question", "cmd-f"), "agent_done")
         assert again[-2]["seq"] == retried[-2]["seq"] and brain.calls == 2
-    assert logged(db_path, "f") == [("user_message", "flaky question"), ("agent_message", "answer 2")]
+    # The user's message once; the failed try logged as a failed turn (no text of its own).
+    assert logged(db_path, "f") == [
+        ("user_message", "flaky question"), ("turn_ended", None), ("agent_message", "answer 2"),
+    ]
 
 
 async def test_a_retry_sent_while_the_first_is_running_gets_the_same_answer(db_path):
@@ -128,4 +131,4 @@ async def test_a_failed_turn_retried_after_other_traffic_is_answered_once(db_pat
             for _ in range(3):
                 again = await f.request(chat("flaky again", "cmd-x"), "agent_done")
                 assert again[-2]["seq"] == first[-2]["seq"] and again[-2]["message"] == first[-2]["message"]
-    assert [t for t, _ in logged(db_path, "f")] == ["user_message", "agent_message"]
+    assert [t for t, _ in logged(db_path, "f")] == ["user_message", "turn_ended", "agent_message"]

@@ -12,10 +12,12 @@ from hypothesis import strategies as st
 
 from transport.protocol import (
     Auth,
+    Cancel,
     COMMAND_TYPES,
     Chat,
     ClearMemory,
     Error,
+    ListAgents,
     MemoryCleared,
     MemoryResult,
     MemoryResults,
@@ -33,7 +35,7 @@ from transport.protocol import (
     error_frame,
 )
 
-COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth)
+COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents, Cancel)
 
 
 def frame(**fields) -> str:

@@ -26,7 +26,7 @@ def test_readme_starts_the_server_with_one_command():
 
 
 def test_the_documented_config_is_valid(tmp_path):
-    (toml,) = code_blocks("toml")
+    (toml,) = [b for b in code_blocks("toml") if "[server]" in b]
     path = tmp_path / "agentcast.toml"
     path.write_text(toml)
     config = load_config(path)
@@ -34,3 +34,14 @@ def test_the_documented_config_is_valid(tmp_path):
     assert settings.port == 5050 and settings.synchronous == "NORMAL"
     assert [a.agent_id for a in config.agents] == ["helper"]
 
+
+
+def test_the_real_model_example_is_a_valid_openai_agent(tmp_path):
+    from actors import OpenAIBrain
+
+    (toml,) = [b for b in code_blocks("toml") if 'kind = "openai"' in b]
+    path = tmp_path / "agentcast.toml"
+    path.write_text(toml)
+    (spec,) = load_config(path).agents
+    assert spec.agent_id == "gpt" and isinstance(spec.brain, OpenAIBrain)
+    assert spec.brain.api_key_env == "OPENAI_API_KEY" and len(spec.brain.tools) == 3

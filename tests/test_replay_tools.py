@@ -20,7 +20,7 @@ import pytest
 from store import AgentMessage, Cut, EventLog, MemoryCleared, UserMessage, memory_at, parse_instant, verify
 from store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
 from store._terms import index_terms, scope_token
-from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, serve, unique  # noqa: F401
+from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
 from transport.cli import main
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from test_cli import serve  # noqa: F401  (the fixture that starts and always kills the server process)
 
 SEED_DOC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "websocket-communication.md"
 SEED_CLIENT = Path(__file__).resolve().parent / "seed_client.py"

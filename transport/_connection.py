@@ -14,10 +14,11 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 import actors
-from actors import Agent, Audience, Busy, Output
+from actors import Agent, Audience, Busy, NothingToCancel, Output
 
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
+from ._metrics import Metrics
 from ._settings import ServerSettings
 from ._wsinternals import abort, send_text_batch
 
@@ -37,8 +38,9 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.ResponseChunk(agent_id, delta, rid)
         case actors.TurnStarted(agent_id, rid):
             return p.AgentThinking(agent_id, rid)
-        case actors.TurnResponse(agent_id, message, seq, rid):
-            return p.Response(agent_id, message, seq, rid)
+        case actors.TurnResponse(agent_id, message, seq, rid, usage):
+            tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
+            return p.Response(agent_id, message, seq, rid, tokens)
         case actors.TurnDone(agent_id, rid):
             return p.AgentDone(agent_id, rid)
         case actors.Failed(agent_id, code, message, rid):
@@ -52,6 +54,12 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.UserMessage(agent_id, message, seq, rid)
         case actors.Resumed(agent_id, after_seq, rid):
             return p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid, after_seq)
+        case actors.TurnToolCall(agent_id, call_id, tool, arguments, rid):
+            return p.ToolCall(agent_id, call_id, tool, arguments, rid)
+        case actors.TurnToolResult(agent_id, call_id, tool, result, error, rid):
+            return p.ToolResult(agent_id, call_id, tool, result, error, rid)
+        case actors.TurnCancelled(agent_id, partial, rid):
+            return p.Cancelled(agent_id, partial, rid)
     raise TypeError(f"not an actor output: {output!r}")
 
 
@@ -74,8 +82,11 @@ class Connection:
         users: collections.Counter | None = None,
         auth: Authenticator | None = None,
         claims: Claims | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """`users` counts the connections of each user across the server (for the per-user cap).
+
+        `metrics`, if given, counts this connection's turns and errors and times its chats.
 
         With `auth` (authentication on), the connection must authenticate (an `auth` frame) within
         `auth_timeout`, unless it starts with the `claims` of a token its handshake carried.
@@ -102,22 +113,26 @@ class Connection:
         self._users = users if users is not None else collections.Counter()
         self._users[self.user] += 1
         self._last_activity = trio.current_time()
-        self._tokens = float(settings.rate_burst)  # the rate limit's token bucket
-        self._tokens_at = self._last_activity
+        #: The rate limit's token bucket: (tokens, trio time they were counted at).
+        self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
         self._send, self._receive = trio.open_memory_channel[p.ServerFrame](settings.outbox_size)
         self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
         self._ended = False  # `run` has finished
-        self._outbox_bytes = settings.outbox_bytes
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
         self._close_reason = ""
         self._discard = False  # drop queued frames instead of writing them
         self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
-        # Memory per idle connection (bench/idle.py): CPython 3.11 keeps at most 30 attributes of an
-        # instance in its compact shared-key layout; one more and every Connection gets a full dict
-        # (about 1.3 KiB more each). Derive from `_settings` rather than copy settings here.
+        self._metrics = metrics
+        #: Per agent: the trio time each chat of this connection arrived, oldest first, until its agent_done.
+        self._chats_waiting: dict[str, collections.deque[float]] = {}
+        # Memory per idle connection (bench/idle.py): CPython 3.11 keeps an instance's attributes in
+        # its compact shared-key layout only while the class has fewer than 30 of them (29 here; 30
+        # or more and every Connection gets a full dict, about 1.3 KiB more each; checked by
+        # tests/test_limits.py). Derive from `_settings` rather than copy settings here, and add no
+        # attribute without removing one.
 
     # -- actors.Outbox -----------------------------------------------------------------
 
@@ -127,7 +142,24 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        self._queue(frame_of(output))
+        if self._metrics is not None and type(output) in (actors.TurnDone, actors.Failed):
+            self._count(output)
+        self._queue(frame_of(output), count_error=False)
+
+    def _count(self, output: actors.TurnDone | actors.Failed) -> None:
+        """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
+        assert self._metrics is not None
+        if not self._metrics.first_delivery(output):
+            return  # a copy for a subscriber; the sender's connection counted it
+        if type(output) is actors.Failed:
+            self._metrics.errors.labels(output.code).inc()
+            return
+        self._metrics.turns.labels(output.agent_id).inc()
+        waiting = self._chats_waiting.get(output.agent_id)
+        if waiting:  # the user's turns with this agent finish in the order they arrived
+            self._metrics.turn_seconds.labels(output.agent_id).observe(trio.current_time() - waiting.popleft())
+            if not waiting:
+                del self._chats_waiting[output.agent_id]
 
     async def room(self) -> None:
         """Return once the outbound queue is at most half full (in frames and in characters), or
@@ -150,7 +182,7 @@ class Connection:
         if self._close_code is not None or self._ended:
             return False
         frames = self._send.statistics().current_buffer_used
-        return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._outbox_bytes
+        return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
         self._drained.set()
@@ -211,6 +243,8 @@ class Connection:
             self._send.close()
             self._ended = True
             self._wake_room()
+            for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
+                agent.disconnected(self)
             with trio.move_on_after(self._settings.close_timeout) as cleanup:
                 cleanup.shield = True
                 if self._mid_frame:  # a write was cut short: no close frame can follow it
@@ -225,10 +259,13 @@ class Connection:
                 close.code if close is not None else self._close_code,
             )
 
-    def _queue(self, frame: p.ServerFrame) -> None:
+    def _queue(self, frame: p.ServerFrame, *, count_error: bool = True) -> None:
+        """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
+        if count_error and type(frame) is p.Error and self._metrics is not None:
+            self._metrics.errors.labels(frame.code).inc()
         size = p.text_size(frame)
         try:
-            if self._queued_size + size > self._outbox_bytes and self._queued_size:
+            if self._queued_size + size > self._settings.outbox_bytes and self._queued_size:
                 raise trio.WouldBlock
             self._send.send_nowait(frame)
         except trio.WouldBlock:
@@ -354,11 +391,12 @@ class Connection:
         if not rate:
             return
         now = trio.current_time()
-        self._tokens = min(float(self._settings.rate_burst), self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1:
+        tokens, at = self._bucket
+        tokens = min(float(self._settings.rate_burst), tokens + (now - at) * rate)
+        if tokens < 1:
+            self._bucket = (tokens, now)
             raise p.ProtocolError("rate_limited", f"Too many messages: at most {rate:g} a second; this one was ignored")
-        self._tokens -= 1
+        self._bucket = (tokens - 1, now)
 
     def _check_length(self, field: str, text: str, limit: int, request_id: str | None) -> None:
         if len(text) > limit:
@@ -443,13 +481,24 @@ class Connection:
                 self._check_length("message", message, self._settings.max_chat_chars, rid)
                 turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
                 self._submit(self._agent(agent_id, rid), turn)
+                if self._metrics is not None:
+                    self._chats_waiting.setdefault(agent_id, collections.deque()).append(trio.current_time())
             case p.Ping(rid):
                 self._queue(p.Pong(rid))
+            case p.ListAgents(rid):
+                infos = [p.AgentInfo(agent.agent_id, agent.spec.description) for agent in self._agents.values()]
+                self._queue(p.AgentList(infos, rid))
             case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
                 self._check_length("query", query, self._settings.max_query_chars, rid)
                 self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
             case p.ClearMemory(agent_id, long_term, rid):
                 self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
+            case p.Cancel(agent_id, rid):
+                # Not through the mailbox: the lane is busy with the very turn to cancel.
+                try:
+                    self._agent(agent_id, rid).cancel(self.user, rid, self)
+                except NothingToCancel as exc:
+                    raise p.ProtocolError("nothing_to_cancel", str(exc), rid) from None
             case p.Auth(token, rid):
                 self._authenticate(token, rid)
             case p.SetUser(user_id, rid) if self._auth is not None:

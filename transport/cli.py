@@ -1,6 +1,6 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`token` mints an authentication token.
+`token` mints an authentication token; `chat` is a terminal chat client (in `transport._chat`).
 
 Argument parsing and printing only; the work is done by `transport.server` and `store`.
 """
@@ -31,6 +31,8 @@ from store import (
     NotAnEventLog,
     UndecodableEvent,
     VerifyReport,
+    activity_at,
+    event_fields,
     events_after,
     last_seq_at,
     memory_at,
@@ -91,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
         help=f"the environment variable holding the secret (default: the config's auth_secret_env, else {DEFAULT_SECRET_ENV})",
     )
     token.add_argument("--config", help="the server's config file, for its auth_secret_env")
+
+    chat = sub.add_parser(
+        "chat", help="chat with an agent in the terminal",
+        description="An interactive chat with a running server: answers stream as they arrive. Commands: "
+        "/search QUERY, /clear, /clear-all, /agent NAME, /user ID, /help, /quit. Reads lines from stdin "
+        "(a terminal or a pipe); reconnects if the server goes away.",
+    )
+    chat.add_argument("--url", default="ws://127.0.0.1:5050/ws", help="the server (default ws://127.0.0.1:5050/ws)")
+    chat.add_argument("--agent", default="my_agent", help="the agent to talk to first (default my_agent)")
+    chat.add_argument("--user", help="the user id; an integer such as 123 becomes a JSON integer, anything else a string")
+    chat.add_argument("--token-env", metavar="NAME", help="authenticate with the token in environment variable NAME")
 
     replay = sub.add_parser(
         "replay",
@@ -176,6 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         if args.command == "token":
             return _token(args)
+        if args.command == "chat":
+            from ._chat import run_chat  # the client side: loaded only for this command
+
+            return run_chat(args)
         if args.command == "replay events":
             return _replay_events(args)
         if args.command == "replay verify":
@@ -325,7 +342,8 @@ def _replay(args: argparse.Namespace) -> int:
             )
             if memory.last_seq == 0:  # nothing of this (agent, user) yet at the cut
                 continue
-            memories.append((memory, [_message(m, forgotten) for m in long_term], forgotten))
+            activity = [_activity(r) for r in activity_at(log, agent_id, user, cut=cut)]
+            memories.append((memory, [_message(m, forgotten) for m in long_term], forgotten, activity))
         last_seq = last_seq_at(log, cut)
         log_last_seq = log.last_seq() if not cut.everything else last_seq
     as_of = {}
@@ -336,7 +354,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.json:
         extra = {**as_of, "log_last_seq": log_last_seq} if as_of else {}
         print(json.dumps({"db": args.db, "last_seq": last_seq, **extra,
-                          "memories": [_memory_json(m, lt, forgotten) for m, lt, forgotten in memories]},
+                          "memories": [{**_memory_json(m, lt, forgotten), "activity": activity}
+                                       for m, lt, forgotten, activity in memories]},
                          ensure_ascii=False, indent=2))
         return 0
     if as_of:
@@ -344,8 +363,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"{args.db} as of {point}: last seq then {last_seq} (the log's last seq is now {log_last_seq})\n")
     if not memories:
         print(f"{args.db}: no memory" + (" matches" if args.agent or args.user else "") + f" (last seq {last_seq})")
-    for memory, long_term, forgotten in memories:
-        _print_memory(memory, long_term, forgotten)
+    for memory, long_term, forgotten, activity in memories:
+        _print_memory(memory, long_term, forgotten, activity)
     return 0
 
 
@@ -375,7 +394,28 @@ def _memory_json(memory: Memory, long_term: list[dict], forgotten: frozenset[int
 FORGOTTEN = "⟨text erased by a later long-term clear⟩"
 
 
-def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset()) -> None:
+def _activity(recorded) -> dict:
+    """A tool call or result, or an ended turn, as replay's JSON shows it (`event_fields`; `redacted`
+    when a long-term clear erased its text)."""
+    fields = event_fields(recorded)
+    del fields["agent_id"], fields["user"]
+    return fields
+
+
+def _activity_line(a: dict) -> str:
+    if a["type"] == "tool_called":
+        what = ("tool call", f"{a['tool']}  {json.dumps(a['arguments'], ensure_ascii=False)}  [{a['call_id']}]")
+    elif a["type"] == "tool_returned":
+        outcome = f"error: {a['error']}" if a["error"] is not None else json.dumps(a["result"], ensure_ascii=False)
+        what = ("tool result", f"{a['tool']}  {outcome}  [{a['call_id']}]")
+    else:
+        partial = f"partial answer: {json.dumps(a['partial'], ensure_ascii=False)}"
+        what = (a["outcome"], partial if a["outcome"] != "failed" else f"{a['reason']}  ({partial})")
+    return f"    #{a['seq']:<6} {a['at']}  {what[0]:<10} {_one_line(what[1], 160)}"
+
+
+def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset(),
+                  activity: list[dict] = ()) -> None:
     print(f"agent {memory.agent_id}  user {memory.user}  (last seq {memory.last_seq})")
     print(f"  short-term ({len(memory.short_term)} of {memory.window}):")
     for m in memory.short_term:
@@ -389,6 +429,10 @@ def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[in
         print("  clears:")
         for c in memory.clears:
             print(f"    #{c.seq:<6} {c.at}  {'long-term (everything)' if c.long_term else 'short-term'}")
+    if activity:
+        print("  turn activity (tool calls and results, cancelled and failed turns; from the log, nothing re-run):")
+        for a in activity:
+            print(_activity_line(a))
     print()
 
 

@@ -5,7 +5,7 @@ Pure functions over JSON text; must not import trio, trio_websocket, `actors` or
 from __future__ import annotations
 
 import json
-from typing import NewType, Optional, Union
+from typing import Any, NewType, Optional, Union
 
 import cattrs
 from attrs import frozen
@@ -121,9 +121,21 @@ class ClearMemory:
     TYPE = "clear_memory"
 
 
-Command = Union[Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory]
+# -- client -> server: turns of real models (tool calls, cancellation) ------------------------
+
+
+@frozen
+class Cancel:
+    """Cancel the user's running turn on the agent (the one with `request_id`, when given)."""
+
+    agent_id: AgentId
+    request_id: str | None = None
+    TYPE = "cancel"
+
+
+Command = Union[Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Cancel]
 COMMAND_TYPES: dict[str, type] = {
-    c.TYPE: c for c in (Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory)
+    c.TYPE: c for c in (Ping, Auth, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Cancel)
 }
 
 # -- server -> client --------------------------------------------------------------------
@@ -194,6 +206,14 @@ class ResponseChunk:
 
 
 @frozen
+class Usage:
+    """Tokens the model's provider counted for a turn (all its requests together)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@frozen
 class Response:
     """The agent's whole answer, sent once it is committed to the log as event `seq`."""
 
@@ -201,6 +221,8 @@ class Response:
     message: str
     seq: int
     request_id: str | None = None
+    #: When the provider reported it (real models; never for the echo brain).
+    usage: Usage | None = None
     TYPE = "response"
 
 
@@ -259,10 +281,83 @@ class Error:
     TYPE = "error"
 
 
+# -- server -> client: turns of real models (tool calls, cancellation) ------------------------
+
+
+@frozen
+class ToolCall:
+    """The model called `tool` with `arguments` (a JSON object, or the model's raw text if it was
+    not JSON); logged before it is sent. Its `tool_result` (same `call_id`) follows."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    arguments: Any
+    request_id: str | None = None
+    TYPE = "tool_call"
+
+
+@frozen
+class ToolResult:
+    """Tool call `call_id` returned `result` (any JSON value), or failed with `error` (then `result` is absent)."""
+
+    agent_id: str
+    call_id: str
+    tool: str
+    result: Any = None
+    error: str | None = None
+    request_id: str | None = None
+    TYPE = "tool_result"
+
+
+@frozen
+class Cancelled:
+    """The turn was cancelled; `partial` is the answer streamed until then (logged as a cancelled turn).
+    `agent_done` follows."""
+
+    agent_id: str
+    partial: str
+    request_id: str | None = None
+    TYPE = "cancelled"
+
+
 ServerFrame = Union[
     Connected, Pong, Authenticated, UserSet, Subscribed, Unsubscribed, AgentThinking, ResponseChunk,
     Response, UserMessage, AgentDone, MemoryResults, MemoryCleared, Error,
+    ToolCall, ToolResult, Cancelled,
 ]
+
+# -- list_agents: which agents exist (issue 7) ------------------------------------------------
+# Kept in a block of its own: the unions above are extended here, so the lines listing the original
+# frames stay as they were.
+
+
+@frozen
+class ListAgents:
+    """Ask which agents the server has."""
+
+    request_id: str | None = None
+    TYPE = "list_agents"
+
+
+@frozen
+class AgentInfo:
+    agent_id: str
+    description: str
+
+
+@frozen
+class AgentList:
+    """The answer to `list_agents`: every agent, in the order of the server's configuration."""
+
+    agents: list[AgentInfo]
+    request_id: str | None = None
+    TYPE = "agents"
+
+
+Command = Union[Command, ListAgents]
+COMMAND_TYPES[ListAgents.TYPE] = ListAgents
+ServerFrame = Union[ServerFrame, AgentList]
 
 # -- the converter -----------------------------------------------------------------------
 
@@ -406,6 +501,8 @@ def text_size(frame: ServerFrame) -> int:
         return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
     if type(frame) is Error:
         return 100 + len(frame.message)
+    if type(frame) is ToolCall or type(frame) is ToolResult or type(frame) is Cancelled:
+        return 100 + len(encode(frame))
     return 100
 
 
@@ -433,3 +530,52 @@ def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:
     """The `error` frame that reports `error` to the client."""
     return Error(error.code, error.message, agent_id, error.request_id)
+
+
+# -- decoding server frames (for clients) --------------------------------------------------
+# Kept apart from the server's side above: the server never calls these. A client must keep
+# working when the server is newer than it, so nothing here raises on a frame it does not know.
+
+
+@frozen
+class UnknownFrame:
+    """A server frame this version cannot type (a new `type`, or a known one whose fields do not fit).
+
+    `data` is the frame's whole JSON object, so nothing the server said is lost.
+    """
+
+    type: str
+    data: dict
+    request_id: str | None = None
+
+
+SERVER_FRAME_TYPES: dict[str, type] = {
+    c.TYPE: c for c in ServerFrame.__args__  # type: ignore[attr-defined]
+}
+
+
+def decode_server_frame(data: str | bytes | dict) -> ServerFrame | UnknownFrame:
+    """The typed frame for one frame the server sent (JSON text or an already parsed object).
+
+    Extra fields of a known frame are ignored (the raw object is still in `UnknownFrame.data` when
+    the frame cannot be typed). Raises `ValueError` only for data that is not a JSON object with a
+    string `type`, which no agentcast server sends.
+    """
+    if isinstance(data, (str, bytes)):
+        try:
+            obj = json.loads(data)
+        except RecursionError:
+            raise ValueError("server frame is not valid JSON: nested too deeply") from None
+    else:
+        obj = data
+    if not isinstance(obj, dict) or type(obj.get("type")) is not str:
+        raise ValueError("server frame is not a JSON object with a string 'type'")
+    rid = obj.get("request_id")
+    request_id = rid if type(rid) is str else None
+    cls = SERVER_FRAME_TYPES.get(obj["type"])
+    if cls is not None:
+        try:
+            return converter.structure(obj, cls)
+        except Exception:  # noqa: BLE001 - a frame of a newer server: keep it untyped, never crash
+            pass
+    return UnknownFrame(obj["type"], obj, request_id)

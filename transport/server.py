@@ -1,29 +1,51 @@
-"""`Server`: the agentcast process core: event log, journal, agents and the WebSocket endpoint, with graceful shutdown.
+"""`Server`: the agentcast process core: event log, journal, agents and the one port that serves the
+WebSocket endpoint and plain HTTP (the chat page, /healthz, /metrics), with graceful shutdown.
 
 Owns the nursery tree of a running server. Imports trio, trio_websocket, actors and store.
 """
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import ssl
 from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import WebSocketRequest, WebSocketServer
+from trio_websocket import WebSocketRequest, wrap_server_stream
 
 from actors import Agents, AgentSpec, Audience, ConfigError, Journal, utc_now
 from store import EventLog
 
 from ._auth import Authenticator, TokenError, bearer_token, origin_allowed
 from ._connection import GOING_AWAY, Connection
+from ._http import (
+    BadRequest,
+    HttpResponse,
+    PrefixedStream,
+    RequestHead,
+    Router,
+    json_response,
+    load_static_files,
+    package_static_dir,
+    read_request_head,
+    remote_of,
+    text_response,
+    write_response,
+)
+from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from ._metrics import Metrics, ScrapeState
 from ._wsinternals import drop_handshake_parser, reject
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
 
 WS_PATH = "/ws"
+#: Seconds /healthz waits for the database's write lock before it reports the database not writable.
+HEALTH_LOCK_WAIT = 0.25
+#: Seconds /healthz waits in all (for the writer to finish a commit, then for the lock).
+HEALTH_TIMEOUT = 5.0
 
 
 class Server:
@@ -44,7 +66,9 @@ class Server:
         *,
         clock: Callable[[], str] = utc_now,
         auth: Authenticator | None = None,
+        static_dir: str | os.PathLike | None = None,
     ) -> None:
+        """`static_dir` holds the files served over plain HTTP (default: the package's transport/static/)."""
         if auth is None and settings.auth_secret_env is not None:
             auth = Authenticator.from_env(settings.auth_secret_env)
         #: Verifies tokens; None when authentication is off.
@@ -66,6 +90,18 @@ class Server:
         self.audience = Audience()
         self.agents: Agents | None = None
         self.journal: Journal | None = None
+        self._db_bytes = 0  # measured (in a worker thread) at each scrape of /metrics
+        self.metrics = Metrics(ScrapeState(
+            connections=lambda: len(self.connections),
+            agents=lambda: [(a.agent_id, a.in_flight, a.lanes) for a in (self.agents or {}).values()],
+            journal=lambda: (self.journal.events_appended, self.journal.commits) if self.journal else (0, 0),
+            db_bytes=lambda: self._db_bytes,
+        ))
+        files = load_static_files(package_static_dir() if static_dir is None else static_dir)
+        self.http = Router(files, {"/healthz": self._health, "/metrics": self._scrape, WS_PATH: _upgrade_required})
+        for spec in self._specs:  # every agent's series exist (at 0) from the start
+            self.metrics.turns.labels(spec.agent_id)
+            self.metrics.turn_seconds.labels(spec.agent_id)
 
     def stop(self) -> None:
         """Begin a graceful shutdown; `run` returns when it is complete."""
@@ -114,43 +150,122 @@ class Server:
         sockets = [listener.socket for listener in listeners]
         if self._ssl is not None:
             listeners = [trio.SSLListener(listener, self._ssl, https_compatible=True) for listener in listeners]
-        endpoint = WebSocketServer(
-            self._handle,
-            listeners,
-            handler_nursery=clients,
-            message_queue_size=8,
-            max_message_size=s.max_message_size,
-            connect_timeout=s.handshake_timeout,
-            disconnect_timeout=s.close_timeout,
-        )
         async with trio.open_nursery() as accept:
-            await accept.start(endpoint.run)
+            await accept.start(lambda task_status: trio.serve_listeners(
+                self._serve_connection, listeners, handler_nursery=clients, task_status=task_status))
             self._accepting = True
             port = sockets[0].getsockname()[1]
-            logger.info("listening on %s://%s:%d%s (authentication %s)", self.scheme, s.host, port, WS_PATH,
-                        "on" if self.auth is not None else "off")
+            logger.info("listening on %s://%s:%d%s (authentication %s); HTTP on the same port: / (%d static files), "
+                        "/healthz, /metrics", self.scheme, s.host, port, WS_PATH,
+                        "on" if self.auth is not None else "off", len(self.http.files))
             task_status.started(port)
             await self._stop.wait()
             accept.cancel_scope.cancel()
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        """One TCP (or TLS) connection. Its first request decides: a WebSocket handshake goes to
+        trio-websocket, anything else is answered as plain HTTP and the connection closed.
+
+        Reading the request head (and the TLS handshake before it) gets `handshake_timeout` seconds, and a
+        head over `MAX_HEAD_BYTES` gets 431. Nothing escapes: an exception here would end the server.
+        """
+        s = self.settings
+        deadline = trio.current_time() + s.handshake_timeout
+        try:
+            head = None
+            with trio.move_on_at(deadline):
+                try:
+                    head = await read_request_head(stream)
+                except BadRequest as exc:
+                    logger.info("bad HTTP request from %s: %s", remote_of(stream), exc.message)
+                    self.metrics.http_requests.labels("bad_request", str(exc.status)).inc()
+                    await write_response(stream, text_response(exc.status, exc.message + "\n"))
+                    return
+            if head is None:  # timed out, or the client left before sending a request
+                return
+            if head.wants_websocket:
+                problem = head.websocket_problem()
+                if problem is not None:
+                    self.metrics.handshakes_refused.labels(str(problem.status)).inc()
+                    with trio.move_on_after(s.handshake_timeout):
+                        await write_response(stream, problem)
+                    return
+                await self._serve_websocket(PrefixedStream(stream, head.raw), deadline)
+                return
+            with trio.move_on_after(s.handshake_timeout):
+                await self._answer_http(stream, head)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:  # the client left
+            logger.debug("connection from %s ended: %r", remote_of(stream), exc)
+        except Exception:
+            logger.exception("connection handler failed (remote %s)", remote_of(stream))
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _answer_http(self, stream: trio.abc.Stream, head: RequestHead) -> None:
+        try:
+            response = await self.http.respond(head)
+        except Exception:
+            logger.exception("HTTP %s %s failed", head.method[:20], head.path[:200])
+            response = text_response(500, "Internal server error\n")
+        self.metrics.http_requests.labels(self.http.route_of(head.path), str(response.status)).inc()
+        logger.debug("http %s %s -> %d (remote %s)", head.method[:20], head.path[:200], response.status, remote_of(stream))
+        await write_response(stream, response, head_only=head.method == "HEAD")
+
+    async def _serve_websocket(self, stream: PrefixedStream, deadline: float) -> None:
+        """Hand a connection whose first request is a WebSocket handshake to trio-websocket (it reads the
+        handshake again from `stream`), then serve the client; the handshake must be done by `deadline`."""
+        async with trio.open_nursery() as nursery:  # the connection's reader task runs here
+            request = None
+            with trio.move_on_at(deadline):
+                request = await wrap_server_stream(
+                    nursery, stream, message_queue_size=8, max_message_size=self.settings.max_message_size
+                )
+            try:
+                if request is not None:
+                    await self._handle(request)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _health(self) -> HttpResponse:
+        """GET /healthz: 200 if the database is writable now (its write lock can be taken, between group
+        commits), else 503 with the reason."""
+        body = {"status": "ok", "db": "writable", "connections": len(self.connections)}
+        if not self._accepting or self.journal is None:
+            body.update(status="unavailable", reason="the server is shutting down")
+            return json_response(503, json.dumps(body).encode())
+        try:
+            with trio.fail_after(HEALTH_TIMEOUT):
+                await self.journal.check_writable(HEALTH_LOCK_WAIT)
+        except trio.TooSlowError:
+            body.update(status="unavailable", db="unknown", reason="the database did not answer in time")
+        except Exception as exc:
+            logger.warning("health check: the database is not writable: %s", exc)
+            body.update(status="unavailable", db="not writable", reason=str(exc)[:200])
+        return json_response(200 if body["status"] == "ok" else 503, json.dumps(body).encode())
+
+    async def _scrape(self) -> HttpResponse:
+        """GET /metrics: the Prometheus text format."""
+        self._db_bytes = await trio.to_thread.run_sync(_file_sizes, os.fspath(self.settings.db))
+        return HttpResponse(200, METRICS_CONTENT_TYPE, self.metrics.render())
 
     async def _handle(self, request: WebSocketRequest) -> None:
         """One client, from handshake to close. Nothing escapes: an exception here would end the server."""
         reserved = False
         try:
             if request.path.split("?", 1)[0] != WS_PATH:
-                await reject(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
+                await self._refuse(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
                 return
             if not origin_allowed(request.headers, self.settings.allow_origins):
                 origins = [v.decode("latin-1")[:200] for n, v in request.headers if n.lower() == b"origin"]
                 logger.info("refused a handshake from Origin %s (remote %s)", ", ".join(origins), request.remote)
-                await reject(request, 403, body=b"Forbidden: this Origin may not connect (see allow_origins)\n")
+                await self._refuse(request, 403, body=b"Forbidden: this Origin may not connect (see allow_origins)\n")
                 return
             if not self._accepting:
-                await reject(request, 503, body=b"The server is shutting down\n")
+                await self._refuse(request, 503, body=b"The server is shutting down\n")
                 return
             if len(self.connections) + self._handshakes >= self.settings.max_connections:
                 logger.warning("refused a connection: %d connections open", len(self.connections))
-                await reject(request, 503, body=b"The server has as many connections as it may hold\n")
+                await self._refuse(request, 503, body=b"The server has as many connections as it may hold\n")
                 return
             self._handshakes += 1  # a place is held for this handshake (concurrent ones count too)
             reserved = True
@@ -163,7 +278,7 @@ class Server:
                     claims = self.auth.verify(token)
                 except TokenError as exc:
                     logger.info("refused a handshake: %s (remote %s)", exc.message, request.remote)
-                    await reject(
+                    await self._refuse(
                         request,
                         401,
                         extra_headers=[(b"WWW-Authenticate", b'Bearer error="invalid_token"')],
@@ -188,6 +303,7 @@ class Server:
             users=self.users,
             auth=self.auth,
             claims=claims,
+            metrics=self.metrics,
         )
         if not self._accepting:  # shutdown began during the handshake: close like the others
             conn.close(GOING_AWAY, "server shutting down")
@@ -198,6 +314,29 @@ class Server:
             logger.exception("client=%s: connection handler failed", conn.client_id)
         finally:
             self.connections.discard(conn)
+            with trio.move_on_after(self.settings.close_timeout):
+                await ws.aclose()  # a no-op once closed; else (a failed handler) a normal close
+
+    async def _refuse(self, request: WebSocketRequest, status: int, **kwargs) -> None:
+        self.metrics.handshakes_refused.labels(str(status)).inc()
+        await reject(request, status, **kwargs)
+
+
+async def _upgrade_required() -> HttpResponse:
+    """A plain GET of the WebSocket endpoint."""
+    return text_response(426, f"{WS_PATH} is the WebSocket endpoint: connect with a WebSocket client\n",
+                         extra=(("Upgrade", "websocket"),))
+
+
+def _file_sizes(db: str) -> int:
+    """Bytes of the database file and its WAL (0 for a file that is missing)."""
+    total = 0
+    for path in (db, db + "-wal"):
+        try:
+            total += os.stat(path).st_size
+        except OSError:
+            pass
+    return total
 
 
 def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:

@@ -1,0 +1,408 @@
+"""The `openai` brain: any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, llama.cpp
+server, LM Studio), streamed as Server-Sent Events, with tool calls.
+
+HTTP through httpx (it runs under trio, through anyio), SSE through httpx-sse. Must not import
+`transport` or write to the store; the API key is read from the environment, never kept in config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing
+
+import httpx
+import trio
+from attrs import define, field
+from httpx_sse import SSEError, aconnect_sse
+
+from ._brain import BRAINS, BrainError, BrainItem, ToolCall, ToolResult, Turn, Usage
+from ._tools import Tool, ToolOutcome, resolve_tools
+
+logger = logging.getLogger("agentcast.actors.openai")
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+#: HTTP statuses worth another try (before the first token only): rate limited, or the server failing.
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+#: The longest wait between two tries, whatever a Retry-After header asks.
+MAX_RETRY_DELAY = 60.0
+#: How much of an error body is read to find the provider's reason.
+MAX_ERROR_BODY = 4096
+
+
+class _Retry(Exception):
+    """This try failed before the first token in a way another try may not (internal)."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay
+
+
+@define
+class _PendingCall:
+    """A tool call as its pieces arrive in the stream (OpenAI streams the arguments in fragments)."""
+
+    call_id: str = ""
+    name: str = ""
+    arguments: str = ""
+
+
+@define
+class _Round:
+    """What one streamed request gave besides its text deltas."""
+
+    calls: dict[int, _PendingCall] = field(factory=dict)
+    usage: tuple[int, int] | None = None
+    finished: bool = False  # a finish_reason or [DONE] arrived: the stream was complete
+
+
+def _check(condition: bool, what: str, setting: str) -> None:
+    if not condition:
+        raise ValueError(f"openai brain: {setting} must be {what}")
+
+
+def _number(value: object) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+class OpenAIBrain:
+    """Answers with a model behind an OpenAI-compatible `/chat/completions` endpoint, streaming.
+
+    The prompt is: the system prompt; the best `recall` long-term matches for the new message
+    (labelled as recalled memory); the last `memory_window` messages of the short-term window;
+    the new message. Each token delta is yielded as it arrives. When the model calls tools (at
+    most `max_tool_rounds` rounds a turn), each call is yielded as a `ToolCall`, run with
+    `turn.tools`, yielded as a `ToolResult`, and the model goes on with the results.
+
+    Failures raise `BrainError` with the provider's reason. A request that fails before its first
+    token (connection refused, HTTP 408/409/429/5xx) is tried again up to `retries` times, after
+    `retry_backoff` seconds doubling each time (or what Retry-After says, at most a minute);
+    nothing is retried once text has streamed. `timeout` bounds connecting and each wait for
+    data. Cancelling the turn closes the HTTP connection at once, so the provider stops.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str = "https://api.openai.com/v1",
+        api_key_env: str | None = None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        timeout: float = 60.0,
+        memory_window: int = 20,
+        recall: int = 3,
+        tools: Sequence[str] = (),
+        max_tool_rounds: int = 4,
+        retries: int = 2,
+        retry_backoff: float = 1.0,
+        include_usage: bool = True,
+    ) -> None:
+        _check(isinstance(model, str) and bool(model.strip()), "the model's name (a non-empty string)", "model")
+        _check(isinstance(base_url, str) and base_url.startswith(("http://", "https://")),
+               "an http:// or https:// URL (e.g. http://localhost:11434/v1)", "base_url")
+        _check(api_key_env is None or (isinstance(api_key_env, str) and api_key_env.strip() != ""),
+               "the NAME of the environment variable that holds the key (the key itself never goes in config)",
+               "api_key_env")
+        if isinstance(api_key_env, str) and api_key_env.startswith(("sk-", "Bearer ")):
+            raise ValueError("openai brain: api_key_env looks like an API key; give the NAME of the environment "
+                             "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
+        _check(isinstance(system_prompt, str), "a string", "system_prompt")
+        _check(temperature is None or (_number(temperature) and 0 <= temperature <= 2), "a number from 0 to 2",
+               "temperature")
+        _check(max_tokens is None or (type(max_tokens) is int and max_tokens >= 1), "an integer >= 1", "max_tokens")
+        _check(_number(timeout) and 0 < timeout <= 3600, "a number of seconds above 0 (at most 3600)", "timeout")
+        _check(type(memory_window) is int and 0 <= memory_window <= 1000, "an integer from 0 to 1000",
+               "memory_window")
+        _check(type(recall) is int and 0 <= recall <= 50, "an integer from 0 to 50", "recall")
+        _check(isinstance(tools, (list, tuple)), "a list of tool names", "tools")
+        _check(type(max_tool_rounds) is int and 0 <= max_tool_rounds <= 32, "an integer from 0 to 32",
+               "max_tool_rounds")
+        _check(type(retries) is int and 0 <= retries <= 10, "an integer from 0 to 10", "retries")
+        _check(_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY,
+               f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}", "retry_backoff")
+        _check(type(include_usage) is bool, "true or false", "include_usage")
+        try:
+            self.tools: tuple[Tool, ...] = resolve_tools(tools)
+        except ValueError as exc:
+            raise ValueError(f"openai brain: tools: {exc}") from None
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.system_prompt = system_prompt
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.timeout = float(timeout)
+        self.memory_window = memory_window
+        self.recall = recall
+        self.max_tool_rounds = max_tool_rounds
+        self.retries = retries
+        self.retry_backoff = float(retry_backoff)
+        self.include_usage = include_usage
+        if api_key_env and not os.environ.get(api_key_env):
+            logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
+                           "turns will fail until it is", model, api_key_env)
+
+    def __repr__(self) -> str:  # never the key (it is not even kept here)
+        return f"OpenAIBrain(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    @property
+    def url(self) -> str:
+        return self.base_url + "/chat/completions"
+
+    # -- the prompt ----------------------------------------------------------------------
+
+    def prompt(self, turn: Turn) -> list[dict]:
+        """The messages sent for `turn`: system prompt, recalled memory, short-term window, the new message."""
+        messages: list[dict] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        window = turn.memory.short_term[-self.memory_window:] if self.memory_window else ()
+        in_window = {m.seq for m in window}
+        recalled = [h for h in turn.recalled if h.seq not in in_window and h.content][: self.recall]
+        if recalled:
+            lines = "\n".join(f"- ({h.at}, {h.role}) {h.content}" for h in recalled)
+            messages.append({"role": "system", "content": "Recalled from long-term memory of earlier conversations "
+                             f"with this user (may or may not be relevant):\n{lines}"})
+        for m in window:
+            if not m.content:  # erased by a long-term clear
+                continue
+            if m.role == "fact":
+                messages.append({"role": "system", "content": f"A fact you remembered about the user: {m.content}"})
+            else:
+                messages.append({"role": m.role, "content": m.content})
+        messages.append({"role": "user", "content": turn.message})
+        return messages
+
+    def _body(self, messages: list[dict], offer_tools: bool) -> dict:
+        body: dict[str, object] = {"model": self.model, "messages": messages, "stream": True}
+        if self.include_usage:
+            body["stream_options"] = {"include_usage": True}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        if offer_tools:
+            body["tools"] = [t.openai_schema() for t in self.tools]
+        return body
+
+    # -- a turn --------------------------------------------------------------------------
+
+    def _api_key(self) -> str | None:
+        if self.api_key_env is None:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise BrainError(f"the API key is missing: the environment variable {self.api_key_env} "
+                             "(api_key_env) is not set on the server")
+        return key
+
+    async def reply(self, turn: Turn) -> AsyncIterator[BrainItem]:
+        key = self._api_key()
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        messages = self.prompt(turn)
+        prompt_tokens = completion_tokens = 0
+        counted = answered = False
+        rounds = 0
+        # One client (and connection) per turn: leaving this block, normally or by cancellation,
+        # closes the connection, so a cancelled answer stops being generated and paid for.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers) as client:
+            while True:
+                offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
+                result = _Round()
+                async with aclosing(self._stream(client, self._body(messages, offer_tools), result, key)) as deltas:
+                    async for delta in deltas:
+                        answered = True
+                        yield delta
+                if result.usage is not None:
+                    counted = True
+                    prompt_tokens += result.usage[0]
+                    completion_tokens += result.usage[1]
+                if not result.calls:
+                    break
+                if not offer_tools:
+                    raise BrainError(f"the model kept calling tools after {self.max_tool_rounds} rounds")
+                rounds += 1
+                calls = [result.calls[i] for i in sorted(result.calls)]
+                for n, call in enumerate(calls):
+                    call.call_id = call.call_id or f"call_{rounds}_{n}"
+                messages.append({"role": "assistant", "content": None, "tool_calls": [
+                    {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in calls
+                ]})
+                for call in calls:
+                    try:
+                        arguments: object = json.loads(call.arguments) if call.arguments.strip() else {}
+                    except ValueError:
+                        arguments = call.arguments
+                    yield ToolCall(call.call_id, call.name, arguments)
+                    if isinstance(arguments, str):
+                        outcome = ToolOutcome(error="the arguments are not valid JSON")
+                    elif turn.tools is None:
+                        outcome = ToolOutcome(error="no tools are available in this turn")
+                    else:
+                        outcome = await turn.tools.run(call.name, arguments)
+                    yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
+                    messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
+        if not answered:
+            raise BrainError("the model gave an empty answer")
+        if counted:
+            yield Usage(prompt_tokens, completion_tokens)
+
+    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+        """One request: yields its text deltas, fills `result`; tries again before the first token."""
+        attempt = 0
+        while True:
+            try:
+                async for delta in self._try(client, body, result, key):
+                    yield delta
+                return
+            except _Retry as retry:
+                if attempt >= self.retries:
+                    tries = f" (after {attempt + 1} tries)" if attempt else ""
+                    raise BrainError(retry.reason + tries) from None
+                delay = self.retry_backoff * 2**attempt if retry.delay is None else retry.delay
+                attempt += 1
+                logger.info("openai brain (model %s): %s; try %d in %.1f s", self.model, retry.reason, attempt + 1, delay)
+                await trio.sleep(min(delay, MAX_RETRY_DELAY))
+
+    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+        streamed = False
+        try:
+            async with aconnect_sse(client, "POST", self.url, json=body) as source:
+                response = source.response
+                if response.status_code != 200:
+                    raise await self._http_error(response, key)
+                async for sse in source.aiter_sse():
+                    if sse.event not in ("message", ""):  # comments and other event kinds are not chunks
+                        continue
+                    data = sse.data.strip()
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        result.finished = True
+                        break
+                    for delta in self._chunk(data, result, key):
+                        streamed = True
+                        yield delta
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise _Retry(f"could not connect to the model server at {self.base_url}: {_scrub(str(exc), key) or type(exc).__name__}") from None
+        except httpx.TimeoutException:
+            raise BrainError(f"the model server sent nothing for {self.timeout:g} s (timeout)") from None
+        except SSEError as exc:
+            raise BrainError(f"malformed stream from the model server: {_scrub(str(exc), key)}") from None
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            if not streamed and not result.calls:
+                raise _Retry(f"the model server closed the connection: {_scrub(str(exc), key) or type(exc).__name__}") from None
+            raise BrainError("the model server closed the connection in the middle of the answer") from None
+        if not result.finished:
+            raise BrainError("malformed stream from the model server: it ended before the answer was complete")
+
+    def _chunk(self, data: str, result: _Round, key: str | None) -> list[str]:
+        """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise BrainError(f"malformed stream from the model server: not JSON: {_scrub(data[:200], key)!r}") from None
+        if not isinstance(chunk, dict):
+            raise BrainError("malformed stream from the model server: a chunk is not a JSON object")
+        if chunk.get("error") is not None:
+            raise BrainError(f"the model server reported an error: {_scrub(_reason_of(chunk), key)}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if type(p) is int and type(c) is int:
+                result.usage = (p, c)
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise BrainError("malformed stream from the model server: 'choices' is not a list")
+        deltas = []
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # only the first choice is used (n = 1)
+            if choice.get("finish_reason"):
+                result.finished = True
+            delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise BrainError("malformed stream from the model server: 'delta' is not an object")
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                deltas.append(content)
+            calls = delta.get("tool_calls") or []
+            if not isinstance(calls, list):
+                raise BrainError("malformed stream from the model server: 'tool_calls' is not a list")
+            for piece in calls:
+                if not isinstance(piece, dict):
+                    raise BrainError("malformed stream from the model server: a tool call is not an object")
+                index = piece.get("index", len(result.calls))
+                if type(index) is not int:
+                    raise BrainError("malformed stream from the model server: a tool call's index is not an integer")
+                call = result.calls.setdefault(index, _PendingCall())
+                if isinstance(piece.get("id"), str) and piece["id"]:
+                    call.call_id = piece["id"]
+                function = piece.get("function") or {}
+                if isinstance(function.get("name"), str):
+                    call.name += function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call.arguments += function["arguments"]
+        return deltas
+
+    async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
+        """The exception for a non-200 answer: `_Retry` for the retryable ones, else `BrainError`."""
+        body = b""
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) >= MAX_ERROR_BODY:
+                break
+        reason = _scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        status = response.status_code
+        what = {
+            401: "the model server refused the API key",
+            403: "the model server refused access",
+            404: f"not found: is the model {self.model!r} served at {self.base_url}?",
+            429: "the model server is rate limiting us",
+        }.get(status, "the model server failed" if status >= 500 else "the model server refused the request")
+        text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
+        if status in RETRYABLE_STATUSES:
+            return _Retry(text, _retry_after(response))
+        return BrainError(text)
+
+
+def _reason_of(obj: dict) -> str:
+    error = obj.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    if isinstance(error, str):
+        return error
+    if isinstance(obj.get("message"), str):
+        return obj["message"]
+    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:300]
+
+
+def _reason_of_body(body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return text[:300]
+    return _reason_of(obj)[:300] if isinstance(obj, dict) else text[:300]
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return None if seconds is None or not math.isfinite(seconds) or seconds < 0 else min(seconds, MAX_RETRY_DELAY)
+
+
+def _scrub(text: str, key: str | None) -> str:
+    """`text` with the API key (should a server echo it) masked."""
+    return text.replace(key, "***") if key else text
+
+
+BRAINS["openai"] = OpenAIBrain

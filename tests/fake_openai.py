@@ -1,0 +1,198 @@
+"""A fake OpenAI-compatible Chat Completions server for the tests: real HTTP on loopback, scripted SSE.
+
+HTTP parsing by h11 (httpx's own HTTP/1.1 library); runs in the test's trio run. Reaches nothing outside.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from collections import deque
+
+import h11
+import trio
+from attrs import define, field
+
+#: A reply the fake sends when a test scripted too few (the brain then fails with HTTP 500).
+UNSCRIPTED = "the fake OpenAI server has no scripted reply left"
+
+
+@define
+class Reply:
+    """One scripted answer to one POST /v1/chat/completions.
+
+    With `status` 200 and no `body`: a `text/event-stream` of `chunks` (a dict is sent as JSON,
+    a str as it is), then `data: [DONE]` if `done`. `stall_after=N`: after N chunks send nothing
+    more and wait until the client closes the connection. `cut_after=N`: after N chunks close
+    the connection abruptly (no end of the chunked body). With a `body`: that, with `status`.
+    """
+
+    status: int = 200
+    chunks: list = field(factory=list)
+    done: bool = True
+    body: str | None = None
+    content_type: str = "text/event-stream"
+    headers: dict = field(factory=dict)
+    stall_after: int | None = None
+    cut_after: int | None = None
+
+
+def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
+    """One streamed Chat Completions chunk, as OpenAI sends it."""
+    delta: dict = {}
+    if content is not None:
+        delta["content"] = content
+    if tool_calls is not None:
+        delta["tool_calls"] = tool_calls
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "model": "fake-model",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def usage_chunk(prompt_tokens: int, completion_tokens: int) -> dict:
+    """The last chunk when the request asked `stream_options: {include_usage: true}`."""
+    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens}}
+
+
+def text(*pieces: str, usage: tuple[int, int] | None = None, **options) -> Reply:
+    """A plain answer streamed as `pieces` (one chunk each), then `finish_reason: stop`."""
+    chunks: list = [chunk(p) for p in pieces] + [chunk(finish="stop")]
+    if usage is not None:
+        chunks.append(usage_chunk(*usage))
+    return Reply(chunks=chunks, **options)
+
+
+def tool_calls(*calls: tuple[str, str, object], pieces: int = 3, usage: tuple[int, int] | None = None) -> Reply:
+    """The model calling tools: each (call_id, name, arguments) with its JSON arguments streamed in
+    `pieces` fragments, as OpenAI does (id and name in the first fragment only)."""
+    chunks: list = []
+    for index, (call_id, name, arguments) in enumerate(calls):
+        raw = arguments if isinstance(arguments, str) else json.dumps(arguments)
+        size = max(1, -(-len(raw) // pieces))
+        fragments = [raw[i:i + size] for i in range(0, len(raw), size)] or [""]
+        for n, fragment in enumerate(fragments):
+            piece: dict = {"index": index, "function": {"arguments": fragment}}
+            if n == 0:
+                piece.update(id=call_id, type="function")
+                piece["function"]["name"] = name
+            chunks.append(chunk(tool_calls=[piece]))
+    chunks.append(chunk(finish="tool_calls"))
+    if usage is not None:
+        chunks.append(usage_chunk(*usage))
+    return Reply(chunks=chunks)
+
+
+def error(status: int, message: str, *, retry_after: str | None = None) -> Reply:
+    """An error answer with OpenAI's error body."""
+    body = json.dumps({"error": {"message": message, "type": "fake_error", "code": None}})
+    headers = {"retry-after": retry_after} if retry_after is not None else {}
+    return Reply(status=status, body=body, content_type="application/json", headers=headers)
+
+
+class FakeOpenAI:
+    """Serves scripted `Reply`s in order, one per request; records every request.
+
+    `requests` holds each request's JSON body, `headers` each one's headers (lower-case names).
+    `stalled` is set when a reply starts stalling; `disconnected` once the client has closed a
+    stalled connection (so a test can see that cancelling really closed the HTTP stream).
+    """
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies: deque[Reply] = deque(replies)
+        self.requests: list[dict] = []
+        self.headers: list[dict[str, str]] = []
+        self.stalled = trio.Event()
+        self.disconnected = trio.Event()
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def script(self, *replies: Reply) -> None:
+        self.replies.extend(replies)
+
+    async def start(self, nursery: trio.Nursery) -> FakeOpenAI:
+        listeners = await nursery.start(functools.partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
+        self.port = listeners[0].socket.getsockname()[1]
+        return self
+
+    async def _serve(self, stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                request = await self._read_request(conn, stream)
+                if request is None:
+                    return
+                reply = self.replies.popleft() if self.replies else Reply(status=500, body=UNSCRIPTED,
+                                                                          content_type="text/plain")
+                if not await self._answer(conn, stream, reply):
+                    return
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
+        request = None
+        body = b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(65536)
+                conn.receive_data(data)
+                if not data and request is None:
+                    return None
+                continue
+            if isinstance(event, h11.Request):
+                request = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                return None
+        self.headers.append({k.decode().lower(): v.decode() for k, v in request.headers})
+        self.requests.append(json.loads(body) if body else {})
+        return request
+
+    async def _answer(self, conn: h11.Connection, stream: trio.SocketStream, reply: Reply) -> bool:
+        """Send `reply`; False if the connection is over afterwards (a stall or a cut)."""
+        headers = [("content-type", reply.content_type), *reply.headers.items()]
+        if reply.body is not None:
+            body = reply.body.encode()
+            headers.append(("content-length", str(len(body))))
+            await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+            await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
+            return True
+        await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+        for n, item in enumerate(reply.chunks):
+            if reply.stall_after == n:
+                await self._stall(stream)
+                return False
+            if reply.cut_after == n:
+                return False  # closed in `_serve`'s finally, mid-body
+            data = item if isinstance(item, str) else json.dumps(item)
+            await stream.send_all(conn.send(h11.Data(data=f"data: {data}\n\n".encode())))
+        if reply.stall_after is not None:
+            await self._stall(stream)
+            return False
+        if reply.done:
+            await stream.send_all(conn.send(h11.Data(data=b"data: [DONE]\n\n")))
+        await stream.send_all(conn.send(h11.EndOfMessage()))
+        return True
+
+    async def _stall(self, stream: trio.SocketStream) -> None:
+        """Send nothing more; return once the client has closed the connection."""
+        self.stalled.set()
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            if not data:
+                break
+        self.disconnected.set()

@@ -1,0 +1,267 @@
+"""`agentcast chat` end to end: the real command in a pseudo-terminal (and with piped stdin) against a real
+`agentcast serve` subprocess on a loopback port with a temporary SQLite file.
+
+Output is read with a deadline until the expected text appears; there are no fixed sleeps.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import select
+import subprocess
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+from test_cli import CLI, EXIT_TIMEOUT
+
+#: Bound on waiting for one piece of output.
+DEADLINE = 15.0
+
+CONFIG = """
+[agents.my_agent]
+brain = "echo"
+
+[agents.assistant]
+brain = "echo"
+
+[agents.slow]
+brain = { kind = "echo", delay = 0.8, chunks = 2 }
+"""
+
+
+def _controlling_tty() -> None:  # pragma: no cover - runs in the child
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Chat:
+    """`agentcast chat ARGS` in a pseudo-terminal that is its controlling terminal (so ^C and ^D work)."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen(
+            [*CLI, "chat", *args], stdin=slave, stdout=slave, stderr=slave, preexec_fn=_controlling_tty, close_fds=True,
+        )
+        os.close(slave)
+        self.output = ""
+        self._pos = 0  # what expect() has consumed
+
+    def send(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def line(self, text: str) -> None:
+        self.send(text + "\n")
+
+    def _read(self, timeout: float) -> bool:
+        ready, _, _ = select.select([self.master], [], [], timeout)
+        if not ready:
+            return True
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: the child closed the terminal (it exited)
+            return False
+        if not data:
+            return False
+        self.output += data.decode("utf-8", "replace").replace("\r\n", "\n")
+        return True
+
+    def expect(self, pattern: str, timeout: float = DEADLINE) -> re.Match:
+        """Wait (bounded) for `pattern` (a regex) in the output after what was matched before; consume it."""
+        regex = re.compile(pattern, re.S)
+        deadline = time.monotonic() + timeout
+        while True:
+            match = regex.search(self.output, self._pos)
+            if match:
+                self._pos = match.end()
+                return match
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {pattern!r} within {timeout}s; output after the last match:\n{self.output[self._pos:]}"
+            if not self._read(min(remaining, 0.5)) and not regex.search(self.output, self._pos):
+                raise AssertionError(f"the chat exited before {pattern!r}; output:\n{self.output[self._pos:]}")
+
+    def ask(self, text: str, answer: str) -> str:
+        """Send a line and wait for the prompt after `answer`; the text in between."""
+        self.line(text)
+        start = self._pos
+        self.expect(answer)
+        self.expect(r"you> ")
+        return self.output[start:self._pos]
+
+    def wait(self) -> int:
+        """The exit status, reading what is left meanwhile (bounded)."""
+        deadline = time.monotonic() + EXIT_TIMEOUT
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            self._read(0.1)
+        while self._read(0):
+            if not select.select([self.master], [], [], 0)[0]:
+                break
+        return self.proc.wait(max(0.1, deadline - time.monotonic()))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(EXIT_TIMEOUT)
+        os.close(self.master)
+
+
+@pytest.fixture
+def chat():
+    """`chat(*args)` starts `agentcast chat`; every one started is killed at teardown."""
+    started: list[Chat] = []
+
+    def start(*args: str) -> Chat:
+        c = Chat(*args)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.close()
+
+
+@pytest.fixture
+def server(serve, tmp_path):
+    config = tmp_path / "agentcast.toml"
+    config.write_text(CONFIG)
+    return serve(tmp_path / "agentcast.db", "--config", str(config))
+
+
+def test_a_whole_session_in_a_terminal(server, chat):
+    c = chat("--url", server.url, "--user", "1")
+    c.expect(r"Connected to .* as user 1, talking to my_agent\. /help lists the commands\.\nyou> ")
+
+    c.line("My favourite colour is turquoise.")
+    c.expect(r"my_agent> You said: My favourite colour is turquoise\.\n\(I remember 0 earlier messages of our conversation\.\)\nyou> ")
+
+    out = c.ask("/search turquoise", r"results for .*conversation")
+    assert "2 results for 'turquoise' in my_agent's memory of you:" in out
+    assert "1. [short_term] user: My favourite colour is turquoise." in out
+
+    c.ask("/clear", r"Short-term memory of my_agent cleared")
+    assert "[long_term] user: My favourite colour is turquoise." in c.ask("/search turquoise", "results for")
+    c.ask("/clear-all", r"All memory of my_agent cleared: 2 messages forgotten\.")
+    c.ask("/search turquoise", r"No results for 'turquoise' in my_agent's memory of you\.")
+
+    c.ask("/agent ghost", r"\[error\] unknown_agent: No agent with ID 'ghost' exists")
+    c.ask("/agent assistant", r"Now talking to assistant\.")
+    c.ask("the secret word is marmalade", r"assistant> You said: the secret word is marmalade")
+
+    c.ask("/user other", r"You are now user other\.")  # another user: nothing of user 1
+    c.ask("/search marmalade", r"No results for 'marmalade' in assistant's memory of you\.")
+    c.ask("hello from other", r"remember 0 earlier messages")
+    c.ask("/user 1", r"You are now user 1\.")
+    assert "user: the secret word is marmalade" in c.ask("/search marmalade", r"1 result|2 results")
+
+    c.ask("/help", r"/clear-all +forget everything")
+    c.ask("/bogus", r"Unknown command: /bogus \(/help lists the commands\)")
+    c.ask("/search", r"Usage: /search QUERY")
+    c.ask("//not a command", r"assistant> You said: /not a command")
+    c.line("/quit")
+    assert c.wait() == 0
+    assert "Traceback" not in c.output
+
+
+def test_answers_stream_as_they_arrive(server, chat):
+    c = chat("--url", server.url, "--agent", "slow")
+    c.expect(r"talking to slow\..*you> ")
+    c.line("stream this")
+    c.expect(r"slow> You said: stream")
+    # the first half is on the screen while the second is still being written (0.8 s later)
+    assert "conversation.)" not in c.output
+    c.expect(r"\(I remember 0 earlier messages of our conversation\.\)\nyou> ")
+
+
+@pytest.mark.parametrize("key", ["\x04", "\x03"], ids=["ctrl-d", "ctrl-c"])
+def test_ctrl_d_and_ctrl_c_leave_cleanly(server, chat, key):
+    c = chat("--url", server.url)
+    c.expect(r"you> ")
+    c.ask("hello", r"You said: hello")
+    c.send(key)
+    assert c.wait() == 0
+    assert "Traceback" not in c.output and "KeyboardInterrupt" not in c.output
+
+
+def test_ctrl_c_while_an_answer_streams_leaves_cleanly(server, chat):
+    c = chat("--url", server.url, "--agent", "slow")
+    c.expect(r"you> ")
+    c.line("take your time")
+    c.expect(r"slow> You said")
+    c.send("\x03")
+    assert c.wait() == 0
+    assert "Traceback" not in c.output
+
+
+def test_piped_input_is_read_to_the_end(server):
+    script = "hello pipe\n/search pipe\n/agent assistant\n/user 9\nsecond line\n"
+    result = subprocess.run(
+        [*CLI, "chat", "--url", server.url, "--user", "8"], input=script, capture_output=True, text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "you> " not in out  # no prompts when stdin is not a terminal
+    assert "my_agent> You said: hello pipe\n" in out
+    assert "1. [short_term] user: hello pipe" in out
+    assert "Now talking to assistant.\nYou are now user 9.\nassistant> You said: second line\n" in out
+    assert result.stderr == ""
+
+
+def test_the_server_going_away_and_coming_back(serve, tmp_path, chat):
+    db = tmp_path / "agentcast.db"
+    first = serve(db)
+    c = chat("--url", first.url, "--user", "5")
+    c.expect(r"you> ")
+    c.ask("remember the lighthouse", r"remember 0 earlier messages")
+    assert first.stop() == 0  # gracefully: the chat's connection is closed with 1001
+    c.expect(r"\[connection lost: .*1001.*; reconnecting in [0-9.]+ s \(attempt 1\)\]")
+    second = serve(db, "--port", str(first.port))  # the same address again
+    c.expect(r"\[reconnected\]")
+    c.ask("and now?", r"You said: and now\?\n\(I remember 2 earlier messages of our conversation\.\)")
+    c.line("/quit")
+    assert c.wait() == 0
+    second.stop()
+
+
+def test_a_bad_address_or_agent_is_one_clear_line(server, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    for args, expected in (
+        (["--url", f"ws://127.0.0.1:{closed}/ws"], f"cannot connect to ws://127.0.0.1:{closed}/ws"),
+        (["--url", server.url, "--agent", "ghost"], "No agent with ID 'ghost' exists"),
+        (["--url", server.url.replace("/ws", "/nope")], "HTTP 404"),
+        (["--url", server.url, "--token-env", "AGENTCAST_NO_SUCH_VARIABLE"], "AGENTCAST_NO_SUCH_VARIABLE is not set"),
+    ):
+        result = subprocess.run(
+            [*CLI, "chat", *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEADLINE,
+            env={k: v for k, v in os.environ.items() if k != "AGENTCAST_NO_SUCH_VARIABLE"},
+        )
+        assert result.returncode in (1, 2), result
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentcast: error: ") and expected in lines[0], result.stderr
+
+
+if sys.platform != "linux":  # pragma: no cover
+    pytestmark = pytest.mark.skip("pseudo-terminal tests run on Linux")
+
+
+def test_the_documented_python_client_example_runs(server, tmp_path):
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "clients.md").read_text()
+    (example,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    script = tmp_path / "example.py"
+    script.write_text(example.replace("ws://127.0.0.1:5050/ws", server.url))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "You said: My favourite colour is turquoise." in out and "(answer committed as event 2)" in out
+    assert "You said: What did I just say?\n(I remember 2 earlier messages" in out and "(event 4)" in out
+    assert "user      'My favourite colour is turquoise.'" in out
+    assert "forgot 4 messages" in out
+    assert "error unknown_agent: No agent with ID 'no_such_agent' exists" in out

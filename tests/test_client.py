@@ -1,0 +1,483 @@
+"""The trio client (`transport.client`) against a real server over loopback with a real SQLite file:
+streaming chat, search, clear, errors, request correlation, pushed events, unknown frames, reconnection.
+
+Connections are cut, held and frozen by a TCP relay (`Relay`) between the client and the server.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, serve_websocket
+
+from actors import AgentSpec, EchoBrain
+from store import EventLog
+from support import GatedBrain, connect, running_server
+from transport.client import (
+    AgentError,
+    CannotConnect,
+    ConnectionLost,
+    Disconnected,
+    Reconnected,
+    frame_type,
+    open_agent_client,
+)
+from transport.protocol import (
+    AgentDone,
+    AgentThinking,
+    MemoryCleared,
+    Pong,
+    Response,
+    ResponseChunk,
+    UnknownFrame,
+    UserMessage,
+    decode_server_frame,
+)
+
+AGENT = "my_agent"
+#: Bound on anything a test waits for.
+WAIT = 10
+
+
+def url(port: int) -> str:
+    return f"ws://127.0.0.1:{port}/ws"
+
+
+def logged(db_path, user):
+    with EventLog.open(db_path, readonly=True) as log:
+        return [(r.event.TYPE, getattr(r.event, "content", None)) for r in log.read(user=user)]
+
+
+class Relay:
+    """A TCP relay to `target` (a port) that a test controls: `cut()` drops every relayed connection, `hold()`
+    makes new connections wait (until `release()`), `freeze()` stops forwarding on the current connections
+    without closing them (a half-open connection), `close()` stops listening (connections are refused)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.accepted = 0
+        self._open = trio.Event()
+        self._open.set()
+        self._scopes: set[trio.CancelScope] = set()
+        self._frozen: set[trio.Event] = set()
+        self._listening = trio.CancelScope()
+
+    async def run(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        with self._listening:
+            await trio.serve_listeners(self._relay, listeners)
+
+    def close(self) -> None:
+        """Stop listening and drop every connection: the server is gone (connections are refused)."""
+        self._listening.cancel()
+
+    def cut(self) -> None:
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    def hold(self) -> None:
+        self._open = trio.Event()
+
+    def release(self) -> None:
+        self._open.set()
+
+    def freeze(self) -> None:
+        for thaw in list(self._frozen):
+            self._frozen.discard(thaw)
+
+    async def _relay(self, client) -> None:
+        self.accepted += 1
+        async with client:
+            await self._open.wait()
+            running = trio.Event()  # cleared by freeze(): forwarding stops
+            running.set()
+            self._frozen.add(running)
+            with trio.CancelScope() as scope:
+                self._scopes.add(scope)
+                try:
+                    async with await trio.open_tcp_stream("127.0.0.1", self.target) as server:
+                        async with trio.open_nursery() as nursery:
+                            nursery.start_soon(self._pump, client, server, running, nursery.cancel_scope)
+                            nursery.start_soon(self._pump, server, client, running, nursery.cancel_scope)
+                except OSError:
+                    pass
+                finally:
+                    self._scopes.discard(scope)
+
+    async def _pump(self, src, dst, running: trio.Event, scope: trio.CancelScope) -> None:
+        try:
+            async for data in src:
+                if running not in self._frozen:
+                    await trio.sleep_forever()
+                await dst.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            scope.cancel()
+
+
+@pytest.fixture
+async def relay(server, nursery):
+    r = Relay(server.port)
+    await nursery.start(r.run)
+    return r
+
+
+async def next_event(events, *types: type):
+    """The next event of one of `types` (others are skipped), bounded."""
+    with trio.fail_after(WAIT):
+        async for event in events:
+            if isinstance(event, types):
+                return event
+    raise AssertionError(f"events ended before a {types}")
+
+
+async def wait_until(predicate) -> None:
+    with trio.fail_after(WAIT):
+        while not predicate():
+            await trio.sleep(0.005)
+
+
+# -- the codec's client side -------------------------------------------------------------------
+
+
+def test_server_frames_decode_to_their_classes_and_unknown_ones_to_unknown_frames():
+    assert decode_server_frame('{"type":"ping"}') == Pong()
+    usage = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,"usage":{"tokens":5}}')
+    assert usage == Response("a", "m", 3)  # an extra field of a newer server is ignored
+    agents = decode_server_frame({"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"})
+    assert agents == UnknownFrame("agents", {"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"}, "r")
+    broken = decode_server_frame('{"type":"response","agent_id":"a"}')  # a known type whose fields do not fit
+    assert isinstance(broken, UnknownFrame) and broken.data == {"type": "response", "agent_id": "a"}
+    assert frame_type(agents) == "agents" and frame_type(Pong()) == "ping"
+    for bad in ("[1]", '{"type": 5}', "not json", "{}"):
+        with pytest.raises(ValueError):
+            decode_server_frame(bad)
+
+
+# -- commands ------------------------------------------------------------------------------------
+
+
+class TwoStepBrain:
+    """Yields "first part, ", then waits for `go` before "second part."."""
+
+    recall = 0
+
+    def __init__(self) -> None:
+        self.go = trio.Event()
+
+    async def reply(self, turn):
+        yield "first part, "
+        await self.go.wait()
+        yield "second part."
+
+
+async def test_chat_streams_chunks_as_they_arrive_and_returns_the_committed_answer(db_path):
+    brain = TwoStepBrain()
+    async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
+        async with open_agent_client(url(server.port), user_id="s") as client:
+            async with client.stream_chat(AGENT, "tell me") as stream:
+                deltas = []
+                async for delta in stream:
+                    deltas.append(delta)
+                    brain.go.set()  # the second part exists only after the first was received
+            assert deltas == ["first part, ", "second part."]
+            assert stream.result.response == "first part, second part." and stream.result.seq == 2
+            seen = []
+            result = await client.chat(AGENT, "again", on_chunk=seen.append)
+            assert "".join(seen) == result.response == "first part, second part." and result.seq == 4
+            assert result.raw["type"] == "response" and result.raw["seq"] == 4
+
+            async def slow(delta):  # an async callback is awaited
+                await trio.sleep(0)
+                seen.append(delta)
+
+            seen.clear()
+            await client.chat(AGENT, "third", on_chunk=slow)
+            assert "".join(seen) == "first part, second part."
+    assert [t for t, _ in logged(db_path, "s")] == ["user_message", "agent_message"] * 3
+
+
+async def test_search_and_clear_memory(server):
+    async with open_agent_client(url(server.port), user_id=42) as client:
+        assert client.user_id == 42
+        await client.chat(AGENT, "My favourite colour is turquoise.")
+        found = await client.search_memory(AGENT, "turquoise", limit=1)
+        assert [(r.role, r.content, r.source) for r in found] == [("user", "My favourite colour is turquoise.", "short_term")]
+        cleared = await client.clear_memory(AGENT)
+        assert isinstance(cleared, MemoryCleared) and cleared.clear_long_term is False and cleared.seq == 3
+        assert await client.search_memory(AGENT, "turquoise", include_long_term=False) == []
+        assert len(await client.search_memory(AGENT, "turquoise")) == 2  # long-term still has both messages
+        everything = await client.clear_memory(AGENT, long_term=True)
+        assert everything.clear_long_term is True and everything.forgotten == 2
+        assert await client.search_memory(AGENT, "turquoise") == []
+
+
+async def test_errors_raise_agent_error_and_the_client_goes_on(db_path):
+    brain = GatedBrain()
+    async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server:
+        async with open_agent_client(url(server.port)) as client:
+            with pytest.raises(AgentError) as unknown:
+                await client.chat("ghost", "hello?")
+            assert unknown.value.code == "unknown_agent" and unknown.value.agent_id == "ghost"
+            assert "No agent with ID 'ghost' exists" in str(unknown.value)
+            with pytest.raises(AgentError) as failed:
+                await client.chat(AGENT, "fail please")
+            assert failed.value.code == "brain_error"
+            with pytest.raises(AgentError) as bad:
+                await client.search_memory(AGENT, "x", limit=0)
+            assert bad.value.code == "invalid_field" and "limit" in bad.value.message
+            with pytest.raises(AgentError) as empty:
+                await client.set_user("")
+            assert empty.value.code == "invalid_field" and client.user_id is None
+            brain.gate.set()
+            assert (await client.chat(AGENT, "still here")).response == "gated answer"
+            assert await client.ping() >= 0
+
+
+async def test_concurrent_calls_get_their_own_answers(db_path):
+    slow = GatedBrain(lambda turn: [f"slow answer to {turn.message}"])
+    specs = [AgentSpec("slow", slow), AgentSpec(AGENT, EchoBrain(chunks=3))]
+    async with running_server(db_path, specs) as server, open_agent_client(url(server.port), user_id="c") as client:
+        results = {}
+
+        async def chat(i: int) -> None:
+            results[i] = (await client.chat(AGENT, f"message number {i}")).response
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: client.chat("slow", "held"))
+            with trio.fail_after(WAIT):
+                await slow.started.wait()
+            # answered while the slow chat is still waiting: answers are matched by request_id, not by order
+            for i in range(12):
+                nursery.start_soon(chat, i)
+            found = await client.search_memory(AGENT, "number", limit=100)
+            await wait_until(lambda: len(results) == 12)
+            assert not slow.gate.is_set()
+            slow.gate.set()
+        assert all(results[i].startswith(f"You said: message number {i}\n") for i in range(12))
+        assert all(r.role in ("user", "assistant") for r in found)
+
+
+async def test_the_same_users_other_connection_sees_the_turn_in_events(server):
+    async with open_agent_client(url(server.port), user_id="u") as phone, \
+            open_agent_client(url(server.port), user_id="u") as laptop, \
+            open_agent_client(url(server.port), user_id="someone else") as other:
+        await laptop.subscribe(AGENT)
+        await other.subscribe(AGENT)
+        async with laptop.events() as events, other.events() as others:
+            seen = []
+            laptop.on(Response, seen.append)
+            laptop.on("*", lambda e: None)
+            result = await phone.chat(AGENT, "from my phone")
+            frames = []
+            with trio.fail_after(WAIT):
+                async for event in events:
+                    frames.append(event)
+                    if isinstance(event, AgentDone):
+                        break
+            assert [type(f) for f in frames[:1]] == [AgentThinking]
+            assert isinstance(frames[-2], Response) and frames[-2].message == result.response
+            assert "".join(f.delta for f in frames if isinstance(f, ResponseChunk)) == result.response
+            assert seen == [frames[-2]]
+            await other.ping()  # the other user's stream got nothing of it
+            with pytest.raises(trio.WouldBlock):
+                others.receive_nowait()
+
+
+async def test_unknown_frames_reach_events_and_never_break_a_call(nursery):
+    """A newer server: frames this version does not know, and extra fields on ones it does."""
+
+    async def handler(request):
+        try:
+            await fake(await request.accept())
+        except ConnectionClosed:
+            pass
+
+    async def fake(ws):
+        await ws.send_message(json.dumps({"type": "connected", "client_id": "c1"}))
+        await ws.send_message(json.dumps({"type": "agents", "agents": [{"agent_id": "x"}]}))
+        while True:
+            frame = json.loads(await ws.get_message())
+            rid = frame["request_id"]
+            for out in (
+                {"type": "agent_thinking", "agent_id": "x", "request_id": rid},
+                {"type": "tool_call", "agent_id": "x", "name": "lookup", "request_id": rid},
+                {"type": "response_chunk", "agent_id": "x", "delta": "ok", "request_id": rid},
+                {"type": "response", "agent_id": "x", "message": "ok", "seq": 9, "usage": {"tokens": 3}, "request_id": rid},
+                {"type": "agent_done", "agent_id": "x", "request_id": rid},
+            ):
+                await ws.send_message(json.dumps(out))
+            await ws.send_message(json.dumps({"type": "cancelled", "agent_id": "x"}))
+
+    server = await nursery.start(serve_websocket, handler, "127.0.0.1", 0, None)
+    port = server.port
+    async with open_agent_client(url(port), ping_interval=None) as client:
+        async with client.events() as events:
+            result = await client.chat("x", "hi")
+            assert result.response == "ok" and result.seq == 9 and result.raw["usage"] == {"tokens": 3}
+            pushed = await next_event(events, UnknownFrame)
+            if pushed.type == "agents":  # sent before events() was open: it may or may not be in the stream
+                pushed = await next_event(events, UnknownFrame)
+            assert pushed.type == "cancelled" and pushed.data["agent_id"] == "x"
+
+
+async def test_the_first_connection_failing_is_cannot_connect(server, tmp_path):
+    listener = trio.socket.socket()
+    await listener.bind(("127.0.0.1", 0))
+    free_port = listener.getsockname()[1]
+    listener.close()
+    with pytest.raises(CannotConnect, match=f"cannot connect to ws://127.0.0.1:{free_port}/ws"):
+        async with open_agent_client(url(free_port)):
+            pass  # pragma: no cover
+    with pytest.raises(CannotConnect, match="HTTP 404"):
+        async with open_agent_client(f"ws://127.0.0.1:{server.port}/nope"):
+            pass  # pragma: no cover
+
+
+async def test_an_auth_problem_at_the_start_is_an_agent_error(server):
+    with pytest.raises(AgentError) as exc:
+        async with open_agent_client(url(server.port), token="not-a-token"):
+            pass  # pragma: no cover
+    assert exc.value.code == "auth_disabled"
+
+
+# -- reconnection ---------------------------------------------------------------------------------
+
+
+async def test_a_lost_connection_is_resumed_after_the_last_seq_seen(server, relay):
+    fast = dict(backoff_initial=0.01, backoff_max=0.05)
+    async with open_agent_client(url(relay.port), user_id="r", **fast) as client, \
+            connect(server.port) as other:
+        await other.request({"type": "set_user", "user_id": "r"}, "user_set")
+        await client.subscribe(AGENT)
+        first = await client.chat(AGENT, "before the cut")
+        assert client.last_seq(AGENT) == first.seq == 2
+        async with client.events() as events:
+            relay.hold()
+            relay.cut()
+            lost = await next_event(events, Disconnected)
+            assert lost.attempt == 1 and lost.retry_in is not None and not client.connected
+            # while it is away, the same user says something on another connection
+            missed = await other.request({"type": "chat", "agent_id": AGENT, "message": "while you were away"}, "agent_done")
+            relay.release()
+            back = await next_event(events, Reconnected)
+            assert back.client_id == client.client_id and client.connected
+            said = await next_event(events, UserMessage)
+            answered = await next_event(events, Response)
+        # the backlog after seq 2: exactly the missed turn (a plain subscribe would give nothing,
+        # after_seq 0 would repeat "before the cut" first)
+        assert (said.message, said.seq) == ("while you were away", 3)
+        assert (answered.message, answered.seq) == (missed[-2]["message"], missed[-2]["seq"])
+        assert client.user_id == "r"  # set again on the new connection: its search sees the user's memory
+        assert {r.content for r in await client.search_memory(AGENT, "away")} >= {"while you were away"}
+
+
+async def test_a_chat_cut_off_mid_turn_is_retried_and_answered_once(db_path):
+    brain = GatedBrain()
+    async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server, trio.open_nursery() as nursery:
+        relay = Relay(server.port)
+        await nursery.start(relay.run)
+        async with open_agent_client(url(relay.port), user_id="once", backoff_initial=0.01) as client:
+            await client.subscribe(AGENT)
+            async with client.events() as events:
+                results = []
+                cleared = []
+
+                async def chat():
+                    results.append(await client.chat(AGENT, "answer me once"))
+
+                async def clear():
+                    with pytest.raises(ConnectionLost, match="may or may not"):
+                        await client.clear_memory(AGENT)
+                    cleared.append(True)
+
+                nursery.start_soon(chat)
+                with trio.fail_after(WAIT):
+                    await brain.started.wait()
+                nursery.start_soon(clear)  # queued behind the running turn: cut off before its answer
+                await wait_until(lambda: server.agents[AGENT].in_flight == 2)
+                relay.cut()
+                await next_event(events, Reconnected)  # the chat was sent again before this
+                brain.gate.set()
+                await wait_until(lambda: results and cleared)
+        nursery.cancel_scope.cancel()
+        assert results[0].response == "gated answer" and results[0].seq == 2
+    # one turn in the log; the clear ran once (on the first connection, whose answer was lost)
+    assert logged(db_path, "once") == [("user_message", "answer me once"), ("agent_message", "gated answer"), ("memory_cleared", None)]
+
+
+async def test_the_client_resumes_across_a_restart_of_the_server(db_path, nursery):
+    fast = dict(backoff_initial=0.01, backoff_max=0.05)
+    first_gone = trio.Event()
+
+    async def first_server(task_status=trio.TASK_STATUS_IGNORED):
+        async with running_server(db_path) as server:
+            task_status.started(server)
+            await server.stopped.wait()
+        first_gone.set()
+
+    first = await nursery.start(first_server)
+    relay = Relay(first.port)
+    await nursery.start(relay.run)
+    async with open_agent_client(url(relay.port), user_id=7, **fast) as client:
+        await client.subscribe(AGENT)
+        before = await client.chat(AGENT, "remember the lighthouse")
+        relay.hold()
+        async with client.events() as events:
+            first.stop()  # graceful: the connection is closed with 1001
+            lost = await next_event(events, Disconnected)
+            assert "1001" in lost.reason
+        with trio.fail_after(WAIT):
+            await first_gone.wait()
+        async with running_server(db_path) as second:
+            async with connect(second.port) as other:
+                await other.request({"type": "set_user", "user_id": 7}, "user_set")
+                await other.request({"type": "chat", "agent_id": AGENT, "message": "after the restart"}, "agent_done")
+            relay.target = second.port
+            async with client.events() as events:
+                relay.release()
+                said = await next_event(events, UserMessage)
+                assert said.message == "after the restart" and said.seq == before.seq + 1
+            again = await client.chat(AGENT, "and the lighthouse?")
+            assert "remember 4 earlier messages" in again.response
+
+
+async def test_a_half_open_connection_is_noticed_by_the_keepalive(server, relay):
+    async with open_agent_client(
+        url(relay.port), user_id="k", ping_interval=0.05, ping_timeout=0.3, backoff_initial=0.01
+    ) as client, client.events() as events:
+        await client.chat(AGENT, "hello")
+        relay.freeze()  # nothing passes any more, and nothing is closed either
+        lost = await next_event(events, Disconnected)
+        assert "no answer to a ping" in lost.reason
+        await next_event(events, Reconnected)
+        assert (await client.chat(AGENT, "hello again")).seq == 4
+
+
+async def test_the_client_gives_up_after_max_attempts(server, relay):
+    async with open_agent_client(url(relay.port), max_reconnect_attempts=2, backoff_initial=0.01) as client:
+        async with client.events() as events:
+            relay.close()
+            attempts = []
+            with trio.fail_after(WAIT):
+                async for event in events:  # ends when the client gives up
+                    attempts.append((event.attempt, event.retry_in is None))
+        assert attempts == [(1, False), (2, False), (3, True)]
+        assert not client.connected
+        with pytest.raises(ConnectionLost, match="after 2 reconnection attempts"):
+            await client.chat(AGENT, "anyone?")
+        async with client.events() as late:
+            assert [e async for e in late] == []
+
+
+async def test_without_reconnect_a_lost_connection_ends_the_client(server, relay):
+    async with open_agent_client(url(relay.port), reconnect=False) as client:
+        relay.cut()
+        await wait_until(lambda: not client.connected)
+        with pytest.raises(ConnectionLost):
+            await client.search_memory(AGENT, "x")

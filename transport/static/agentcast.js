@@ -1,0 +1,1 @@
+// Placeholder: the JavaScript client of agentcast replaces this file.
