@@ -3,6 +3,7 @@ text length, connections per user and in total (issue 4's limits, each with its 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import trio
@@ -74,6 +75,24 @@ async def test_with_heartbeats_on_an_idle_connection_is_still_closed_and_pongs_a
         while True:
             await ws.get_message()
     assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the attribute layout of CPython 3.11")
+async def test_a_connection_keeps_its_attributes_in_the_compact_shared_key_layout(h):
+    """Memory per idle connection (bench/idle.py): CPython 3.11 keeps an instance's attributes inline,
+    with keys shared by the class, only while the class has at most 29 of them; with 30 or more each
+    Connection carries a full dict of its own (about 1.3 KiB more). See Connection.__init__."""
+    conns = []
+    for _ in range(3):
+        ws, conn = await h.client()
+        assert (await recv(ws))["type"] == "connected"
+        await ws.send_message(json.dumps({"type": "ping"}))  # has read, written and taken a rate token
+        assert (await recv(ws))["type"] == "ping"
+        conns.append(conn)
+    for conn in conns:
+        attributes = vars(conn)
+        assert len(attributes) <= 29, sorted(attributes)
+        assert sys.getsizeof(attributes) < sys.getsizeof(dict(attributes)) / 2  # a split dict, not a full one
 
 
 async def test_frames_past_the_rate_limit_are_refused_and_the_bucket_refills(h, autojump_clock):

@@ -188,6 +188,36 @@ def test_payload_is_the_compact_json_of_the_event(event):
     assert payload_of(event) == json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
+def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
+    """One of each event type a log may hold (a real model's turn included), with awkward text."""
+    from store import FactRemembered, ToolCalled, ToolReturned, TurnEnded
+
+    return [
+        UserMessage(AGENT, user, at(1), f'I like {mark} "quoted" caf\u00e9 \U0001f600 \u2028', "r1", "c1"),
+        ToolCalled(AGENT, user, at(2), "call_1", "remember", {"fact": f"likes {mark}", "n": [1, 2.5, None, True]}, "r1"),
+        FactRemembered(AGENT, user, at(3), f"likes {mark} \u00e0 la caf\u00e9", "r1"),
+        FactRemembered(AGENT, user, at(3), "no request id"),
+        ToolReturned(AGENT, user, at(4), "call_1", "remember", {"remembered": f"likes {mark}", "seq": 3}, None, "r1"),
+        ToolCalled(AGENT, user, at(5), "call_2", "search_memory", "{not json \x00", "r1"),
+        ToolReturned(AGENT, user, at(6), "call_2", "search_memory", None, "bad \"arguments\"", "r1"),
+        ToolReturned(AGENT, user, at(6), "call_3", "current_time", "12:00", None),
+        AgentMessage(AGENT, user, at(7), "Noted \u00e9.", "r1", "c1"),
+        TurnEnded(AGENT, user, at(8), "cancelled", f"Once upon a {mark}", "", "r2"),
+        TurnEnded(AGENT, user, at(9), "failed", "", "the model server failed (HTTP 503)"),
+        MemoryCleared(AGENT, user, at(10), False, "r3"),
+    ]
+
+
+@pytest.mark.parametrize("event", every_kind_of_event(), ids=lambda e: e.TYPE)
+def test_payload_of_every_event_type_is_what_json_dumps_makes(event):
+    """Messages (facts included) and clears are spelled out; the others go through json.dumps.
+    Either way the bytes are those of the general dict + json.dumps builder."""
+    from store._events import _payload_by_dumps, event_from_row, payload_of
+
+    assert payload_of(event) == _payload_by_dumps(event)
+    assert event_from_row(event.TYPE, event.agent_id, event.user, event.at, payload_of(event)) == event
+
+
 # -- fold / rebuild ------------------------------------------------------------------------
 
 
@@ -642,6 +672,66 @@ def test_an_old_log_is_reindexed_and_memory_fts_dropped(tmp_path):
         log.append([[cleared(True, i=9)]])  # forgetting works on the migrated index
         assert log.search(AGENT, USER, "turquoise", 5) == []
         assert verify(log).ok
+
+
+def m003_log_as_main_wrote_it(path) -> list:
+    """A log at schema m003 as the main branch's server wrote it (before m004): every event type,
+    facts among them, their `memory_fts` rows (main indexed user, agent and fact messages), and a
+    user whose memory, a fact included, was forgotten (payloads redacted, index rows deleted)."""
+    from sqlite_utils import Database
+
+    from store._events import ROLE_OF_TYPE, payload_of, redacted_payload
+    from store._schema import APPLICATION_ID, migrations
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA secure_delete=ON")  # as main's server opened its log
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    migrations.apply(Database(conn), stop_before="m004_search_index_by_user")
+    conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('secure-delete', 1)")
+    events = every_kind_of_event(USER, "teal") + every_kind_of_event("u2", "ochre")
+    events.append(cleared(True, user="u2", i=11))
+    events += every_kind_of_event("u2", "umber")
+    clear_seq = len(every_kind_of_event()) * 2 + 1
+    for seq, event in enumerate(events, start=1):
+        payload = payload_of(event)
+        if event.user == "u2" and seq < clear_seq:
+            payload = redacted_payload(event.TYPE, payload)
+        conn.execute("INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (seq, event.at, event.TYPE, event.agent_id, event.user, payload, getattr(event, "command_id", None)))
+        if event.TYPE in ROLE_OF_TYPE and not (event.user == "u2" and seq < clear_seq):
+            conn.execute("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
+                         (seq, event.content, scope_token(event.agent_id, event.user)))
+    conn.close()
+    return events
+
+
+def test_a_main_m003_log_with_facts_and_turn_activity_migrates_to_memory_index(tmp_path):
+    from store import rebuild, verify
+
+    path = tmp_path / "m003.db"
+    events = m003_log_as_main_wrote_it(path)
+    with EventLog.open(path) as log:
+        assert verify(log).ok, verify(log).as_json()
+        indexed = {r[0] for r in log._conn.execute("SELECT rowid FROM memory_index")}
+        memory_rows = {seq for seq, e in enumerate(events, start=1)
+                       if e.TYPE in ("user_message", "agent_message", "fact_remembered")}
+        assert indexed == {s for s in memory_rows if events[s - 1].user == USER or s > 25}
+        hits = log.search(AGENT, USER, "teal", 10)
+        assert {(h.seq, h.role) for h in hits} == {(1, "user"), (3, "fact")}  # not the tool call's arguments
+        assert [h.role for h in log.search(AGENT, USER, "la", 10)] == ["fact"]
+        assert log.search(AGENT, "u2", "ochre", 10) == []  # forgotten before the migration
+        assert {h.role for h in log.search(AGENT, "u2", "umber", 10)} == {"user", "fact"}
+        memory = log.memory(AGENT, USER)
+        assert memory == rebuild(AGENT, USER, list(log.read(user=USER)))
+        assert memory.long_term_count == 4 and memory.short_term == ()  # user, 2 facts, answer; a short clear
+        # a long-term clear on the migrated index forgets the facts too, and verify stays clean
+        log.append([[cleared(True, i=20)]])
+        assert log.search(AGENT, USER, "teal", 10) == [] and log.search(AGENT, USER, "la", 10) == []
+        report = verify(log)
+        assert report.ok, report.as_json()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("m003.db"))
+    assert b"teal" not in raw and b"ochre" not in raw and b"umber" in raw
 
 
 def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
