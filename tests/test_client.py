@@ -31,6 +31,7 @@ from transport.protocol import (
     Response,
     ResponseChunk,
     UnknownFrame,
+    Usage,
     UserMessage,
     decode_server_frame,
 )
@@ -147,8 +148,11 @@ async def wait_until(predicate) -> None:
 
 def test_server_frames_decode_to_their_classes_and_unknown_ones_to_unknown_frames():
     assert decode_server_frame('{"type":"ping"}') == Pong()
-    usage = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,"usage":{"tokens":5}}')
-    assert usage == Response("a", "m", 3)  # an extra field of a newer server is ignored
+    newer = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,"from_the_future":{"x":5}}')
+    assert newer == Response("a", "m", 3)  # an extra field of a newer server is ignored
+    usage = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,'
+                                '"usage":{"prompt_tokens":7,"completion_tokens":2}}')
+    assert usage == Response("a", "m", 3, usage=Usage(7, 2))
     agents = decode_server_frame({"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"})
     assert agents == UnknownFrame("agents", {"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"}, "r")
     broken = decode_server_frame('{"type":"response","agent_id":"a"}')  # a known type whose fields do not fit

@@ -1,0 +1,296 @@
+"""The JavaScript client (transport/static/agentcast.js) run under Node against a real server: chunk
+streaming, request_id correlation, reconnect with resume and safe resend. Imports support, never transport internals."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from actors import AgentSpec, EchoBrain
+from store import EventLog
+from support import GatedBrain, connect, running_server
+
+CLIENT = Path(__file__).resolve().parent.parent / "transport" / "static" / "agentcast.js"
+
+
+def node_command() -> list[str] | None:
+    """`node` with a global WebSocket (Node 22+, or Node 20.10+ with --experimental-websocket)."""
+    node = shutil.which("node")
+    if node is None:
+        return None
+    probe = "process.exit(typeof WebSocket === 'function' ? 0 : 1)"
+    for flags in ([], ["--experimental-websocket"]):
+        if subprocess.run([node, *flags, "-e", probe], capture_output=True).returncode == 0:
+            return [node, "--no-warnings", *flags]
+    return None
+
+
+NODE = node_command()
+pytestmark = pytest.mark.skipif(
+    NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"
+)
+
+# Shared by every scenario: `emit(obj)` prints one JSON line for the test; `line()` waits for the
+# test's next line on stdin.
+PRELUDE = """
+import { AgentcastClient, AgentcastError } from %s;
+import readline from "node:readline";
+const emit = (obj) => process.stdout.write(JSON.stringify(obj) + "\\n");
+const lines = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+const line = async () => (await lines.next()).value;
+process.on("unhandledRejection", (err) => { emit({ event: "crash", error: String(err && err.stack || err) }); process.exit(1); });
+const url = process.argv[2];
+"""
+
+
+class Node:
+    """A Node process running one scenario script: JSON lines out, plain lines in."""
+
+    def __init__(self, proc: trio.Process):
+        self.proc = proc
+        self.buffer = b""
+        self.seen: list[dict] = []
+
+    async def next(self, timeout: float = 10) -> dict:
+        with trio.fail_after(timeout):
+            while b"\n" not in self.buffer:
+                chunk = await self.proc.stdout.receive_some()
+                if not chunk:
+                    err = await self.proc.stderr.receive_some() if self.proc.stderr else b""
+                    raise AssertionError(f"node exited early; stderr: {err.decode(errors='replace')}")
+                self.buffer += chunk
+        raw, self.buffer = self.buffer.split(b"\n", 1)
+        event = json.loads(raw)
+        assert event.get("event") != "crash", event["error"]
+        self.seen.append(event)
+        return event
+
+    async def expect(self, name: str, timeout: float = 10) -> dict:
+        """The next event called `name` (the ones before it are kept in `seen`)."""
+        while True:
+            event = await self.next(timeout)
+            if event["event"] == name:
+                return event
+
+    async def finish(self, nursery, timeout: float = 10) -> None:
+        """Wait for the script to end well, then stop whatever else runs in `nursery` (the proxy)."""
+        with trio.fail_after(timeout):
+            code = await self.proc.wait()
+        assert code == 0, (await self.proc.stderr.receive_some()).decode(errors="replace")
+        nursery.cancel_scope.cancel()
+
+    async def tell(self, text: str = "go") -> None:
+        await self.proc.stdin.send_all(text.encode() + b"\n")
+
+
+async def run_node(nursery, tmp_path, script: str, url: str) -> Node:
+    path = tmp_path / "scenario.mjs"
+    path.write_text(PRELUDE % json.dumps(CLIENT.as_uri()) + script + "\nprocess.exit(0);\n")
+    proc = await nursery.start(
+        lambda task_status: trio.run_process(
+            [*NODE, str(path), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            check=False, task_status=task_status,
+        )
+    )
+    return Node(proc)
+
+
+class Proxy:
+    """A TCP proxy in front of the server that the test can cut, refuse and freeze (a dead network)."""
+
+    def __init__(self, target: int):
+        self.target = target
+        self.accepting = True
+        self.flowing = trio.Event()
+        self.flowing.set()
+        self.scopes: set[trio.CancelScope] = set()
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listeners[0].socket.getsockname()[1])
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _pump(self, source, sink, scope):
+        try:
+            while data := await source.receive_some():
+                await self.flowing.wait()
+                await sink.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()  # one side hung up: hang up the other
+
+    async def _handle(self, downstream):
+        async with downstream:
+            if not self.accepting:
+                return
+            async with await trio.open_tcp_stream("127.0.0.1", self.target) as upstream:
+                with trio.CancelScope() as scope:
+                    self.scopes.add(scope)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._pump, downstream, upstream, scope)
+                        nursery.start_soon(self._pump, upstream, downstream, scope)
+                self.scopes.discard(scope)
+
+    def cut(self, *, refuse: bool) -> None:
+        """Drop every connection at once (no close frame); with `refuse`, turn new ones away too."""
+        self.accepting = not refuse
+        for scope in list(self.scopes):
+            scope.cancel()
+
+    def freeze(self) -> None:
+        """Stop forwarding bytes while keeping the connections open."""
+        self.flowing = trio.Event()
+
+
+async def test_chat_streams_chunks_and_answers_each_call_by_request_id(db_path, tmp_path):
+    specs = [AgentSpec(a, EchoBrain(delay=0.005, chunks=4)) for a in ("my_agent", "assistant")]
+    script = """
+const client = new AgentcastClient(url, { userId: "ada" });
+await client.connect();
+const chunks = { my_agent: [], assistant: [] };
+const [one, two] = await Promise.all([
+  client.chat("my_agent", "first question", { onChunk: (d) => chunks.my_agent.push(d) }),
+  client.chat("assistant", "second question", { onChunk: (d) => chunks.assistant.push(d) }),
+]);
+emit({ event: "answers", one, two, chunks });
+const results = await client.searchMemory("my_agent", "first question", { limit: 3, useLongTerm: false });
+emit({ event: "search", results });
+const errors = await Promise.all([
+  client.chat("ghost", "hello?").catch((e) => [e instanceof AgentcastError, e.code, e.frame.agent_id]),
+  client.searchMemory("my_agent", "").catch((e) => [e instanceof AgentcastError, e.code]),
+]);
+emit({ event: "errors", errors });
+const cleared = await client.clearMemory("my_agent", { clearLongTerm: true });
+emit({ event: "cleared", cleared });
+client.close();
+"""
+    async with running_server(db_path, specs) as server, trio.open_nursery() as nursery:
+        node = await run_node(nursery, tmp_path, script, f"ws://127.0.0.1:{server.port}/ws")
+        answers = await node.expect("answers")
+        for key, agent, text in (("one", "my_agent", "first question"), ("two", "assistant", "second question")):
+            answer = answers[key]
+            assert answer["type"] == "response" and answer["agent_id"] == agent
+            assert answer["message"].startswith(f"You said: {text}") and isinstance(answer["seq"], int)
+            assert len(answers["chunks"][agent]) >= 2 and "".join(answers["chunks"][agent]) == answer["message"]
+        search = await node.expect("search")
+        assert [r["content"] for r in search["results"]][:1] == ["first question"]
+        errors = await node.expect("errors")
+        assert errors["errors"] == [[True, "unknown_agent", "ghost"], [True, "invalid_field"]]
+        cleared = await node.expect("cleared")
+        assert cleared["cleared"]["forgotten"] == 2 and cleared["cleared"]["clear_long_term"] is True
+        await node.finish(nursery)
+
+
+async def test_reconnect_resumes_after_the_last_seq_and_resends_a_chat_in_flight(db_path, tmp_path):
+    gated = GatedBrain()
+    specs = [AgentSpec("my_agent", EchoBrain()), AgentSpec("slow", gated)]
+    script = """
+const client = new AgentcastClient(url, { userId: "bob", initialDelay: 10, maxDelay: 50, pingInterval: 0, connectTimeout: 500 });
+const logged = [];
+client.on("state", (s) => emit({ event: "state", state: s.state }));
+for (const type of ["user_message", "response"]) {
+  client.on(type, (f) => logged.push([f.type, f.message, f.seq]));
+}
+await client.connect();
+await client.subscribe("my_agent", { afterSeq: 0 });
+const first = await client.chat("my_agent", "before the cut");
+emit({ event: "answered", seq: first.seq });
+await line();  // the test cut the connection, chatted as bob elsewhere, and let us back in
+const after = await client.chat("my_agent", "after the cut");
+emit({ event: "after", seq: after.seq, logged });
+const slow = client.chat("slow", "in flight when cut");
+emit({ event: "sent" });
+const answer = await slow;
+emit({ event: "slow", message: answer.message, seq: answer.seq });
+client.close();
+"""
+    async with running_server(db_path, specs) as server, trio.open_nursery() as nursery:
+        proxy = Proxy(server.port)
+        port = await nursery.start(proxy.serve)
+        node = await run_node(nursery, tmp_path, script, f"ws://127.0.0.1:{port}/ws")
+        first = (await node.expect("answered"))["seq"]
+
+        proxy.cut(refuse=True)
+        assert (await node.expect("state"))["state"] == "reconnecting"
+        async with connect(server.port) as other:  # bob on another device, meanwhile
+            await other.request({"type": "set_user", "user_id": "bob"}, "user_set")
+            missed = (await other.request({"type": "chat", "agent_id": "my_agent", "message": "while away"},
+                                          "agent_done"))[-2]
+        proxy.accepting = True
+        await node.tell()
+        after = await node.expect("after")
+        # Seen once each: live before the cut, the backlog (resumed after `first`), live again.
+        assert [(t, seq) for t, _, seq in after["logged"]] == [
+            ("user_message", first - 1), ("response", first),
+            ("user_message", missed["seq"] - 1), ("response", missed["seq"]),
+            ("user_message", after["seq"] - 1), ("response", after["seq"]),
+        ]
+        assert [m for t, m, _ in after["logged"] if t == "user_message"] == [
+            "before the cut", "while away", "after the cut"]
+        assert after["logged"][3][1] == missed["message"]
+
+        # Cut while a turn runs: the server finishes and logs it; the client sends the chat again
+        # with the same command_id on reconnect and gets the logged answer, not a second turn.
+        await node.expect("sent")
+        with trio.fail_after(10):
+            await gated.started.wait()
+        proxy.cut(refuse=True)
+        assert (await node.expect("state"))["state"] == "reconnecting"
+        gated.gate.set()
+        proxy.accepting = True
+        slow = await node.expect("slow")
+        assert slow["message"] == "gated answer"
+        await node.finish(nursery)
+    with EventLog.open(db_path, readonly=True) as log:
+        turns = [r.event for r in log.read(user="bob") if getattr(r.event, "content", None) == "in flight when cut"]
+    assert len(turns) == 1
+
+
+async def test_a_silent_connection_is_dropped_by_the_keepalive_and_reconnected(db_path, tmp_path):
+    script = """
+const client = new AgentcastClient(url, { initialDelay: 10, maxDelay: 50, pingInterval: 50, pingTimeout: 150, connectTimeout: 500 });
+client.on("state", (s) => emit({ event: "state", state: s.state, reason: s.reason ?? null }));
+await client.connect();
+emit({ event: "open" });
+await line();
+const answer = await client.chat("my_agent", "still there?");
+emit({ event: "answered", message: answer.message });
+client.close();
+"""
+    async with running_server(db_path) as server, trio.open_nursery() as nursery:
+        proxy = Proxy(server.port)
+        port = await nursery.start(proxy.serve)
+        node = await run_node(nursery, tmp_path, script, f"ws://127.0.0.1:{port}/ws")
+        await node.expect("open")
+        proxy.freeze()
+        proxy.accepting = False
+        state = await node.expect("state")
+        assert state == {"event": "state", "state": "reconnecting", "reason": "keepalive timeout"}
+        proxy.cut(refuse=False)
+        proxy.flowing.set()
+        await node.expect("state")  # open again
+        await node.tell()
+        assert (await node.expect("answered"))["message"].startswith("You said: still there?")
+        await node.finish(nursery)
+
+
+async def test_the_example_in_docs_clients_md_runs(db_path, tmp_path):
+    docs = (CLIENT.parent.parent.parent / "docs" / "clients.md").read_text()
+    example = next(b for b in re.findall(r"```js\n(.*?)```", docs, re.S) if "./agentcast.js" in b)
+    script = tmp_path / "chat.mjs"
+    script.write_text(example.replace('"./agentcast.js"', json.dumps(CLIENT.as_uri())))
+    async with running_server(db_path) as server:
+        env = {**os.environ, "AGENTCAST_URL": f"ws://127.0.0.1:{server.port}/ws"}
+        with trio.fail_after(20):
+            done = await trio.run_process([*NODE, str(script)], env=env, capture_stdout=True, capture_stderr=True)
+    out = done.stdout.decode()
+    assert out.startswith("You said: My favourite colour is turquoise.") and "(seq 2)" in out, out
+    assert "short_term user: My favourite colour is turquoise." in out
+    assert out.rstrip().endswith("my_agent, assistant, multi_user_agent")
+    assert done.stderr.decode().split() == ["[connecting]", "[open]", "[closed]"]
