@@ -190,7 +190,9 @@ class Server:
                     with trio.move_on_after(s.handshake_timeout):
                         await write_response(stream, problem)
                     return
-                await self._serve_websocket(PrefixedStream(stream, head.raw), deadline)
+                prefixed = PrefixedStream(stream, head.raw)
+                del head  # this frame lasts as long as the connection: keep no parsed head (memory per connection)
+                await self._serve_websocket(prefixed, deadline)
                 return
             with trio.move_on_after(s.handshake_timeout):
                 await self._answer_http(stream, head)
