@@ -1,12 +1,16 @@
 """A fake OpenAI-compatible Chat Completions server for the tests: real HTTP on loopback, scripted SSE.
 
-HTTP parsing by h11 (httpx's own HTTP/1.1 library); runs in the test's trio run. Reaches nothing outside.
+HTTP parsing by h11 (httpx's own HTTP/1.1 library); runs in the test's trio run, or in a thread of its own for a
+server in another process (`fake_openai_in_thread`). Reaches nothing outside.
 """
 from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
 
 import h11
 import trio
@@ -196,3 +200,53 @@ class FakeOpenAI:
             if not data:
                 break
         self.disconnected.set()
+
+
+class ThreadedFake:
+    """A `FakeOpenAI` served by its own trio run in a thread; `wait("stalled")` blocks (bounded) until that
+    event of the fake is set."""
+
+    def __init__(self, fake: FakeOpenAI, token: trio.lowlevel.TrioToken) -> None:
+        self.fake = fake
+        self._token = token
+
+    @property
+    def base_url(self) -> str:
+        return self.fake.base_url
+
+    def wait(self, name: str, timeout: float = 10) -> None:
+        async def wait() -> None:
+            with trio.fail_after(timeout):
+                await getattr(self.fake, name).wait()
+
+        trio.from_thread.run(wait, trio_token=self._token)
+
+
+@contextmanager
+def fake_openai_in_thread(*replies: Reply) -> Iterator[ThreadedFake]:
+    """The fake scripted with `replies`, listening on loopback from a thread until the block ends."""
+    fake = FakeOpenAI(*replies)
+    started = threading.Event()
+    state: dict = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await fake.start(nursery)
+            state["token"], state["scope"] = trio.lowlevel.current_trio_token(), nursery.cancel_scope
+            started.set()
+
+    def run() -> None:
+        try:
+            trio.run(main)
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=run, name="fake-openai", daemon=True)
+    thread.start()
+    started.wait(10)
+    assert "token" in state, "the fake OpenAI server did not start"
+    try:
+        yield ThreadedFake(fake, state["token"])
+    finally:
+        trio.from_thread.run_sync(state["scope"].cancel, trio_token=state["token"])
+        thread.join(10)

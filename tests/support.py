@@ -1,13 +1,17 @@
-"""Test support: a small JSON WebSocket client and a real server on a free loopback port."""
+"""Test support: a small JSON WebSocket client, a real server on a free loopback port (with echo agents,
+or with an `openai` agent talking to the fake OpenAI-compatible server of tests/fake_openai.py), and test tokens."""
 from __future__ import annotations
 
 import json
+import time
 from contextlib import asynccontextmanager
 
 import trio
 from trio_websocket import open_websocket_url
 
-from actors import BrainError, agent_specs
+from actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
+from fake_openai import FakeOpenAI
+from transport._auth import mint
 from transport.server import Server, ServerSettings
 
 
@@ -56,6 +60,29 @@ async def running_server(db: str, specs=None, **settings):
             yield server
         finally:
             server.stop()
+
+
+def token_for(secret: bytes, user, ttl: int = 3600) -> str:
+    """A token for `user` signed with `secret`, valid for `ttl` seconds from now (as `agentcast token` makes)."""
+    return mint(secret, user, int(time.time()) + ttl)
+
+
+#: The agent id of `llm_server`'s `openai` agent.
+LLM_AGENT = "llm"
+
+
+@asynccontextmanager
+async def llm_server(db_path, *replies, brain=None, agent_id=LLM_AGENT, others=(), **spec_options):
+    """A server with the agents `others` and one `openai` agent `agent_id` whose model is a fake
+    (tests/fake_openai.py) scripted with `replies` (`server.fake`: script more with `server.fake.script(...)`)."""
+    async with trio.open_nursery() as nursery:
+        fake = await FakeOpenAI(*replies).start(nursery)
+        brain_options = {"model": "fake-model", "base_url": fake.base_url, "retries": 0, **(brain or {})}
+        spec = AgentSpec(agent_id, OpenAIBrain(**brain_options), **spec_options)
+        async with running_server(db_path, [*others, spec]) as server:
+            server.fake = fake
+            yield server
+        nursery.cancel_scope.cancel()
 
 
 #: A WebSocket upgrade request for `path`, to send by hand over a raw TCP stream.

@@ -1,5 +1,5 @@
-"""The chat page (transport/static/) in a real headless Chromium driven by Playwright, against a real
-server on a loopback port in a thread. Imports support, actors and transport.server; no transport internals."""
+"""The chat page (transport/static/) in a real headless Chromium driven by Playwright, against real servers
+on loopback ports in a thread: echo agents, an `openai` agent on the fake OpenAI server, and auth on."""
 from __future__ import annotations
 
 import json
@@ -8,12 +8,14 @@ import re
 import shutil
 import threading
 from contextlib import contextmanager
+from types import SimpleNamespace
 
 import pytest
 import trio
 
 from actors import AgentSpec, EchoBrain
-from support import GatedBrain, running_server
+from fake_openai import error, text, tool_calls
+from support import LLM_AGENT, llm_server, running_server, token_for
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -36,18 +38,20 @@ TIMEOUT = 5000  # ms, for every expect()
 
 
 @contextmanager
-def server_in_thread(db: str, specs):
+def server_in_thread(open_server):
     """A real server (trio) in a thread, so that Playwright's sync API can drive the browser here.
 
-    Yields (port, call): `call(fn, *args)` runs `fn` in the server's trio thread.
+    `open_server()` is an async context manager yielding a running server (support.running_server,
+    support.llm_server). Yields a namespace: `base` (the page's URL), `server`, `call(fn, *args)`
+    runs `fn` in the server's trio thread, `wait(afn)` awaits `afn()` there (at most TIMEOUT).
     """
     started = threading.Event()
     box: dict = {}
 
     async def main():
         box["stop"] = trio.Event()
-        async with running_server(db, specs) as server:
-            box["port"], box["token"] = server.port, trio.lowlevel.current_trio_token()
+        async with open_server() as server:
+            box["server"], box["token"] = server, trio.lowlevel.current_trio_token()
             started.set()
             await box["stop"].wait()
 
@@ -68,8 +72,15 @@ def server_in_thread(db: str, specs):
     def call(fn, *args):
         return trio.from_thread.run_sync(fn, *args, trio_token=box["token"])
 
+    def wait(afn):
+        async def bounded():
+            with trio.fail_after(TIMEOUT / 1000):
+                return await afn()
+
+        return trio.from_thread.run(bounded, trio_token=box["token"])
+
     try:
-        yield box["port"], call
+        yield SimpleNamespace(base=f"http://127.0.0.1:{box['server'].port}", server=box["server"], call=call, wait=wait)
     finally:
         call(box["stop"].set)
         thread.join(15)
@@ -77,18 +88,35 @@ def server_in_thread(db: str, specs):
             raise box["error"]
 
 
-GATED = GatedBrain()
 SPECS = [
     AgentSpec("streamy", EchoBrain(delay=0.03, chunks=6), description="Echoes slowly, to watch it stream"),
     AgentSpec("my_agent", EchoBrain(), description="Echoes at once"),
-    AgentSpec("gated", GATED, description="Answers when the test says so"),
 ]
+#: The `openai` agent LLM_AGENT's tools (its model is the fake; each test scripts its replies).
+TOOLS = ["current_time", "search_memory"]
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    with server_in_thread(str(tmp_path_factory.mktemp("browser") / "agentcast.db"), SPECS) as (port, call):
-        yield f"http://127.0.0.1:{port}", call
+    """A server with SPECS and an `openai` agent on the fake OpenAI server (`live.server.fake`)."""
+    db = str(tmp_path_factory.mktemp("browser") / "agentcast.db")
+    with server_in_thread(lambda: llm_server(db, brain={"tools": TOOLS}, others=SPECS)) as live:
+        yield live
+
+
+SECRET_ENV = "AGENTCAST_BROWSER_TEST_SECRET"
+SECRET = b"s" * 40
+
+
+@pytest.fixture(scope="module")
+def auth_live(tmp_path_factory):
+    """A server with authentication on (secret SECRET) and an echo agent."""
+    db = str(tmp_path_factory.mktemp("browser-auth") / "agentcast.db")
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(SECRET_ENV, SECRET.decode())
+        specs = [AgentSpec("my_agent", EchoBrain())]
+        with server_in_thread(lambda: running_server(db, specs, auth_secret_env=SECRET_ENV)) as live:
+            yield live
 
 
 @pytest.fixture(scope="module")
@@ -101,11 +129,11 @@ def browser():
 
 @pytest.fixture
 def open_page(browser, live):
-    """`open_page(user, agent, route=None)`: a page in a fresh browser context (a separate person)."""
-    base, _ = live
+    """`open_page(user, agent, route=None, server=live, state="open")`: a page in a fresh browser
+    context (a separate person), once its status is `state`. `page.sockets`: its WebSockets."""
     contexts = []
 
-    def open_page(user, agent="streamy", route=None):
+    def open_page(user, agent="streamy", route=None, server=live, state="open"):
         context = browser.new_context(viewport={"width": 1100, "height": 720})
         contexts.append(context)
         page = context.new_page()
@@ -114,10 +142,12 @@ def open_page(browser, live):
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
         page.js_errors = errors
+        page.sockets = []
+        page.on("websocket", lambda ws: page.sockets.append(ws))
         if route is not None:
             page.route_web_socket("**/ws", route)
-        page.goto(f"{base}/?user={user}&agent={agent}")
-        expect(page.locator("#status")).to_have_attribute("data-state", "open", timeout=TIMEOUT)
+        page.goto(f"{server.base}/?user={user}&agent={agent}")
+        expect(page.locator("#status")).to_have_attribute("data-state", state, timeout=TIMEOUT)
         return page
 
     yield open_page
@@ -132,6 +162,12 @@ def send(page, text):
 
 def last_answer(page):
     return page.locator("#conversation .turn .msg.agent").last
+
+
+def record_sent(page):
+    """From now on `window.sentFrames` holds every frame the page's client sends."""
+    page.evaluate("() => { window.sentFrames = []; const s = window.agentcast._sendNow.bind(window.agentcast);"
+                  " window.agentcast._sendNow = (f) => { window.sentFrames.push(f); s(f); }; }")
 
 
 def watch_answers(page):
@@ -152,7 +188,7 @@ def watch_answers(page):
 
 def test_two_users_each_see_only_their_own_streamed_answers(open_page, tmp_path):
     alice, bob = open_page("alice"), open_page("bob")
-    expect(alice.locator("#agent option")).to_have_text(["streamy", "my_agent", "gated"])
+    expect(alice.locator("#agent option")).to_have_text(["streamy", "my_agent", LLM_AGENT])
     expect(alice.locator("#agent")).to_have_value("streamy")
     expect(alice.locator("#agent-description")).to_have_text("Echoes slowly, to watch it stream")
     for page in (alice, bob):
@@ -239,8 +275,7 @@ def test_switching_user_resends_set_user_and_shows_that_users_conversation(open_
     page = open_page("dave", agent="my_agent")
     send(page, "dave was here")
     expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
-    page.evaluate("() => { window.sentFrames = []; const s = window.agentcast._sendNow.bind(window.agentcast);"
-                  " window.agentcast._sendNow = (f) => { window.sentFrames.push(f); s(f); }; }")
+    record_sent(page)
     page.fill("#user-id", "erin")
     page.click("#user-switch")
     expect(page.locator("#status")).to_have_text("connected as erin")
@@ -257,60 +292,170 @@ def test_switching_user_resends_set_user_and_shows_that_users_conversation(open_
     assert not page.js_errors, page.js_errors
 
 
-def test_without_list_agents_the_agent_is_typed_and_tool_calls_and_stop_render(open_page, live):
-    """A server without `list_agents` (answered unknown_type) and, until the llm branch lands, the
-    tool_call / tool_result / cancelled frames injected by a WebSocket route in front of the page."""
-    _, call = live
-    to_server = []
+def test_without_list_agents_the_agent_id_is_typed(open_page):
+    """A server without `list_agents`: a WebSocket route in front of the page answers it unknown_type."""
 
     def route(ws):
         server = ws.connect_to_server()
 
         def from_page(message):
             frame = json.loads(message)
-            to_server.append(frame)
             if frame["type"] == "list_agents":
                 ws.send(json.dumps({"type": "error", "code": "unknown_type", "request_id": frame["request_id"],
                                     "message": "Unknown message type: list_agents"}))
-            elif frame["type"] == "cancel":
-                rid = frame["request_id"]
-                ws.send(json.dumps({"type": "cancelled", "agent_id": "gated", "partial": "", "request_id": rid}))
-                ws.send(json.dumps({"type": "agent_done", "agent_id": "gated", "request_id": rid}))
             else:
                 server.send(message)
 
-        def from_server(message):
-            ws.send(message)
-            frame = json.loads(message)
-            if frame["type"] == "agent_thinking":
-                rid = frame["request_id"]
-                ws.send(json.dumps({"type": "tool_call", "agent_id": "gated", "call_id": "c1", "tool": "lookup",
-                                    "arguments": {"q": "<img src=x onerror=alert(1)>"}, "request_id": rid}))
-                ws.send(json.dumps({"type": "tool_result", "agent_id": "gated", "call_id": "c1", "tool": "lookup",
-                                    "result": {"found": "<b>yes</b>"}, "request_id": rid}))
-
         ws.on_message(from_page)
-        server.on_message(from_server)
+        server.on_message(lambda message: ws.send(message))
 
-    page = open_page("frank", agent="gated", route=route)
+    page = open_page("frank", agent="my_agent", route=route)
     expect(page.locator("#agent")).to_be_hidden()
-    expect(page.locator("#agent-text")).to_have_value("gated")
-    send(page, "use a tool, then wait")
+    expect(page.locator("#agent-text")).to_have_value("my_agent")
+    send(page, "typed agent")
+    expect(last_answer(page).locator(".body")).to_contain_text("You said: typed agent")
+    expect(page.locator("#conversation .system")).to_have_count(0)  # no error shown for the missing command
+    assert not page.js_errors, page.js_errors
+
+
+# -- a real model: the `openai` brain on the fake OpenAI server -----------------------------------
+
+
+def test_a_real_models_tool_calls_render_inline_and_a_brain_error_shows(open_page, live):
+    fake = live.server.fake
+    asked = live.call(lambda: len(fake.requests))  # by the other tests, if they ran first
+    live.call(fake.script,
+              tool_calls(("call_1", "current_time", {}), ("call_2", "search_memory", {"query": "green tea"})),
+              text("It is ", "teatime.", usage=(12, 5)),
+              error(503, "overloaded"),
+              text("Back again."))
+    page = open_page("heidi", agent=LLM_AGENT)
+    send(page, "I drink <b>green tea</b>. What time is it?")
     turn = page.locator("#conversation .turn").last
-    tool = turn.locator("details.tool")
-    expect(tool.locator("summary")).to_have_text("🔧 lookup")
-    expect(tool.locator(".result")).to_contain_text('"found": "<b>yes</b>"')
-    expect(turn.locator(".thinking")).to_be_visible()
-    expect(page.locator("#stop")).to_be_enabled()
-    page.click("#stop")
-    expect(turn.locator(".stopped")).to_have_text(" (stopped)")
-    expect(turn.locator(".thinking")).to_be_hidden()
+    tools = turn.locator("details.tool")
+    expect(tools.locator("summary")).to_have_text(["🔧 current_time", "🔧 search_memory"])
+    expect(tools.nth(0).locator(".result")).to_contain_text('"weekday"')
+    expect(tools.nth(1).locator(".args")).to_have_text('{\n  "query": "green tea"\n}')
+    # the tool found this very message in heidi's memory: shown as text, not markup
+    expect(tools.nth(1).locator(".result")).to_contain_text("I drink <b>green tea</b>. What time is it?")
+    answer = turn.locator(".msg.agent")
+    expect(answer.locator(".body")).to_contain_text("It is teatime.")
+    expect(answer).to_have_attribute("data-seq", re.compile(r"^\d+$"))
+    expect(answer.locator(".usage")).to_have_text("12 + 5 tokens")
+    # the tool calls come inline, before the text the model wrote after them
+    assert answer.locator(".body").evaluate("(b) => [...b.childNodes].map((n) => n.nodeName)") == [
+        "DETAILS", "DETAILS", "#text"]
+    assert page.locator("#conversation b").count() == 0
+
+    send(page, "And tomorrow?")
+    failed = page.locator("#conversation .turn").last.locator(".msg.agent")
+    expect(failed.locator(".msg-error")).to_have_text("\n⚠ the model server failed (HTTP 503): overloaded")
+    expect(failed).to_have_class(re.compile(r"\berror\b"))
+    expect(failed.locator(".thinking")).to_be_hidden()
     expect(page.locator("#stop")).to_be_disabled()
-    cancel = next(f for f in to_server if f["type"] == "cancel")
-    chat = next(f for f in to_server if f["type"] == "chat")
-    assert cancel == {"type": "cancel", "agent_id": "gated", "request_id": chat["request_id"]}
-    assert page.locator("#conversation img, #conversation b").count() == 0
-    call(GATED.gate.set)  # let the server's turn end
+    send(page, "Still there?")
+    expect(last_answer(page).locator(".body")).to_have_text("Back again.")
+    assert live.call(lambda: len(fake.requests)) == asked + 4
+    assert not page.js_errors, page.js_errors
+
+
+def test_stop_cancels_a_stalled_stream_the_partial_stays_and_the_next_message_works(open_page, live):
+    fake = live.server.fake
+    asked = live.call(lambda: len(fake.requests))  # by the other tests, if they ran first
+    live.call(fake.script, text("Once upon", " a time", stall_after=1), text("Short answer."))
+    page = open_page("ivan", agent=LLM_AGENT)
+    record_sent(page)
+    send(page, "Tell me a long story")
+    turn = page.locator("#conversation .turn").last
+    expect(turn.locator(".msg.agent .body")).to_have_text("Once upon")
+    live.wait(fake.stalled.wait)  # the model sends nothing more: only Stop ends this turn
+    expect(turn.locator(".thinking")).to_be_visible()
+    page.click("#stop")
+    answer = turn.locator(".msg.agent")
+    expect(answer).to_have_class(re.compile(r"\bcancelled\b"))
+    expect(answer.locator(".stopped")).to_have_text(" (stopped)")
+    expect(answer.locator(".body")).to_have_text("Once upon")  # the partial answer stays
+    expect(answer.locator(".thinking")).to_be_hidden()
+    expect(page.locator("#stop")).to_be_disabled()
+    live.wait(fake.disconnected.wait)  # the HTTP stream to the model was closed
+    sent = page.evaluate("window.sentFrames")
+    chat = next(f for f in sent if f["type"] == "chat")
+    assert [f for f in sent if f["type"] == "cancel"] == [
+        {"type": "cancel", "agent_id": LLM_AGENT, "request_id": chat["request_id"]}]
+    send(page, "A short one, then")
+    expect(last_answer(page).locator(".body")).to_have_text("Short answer.")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+    assert live.call(lambda: len(fake.requests)) == asked + 2
+    assert not page.js_errors, page.js_errors
+
+
+# -- authentication on ------------------------------------------------------------------------
+
+
+def test_with_auth_on_the_page_signs_in_with_a_token_and_shows_what_is_refused(open_page, auth_live):
+    page = open_page("alice", agent="my_agent", server=auth_live, state="signed-out")
+    status, dialog, message = page.locator("#status"), page.locator("#auth-dialog"), page.locator("#auth-message")
+    expect(status).to_have_text("not signed in")
+    expect(dialog).to_be_visible()
+    expect(message).to_have_text("This server needs you to sign in with a token.")
+    page.fill("#token", token_for(b"not the server's secret, 40 bytes long!!", "alice"))
+    page.click("#auth-submit")
+    expect(message).to_contain_text("Not signed in: Token signature is invalid")
+    expect(message).to_have_class("error")
+    expect(status).to_have_text("not signed in")
+    expect(page.locator("#token")).to_have_value("")
+
+    good = token_for(SECRET, "alice")
+    page.fill("#token", good)
+    page.press("#token", "Enter")
+    expect(dialog).to_be_hidden()
+    expect(status).to_have_text("signed in as alice")
+    expect(status).to_have_attribute("data-state", "open")
+    expect(page.locator("#agent")).to_have_value("my_agent")
+    send(page, "signed in at last")
+    expect(last_answer(page).locator(".body")).to_contain_text("You said: signed in at last")
+
+    page.fill("#user-id", "bob")  # the token is alice's: the server refuses, the page says so
+    page.click("#user-switch")
+    expect(page.locator("#conversation .system.error")).to_have_text(
+        "Could not switch to bob: This connection is authenticated as user alice; set_user may name only it"
+        " (to be someone else, reload the page and sign in with their token)")
+    expect(page.locator("#user-id")).to_have_value("alice")
+    expect(status).to_have_text("signed in as alice")
+    send(page, "still alice")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+    # the token is in the client's memory only: not in the URL, the storages or the document
+    kept = page.evaluate("() => JSON.stringify([location.href, {...localStorage}, {...sessionStorage},"
+                         " document.documentElement.outerHTML, document.cookie])")
+    assert good not in kept
+    assert not page.js_errors, page.js_errors
+
+
+def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_reconnect_loops(open_page, auth_live):
+    page = open_page("ivy", agent="my_agent", server=auth_live, state="signed-out")
+    page.fill("#token", token_for(SECRET, "ivy", ttl=4))  # expires in 3 to 4 s
+    page.press("#token", "Enter")
+    status = page.locator("#status")
+    expect(status).to_have_text("signed in as ivy")
+    send(page, "before it expired")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+
+    expect(status).to_have_text("signed out: the token expired", timeout=6000)
+    expect(status).to_have_attribute("data-state", "signed-out")
+    expect(page.locator("#auth-dialog")).to_be_visible()
+    expect(page.locator("#auth-message")).to_contain_text("Your token expired")
+    expect(page.locator("#conversation .system.error")).to_contain_text("The token expired at")
+    # closed for good until a new token: no reconnect scheduled, one socket so far
+    assert page.evaluate("[window.agentcast.state, window.agentcast._timer]") == ["closed", None]
+    assert len(page.sockets) == 1
+
+    page.fill("#token", token_for(SECRET, "ivy"))
+    page.press("#token", "Enter")
+    expect(status).to_have_text("signed in as ivy")
+    send(page, "after a new token")
+    expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["before it expired", "after a new token"])
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+    assert len(page.sockets) == 2
     assert not page.js_errors, page.js_errors
 
 

@@ -1,5 +1,6 @@
 """`agentcast chat` end to end: the real command in a pseudo-terminal (and with piped stdin) against a real
-`agentcast serve` subprocess on a loopback port with a temporary SQLite file.
+`agentcast serve` subprocess on a loopback port with a temporary SQLite file; its `openai` agent talks to the
+fake OpenAI-compatible server of tests/fake_openai.py (served from a thread).
 
 Output is read with a deadline until the expected text appears; there are no fixed sleeps.
 """
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fake_openai import fake_openai_in_thread, text, tool_calls
 from test_cli import CLI, EXIT_TIMEOUT
 
 #: Bound on waiting for one piece of output.
@@ -185,11 +187,16 @@ def test_ctrl_d_and_ctrl_c_leave_cleanly(server, chat, key):
     assert "Traceback" not in c.output and "KeyboardInterrupt" not in c.output
 
 
-def test_ctrl_c_while_an_answer_streams_leaves_cleanly(server, chat):
+def test_ctrl_c_while_an_answer_streams_cancels_it_and_at_the_prompt_leaves(server, chat):
     c = chat("--url", server.url, "--agent", "slow")
     c.expect(r"you> ")
     c.line("take your time")
     c.expect(r"slow> You said")
+    c.send("\x03")  # the first half is on the screen, the second 0.8 s away: cancelled before it
+    c.expect(r"\(cancelled\)(\x1b\[0m)?\nyou> ")
+    assert "conversation.)" not in c.output
+    # the cancelled turn's message is remembered, its partial answer is not an answer
+    c.ask("still here?", r"You said: still here\?\n\(I remember 1 earlier message of our conversation\.\)")
     c.send("\x03")
     assert c.wait() == 0
     assert "Traceback" not in c.output
@@ -260,8 +267,55 @@ def test_the_documented_python_client_example_runs(server, tmp_path):
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=DEADLINE)
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    assert out.startswith("my_agent: (no description)\nassistant: (no description)\nslow: (no description)\n"), out
     assert "You said: My favourite colour is turquoise." in out and "(answer committed as event 2)" in out
     assert "You said: What did I just say?\n(I remember 2 earlier messages" in out and "(event 4)" in out
     assert "user      'My favourite colour is turquoise.'" in out
     assert "forgot 4 messages" in out
     assert "error unknown_agent: No agent with ID 'no_such_agent' exists" in out
+
+
+LLM_CONFIG = """
+[agents.gpt]
+description = "A model behind a fake OpenAI server"
+brain = {{ kind = "openai", model = "fake-model", base_url = "{base_url}", retries = 0, tools = ["remember"] }}
+
+[agents.my_agent]
+brain = "echo"
+description = "The echo agent"
+"""
+
+
+def test_a_model_in_the_terminal_tool_calls_usage_cancel_and_agents(serve, tmp_path, chat):
+    replies = (
+        tool_calls(("call_1", "remember", {"fact": "Alice drinks green tea"})),
+        text("Noted, ", "Alice.", usage=(30, 5)),
+        text("Once upon", " a time", stall_after=1),
+        text("Yes."),
+    )
+    with fake_openai_in_thread(*replies) as fake:
+        config = tmp_path / "agentcast.toml"
+        config.write_text(LLM_CONFIG.format(base_url=fake.base_url))
+        server = serve(tmp_path / "agentcast.db", "--config", str(config))
+        c = chat("--url", server.url, "--agent", "gpt", "--user", "alice")
+        c.expect(r"talking to gpt\..*you> ")
+
+        out = c.ask("I drink green tea", r"\[tokens: 30 prompt, 5 completion\]")
+        assert re.search(r'\ngpt> (\x1b\[2m)?\[tool remember \{"fact": "Alice drinks green tea"\}\]', out), out
+        assert re.search(r'\[result \{"remembered": "Alice drinks green tea", "seq": \d+\}\]', out), out
+        assert re.search(r"\ngpt> Noted, Alice\.\n(\x1b\[2m)?\[tokens", out), out
+
+        c.line("Tell me a long story")
+        c.expect(r"gpt> Once upon")
+        fake.wait("stalled")
+        c.send("\x03")
+        c.expect(r"\(cancelled\)(\x1b\[0m)?\nyou> ")
+        fake.wait("disconnected")  # the model's HTTP stream was closed
+
+        out = c.ask("/agents", r"my_agent +The echo agent")
+        assert "2 agents (* the one you talk to):\n  * gpt       A model behind a fake OpenAI server\n" \
+               "    my_agent  The echo agent\n" in out, out
+        c.ask("Still there?", r"gpt> Yes\.\n")  # the session goes on after the cancel
+        c.line("/quit")
+        assert c.wait() == 0
+    assert "Traceback" not in c.output

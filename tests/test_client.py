@@ -1,5 +1,6 @@
 """The trio client (`transport.client`) against a real server over loopback with a real SQLite file:
-streaming chat, search, clear, errors, request correlation, pushed events, unknown frames, reconnection.
+streaming chat, search, clear, errors, request correlation, pushed events, unknown frames, reconnection, and
+turns of a real model (tests/fake_openai.py): usage, tool activity, cancel, brain_error; list_agents.
 
 Connections are cut, held and frozen by a TCP relay (`Relay`) between the client and the server.
 """
@@ -12,8 +13,9 @@ import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
 from actors import AgentSpec, EchoBrain
+from fake_openai import error, text, tool_calls
 from store import EventLog
-from support import GatedBrain, connect, running_server
+from support import LLM_AGENT, GatedBrain, connect, llm_server, running_server
 from transport.client import (
     AgentError,
     CannotConnect,
@@ -25,11 +27,14 @@ from transport.client import (
 )
 from transport.protocol import (
     AgentDone,
+    AgentInfo,
     AgentThinking,
     MemoryCleared,
     Pong,
     Response,
     ResponseChunk,
+    ToolCall,
+    ToolResult,
     UnknownFrame,
     Usage,
     UserMessage,
@@ -153,6 +158,9 @@ def test_server_frames_decode_to_their_classes_and_unknown_ones_to_unknown_frame
     usage = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,'
                                 '"usage":{"prompt_tokens":7,"completion_tokens":2}}')
     assert usage == Response("a", "m", 3, usage=Usage(7, 2))
+    # an optional field of another shape is dropped, not the frame: a chat waiting for it is still answered
+    other = decode_server_frame('{"type":"response","agent_id":"a","message":"m","seq":3,"usage":{"tokens":5}}')
+    assert other == Response("a", "m", 3)
     agents = decode_server_frame({"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"})
     assert agents == UnknownFrame("agents", {"type": "agents", "agents": [{"agent_id": "x"}], "request_id": "r"}, "r")
     broken = decode_server_frame('{"type":"response","agent_id":"a"}')  # a known type whose fields do not fit
@@ -485,3 +493,136 @@ async def test_without_reconnect_a_lost_connection_ends_the_client(server, relay
         await wait_until(lambda: not client.connected)
         with pytest.raises(ConnectionLost):
             await client.search_memory(AGENT, "x")
+
+
+# -- turns of a real model: usage, tool activity, cancel, brain_error --------------------------------
+
+
+async def test_list_agents_gives_every_agent_with_its_description(db_path):
+    specs = [AgentSpec("zeta", EchoBrain(), description="The last letter"), AgentSpec("alpha", EchoBrain())]
+    async with running_server(db_path, specs) as server, open_agent_client(url(server.port)) as client:
+        assert await client.list_agents() == [AgentInfo("zeta", "The last letter"), AgentInfo("alpha", "")]
+
+
+async def test_a_model_turn_streams_its_tool_activity_and_returns_usage(db_path):
+    replies = (
+        tool_calls(("call_1", "remember", {"fact": "Alice drinks green tea"})),
+        text("Noted", ", Alice.", usage=(30, 5)),
+        tool_calls(("call_2", "search_memory", {"query": "tea"})),
+        text("Green tea."),
+    )
+    async with llm_server(db_path, *replies, brain={"tools": ["remember", "search_memory"]}) as server:
+        async with open_agent_client(url(server.port), user_id="alice") as client:
+            async with client.stream_chat(LLM_AGENT, "I drink green tea") as stream:
+                items = [item async for item in stream.items()]
+            call, result, *deltas = items
+            assert call == ToolCall(LLM_AGENT, "call_1", "remember", {"fact": "Alice drinks green tea"},
+                                    stream.request_id)
+            assert isinstance(result, ToolResult) and result.call_id == "call_1" and result.error is None
+            assert result.result["remembered"] == "Alice drinks green tea"
+            assert "".join(deltas) == "Noted, Alice." and all(isinstance(d, str) for d in deltas)
+            done = stream.result
+            assert (done.response, done.usage, done.cancelled, done.partial) == ("Noted, Alice.", Usage(30, 5), False, None)
+            assert done.tools == (call, result) and stream.tools == [call, result]
+
+            seen, chunks = [], []
+            again = await client.chat(LLM_AGENT, "What do I drink?", on_chunk=chunks.append, on_tool=seen.append)
+            assert [(type(f), f.tool) for f in seen] == [(ToolCall, "search_memory"), (ToolResult, "search_memory")]
+            assert any(r["content"] == "Alice drinks green tea" for r in seen[1].result)
+            assert again.tools == tuple(seen) and "".join(chunks) == again.response == "Green tea."
+            assert again.usage is None  # the fake reported none for this turn
+            # plain iteration yields only the text (tools are still collected)
+            assert [type(d) for d in deltas] == [str] * len(deltas)
+
+
+async def test_cancel_stops_a_stalled_stream_and_the_chat_ends_as_cancelled(db_path):
+    replies = (text("Once upon", " a time", stall_after=1), text("Short.", usage=(3, 1)))
+    async with llm_server(db_path, *replies) as server:
+        async with open_agent_client(url(server.port), user_id="alice") as client:
+            async with client.stream_chat(LLM_AGENT, "Tell me a long story") as stream:
+                assert await stream.__anext__() == "Once upon"
+                with trio.fail_after(WAIT):
+                    await server.fake.stalled.wait()
+                assert await stream.cancel() == "Once upon"
+                assert [d async for d in stream] == []  # the iteration ends
+            result = stream.result
+            assert result.cancelled and result.partial == result.response == "Once upon" and result.seq is None
+            assert result.raw["type"] == "cancelled" and result.usage is None
+            with trio.fail_after(WAIT):
+                await server.fake.disconnected.wait()  # the HTTP stream to the model was closed
+            with pytest.raises(AgentError) as nothing:
+                await client.cancel(LLM_AGENT)
+            assert nothing.value.code == "nothing_to_cancel"
+            after = await client.chat(LLM_AGENT, "A short one then")
+            assert (after.response, after.usage, after.cancelled) == ("Short.", Usage(3, 1), False)
+    assert [(t, c) for t, c in logged(db_path, "alice")] == [
+        ("user_message", "Tell me a long story"), ("turn_ended", None),
+        ("user_message", "A short one then"), ("agent_message", "Short."),
+    ]
+
+
+async def test_a_chat_cancelled_from_elsewhere_returns_a_cancelled_result(db_path):
+    """`chat()` in one task; an untargeted `cancel` in another task, then from the user's other connection."""
+    replies = (text("Part", stall_after=1), text("More", stall_after=1))
+    async with llm_server(db_path, *replies) as server:
+        async with open_agent_client(url(server.port), user_id="bob") as client, \
+                open_agent_client(url(server.port), user_id="bob") as phone:
+            outcomes = []
+            for canceller in (client, phone):
+                results = []
+                server.fake.stalled = trio.Event()  # set again by the next stalled reply
+
+                async def chat(results=results):
+                    results.append(await client.chat(LLM_AGENT, "go on"))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(chat)
+                    with trio.fail_after(WAIT):
+                        await server.fake.stalled.wait()
+                    partial = await canceller.cancel(LLM_AGENT)
+                outcomes.append((partial, results[0].cancelled, results[0].response))
+            assert outcomes == [("Part", True, "Part"), ("More", True, "More")]
+
+
+async def test_a_brain_error_raises_agent_error_and_the_client_goes_on(db_path):
+    async with llm_server(db_path, error(503, "overloaded"), text("Back.")) as server:
+        async with open_agent_client(url(server.port), user_id="c") as client:
+            with pytest.raises(AgentError) as failed:
+                await client.chat(LLM_AGENT, "Hello?")
+            assert failed.value.code == "brain_error" and "overloaded" in failed.value.message
+            assert (await client.chat(LLM_AGENT, "Hello again?")).response == "Back."
+
+
+async def test_a_turn_being_cancelled_when_the_connection_is_lost_is_not_sent_again(db_path, nursery):
+    async with llm_server(db_path, text("Once upon", stall_after=1)) as server:
+        relay = Relay(server.port)
+        await nursery.start(relay.run)
+        agent = server.agents[LLM_AGENT]
+        async with open_agent_client(url(relay.port), user_id="d", backoff_initial=0.01) as client, \
+                client.events() as events:
+            async with client.stream_chat(LLM_AGENT, "Tell me a story") as stream:
+                assert await stream.__anext__() == "Once upon"
+                relay.freeze()  # the cancel does not get through...
+                failures = []
+
+                async def cancel():
+                    with pytest.raises(ConnectionLost, match="may or may not have been cancelled"):
+                        await stream.cancel()
+                    failures.append(True)
+
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(cancel)
+                    await wait_until(lambda: client._cancels)  # sent (into the frozen relay)
+                    relay.cut()  # ...and the connection is lost
+                assert failures == [True]
+                # the chat ends as cancelled with what was streamed; it is not sent again
+                with trio.fail_after(WAIT):
+                    result = await stream.wait()
+            assert result.cancelled and result.partial == "Once upon" and result.seq is None
+            await next_event(events, Reconnected)
+            await client.ping()  # a chat sent again on the new connection would be queued before this answer
+            assert agent.in_flight == 1  # only the first turn, still stalled on the server
+            assert await client.cancel(LLM_AGENT) == "Once upon"  # a cancel on the new connection stops it
+        with trio.fail_after(WAIT):
+            await server.fake.disconnected.wait()
+        assert len(server.fake.requests) == 1

@@ -1,5 +1,5 @@
-"""The JavaScript client (transport/static/agentcast.js) run under Node against a real server: chunk
-streaming, request_id correlation, reconnect with resume and safe resend. Imports support, never transport internals."""
+"""The JavaScript client (transport/static/agentcast.js) run under Node against a real server: chunk streaming,
+request_id correlation, reconnect with resume and safe resend, auth and 1008. Imports support, never transport internals."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import trio
 
 from actors import AgentSpec, EchoBrain
 from store import EventLog
-from support import GatedBrain, connect, running_server
+from support import GatedBrain, connect, running_server, token_for
 
 CLIENT = Path(__file__).resolve().parent.parent / "transport" / "static" / "agentcast.js"
 
@@ -294,3 +294,41 @@ async def test_the_example_in_docs_clients_md_runs(db_path, tmp_path):
     assert "short_term user: My favourite colour is turquoise." in out
     assert out.rstrip().endswith("my_agent, assistant, multi_user_agent")
     assert done.stderr.decode().split() == ["[connecting]", "[open]", "[closed]"]
+
+
+async def test_with_auth_on_a_refused_token_is_not_kept_and_1008_stops_until_a_new_token(db_path, tmp_path, monkeypatch):
+    """The server closes an unauthenticated connection with 1008 after `auth_timeout`: the client does not
+    reconnect with no (or a refused) token, and `auth(token)` opens it again, `auth` before `set_user`."""
+    monkeypatch.setenv("AGENTCAST_JS_TEST_SECRET", "j" * 40)  # (tokens: support.token_for)
+    script = """
+const client = new AgentcastClient(url, { userId: "ann", initialDelay: 10, maxDelay: 50, pingInterval: 0 });
+client.on("state", (s) => emit({ event: "state", state: s.state, code: s.code ?? null }));
+client.on("error", (f) => emit({ event: "error", code: f.code }));
+await client.connect();
+const refused = await client.auth("not.valid").catch((e) => e.code);
+emit({ event: "refused", code: refused, kept: client.options.token ?? null });
+await line();  // the server has closed the connection (1008)
+emit({ event: "timer", timer: client._timer });
+const token = await line();
+const answer = await client.auth(token);
+emit({ event: "authenticated", user: answer.user_id, kept: client.options.token === token });
+const chat = await client.chat("my_agent", "signed in");
+emit({ event: "answered", message: chat.message });
+client.close();
+"""
+    async with running_server(db_path, auth_secret_env="AGENTCAST_JS_TEST_SECRET", auth_timeout=0.3) as server, \
+            trio.open_nursery() as nursery:
+        node = await run_node(nursery, tmp_path, script, f"ws://127.0.0.1:{server.port}/ws")
+        assert (await node.expect("refused")) == {"event": "refused", "code": "invalid_token", "kept": None}
+        assert (await node.expect("state")) == {"event": "state", "state": "closed", "code": 1008}
+        await node.tell()
+        assert (await node.expect("timer"))["timer"] is None  # no reconnect scheduled
+        await node.tell(token_for(b"j" * 40, "ann"))
+        assert (await node.expect("authenticated")) == {"event": "authenticated", "user": "ann", "kept": True}
+        assert (await node.expect("answered"))["message"].startswith("You said: signed in")
+        await node.finish(nursery)
+    # before the 1008: the first connection's set_user was unauthenticated; after: no such error
+    codes = [e.get("code") for e in node.seen if e["event"] == "error"]
+    assert codes == ["unauthenticated", "invalid_token"]
+    states = [e["state"] for e in node.seen if e["event"] == "state"]
+    assert states == ["connecting", "open", "closed", "connecting", "open"]

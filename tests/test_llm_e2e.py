@@ -11,25 +11,12 @@ import pytest
 import trio
 
 from actors import AgentSpec, OpenAIBrain
-from fake_openai import FakeOpenAI, chunk, error, text, tool_calls
+from fake_openai import chunk, error, text, tool_calls
 from store import EventLog, activity_at
-from support import connect, running_server
+from support import LLM_AGENT, connect, llm_server, running_server
 from transport.cli import main as cli_main
 
-AGENT = "llm"
-
-
-@asynccontextmanager
-async def llm_server(db_path, *replies, brain=None, **spec_options):
-    """A server with one `openai` agent AGENT whose model is a fake scripted with `replies`."""
-    async with trio.open_nursery() as nursery:
-        fake = await FakeOpenAI(*replies).start(nursery)
-        brain_options = {"model": "fake-model", "base_url": fake.base_url, "retries": 0, **(brain or {})}
-        spec = AgentSpec(AGENT, OpenAIBrain(**brain_options), **spec_options)
-        async with running_server(db_path, [spec]) as server:
-            server.fake = fake
-            yield server
-        nursery.cancel_scope.cancel()
+AGENT = LLM_AGENT
 
 
 @asynccontextmanager

@@ -1,11 +1,12 @@
-"""`agentcast chat`: an interactive terminal chat built on `transport.client` — answers stream as they arrive;
-/search, /clear, /clear-all, /agent, /user, /help, /quit; reconnects when the server goes away.
+"""`agentcast chat`: an interactive terminal chat built on `transport.client` — answers and tool calls stream as they
+arrive, Ctrl-C cancels an answer; /agents, /search, /clear, /clear-all, /agent, /user, /help, /quit; reconnects.
 
 Imports `transport.client` and `transport.protocol` only: never the server side, `actors` or `store`.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -23,17 +24,22 @@ from .client import (
     Reconnected,
     open_agent_client,
 )
-from .protocol import Error, MemoryCleared, Response, UnknownFrame, UserMessage
+from .protocol import Cancelled, Error, MemoryCleared, Response, ToolCall, ToolResult, UnknownFrame, UserMessage
 
 HELP = """Commands:
+  /agents         the agents of the server, with their descriptions
   /search QUERY   search what the agent remembers of you
   /clear          clear the agent's short-term memory of you
   /clear-all      forget everything (short- and long-term)
   /agent NAME     talk to another agent
   /user ID        become another user (123 is a number, anything else text)
   /help           this list
-  /quit           leave (Ctrl-D and Ctrl-C too)
-Anything else is sent to the agent; start a message with // to send one beginning with /."""
+  /quit           leave (Ctrl-D too, and Ctrl-C at the prompt)
+Anything else is sent to the agent; start a message with // to send one beginning with /.
+Ctrl-C while an answer streams cancels it (what was said so far stays); a second Ctrl-C leaves."""
+
+#: How much of a tool's arguments or result a line shows.
+TOOL_TEXT = 200
 
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
@@ -48,9 +54,14 @@ class Terminal:
 
     PROMPT = "you> "
 
-    def __init__(self, interactive: bool) -> None:
+    def __init__(self, interactive: bool, color: bool = False) -> None:
         self.interactive = interactive
+        #: Whether stdout is a terminal: side notes (tool calls, usage, cancelled) are dimmed.
+        self.color = color
         self.at_prompt = False
+
+    def dim(self, text: str) -> str:
+        return f"\x1b[2m{text}\x1b[0m" if self.color else text
 
     def write(self, text: str) -> None:
         try:
@@ -85,7 +96,7 @@ def run_chat(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 2
     user = user_id(args.user) if args.user is not None else None
-    term = Terminal(sys.stdin.isatty())
+    term = Terminal(sys.stdin.isatty(), sys.stdout.isatty())
     try:
         return trio.run(_chat, args.url, args.agent, user, token, term)
     except KeyboardInterrupt:  # pragma: no cover - Ctrl-C is handled inside; this is a second one mid-exit
@@ -106,7 +117,7 @@ async def _chat(url: str, agent: str, user: int | str | None, token: str | None,
             session = _Session(client, term, agent)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session.notices)
-                nursery.start_soon(_on_sigint, session, nursery.cancel_scope)
+                nursery.start_soon(_on_sigint, session, nursery)
                 await session.loop()
                 nursery.cancel_scope.cancel()
             return session.status
@@ -118,12 +129,25 @@ async def _chat(url: str, agent: str, user: int | str | None, token: str | None,
         return 1
 
 
-async def _on_sigint(session: _Session, scope: trio.CancelScope) -> None:
+async def _on_sigint(session: _Session, nursery: trio.Nursery) -> None:
+    """Ctrl-C: while an answer streams, the first one cancels it; otherwise (at the prompt, or a second one) leave."""
     with trio.open_signal_receiver(signal.SIGINT) as signals:
         async for _ in signals:
+            stream = session.answering
+            if stream is not None and not session.cancelling:
+                session.cancelling = True
+                nursery.start_soon(session.cancel_answer, stream)
+                continue
             session.term.line("")
-            scope.cancel()
+            nursery.cancel_scope.cancel()
             return
+
+
+def _shown(value, limit: int = TOOL_TEXT) -> str:
+    """`value` (a tool's arguments or result) as one line of at most `limit` characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = text.replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class _Session:
@@ -132,6 +156,9 @@ class _Session:
         self.term = term
         self.agent = agent
         self.status = 0
+        #: The answer streaming now (Ctrl-C cancels it), and whether a cancel was asked for.
+        self.answering = None
+        self.cancelling = False
 
     async def loop(self) -> None:
         while True:
@@ -161,11 +188,53 @@ class _Session:
                 self.term.line(f"[error] {exc}")
 
     async def chat(self, text: str) -> None:
-        self.term.write(f"{self.agent}> ")
+        """Send `text`; show the answer as it streams, tool calls and results on lines of their own, then
+        `(cancelled)` or the token usage."""
+        term, prefix = self.term, f"{self.agent}> "
+        term.write(prefix)
+        column0 = False  # the cursor is at the start of a line
+        after_tool = False  # the last line was a tool's: the answer goes on after a new prefix
         try:
-            await self.client.chat(self.agent, text, on_chunk=self.term.write)
+            async with self.client.stream_chat(self.agent, text) as stream:
+                self.answering, self.cancelling = stream, False
+                async for item in stream.items():
+                    if isinstance(item, str):
+                        if after_tool:
+                            term.write(prefix)
+                            after_tool = False
+                        term.write(item)
+                        column0 = item.endswith("\n")
+                        continue
+                    if not column0 and stream.text:  # a tool line right after the bare prefix stays on its line
+                        term.write("\n")
+                    if isinstance(item, ToolCall):
+                        term.line(term.dim(f"[tool {item.tool} {_shown(item.arguments)}]"))
+                    elif isinstance(item, ToolResult) and item.error is not None:
+                        term.line(term.dim(f"[result {item.tool} failed: {_shown(item.error)}]"))
+                    else:
+                        term.line(term.dim(f"[result {_shown(item.result)}]"))
+                    column0 = after_tool = True
         finally:
-            self.term.write("\n")
+            self.answering = None
+            if not column0:
+                term.write("\n")
+                column0 = True
+        result = stream.result
+        if result is not None and result.cancelled:
+            term.line(term.dim("(cancelled)"))
+        elif result is not None and result.usage is not None:
+            u = result.usage
+            term.line(term.dim(f"[tokens: {u.prompt_tokens} prompt, {u.completion_tokens} completion]"))
+
+    async def cancel_answer(self, stream) -> None:
+        """Cancel the answer streaming now (Ctrl-C); the chat shows it ends."""
+        try:
+            await stream.cancel()
+        except AgentError as exc:
+            if stream.result is None:  # e.g. still queued behind another turn of yours: it cannot be cancelled yet
+                self.term.write(self.term.dim(f"\n[cannot cancel: {exc.message}; Ctrl-C again leaves]\n"))
+        except ConnectionLost:
+            pass  # the chat ends as cancelled, or the session reports the lost connection
 
     async def command(self, text: str) -> bool:
         """Carry out a /command; False means leave."""
@@ -175,6 +244,8 @@ class _Session:
             return False
         if name == "/help":
             self.term.line(HELP)
+        elif name == "/agents":
+            await self.list_agents()
         elif name == "/search":
             if not rest:
                 self.term.line("Usage: /search QUERY")
@@ -201,6 +272,17 @@ class _Session:
         else:
             self.term.line(f"Unknown command: {name} (/help lists the commands)")
         return True
+
+    async def list_agents(self) -> None:
+        agents = await self.client.list_agents()
+        if not agents:  # pragma: no cover - a server always has an agent
+            self.term.line("The server has no agents.")
+            return
+        width = max(len(a.agent_id) for a in agents)
+        self.term.line(f"{len(agents)} agent{'' if len(agents) == 1 else 's'} (* the one you talk to):")
+        for a in agents:
+            mark = "*" if a.agent_id == self.agent else " "
+            self.term.line(f"  {mark} {a.agent_id:{width}}  {a.description}".rstrip())
 
     async def search(self, query: str) -> None:
         results = await self.client.search_memory(self.agent, query, limit=10)
@@ -243,6 +325,8 @@ class _Session:
                     self.term.notice(f"[you, elsewhere, to {event.agent_id}] {event.message}")
                 elif isinstance(event, Response):
                     self.term.notice(f"[{event.agent_id}, to you elsewhere] {event.message}")
+                elif isinstance(event, Cancelled):
+                    self.term.notice(f"[{event.agent_id}, to you elsewhere, cancelled] {event.partial}")
                 elif isinstance(event, MemoryCleared):
                     what = "all memory" if event.clear_long_term else "short-term memory"
                     self.term.notice(f"[{what} of {event.agent_id} was cleared elsewhere]")

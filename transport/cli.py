@@ -96,9 +96,9 @@ def _parser() -> argparse.ArgumentParser:
 
     chat = sub.add_parser(
         "chat", help="chat with an agent in the terminal",
-        description="An interactive chat with a running server: answers stream as they arrive. Commands: "
-        "/search QUERY, /clear, /clear-all, /agent NAME, /user ID, /help, /quit. Reads lines from stdin "
-        "(a terminal or a pipe); reconnects if the server goes away.",
+        description="An interactive chat with a running server: answers and tool calls stream as they arrive; "
+        "Ctrl-C during an answer cancels it. Commands: /agents, /search QUERY, /clear, /clear-all, /agent NAME, "
+        "/user ID, /help, /quit. Reads lines from stdin (a terminal or a pipe); reconnects if the server goes away.",
     )
     chat.add_argument("--url", default="ws://127.0.0.1:5050/ws", help="the server (default ws://127.0.0.1:5050/ws)")
     chat.add_argument("--agent", default="my_agent", help="the agent to talk to first (default my_agent)")

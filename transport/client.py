@@ -1,5 +1,5 @@
-"""A trio client for agentcast: `open_agent_client(url)` yields an `AgentClient` that chats (streaming chunks),
-searches and clears memory, with typed frames, request correlation and reconnection with resume.
+"""A trio client for agentcast: `open_agent_client(url)` yields an `AgentClient` that chats (streaming chunks, tool
+activity, usage, cancellation), lists agents, searches and clears memory, with typed frames and reconnection.
 
 Imports trio, trio_websocket and `transport.protocol` only: never the server side (`transport.server`,
 `_connection`, ...), `actors` or `store`.
@@ -22,7 +22,12 @@ from attrs import frozen
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from .protocol import (
+    AgentDone,
+    AgentInfo,
+    AgentList,
+    AgentThinking,
     Authenticated,
+    Cancelled,
     Connected,
     Error,
     MemoryCleared,
@@ -33,15 +38,19 @@ from .protocol import (
     ResponseChunk,
     ServerFrame,
     Subscribed,
+    ToolCall,
+    ToolResult,
     Unsubscribed,
     UnknownFrame,
+    Usage,
     UserSet,
     decode_server_frame,
 )
 
 __all__ = [
-    "DEFAULT_URL", "AgentClient", "AgentError", "CannotConnect", "ChatResult", "ChatStream", "ClientError",
-    "ConnectionLost", "Disconnected", "Event", "Reconnected", "frame_type", "open_agent_client",
+    "DEFAULT_URL", "AgentClient", "AgentError", "AgentInfo", "CannotConnect", "ChatResult", "ChatStream",
+    "ClientError", "ConnectionLost", "Disconnected", "Event", "Reconnected", "ToolCall", "ToolResult", "Usage",
+    "frame_type", "open_agent_client",
 ]
 
 logger = logging.getLogger("agentcast.client")
@@ -50,7 +59,8 @@ DEFAULT_URL = "ws://127.0.0.1:5050/ws"
 
 #: Commands that may be sent again after the connection carrying them was lost: repeating them changes nothing
 #: (a chat is made idempotent by its `command_id`). A `clear_memory` cut off mid-way fails with `ConnectionLost`.
-RETRY_SAFE = frozenset({"ping", "auth", "set_user", "subscribe", "unsubscribe", "chat", "search_memory"})
+#: A chat whose turn the client asked to cancel is never sent again (see `AgentClient.cancel`).
+RETRY_SAFE = frozenset({"ping", "auth", "set_user", "subscribe", "unsubscribe", "chat", "search_memory", "list_agents"})
 #: How many finished request ids are remembered, so that their late frames (an `agent_done`) are dropped.
 FINISHED_MEMORY = 4096
 
@@ -119,18 +129,33 @@ def frame_type(event: Any) -> str:
     return event.type if isinstance(event, UnknownFrame) else event.TYPE
 
 
+#: What `ChatStream.items()` yields: a text delta, or a tool call or result of the turn as it happens.
+ChatItem = Union[str, ToolCall, ToolResult]
+
+
 @frozen
 class ChatResult:
     """A finished chat turn: the agent's whole answer `response`, committed to the log as event `seq`.
 
-    `raw` is the `response` frame as the server sent it (fields this version does not type, e.g. `usage`).
+    `usage` is the provider's token count (None when it reported none, and always for the echo brain);
+    `tools` the turn's `ToolCall` and `ToolResult` frames in the order they came. A cancelled turn has
+    `cancelled` True, `response` (also `partial`) the answer streamed until then and `seq` None (nothing was
+    committed as an answer). `raw` is the last frame as the server sent it (`response`, or `cancelled`).
     """
 
     agent_id: str
     response: str
-    seq: int
+    seq: int | None
     command_id: str
     raw: dict
+    usage: Usage | None = None
+    tools: tuple[ToolCall | ToolResult, ...] = ()
+    cancelled: bool = False
+
+    @property
+    def partial(self) -> str | None:
+        """For a cancelled turn, the answer streamed until it was cancelled; None otherwise."""
+        return self.response if self.cancelled else None
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -144,6 +169,12 @@ class _Request:
         self.ids: list[str] = []
         #: The connection generation it was last sent on (None: never sent).
         self.sent_gen: int | None = None
+        #: False: never sent again after a lost connection, even if its type is in RETRY_SAFE.
+        self.retry = True
+        #: A chat: its turn was asked to be cancelled (so it is never sent again).
+        self.cancel_requested = False
+        #: A chat: the request id its turn started under (its last `agent_thinking`), the one to cancel.
+        self.running_id: str | None = None
         self.send, self.receive = trio.open_memory_channel(math.inf)
 
     @property
@@ -166,9 +197,64 @@ class _Request:
         return item
 
 
+class _CutOffCancelled:
+    """Delivered to a chat whose turn was being cancelled when the connection was lost: it is not sent again,
+    and ends as cancelled with what was streamed."""
+
+
+class _PendingCancel:
+    """A `cancel` waiting for its outcome. Its answer is told apart by the `ping` sent right behind it: the server
+    handles a connection's frames in order and refuses a `cancel` at once, so an `error` for it comes before the
+    pong; after the pong the cancel was accepted, and the turn's `cancelled` is awaited."""
+
+    def __init__(self, agent_id: str, target: str | None, ping_id: str) -> None:
+        self.agent_id = agent_id
+        self.target = target
+        self.ping_id = ping_id
+        self.accepted = False
+        self.error: Error | None = None
+        self.cancelled: Cancelled | None = None
+        self.lost: ConnectionLost | None = None
+        self.settled = trio.Event()
+
+    def matches(self, frame: Any) -> bool:
+        rid = frame.request_id
+        if self.target is not None and rid not in (self.target, None):
+            return False
+        return getattr(frame, "agent_id", None) in (self.agent_id, None)
+
+    def see(self, frame: Any) -> bool:
+        """Note `frame` if it tells this cancel's outcome; True if it was its answer alone (not to route on)."""
+        if self.settled.is_set():
+            return False
+        if isinstance(frame, Pong) and frame.request_id == self.ping_id:
+            self.accepted = True
+            return False
+        if not self.accepted:
+            if isinstance(frame, Error) and frame.code != "brain_error" and self.matches(frame):
+                self.error = frame
+                self.settled.set()
+                return True
+            return False
+        if isinstance(frame, Cancelled) and frame.agent_id == self.agent_id and self.matches(frame):
+            self.cancelled = frame
+            self.settled.set()
+        elif isinstance(frame, AgentDone) and frame.agent_id == self.agent_id and self.matches(frame):
+            self.settled.set()  # the turn ended otherwise (it finished just as the cancel came)
+        return False
+
+    def lose(self, exc: ConnectionLost) -> None:
+        if not self.settled.is_set():
+            self.lost = exc
+            self.settled.set()
+
+
 class ChatStream:
     """The answer to one chat as it streams: `async for delta in stream` yields the text as it arrives;
-    afterwards `stream.result` is the `ChatResult`. An `error` frame raises `AgentError`.
+    afterwards `stream.result` is the `ChatResult`. `async for item in stream.items()` yields the same deltas
+    and, in between, the turn's `ToolCall` and `ToolResult` frames as they happen (`stream.tools` collects
+    them either way). An `error` frame (e.g. `brain_error`) raises `AgentError`. `await stream.cancel()`
+    cancels the turn: the iteration then ends and `result.cancelled` is True.
 
     After a reconnection the chat is sent again with its `command_id`; text already yielded is not yielded
     again. Should the new attempt's answer differ from what was streamed (a brain cut off before anything was
@@ -176,26 +262,54 @@ class ChatStream:
     `restarts` counts it; `result.response` is always the committed answer.
     """
 
-    def __init__(self, request: _Request, agent_id: str, command_id: str) -> None:
+    def __init__(self, client: AgentClient, request: _Request, agent_id: str, command_id: str) -> None:
+        self._client = client
         self._request = request
         self.agent_id = agent_id
         self.command_id = command_id
         self.result: ChatResult | None = None
         self.restarts = 0
+        #: The turn's tool calls and results so far, in order.
+        self.tools: list[ToolCall | ToolResult] = []
         self._streamed = ""
         self._attempt_id: str | None = None
         self._attempt_text = ""
         self._tail_done = False
+
+    @property
+    def request_id(self) -> str:
+        """The wire request id of the turn (the attempt that started running, else the last one sent)."""
+        return self._request.running_id or self._request.request_id
+
+    @property
+    def text(self) -> str:
+        """The answer as streamed so far."""
+        return self._streamed
 
     def __aiter__(self) -> ChatStream:
         return self
 
     async def __anext__(self) -> str:
         while True:
+            item = await self._next_item()
+            if isinstance(item, str):
+                return item
+
+    def items(self) -> AsyncIterator[ChatItem]:
+        """`async for item in stream.items()`: the deltas (str) and the turn's tool activity (`ToolCall`,
+        `ToolResult`) in arrival order."""
+        return _Items(self)
+
+    async def cancel(self) -> str:
+        """Cancel this turn (see `AgentClient.cancel`); returns the partial answer."""
+        return await self._client.cancel(self.agent_id, request_id=self.request_id)
+
+    async def _next_item(self) -> ChatItem:
+        while True:
             if self.result is not None:
                 if not self._tail_done:
                     self._tail_done = True
-                    tail = self._advance(self.result.response)
+                    tail = "" if self.result.cancelled else self._advance(self.result.response)
                     if tail:
                         return tail
                 raise StopAsyncIteration
@@ -207,8 +321,21 @@ class ChatStream:
                 delta = self._advance(self._attempt_text)
                 if delta:
                     return delta
+            elif isinstance(frame, (ToolCall, ToolResult)):
+                self.tools.append(frame)
+                return frame
             elif isinstance(frame, Response):
-                self.result = ChatResult(frame.agent_id, frame.message, frame.seq, self.command_id, raw)
+                self.result = ChatResult(
+                    frame.agent_id, frame.message, frame.seq, self.command_id, raw, frame.usage, tuple(self.tools)
+                )
+            elif isinstance(frame, Cancelled):
+                self.result = ChatResult(
+                    frame.agent_id, frame.partial, None, self.command_id, raw, None, tuple(self.tools), True
+                )
+            elif isinstance(frame, _CutOffCancelled):
+                partial = self._streamed
+                raw = {"type": "cancelled", "agent_id": self.agent_id, "partial": partial}
+                self.result = ChatResult(self.agent_id, partial, None, self.command_id, raw, None, tuple(self.tools), True)
             elif isinstance(frame, Error):
                 raise AgentError.from_frame(frame)
             # agent_thinking, user_message, agent_done and frames this version does not know: nothing to yield
@@ -231,6 +358,19 @@ class ChatStream:
             pass
         assert self.result is not None
         return self.result
+
+
+class _Items:
+    """The iterator of `ChatStream.items()`."""
+
+    def __init__(self, stream: ChatStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Items:
+        return self
+
+    async def __anext__(self) -> ChatItem:
+        return await self._stream._next_item()
 
 
 # -- the client ---------------------------------------------------------------------------------
@@ -283,6 +423,8 @@ class AgentClient:
         self._by_id: dict[str, _Request] = {}
         self._open: dict[int, _Request] = {}
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._cancels: list[_PendingCancel] = []
+        self._cancel_sending = trio.Lock()
         self._listeners: set[trio.MemorySendChannel] = set()
         self._callbacks: dict[str, list[Callable[[Any], None]]] = {}
         self._ws = None
@@ -353,14 +495,18 @@ class AgentClient:
         message: str,
         *,
         on_chunk: Callable[[str], Any] | None = None,
+        on_tool: Callable[[ToolCall | ToolResult], Any] | None = None,
         command_id: str | None = None,
     ) -> ChatResult:
         """Send `message` to `agent_id` and return the committed answer; `on_chunk(delta)` (sync or async)
-        sees the text as it streams. Raises `AgentError` (e.g. `unknown_agent`, `brain_error`, `busy`)."""
+        sees the text as it streams, `on_tool(frame)` each `ToolCall` and `ToolResult` as it happens.
+        Raises `AgentError` (e.g. `unknown_agent`, `brain_error`, `busy`). A turn cancelled meanwhile (by
+        `cancel`, here or on another connection of the user) returns a result with `cancelled` True."""
         async with self.stream_chat(agent_id, message, command_id=command_id) as stream:
-            async for delta in stream:
-                if on_chunk is not None:
-                    result = on_chunk(delta)
+            async for item in stream.items():
+                callback = on_chunk if isinstance(item, str) else on_tool
+                if callback is not None:
+                    result = callback(item)
                     if inspect.isawaitable(result):
                         await result
         assert stream.result is not None
@@ -380,7 +526,7 @@ class AgentClient:
         request = self._open_request({"type": "chat", "agent_id": agent_id, "message": message, "command_id": command_id})
         try:
             await self._transmit(request)
-            yield ChatStream(request, agent_id, command_id)
+            yield ChatStream(self, request, agent_id, command_id)
         finally:
             self._finish(request)
 
@@ -401,6 +547,68 @@ class AgentClient:
             {"type": "clear_memory", "agent_id": agent_id, "clear_long_term": long_term}, MemoryCleared
         )
         return frame
+
+    async def list_agents(self) -> list[AgentInfo]:
+        """Every agent of the server, as `AgentInfo(agent_id, description)`, in the order of its configuration."""
+        frame, _ = await self._call({"type": "list_agents"}, AgentList)
+        return frame.agents
+
+    async def cancel(self, agent_id: str, request_id: str | None = None) -> str:
+        """Cancel the user's running turn on `agent_id` (only the one with wire `request_id`, when given, e.g.
+        `stream.request_id`; `stream.cancel()` does that) and return its partial answer. The turn may be this
+        client's chat (it then ends as cancelled), or one of the user's other connections.
+
+        Raises `AgentError` `nothing_to_cancel` when no such turn is running (a chat still queued behind another
+        turn has not started, so it cannot be cancelled yet), also when the turn ended before the cancel reached
+        it. A cancel is never sent again after a lost connection: it raises `ConnectionLost`, and a chat of this
+        client whose turn was being cancelled is not sent again either — it ends as cancelled with what was
+        streamed.
+        """
+        own = self._by_id.get(request_id) if request_id is not None else None
+        if own is not None and own.frame.get("type") != "chat":
+            own = None
+        ping = self._open_request({"type": "ping"})
+        ping.retry = False
+        waiter = _PendingCancel(agent_id, request_id, ping.request_id)
+        flagged: list[_Request] = []  # chats marked as being cancelled: never sent again
+        try:
+            async with self._cancel_sending:
+                while True:
+                    await self._ready.wait()
+                    if self._closed is not None:
+                        raise self._closed()
+                    ws = self._ws
+                    if ws is not None:
+                        break
+                    await trio.sleep(0)  # pragma: no cover - ready implies a connection
+                for chat in self._open.values():
+                    if not chat.cancel_requested and (chat is own or (
+                            request_id is None and chat.running_id is not None
+                            and chat.frame.get("type") == "chat" and chat.frame["agent_id"] == agent_id)):
+                        chat.cancel_requested = True
+                        flagged.append(chat)
+                self._cancels.append(waiter)
+                ping.sent_gen = self._generation
+                frame = _without_none(type="cancel", agent_id=agent_id, request_id=request_id)
+                try:
+                    await ws.send_message(json.dumps(frame, ensure_ascii=False))
+                    await ws.send_message(ping.wire())
+                except ConnectionClosed:
+                    waiter.lose(ConnectionLost(_CANCEL_CUT_OFF))
+            await waiter.settled.wait()
+        finally:
+            if waiter in self._cancels:
+                self._cancels.remove(waiter)
+            self._finish(ping)
+        if waiter.error is not None:
+            for chat in flagged:  # refused: those turns go on, and are retried as usual
+                chat.cancel_requested = False
+            raise AgentError.from_frame(waiter.error)
+        if waiter.lost is not None:
+            raise waiter.lost
+        if waiter.cancelled is None:
+            raise AgentError("nothing_to_cancel", "The turn ended before the cancel reached it", agent_id, request_id)
+        return waiter.cancelled.partial
 
     # -- pushed frames ------------------------------------------------------------------------
 
@@ -537,6 +745,7 @@ class AgentClient:
                 self._ws = None
                 if self._ready.is_set():
                     self._ready = trio.Event()
+                self._lost()
             if self._stopping:
                 return
             if self._fatal is not None:
@@ -608,7 +817,9 @@ class AgentClient:
         for request in list(self._open.values()):
             if request.sent_gen == gen:
                 continue
-            if request.sent_gen is not None and request.frame["type"] not in RETRY_SAFE:
+            if request.cancel_requested and request.sent_gen is not None:
+                continue  # ended as cancelled when the connection was lost (see `_lost`)
+            if request.sent_gen is not None and (request.frame["type"] not in RETRY_SAFE or not request.retry):
                 request.fail(ConnectionLost(
                     f"the connection was lost before the answer to {request.frame['type']}; it may or may not "
                     "have been carried out"
@@ -665,11 +876,16 @@ class AgentClient:
             logger.warning("ignoring a frame that is not a JSON object with a type: %s", exc)
             return
         rid = frame.request_id
+        for waiter in list(self._cancels):
+            if waiter.see(frame):
+                return  # the answer to a cancel
         agent_id = raw.get("agent_id")
         seq = raw.get("seq")
         logged = type(seq) is int and type(agent_id) is str
         request = self._by_id.get(rid) if rid is not None else None
         if request is not None:
+            if isinstance(frame, AgentThinking):
+                request.running_id = rid
             if logged:
                 self._note_seq(agent_id, seq)
             try:
@@ -704,8 +920,21 @@ class AgentClient:
                 except Exception:
                     logger.exception("an on(%r) callback failed", key)
 
+    def _lost(self) -> None:
+        """The connection is gone: pending cancels fail, and chats whose turn was being cancelled end as cancelled
+        (they are never sent again)."""
+        for waiter in list(self._cancels):
+            waiter.lose(ConnectionLost(_CANCEL_CUT_OFF))
+        for request in list(self._open.values()):
+            if request.cancel_requested and request.sent_gen is not None:
+                try:
+                    request.send.send_nowait((_CutOffCancelled(), {}))
+                except trio.ClosedResourceError:  # pragma: no cover - finished meanwhile
+                    pass
+
     def _shutdown(self, error: Callable[[], ClientError]) -> None:
         """No more connections: every waiting call and every later one raises `error()`, `events()` ends."""
+        self._lost()
         self._closed = error
         for request in list(self._open.values()):
             request.fail(error())
@@ -724,6 +953,10 @@ class AgentClient:
                 except Exception:  # noqa: BLE001 - closing a connection that may be half gone
                     pass
         self._shutdown(lambda: ConnectionLost("the client is closed"))
+
+
+_CANCEL_CUT_OFF = ("the connection was lost before the answer to cancel; the turn may or may not have been "
+                   "cancelled (a chat of this client that was being cancelled ends as cancelled)")
 
 
 class _NotAgentcast(Exception):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any, NewType, Optional, Union
 
+import attrs
 import cattrs
 from attrs import frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
@@ -557,9 +558,9 @@ SERVER_FRAME_TYPES: dict[str, type] = {
 def decode_server_frame(data: str | bytes | dict) -> ServerFrame | UnknownFrame:
     """The typed frame for one frame the server sent (JSON text or an already parsed object).
 
-    Extra fields of a known frame are ignored (the raw object is still in `UnknownFrame.data` when
-    the frame cannot be typed). Raises `ValueError` only for data that is not a JSON object with a
-    string `type`, which no agentcast server sends.
+    Extra fields of a known frame are ignored, and so are optional ones that do not fit (the raw
+    object is still in `UnknownFrame.data` when the frame cannot be typed). Raises `ValueError` only
+    for data that is not a JSON object with a string `type`, which no agentcast server sends.
     """
     if isinstance(data, (str, bytes)):
         try:
@@ -574,8 +575,13 @@ def decode_server_frame(data: str | bytes | dict) -> ServerFrame | UnknownFrame:
     request_id = rid if type(rid) is str else None
     cls = SERVER_FRAME_TYPES.get(obj["type"])
     if cls is not None:
-        try:
-            return converter.structure(obj, cls)
-        except Exception:  # noqa: BLE001 - a frame of a newer server: keep it untyped, never crash
-            pass
+        # A newer server may give an optional field another shape (a `usage` with other counts): the frame
+        # is still typed without that field, so a call waiting for it is answered (`data`-less, but a
+        # client keeps the raw object). Only when a required field does not fit is it an `UnknownFrame`.
+        optional = [a.name for a in attrs.fields(cls) if a.default is not attrs.NOTHING and a.name in obj]
+        for dropped in ([], *([name] for name in optional), optional):
+            try:
+                return converter.structure({k: v for k, v in obj.items() if k not in dropped}, cls)
+            except Exception:  # noqa: BLE001 - a frame of a newer server: keep it untyped, never crash
+                pass
     return UnknownFrame(obj["type"], obj, request_id)

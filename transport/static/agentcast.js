@@ -245,10 +245,11 @@ export class AgentcastClient {
     const first = calls.filter((call) => call.frame.type === "auth" || call.frame.type === "set_user");
     const rest = calls.filter((call) => !first.includes(call));
     if (token && !kinds.has("auth")) this._sendNow({ type: "auth", token, request_id: this._nextId("auth") });
+    for (const call of first.filter((c) => c.frame.type === "auth")) this._sendCall(call);
     if (this.userId !== undefined && this.userId !== null && !kinds.has("set_user")) {
       this._sendNow({ type: "set_user", user_id: this.userId, request_id: this._nextId("user") });
     }
-    for (const call of first) this._sendCall(call);
+    for (const call of first.filter((c) => c.frame.type === "set_user")) this._sendCall(call);
     const subscribing = new Set(rest.filter((c) => c.frame.type === "subscribe").map((c) => c.frame.agent_id));
     for (const [agentId, sub] of this._subscriptions) {
       if (!subscribing.has(agentId)) this._sendNow(this._subscribeFrame(agentId, sub, this._nextId("sub")));
@@ -281,7 +282,11 @@ export class AgentcastClient {
         call.reject(new AgentcastError("connection_lost", `The connection was lost before '${call.frame.type}' was answered`));
       }
     }
-    if (!this.options.reconnect || this._attempt >= this.options.maxRetries) {
+    // 1008 is the server refusing the connection's authentication (the token expired, or none came
+    // within its deadline): the same token would be refused again, so stop, unless a token function
+    // can give a fresh one. `auth(newToken)` (or `connect()`) opens the connection again.
+    const authRefused = code === 1008 && typeof this.options.token !== "function";
+    if (!this.options.reconnect || authRefused || this._attempt >= this.options.maxRetries) {
       this._failAll("connection_lost", `The connection closed (${code}${reason ? ": " + reason : ""})`);
       this._setState("closed", { code, reason });
       for (const w of this._connectWaiters.splice(0)) w.reject(new AgentcastError("connection_lost", "Could not connect"));
@@ -491,10 +496,14 @@ export class AgentcastClient {
     return this.request({ type: "ping" }, options);
   }
 
-  /** Authenticate with a token (kept and re-sent after reconnects). Resolves with `authenticated`. */
-  auth(token, options) {
+  /**
+   * Authenticate with a token. Resolves with `authenticated`; the token is then kept (in memory) and
+   * sent again after reconnects. A refused token (`invalid_token`, `forbidden`) is not kept.
+   */
+  async auth(token, options) {
+    const answer = await this.request({ type: "auth", token }, options);
     this.options.token = token;
-    return this.request({ type: "auth", token }, options);
+    return answer;
   }
 
   /** Switch the connection's user (kept and re-sent after reconnects). Resolves with `user_set`. */

@@ -7,6 +7,12 @@
 // What is shown comes from the server's frames: the page subscribes to the agent with
 // `after_seq: 0`, so the user's earlier conversation is replayed from the log, then goes live (the
 // user's other tabs and devices included). Turns are keyed by `request_id`.
+//
+// On a server with authentication on, the server answers `unauthenticated` and the page asks for a
+// token (the Sign in dialog), sent as `auth`. The token is kept in this page's memory only (it is
+// handed to the client and cleared from the form): not in localStorage, not in sessionStorage (any
+// script of the origin can read it, and browsers write it to disk to restore sessions), never in
+// the URL. A reload asks for it again; tokens are short-lived anyway.
 
 import { AgentcastClient } from "/agentcast.js";
 
@@ -30,6 +36,13 @@ const ui = {
   searchStatus: $("search-status"),
   clearShort: $("clear-short"),
   clearAll: $("clear-all"),
+  signIn: $("sign-in"),
+  authDialog: $("auth-dialog"),
+  authForm: $("auth-form"),
+  authMessage: $("auth-message"),
+  token: $("token"),
+  authSubmit: $("auth-submit"),
+  authCancel: $("auth-cancel"),
 };
 
 /** An element with text (never parsed as HTML) and children. */
@@ -65,14 +78,43 @@ const nextRequestId = () => `web-${pagePrefix}-${++counter}`;
 
 // ----- connection state -----
 
-client.on("state", ({ state, delay, attempt }) => {
-  ui.status.dataset.state = state;
-  ui.status.textContent = {
+let connection = { state: "connecting" }; // the client's latest "state" event
+const auth = {
+  needed: false, // the server answered `unauthenticated`: authentication is on
+  user: null, // the user id of the latest `authenticated`
+  expired: false, // the server said `token_expired`
+};
+
+function showStatus() {
+  const { state, delay, attempt, code } = connection;
+  let shown = state;
+  let text = {
     connecting: "connecting…",
     open: `connected as ${userId}`,
     reconnecting: delay === undefined ? "reconnecting…" : `reconnecting in ${(delay / 1000).toFixed(1)} s (attempt ${attempt})`,
     closed: "disconnected",
   }[state] || state;
+  if (state === "open" && auth.user !== null) {
+    text = `signed in as ${auth.user}`;
+  } else if (state === "open" && auth.needed) {
+    [shown, text] = ["signed-out", "not signed in"];
+  } else if (state === "closed" && code === 1008) {
+    // The client does not reconnect with a token the server refused: it waits for a new one.
+    [shown, text] = ["signed-out", auth.expired ? "signed out: the token expired" : "signed out: not signed in in time"];
+  }
+  ui.status.dataset.state = shown;
+  ui.status.textContent = text;
+}
+
+client.on("state", (event) => {
+  connection = event;
+  if (event.state === "closed" && event.code === 1008) {
+    auth.user = null;
+    askForToken(auth.expired
+      ? "Your token expired. Paste a new one to go on: the conversation resumes where it stopped."
+      : "The server closed the connection: it needs a token first.", { error: true });
+  }
+  showStatus();
 });
 
 // ----- the conversation -----
@@ -212,6 +254,7 @@ const render = {
     const turn = turnOf(frame);
     showAgent(turn);
     if (!turn.streamed && frame.partial) textSegment(turn).appendData(frame.partial);
+    turn.agentMsg.classList.add("cancelled");
     turn.agentMsg.append(el("span", { cls: "stopped", text: " (stopped)" }));
     finish(turn, frame.request_id);
   },
@@ -236,6 +279,7 @@ const render = {
       turn.agentMsg.classList.add("error");
       finish(turn, frame.request_id);
     } else if (!frame.request_id || !frame.request_id.startsWith(`web-${pagePrefix}-`)) {
+      // (the page's own calls show their errors where they were made)
       system(`Error: ${frame.message}`, { error: true });
     }
   },
@@ -264,7 +308,7 @@ function resetView() {
 function openConversation() {
   resetView();
   if (!agentId) return;
-  client.subscribe(agentId, { afterSeq: 0 }).catch((err) => system(`Could not open ${agentId}: ${err.message}`, { error: true }));
+  client.subscribe(agentId, { afterSeq: 0, requestId: nextRequestId() }).catch((err) => system(`Could not open ${agentId}: ${err.message}`, { error: true }));
 }
 
 // ----- sending, stopping -----
@@ -280,8 +324,9 @@ ui.composer.addEventListener("submit", (event) => {
   mine.add(rid);
   ui.stop.disabled = false;
   client.chat(agentId, text, { requestId: rid }).catch((err) => {
-    // Server errors were shown from their frames; this is for the client's own (closed, timeout).
-    if (!err.frame || !err.frame.type) render.error({ type: "error", request_id: rid, message: err.message });
+    // Server errors were shown from their frames once live; this is for the client's own (closed,
+    // timeout) and the server's before the conversation was open (e.g. `unauthenticated`).
+    if (!live || !err.frame || !err.frame.type) render.error({ type: "error", request_id: rid, message: err.message });
     finish(turn, rid);
   });
   scrollToEnd();
@@ -304,15 +349,92 @@ ui.stop.addEventListener("click", () => {
 
 // ----- user and agent -----
 
-ui.userForm.addEventListener("submit", (event) => {
+ui.userForm.addEventListener("submit", async (event) => {
   event.preventDefault();
   const next = ui.userId.value.trim();
-  if (!next || next === userId) return;
+  if (!next || next === String(userId)) return;
+  const previous = userId;
+  try {
+    await client.setUser(next, { requestId: nextRequestId() });
+  } catch (err) {
+    // E.g. `forbidden`: a signed-in connection may only be the token's user. Nothing changed.
+    client.userId = previous; // what the client sends again after a reconnect
+    ui.userId.value = String(previous);
+    const hint = err.code === "forbidden" ? " (to be someone else, reload the page and sign in with their token)" : "";
+    system(`Could not switch to ${next}: ${err.message}${hint}`, { error: true });
+    return;
+  }
   userId = next;
   store("user", userId);
-  client.setUser(userId).catch((err) => system(`Could not switch user: ${err.message}`, { error: true }));
   openConversation(); // resubscribes from the start of the new user's log
-  ui.status.textContent = client.state === "open" ? `connected as ${userId}` : ui.status.textContent;
+  showStatus();
+});
+
+// ----- signing in -----
+
+function askForToken(message, { error = false } = {}) {
+  ui.authMessage.textContent = message;
+  ui.authMessage.classList.toggle("error", error);
+  if (!ui.authDialog.open) ui.authDialog.showModal();
+  ui.token.focus();
+}
+
+ui.signIn.addEventListener("click", () => askForToken(auth.user === null ? ""
+  : `Signed in as ${auth.user}. A new token for the same user extends the session.`));
+ui.authCancel.addEventListener("click", () => ui.authDialog.close());
+
+ui.authForm.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const token = ui.token.value.trim();
+  ui.token.value = ""; // not left in the page: the client keeps it, in memory
+  if (!token) return;
+  ui.authSubmit.disabled = true;
+  ui.authMessage.classList.remove("error");
+  ui.authMessage.textContent = "signing in…";
+  try {
+    await client.auth(token, { requestId: nextRequestId() }); // the `authenticated` listener does the rest
+    ui.authDialog.close();
+  } catch (err) {
+    const message = {
+      auth_disabled: "This server has authentication off: no token is needed (choose a user instead).",
+      forbidden: `${err.message}. To sign in as another user, reload the page.`,
+    }[err.code] || `Not signed in: ${err.message}`;
+    askForToken(message, { error: err.code !== "auth_disabled" });
+  } finally {
+    ui.authSubmit.disabled = false;
+  }
+});
+
+client.on("authenticated", (frame) => {
+  auth.needed = true;
+  auth.user = frame.user_id;
+  auth.expired = false;
+  client.userId = frame.user_id; // set_user after a reconnect names the token's user
+  if (String(userId) !== String(frame.user_id)) {
+    userId = frame.user_id;
+    ui.userId.value = String(userId);
+    store("user", String(userId));
+    if (agents === "loaded") openConversation();
+  }
+  if (agents === "none") loadAgents();
+  showStatus();
+});
+
+client.on("error", (frame) => {
+  const mine = typeof frame.request_id === "string" && frame.request_id.startsWith(`web-${pagePrefix}-`);
+  if (frame.code === "unauthenticated") {
+    auth.needed = true;
+    auth.user = null;
+    showStatus();
+    if (!ui.authDialog.open) askForToken("This server needs you to sign in with a token.");
+  } else if (frame.code === "invalid_token" && !mine) {
+    // the client's own `auth` after a reconnect: the token it kept is no longer accepted
+    auth.user = null;
+    showStatus();
+    askForToken(`Your token was refused when reconnecting: ${frame.message}`, { error: true });
+  } else if (frame.code === "token_expired") {
+    auth.expired = true; // the server closes the connection (1008) right after: see the "state" listener
+  }
 });
 
 let opened = null; // the agent whose conversation is shown
@@ -339,11 +461,20 @@ ui.agentText.addEventListener("change", () => {
   if (next) chooseAgent(next);
 });
 
+let agents = "none"; // "loading", "loaded"
 async function loadAgents() {
-  let agents;
+  if (agents !== "none") return;
+  agents = "loading";
+  let list;
   try {
-    agents = await client.listAgents();
+    list = await client.listAgents({ requestId: nextRequestId() });
   } catch (err) {
+    agents = "none";
+    if (err.code === "unauthenticated") {
+      if (auth.user !== null) loadAgents(); // signed in meanwhile
+      return; // else once signed in
+    }
+    agents = "loaded";
     // A server without `list_agents` (or any failure): type the agent id instead.
     ui.agent.hidden = true;
     ui.agentText.hidden = false;
@@ -352,10 +483,11 @@ async function loadAgents() {
     if (err.code !== "unknown_type") system(`Could not list the agents: ${err.message}`, { error: true });
     return;
   }
-  descriptions = new Map(agents.map((a) => [a.agent_id, a.description || ""]));
-  ui.agent.replaceChildren(...agents.map((a) => el("option", { text: a.agent_id, attrs: { value: a.agent_id } })));
+  agents = "loaded";
+  descriptions = new Map(list.map((a) => [a.agent_id, a.description || ""]));
+  ui.agent.replaceChildren(...list.map((a) => el("option", { text: a.agent_id, attrs: { value: a.agent_id } })));
   ui.agent.disabled = false;
-  const pick = descriptions.has(agentId) ? agentId : agents[0]?.agent_id || "";
+  const pick = descriptions.has(agentId) ? agentId : list[0]?.agent_id || "";
   ui.agent.value = pick;
   chooseAgent(pick);
   describe();
@@ -369,7 +501,7 @@ ui.searchForm.addEventListener("submit", async (event) => {
   if (!query.trim() || !agentId) return;
   ui.searchStatus.textContent = "searching…";
   try {
-    const results = await client.searchMemory(agentId, query, { limit: 10, useLongTerm: ui.longTerm.checked });
+    const results = await client.searchMemory(agentId, query, { limit: 10, useLongTerm: ui.longTerm.checked, requestId: nextRequestId() });
     ui.searchResults.replaceChildren(...results.map((r) => el("li", { attrs: { "data-source": r.source } },
       el("span", { cls: "meta", text: `${r.role} · ${r.source.replace("_", "-")} · ${r.timestamp}` }),
       document.createTextNode(r.content))));
@@ -382,7 +514,7 @@ ui.searchForm.addEventListener("submit", async (event) => {
 async function clear(clearLongTerm) {
   if (!agentId) return;
   try {
-    await client.clearMemory(agentId, { clearLongTerm });
+    await client.clearMemory(agentId, { clearLongTerm, requestId: nextRequestId() });
     ui.searchResults.replaceChildren();
     ui.searchStatus.textContent = "";
   } catch (err) {
