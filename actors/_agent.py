@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime, timezone
@@ -127,7 +128,7 @@ class RunningTurn:
     scope: trio.CancelScope
     request_id: str | None
     origin: Outbox
-    #: Outboxes that cancelled it without hearing the turn: they get its end too.
+    #: Outboxes other than `origin` that cancelled it: each gets its end, whether it hears the turn or not.
     cancellers: list[Outbox] = field(factory=list)
 
 
@@ -145,8 +146,8 @@ class _TurnLog:
     async def append(self, events: Sequence[Event]) -> list[Recorded]:
         """Append `events` (after the user's message, the first time); returns their records once committed."""
         batch = [self._said, *events] if self._said is not None else list(events)
-        self._said = None
         recorded = await self._agent._append(self._recipients, batch)
+        self._said = None  # only once committed: after a failed append, the next one carries it again
         self.recorded.extend(recorded)
         return recorded[len(recorded) - len(events):]
 
@@ -250,11 +251,22 @@ class Recipients:
         self._origin = origin
         self._others = others
 
-    def deliver(self, output: Output) -> None:
+    def deliver(self, output: Output, also: Sequence[Outbox] = ()) -> None:
+        """Deliver `output` to the recipients, and to each outbox of `also` that is not one of them
+        (e.g. a tab that cancelled a turn begun before it subscribed): each outbox once."""
         self._origin.deliver(output)
         for outbox in self._others:
             if self._audience.hears(self._agent_id, self._user, outbox):
                 outbox.deliver(output)
+        for outbox in also:
+            if not self.reaches(outbox):
+                outbox.deliver(output)
+
+    def reaches(self, outbox: Outbox) -> bool:
+        """True if `deliver` gives its outputs to `outbox` now."""
+        if outbox is self._origin:
+            return True
+        return outbox in self._others and self._audience.hears(self._agent_id, self._user, outbox)
 
     def deliver_to_tails(self, output: Output) -> None:
         """Deliver `output` to those of the recipients (the origin too) that are tail subscribers."""
@@ -325,7 +337,12 @@ class Agent:
     def cancel(self, user: str, request_id: str | None, canceller: Outbox) -> None:
         """Cancel `user`'s running turn (the one with `request_id`, if given) at once: the brain is
         stopped where it is, its partial answer is logged as a cancelled turn, and its recipients (and
-        `canceller`) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if there is none.
+        `canceller`, whoever it is) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if
+        there is none.
+
+        A cancel that did not raise is always answered so: the turn ends cancelled even if the brain
+        finished its answer meanwhile (in a step that cannot be interrupted, such as closing its
+        connection), with all of its text as the partial answer.
 
         Only `user`'s own turn can be cancelled: turns are found by user. Queued turns are untouched.
         """
@@ -463,11 +480,8 @@ class Agent:
         logged = None  # a retry: the turn of this command_id as the log has it
         if cmd.command_id is not None:
             logged = await self._journal.read(lambda log: log.find_turn(agent_id, cmd.user, cmd.command_id))
-            if logged is not None and logged[1] is not None:  # answered before: answer from the log
-                answer_rec = logged[1]
-                recipients.deliver(TurnChunk(agent_id, answer_rec.event.content, rid))
-                recipients.deliver(TurnResponse(agent_id, answer_rec.event.content, answer_rec.seq, rid))
-                recipients.deliver(TurnDone(agent_id, rid))
+            ending = logged[1] if logged is not None else None
+            if ending is not None and _answered_from_log(agent_id, ending, rid, recipients):
                 return memory
         brain = self.spec.brain
         running = RunningTurn(trio.CancelScope(), rid, cmd.origin)
@@ -513,22 +527,22 @@ class Agent:
                         failure = "The agent gave an empty answer"
                 except BrainError as exc:
                     failure = str(exc) or "The agent could not answer"
-                except Exception:
-                    logger.exception("agent %s: brain failed", agent_id)
+                except Exception as exc:  # its kind and stack, not its text: that may quote a header (a key) or a URL
+                    logger.error("agent %s: brain failed: %s (message withheld)\n%s", agent_id, type(exc).__name__,
+                                 "".join(traceback.format_tb(exc.__traceback__)).rstrip())
                     failure = "The agent failed while answering"
         finally:
             if self._running.get(cmd.user) is running:
                 del self._running[cmd.user]
         partial = "".join(deltas)
-        if running.scope.cancelled_caught:
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid)])
+        if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
+                                             cmd.command_id)])
             for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
-                recipients.deliver(output)
-                for canceller in running.cancellers:
-                    if not self._audience.hears(agent_id, cmd.user, canceller):
-                        canceller.deliver(output)
+                recipients.deliver(output, also=running.cancellers)
         elif failure is not None:
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid)])
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid,
+                                             cmd.command_id)])
             recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
         else:
@@ -584,10 +598,10 @@ class Agent:
                         memory = await self._journal.read(
                             lambda log, before=rec.seq - 1: log.memory(agent_id, user, window=window, until_seq=before)
                         )
-                    output = _replayed(agent_id, rec, memory)
+                    outputs = _replayed(agent_id, rec, memory)
                     if memory is not None:
                         memory = fold(memory, rec)
-                    if output is not None:
+                    for output in outputs:
                         if room is not None:
                             await room()
                         origin.deliver(output)
@@ -602,6 +616,22 @@ class Agent:
         audience.tail(agent_id, user, origin)
 
 
+def _answered_from_log(agent_id: str, ending: Recorded, rid: str | None, recipients: Recipients) -> bool:
+    """Answer a retried chat from how its logged turn ended, if that settles it: an answer is given
+    again (same seq), a cancellation again (`TurnCancelled`, never re-run: that would pay for the
+    answer the user stopped). False for a failed turn: that one is run again."""
+    event = ending.event
+    if isinstance(event, AgentMessage):
+        recipients.deliver(TurnChunk(agent_id, event.content, rid))
+        recipients.deliver(TurnResponse(agent_id, event.content, ending.seq, rid))
+    elif isinstance(event, TurnEnded) and event.outcome == CANCELLED:
+        recipients.deliver(TurnCancelled(agent_id, event.partial, rid))
+    else:
+        return False
+    recipients.deliver(TurnDone(agent_id, rid))
+    return True
+
+
 def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[Recorded]:
     """Up to BACKLOG_PAGE events of (agent_id, user) after `after_seq`; the read ends with the call."""
     events = log.read(agent_id=agent_id, user=user, after_seq=after_seq)
@@ -613,23 +643,33 @@ def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[
             close()  # finishes the SQLite statement: no read transaction outlives the page
 
 
-def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> Output | None:
-    """The output that replays one logged event in a backlog (as its live frame carried it), or
-    None for an event not replayed: a message whose text a later long-term clear erased (the
-    clear itself is replayed), or an event type this version does not replay."""
-    event = rec.event
+def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> tuple[Output, ...]:
+    """The outputs that replay one logged event in a backlog, as its live frames carried it: a
+    user message, an answer, a clear, a tool call or result, and a turn that ended without an
+    answer (`TurnCancelled` or `Failed` `brain_error`, then `TurnDone`). None for a message whose
+    text a later long-term clear erased (the clear itself is replayed; a tool call's arguments, a
+    result or a partial answer it erased are replayed empty), or an event type this version does
+    not replay."""
+    event, rid = rec.event, rec.event.request_id
     if isinstance(event, MemoryCleared):
         forgotten = memory.long_term_count if event.long_term and memory is not None else 0
-        return MemoryWasCleared(
-            agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq, request_id=event.request_id
-        )
+        return (MemoryWasCleared(agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq,
+                                 request_id=rid),)
+    if isinstance(event, ToolCalled):
+        return (TurnToolCall(agent_id, event.call_id, event.tool, event.arguments, rid),)
+    if isinstance(event, ToolReturned):
+        return (TurnToolResult(agent_id, event.call_id, event.tool, event.result, event.error, rid),)
+    if isinstance(event, TurnEnded):
+        if event.outcome == CANCELLED:
+            return TurnCancelled(agent_id, event.partial, rid), TurnDone(agent_id, rid)
+        return Failed(agent_id, "brain_error", event.reason or "The agent could not answer", rid), TurnDone(agent_id, rid)
     if not getattr(event, "content", None):  # erased: a message's text is never empty otherwise
-        return None
+        return ()
     if isinstance(event, UserMessage):
-        return UserSaid(agent_id, event.content, rec.seq, event.request_id)
+        return (UserSaid(agent_id, event.content, rec.seq, rid),)
     if isinstance(event, AgentMessage):
-        return TurnResponse(agent_id, event.content, rec.seq, event.request_id)
-    return None
+        return (TurnResponse(agent_id, event.content, rec.seq, rid),)
+    return ()
 
 
 class Agents(Mapping[str, Agent]):

@@ -10,11 +10,17 @@ import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import AsyncExitStack, aclosing
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import ssl
+
+import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
 import httpx
 import trio
+from typing import TypeVar
+
 from attrs import define, field
 from httpx_sse import SSEError, aconnect_sse
 
@@ -22,6 +28,7 @@ from ._brain import BRAINS, BrainError, BrainItem, ToolCall, ToolResult, Turn, U
 from ._tools import Tool, ToolOutcome, resolve_tools
 
 logger = logging.getLogger("agentcast.actors.openai")
+T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 #: HTTP statuses worth another try (before the first token only): rate limited, or the server failing.
@@ -30,6 +37,30 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_RETRY_DELAY = 60.0
 #: How much of an error body is read to find the provider's reason.
 MAX_ERROR_BODY = 4096
+#: How much of the provider's reason for an error is shown (in the error frame and the log).
+MAX_REASON_CHARS = 300
+
+#: Put between the text of two requests of a turn (text before tool calls, text after them).
+ROUND_SEPARATOR = "\n\n"
+#: The longest tool call arguments (JSON text) a model may send; the rest is dropped and the call fails.
+MAX_TOOL_ARGUMENTS_CHARS = 65_536
+#: How deep a tool call's arguments may nest (objects and arrays); deeper is an error for the model.
+MAX_TOOL_ARGUMENTS_DEPTH = 32
+#: The longest tool name kept from the stream (real names have at most 64 characters).
+MAX_TOOL_NAME_CHARS = 256
+
+#: The TLS settings every client shares (see `_shared_ssl_context`).
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _shared_ssl_context() -> ssl.SSLContext:
+    """The TLS settings of every request (the CA bundle, or SSL_CERT_FILE/SSL_CERT_DIR), made once per
+    process when the first brain is configured (before the server's event loop runs): loading the CA
+    bundle takes tens of milliseconds, which a turn making its own would stall every connection for."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = httpx.create_ssl_context()
+    return _SSL_CONTEXT
 
 
 class _Retry(Exception):
@@ -48,6 +79,7 @@ class _PendingCall:
     call_id: str = ""
     name: str = ""
     arguments: str = ""
+    too_long: bool = False  # the arguments went past MAX_TOOL_ARGUMENTS_CHARS (the rest was dropped)
 
 
 @define
@@ -100,6 +132,9 @@ class OpenAIBrain:
         retries: int = 2,
         retry_backoff: float = 1.0,
         include_usage: bool = True,
+        turn_timeout: float = 300.0,
+        max_answer_chars: int = 200_000,
+        max_tool_calls: int = 16,
     ) -> None:
         _check(isinstance(model, str) and bool(model.strip()), "the model's name (a non-empty string)", "model")
         _check(isinstance(base_url, str) and base_url.startswith(("http://", "https://")),
@@ -125,12 +160,25 @@ class OpenAIBrain:
         _check(_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY,
                f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}", "retry_backoff")
         _check(type(include_usage) is bool, "true or false", "include_usage")
+        _check(_number(turn_timeout) and 0 < turn_timeout <= 86_400, "a number of seconds above 0 (at most 86400)",
+               "turn_timeout")
+        _check(type(max_answer_chars) is int and max_answer_chars >= 1, "an integer >= 1", "max_answer_chars")
+        _check(type(max_tool_calls) is int and 1 <= max_tool_calls <= 128, "an integer from 1 to 128",
+               "max_tool_calls")
         try:
             self.tools: tuple[Tool, ...] = resolve_tools(tools)
         except ValueError as exc:
             raise ValueError(f"openai brain: tools: {exc}") from None
         self.model = model
-        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(base_url)
+        path = parts.path.rstrip("/")
+        #: As configured (credentials and query included): only ever used to send requests.
+        self.base_url = urlunsplit(parts._replace(path=path))
+        self._url = urlunsplit(parts._replace(path=path + "/chat/completions"))
+        #: `base_url` without credentials or query: what errors, logs and repr show.
+        self.shown_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
+        secrets = [parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password or ""]
+        self._url_secrets = tuple(sorted({x for x in secrets if len(x) >= 3}, key=len, reverse=True))
         self.api_key_env = api_key_env
         self.system_prompt = system_prompt
         self.temperature = temperature
@@ -142,16 +190,29 @@ class OpenAIBrain:
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.include_usage = include_usage
+        self.turn_timeout = float(turn_timeout)
+        self.max_answer_chars = max_answer_chars
+        self.max_tool_calls = max_tool_calls
+        self._ssl_context = _shared_ssl_context()
         if api_key_env and not os.environ.get(api_key_env):
             logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
                            "turns will fail until it is", model, api_key_env)
 
-    def __repr__(self) -> str:  # never the key (it is not even kept here)
-        return f"OpenAIBrain(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+    def __repr__(self) -> str:  # never the key (it is not even kept here), nor the URL's credentials or query
+        return f"OpenAIBrain(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"
 
     @property
     def url(self) -> str:
-        return self.base_url + "/chat/completions"
+        """The endpoint requests go to (with the credentials and query of `base_url`: never shown)."""
+        return self._url
+
+    def _scrub(self, text: str, key: str | None) -> str:
+        """`text` with the API key and `base_url`'s credentials and query (should anything echo them) masked."""
+        text = text.replace(self.base_url, self.shown_url)
+        for secret in (key, *self._url_secrets):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     # -- the prompt ----------------------------------------------------------------------
 
@@ -194,10 +255,14 @@ class OpenAIBrain:
     def _api_key(self) -> str | None:
         if self.api_key_env is None:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = (os.environ.get(self.api_key_env) or "").strip()  # a secret made from a file often ends in a newline
         if not key:
             raise BrainError(f"the API key is missing: the environment variable {self.api_key_env} "
                              "(api_key_env) is not set on the server")
+        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
+            # never the value: an HTTP library refusing it as a header would quote it in its error
+            raise BrainError(f"the API key in the environment variable {self.api_key_env} (api_key_env) is not "
+                             "usable: it holds spaces, control or non-ASCII characters")
         return key
 
     async def reply(self, turn: Turn) -> AsyncIterator[BrainItem]:
@@ -205,17 +270,32 @@ class OpenAIBrain:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         messages = self.prompt(turn)
         prompt_tokens = completion_tokens = 0
-        counted = answered = False
-        rounds = 0
+        counted = False
+        rounds = chars = 0
+        answer = ""  # the end of the answer so far (enough to see how it ends)
+        deadline = trio.current_time() + self.turn_timeout
         # One client (and connection) per turn: leaving this block, normally or by cancellation,
-        # closes the connection, so a cancelled answer stops being generated and paid for.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers) as client:
+        # closes the connection, so a cancelled answer stops being generated and paid for. The
+        # client is cheap to make: its TLS settings are made once, off the event loop.
+        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers,
+                                     verify=self._ssl_context) as client:
             while True:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()
-                async with aclosing(self._stream(client, self._body(messages, offer_tools), result, key)) as deltas:
+                body = self._body(messages, offer_tools)
+                said: list[str] = []  # this round's text
+                async with aclosing(self._stream(client, body, result, key, deadline)) as deltas:
                     async for delta in deltas:
-                        answered = True
+                        if not said and answer and not answer[-1].isspace() and not delta[0].isspace():
+                            delta = ROUND_SEPARATOR + delta  # text after tool calls: a new paragraph
+                        if len(delta) > self.max_answer_chars - chars:  # the rest is not generated (closed)
+                            if self.max_answer_chars > chars:
+                                yield delta[: self.max_answer_chars - chars]
+                            raise BrainError(f"the answer went past {self.max_answer_chars} characters "
+                                             "(max_answer_chars)")
+                        chars += len(delta)
+                        said.append(delta)
+                        answer = (answer + delta)[-1:]
                         yield delta
                 if result.usage is not None:
                     counted = True
@@ -229,35 +309,44 @@ class OpenAIBrain:
                 calls = [result.calls[i] for i in sorted(result.calls)]
                 for n, call in enumerate(calls):
                     call.call_id = call.call_id or f"call_{rounds}_{n}"
-                messages.append({"role": "assistant", "content": None, "tool_calls": [
+                # the text the model wrote before calling (if any) goes back with the calls
+                messages.append({"role": "assistant", "content": "".join(said).strip() or None, "tool_calls": [
                     {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                     for c in calls
                 ]})
                 for call in calls:
-                    try:
-                        arguments: object = json.loads(call.arguments) if call.arguments.strip() else {}
-                    except ValueError:
-                        arguments = call.arguments
+                    arguments, problem = _arguments_of(call)
                     yield ToolCall(call.call_id, call.name, arguments)
-                    if isinstance(arguments, str):
-                        outcome = ToolOutcome(error="the arguments are not valid JSON")
+                    if problem is not None:
+                        outcome = ToolOutcome(error=problem)
                     elif turn.tools is None:
                         outcome = ToolOutcome(error="no tools are available in this turn")
                     else:
-                        outcome = await turn.tools.run(call.name, arguments)
+                        outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
                     yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
                     messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
-        if not answered:
+        if not answer:
             raise BrainError("the model gave an empty answer")
         if counted:
             yield Usage(prompt_tokens, completion_tokens)
 
-    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+    async def _within(self, deadline: float, awaitable: Awaitable[T]) -> T:
+        """`await awaitable`, or raise `BrainError` if the turn's deadline (`turn_timeout`) comes first.
+
+        Each wait of a turn is bounded so (never a cancel scope around a `yield`): the per-read
+        `timeout` alone cannot stop a provider that keeps the stream alive without answering.
+        """
+        with trio.move_on_at(deadline):
+            return await awaitable
+        raise BrainError(f"the model took longer than {self.turn_timeout:g} s to answer (turn_timeout)")
+
+    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
+                      deadline: float) -> AsyncIterator[str]:
         """One request: yields its text deltas, fills `result`; tries again before the first token."""
         attempt = 0
         while True:
             try:
-                async for delta in self._try(client, body, result, key):
+                async for delta in self._try(client, body, result, key, deadline):
                     yield delta
                 return
             except _Retry as retry:
@@ -267,16 +356,25 @@ class OpenAIBrain:
                 delay = self.retry_backoff * 2**attempt if retry.delay is None else retry.delay
                 attempt += 1
                 logger.info("openai brain (model %s): %s; try %d in %.1f s", self.model, retry.reason, attempt + 1, delay)
-                await trio.sleep(min(delay, MAX_RETRY_DELAY))
+                await self._within(deadline, trio.sleep(min(delay, MAX_RETRY_DELAY)))
 
-    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None) -> AsyncIterator[str]:
+    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
+                   deadline: float) -> AsyncIterator[str]:
         streamed = False
         try:
-            async with aconnect_sse(client, "POST", self.url, json=body) as source:
+            async with AsyncExitStack() as stack:
+                source = await self._within(deadline, stack.enter_async_context(
+                    aconnect_sse(client, "POST", self.url, json=body)))
                 response = source.response
                 if response.status_code != 200:
-                    raise await self._http_error(response, key)
-                async for sse in source.aiter_sse():
+                    raise await self._within(deadline, self._http_error(response, key))
+                events = source.aiter_sse()
+                stack.push_async_callback(events.aclose)
+                while True:
+                    try:
+                        sse = await self._within(deadline, anext(events))
+                    except StopAsyncIteration:
+                        break
                     if sse.event not in ("message", ""):  # comments and other event kinds are not chunks
                         continue
                     data = sse.data.strip()
@@ -288,16 +386,31 @@ class OpenAIBrain:
                     for delta in self._chunk(data, result, key):
                         streamed = True
                         yield delta
+        except httpx.ProxyError as exc:  # only its kind: its text might name the proxy's URL (and credentials)
+            raise _Retry(f"could not reach the model server at {self.shown_url} through the proxy "
+                         f"({type(exc).__name__})") from None
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retry(f"could not connect to the model server at {self.base_url}: {_scrub(str(exc), key) or type(exc).__name__}") from None
+            raise _Retry(f"could not connect to the model server at {self.shown_url}: {self._scrub(str(exc), key) or type(exc).__name__}") from None
+        except (httpx.WriteError, httpx.WriteTimeout) as exc:  # while sending the request: nothing streamed yet
+            reason = f"could not send the request to the model server at {self.shown_url} ({type(exc).__name__})"
+            if not streamed and not result.calls:
+                raise _Retry(reason) from None
+            raise BrainError(reason) from None
         except httpx.TimeoutException:
             raise BrainError(f"the model server sent nothing for {self.timeout:g} s (timeout)") from None
         except SSEError as exc:
-            raise BrainError(f"malformed stream from the model server: {_scrub(str(exc), key)}") from None
+            raise BrainError(f"malformed stream from the model server: {self._scrub(str(exc), key)}") from None
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
             if not streamed and not result.calls:
-                raise _Retry(f"the model server closed the connection: {_scrub(str(exc), key) or type(exc).__name__}") from None
+                raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key) or type(exc).__name__}") from None
             raise BrainError("the model server closed the connection in the middle of the answer") from None
+        except httpx.DecodingError:
+            raise BrainError("the model server's answer could not be decoded (its content encoding is broken)") from None
+        except httpx.CloseError:
+            if not result.finished:
+                raise BrainError("the connection to the model server failed in the middle of the answer") from None
+        except httpx.HTTPError as exc:  # any other: its text may quote a header or the URL, so only its kind
+            raise BrainError(f"the request to the model server failed ({type(exc).__name__})") from None
         if not result.finished:
             raise BrainError("malformed stream from the model server: it ended before the answer was complete")
 
@@ -305,12 +418,12 @@ class OpenAIBrain:
         """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
         try:
             chunk = json.loads(data)
-        except ValueError:
-            raise BrainError(f"malformed stream from the model server: not JSON: {_scrub(data[:200], key)!r}") from None
+        except (ValueError, RecursionError):
+            raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):
             raise BrainError("malformed stream from the model server: a chunk is not a JSON object")
         if chunk.get("error") is not None:
-            raise BrainError(f"the model server reported an error: {_scrub(_reason_of(chunk), key)}")
+            raise BrainError(f"the model server reported an error: {self._scrub(_reason_of(chunk)[:MAX_REASON_CHARS], key)}")
         usage = chunk.get("usage")
         if isinstance(usage, dict):
             p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
@@ -340,14 +453,18 @@ class OpenAIBrain:
                 index = piece.get("index", len(result.calls))
                 if type(index) is not int:
                     raise BrainError("malformed stream from the model server: a tool call's index is not an integer")
+                if index not in result.calls and len(result.calls) >= self.max_tool_calls:
+                    raise BrainError(f"the model called more than {self.max_tool_calls} tools at once (max_tool_calls)")
                 call = result.calls.setdefault(index, _PendingCall())
                 if isinstance(piece.get("id"), str) and piece["id"]:
                     call.call_id = piece["id"]
                 function = piece.get("function") or {}
                 if isinstance(function.get("name"), str):
-                    call.name += function["name"]
-                if isinstance(function.get("arguments"), str):
-                    call.arguments += function["arguments"]
+                    call.name = (call.name + function["name"])[:MAX_TOOL_NAME_CHARS]
+                if isinstance(function.get("arguments"), str) and function["arguments"]:
+                    room = MAX_TOOL_ARGUMENTS_CHARS - len(call.arguments)
+                    call.too_long = call.too_long or len(function["arguments"]) > room
+                    call.arguments += function["arguments"][:room]
         return deltas
 
     async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
@@ -357,18 +474,45 @@ class OpenAIBrain:
             body += piece
             if len(body) >= MAX_ERROR_BODY:
                 break
-        reason = _scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        reason = self._scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
         status = response.status_code
         what = {
             401: "the model server refused the API key",
             403: "the model server refused access",
-            404: f"not found: is the model {self.model!r} served at {self.base_url}?",
+            404: f"not found: is the model {self.model!r} served at {self.shown_url}?",
             429: "the model server is rate limiting us",
         }.get(status, "the model server failed" if status >= 500 else "the model server refused the request")
         text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
         if status in RETRYABLE_STATUSES:
             return _Retry(text, _retry_after(response))
         return BrainError(text)
+
+
+def _arguments_of(call: _PendingCall) -> tuple[object, str | None]:
+    """A tool call's arguments as parsed JSON, or (its raw text, why it cannot be run)."""
+    if call.too_long:
+        return call.arguments, f"the arguments are longer than {MAX_TOOL_ARGUMENTS_CHARS} characters"
+    if not call.arguments.strip():
+        return {}, None
+    try:
+        arguments = json.loads(call.arguments)
+    except RecursionError:  # nested deeper than the parser goes
+        return call.arguments, f"the arguments are nested more than {MAX_TOOL_ARGUMENTS_DEPTH} levels deep"
+    except ValueError:
+        return call.arguments, "the arguments are not valid JSON"
+    if _depth_over(arguments, MAX_TOOL_ARGUMENTS_DEPTH):
+        return call.arguments, f"the arguments are nested more than {MAX_TOOL_ARGUMENTS_DEPTH} levels deep"
+    return arguments, None
+
+
+def _depth_over(value: object, limit: int) -> bool:
+    """True if `value` (parsed JSON) nests objects and arrays more than `limit` deep (without recursion)."""
+    level = [value]
+    for _ in range(limit):
+        level = [v for c in level if isinstance(c, (dict, list)) for v in (c.values() if isinstance(c, dict) else c)]
+        if not level:
+            return False
+    return any(isinstance(v, (dict, list)) for v in level)
 
 
 def _reason_of(obj: dict) -> str:
@@ -379,7 +523,7 @@ def _reason_of(obj: dict) -> str:
         return error
     if isinstance(obj.get("message"), str):
         return obj["message"]
-    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:300]
+    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:MAX_REASON_CHARS]
 
 
 def _reason_of_body(body: bytes) -> str:
@@ -387,8 +531,8 @@ def _reason_of_body(body: bytes) -> str:
     try:
         obj = json.loads(text)
     except ValueError:
-        return text[:300]
-    return _reason_of(obj)[:300] if isinstance(obj, dict) else text[:300]
+        return text[:MAX_REASON_CHARS]
+    return _reason_of(obj)[:MAX_REASON_CHARS] if isinstance(obj, dict) else text[:MAX_REASON_CHARS]
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -398,11 +542,6 @@ def _retry_after(response: httpx.Response) -> float | None:
     except ValueError:
         return None
     return None if seconds is None or not math.isfinite(seconds) or seconds < 0 else min(seconds, MAX_RETRY_DELAY)
-
-
-def _scrub(text: str, key: str | None) -> str:
-    """`text` with the API key (should a server echo it) masked."""
-    return text.replace(key, "***") if key else text
 
 
 BRAINS["openai"] = OpenAIBrain

@@ -23,6 +23,8 @@ from store import Hit
 
 #: Longest tool result (as JSON text) given back to the model and the client; longer ones are an error.
 MAX_RESULT_CHARS = 16_000
+#: Longest tool error text given back to the model and the client (and logged); the rest is cut.
+MAX_ERROR_CHARS = 2_000
 
 
 class MemoryAccess(Protocol):
@@ -55,6 +57,10 @@ ToolFunction = Callable[[ToolContext, Any], "Awaitable[object] | object"]
 @frozen
 class Tool:
     """A tool: `function(context, arguments)` (sync or async) returns any JSON value.
+
+    A sync function runs on the server's event loop: it must be quick (no network, no disk, no
+    sleeping), as every connection waits while it runs. Make slow work an async function (and
+    use `trio.to_thread.run_sync` inside it for blocking calls).
 
     `arguments` is an instance of `arguments_type` (an attrs class), built from the model's JSON
     with cattrs, strictly: a missing or mistyped field is an error given back to the model. The
@@ -119,6 +125,9 @@ def resolve_tools(names: Sequence[str]) -> tuple[Tool, ...]:
                 made = getattr(importlib.import_module(module_name), attribute)
             except (ImportError, AttributeError) as exc:
                 raise ValueError(f"tool {name!r} cannot be imported: {exc}") from None
+            except Exception as exc:  # the module itself failed (a missing setting, a bug): still a config error
+                raise ValueError(f"tool {name!r} cannot be imported: its module {module_name!r} failed: "
+                                 f"{type(exc).__name__}: {str(exc)[:300]}") from None
             if not isinstance(made, Tool):
                 raise ValueError(f"tool {name!r} is not a Tool (decorate the function with actors.tool)")
         else:
@@ -139,7 +148,8 @@ class ToolOutcome:
     """What a tool call gave: a JSON `result`, or an `error` for the model (never both)."""
 
     result: object = None
-    error: str | None = None
+    error: str | None = field(default=None, converter=lambda e: e if e is None or len(e) <= MAX_ERROR_CHARS
+                              else e[:MAX_ERROR_CHARS] + "…")
 
     def for_model(self) -> str:
         """The text the model is given as the tool's answer."""

@@ -126,6 +126,8 @@ class TurnEnded:
     partial: str = ""
     reason: str = ""
     request_id: str | None = None
+    #: The chat command of the turn, if it had a `command_id` (how a retry finds that it was cancelled).
+    command_id: str | None = None
 
     TYPE = "turn_ended"
 
@@ -284,4 +286,5 @@ def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) 
     if type_ == "tool_returned":
         return ToolReturned(agent_id, user, at, body["call_id"], body["tool"], body.get("result"), body.get("error"),
                             request_id)
-    return TurnEnded(agent_id, user, at, body["outcome"], body.get("partial", ""), body.get("reason", ""), request_id)
+    return TurnEnded(agent_id, user, at, body["outcome"], body.get("partial", ""), body.get("reason", ""), request_id,
+                     body.get("command_id"))

@@ -323,20 +323,18 @@ class EventLog:
         return memory, memory.version - start.version
 
     def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
-        """The logged turn of the chat command `command_id`: its user message and its answer
-        (None if the turn failed), or None if the log holds no such command."""
-        found: dict[str, Recorded] = {}
-        for type_ in ("user_message", "agent_message"):
-            row = self._conn.execute(
-                "SELECT seq, type, agent_id, user, at, payload FROM events "
-                "WHERE agent_id = ? AND user = ? AND command_id = ? AND type = ? ORDER BY seq LIMIT 1",
-                (agent_id, user, command_id, type_),
-            ).fetchone()
-            if row is not None:
-                found[type_] = Recorded(row[0], event_from_row(row[1], row[2], row[3], row[4], row[5]))
-        if "user_message" not in found:
-            return None
-        return found["user_message"], found.get("agent_message")
+        """The logged turn of the chat command `command_id`: its user message and how it ended — its
+        answer (`agent_message`), else the latest `turn_ended` (a failed or cancelled try), else None
+        (no try ended: the server stopped mid-turn) — or None if the log holds no such command."""
+        query = ("SELECT seq, type, agent_id, user, at, payload FROM events "
+                 "WHERE agent_id = ? AND user = ? AND command_id = ? AND type IN ({}) ORDER BY {} LIMIT 1")
+        found: list[Recorded | None] = []
+        for types, order in (("'user_message'", "seq"),
+                             ("'agent_message', 'turn_ended'", "type = 'agent_message' DESC, seq DESC")):
+            row = self._conn.execute(query.format(types, order), (agent_id, user, command_id)).fetchone()
+            found.append(None if row is None else Recorded(row[0], event_from_row(row[1], row[2], row[3], row[4], row[5])))
+        said, ending = found
+        return None if said is None else (said, ending)
 
     def streams(self) -> list[tuple[str, str]]:
         """Every (agent_id, user) that has events, sorted."""

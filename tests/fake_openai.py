@@ -27,7 +27,8 @@ class Reply:
     With `status` 200 and no `body`: a `text/event-stream` of `chunks` (a dict is sent as JSON,
     a str as it is), then `data: [DONE]` if `done`. `stall_after=N`: after N chunks send nothing
     more and wait until the client closes the connection. `cut_after=N`: after N chunks close
-    the connection abruptly (no end of the chunked body). With a `body`: that, with `status`.
+    the connection abruptly (no end of the chunked body). `keepalive=S`: after the chunks, send an SSE
+    comment every S seconds until the client closes the connection. With a `body`: that, with `status`.
     """
 
     status: int = 200
@@ -38,6 +39,7 @@ class Reply:
     headers: dict = field(factory=dict)
     stall_after: int | None = None
     cut_after: int | None = None
+    keepalive: float | None = None
 
 
 def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
@@ -96,7 +98,8 @@ def error(status: int, message: str, *, retry_after: str | None = None) -> Reply
 class FakeOpenAI:
     """Serves scripted `Reply`s in order, one per request; records every request.
 
-    `requests` holds each request's JSON body, `headers` each one's headers (lower-case names).
+    `requests` holds each request's JSON body, `headers` each one's headers (lower-case names),
+    `targets` each one's path and query.
     `stalled` is set when a reply starts stalling; `disconnected` once the client has closed a
     stalled connection (so a test can see that cancelling really closed the HTTP stream).
     """
@@ -105,6 +108,7 @@ class FakeOpenAI:
         self.replies: deque[Reply] = deque(replies)
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
+        self.targets: list[str] = []
         self.stalled = trio.Event()
         self.disconnected = trio.Event()
         self.port = 0
@@ -159,6 +163,7 @@ class FakeOpenAI:
                 break
             elif isinstance(event, h11.ConnectionClosed):
                 return None
+        self.targets.append(request.target.decode())
         self.headers.append({k.decode().lower(): v.decode() for k, v in request.headers})
         self.requests.append(json.loads(body) if body else {})
         return request
@@ -184,6 +189,15 @@ class FakeOpenAI:
         if reply.stall_after is not None:
             await self._stall(stream)
             return False
+        if reply.keepalive is not None:
+            self.stalled.set()
+            try:
+                while True:
+                    await trio.sleep(reply.keepalive)
+                    await stream.send_all(conn.send(h11.Data(data=b": keepalive\n\n")))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self.disconnected.set()
+                return False
         if reply.done:
             await stream.send_all(conn.send(h11.Data(data=b"data: [DONE]\n\n")))
         await stream.send_all(conn.send(h11.EndOfMessage()))

@@ -350,3 +350,62 @@ async def test_a_malformed_stream_mid_answer_is_a_brain_error_with_the_partial_l
     assert frames[-2]["code"] == "brain_error" and "malformed stream" in frames[-2]["message"]
     ended = events_of(db_path)[1].event
     assert (ended.outcome, ended.partial) == ("failed", "Half")
+
+
+# -- retries (command_id) of turns that did not answer -----------------------------------------------
+
+
+async def test_a_retry_of_a_cancelled_turn_is_answered_cancelled_from_the_log_not_run_again(db_path):
+    async with llm_server(db_path, text("Once upon", " a time", stall_after=1), text("never asked for")) as server:
+        async with user(server) as alice:
+            await alice.send(chat("Tell me a story", "r1", command_id="story-1"))
+            await frame_of_type(alice, "response_chunk")
+            await server.fake.stalled.wait()
+            await alice.request({"type": "cancel", "agent_id": AGENT}, "agent_done")
+            retry = await alice.request(chat("Tell me a story", "r2", command_id="story-1"), "agent_done")
+            assert retry == [
+                {"type": "agent_thinking", "agent_id": AGENT, "request_id": "r2"},
+                {"type": "cancelled", "agent_id": AGENT, "partial": "Once upon", "request_id": "r2"},
+                {"type": "agent_done", "agent_id": AGENT, "request_id": "r2"},
+            ]
+        assert len(server.fake.requests) == 1  # the provider was not asked (and paid) again
+    assert [r.event.TYPE for r in events_of(db_path)] == ["user_message", "turn_ended"]
+
+
+async def test_a_retry_of_a_failed_turn_runs_it_again_without_logging_the_message_twice(db_path):
+    async with llm_server(db_path, error(400, "bad request"), text("Second try.")) as server:
+        async with user(server) as alice:
+            failed = await alice.request(chat("Hi", "r1", command_id="hi-1"), "agent_done")
+            assert failed[-2]["code"] == "brain_error"
+            retry = await alice.request(chat("Hi", "r2", command_id="hi-1"), "agent_done")
+            assert retry[-2]["message"] == "Second try."
+            again = await alice.request(chat("Hi", "r3", command_id="hi-1"), "agent_done")
+            assert again[-2]["message"] == "Second try." and again[-2]["seq"] == retry[-2]["seq"]
+    assert [r.event.TYPE for r in events_of(db_path)] == ["user_message", "turn_ended", "agent_message"]
+    assert [r.event.command_id for r in events_of(db_path)] == ["hi-1"] * 3
+
+
+# -- a resumed subscription's backlog shows tool calls and how each turn ended --------------------------------
+
+
+async def test_a_resumed_backlog_replays_tool_frames_and_cancelled_and_failed_turns_as_they_were_seen(db_path):
+    replies = (tool_calls(("c1", "current_time", {})), text("It is late."),
+               text("Once upon", " a time", stall_after=1), error(400, "bad request"))
+    async with llm_server(db_path, *replies, brain={"tools": ["current_time"]}) as server:
+        async with user(server) as alice:
+            answered = await alice.request(chat("What time is it?", "t1"), "agent_done")
+            await alice.send(chat("Tell me a story", "t2"))
+            await frame_of_type(alice, "response_chunk")
+            await server.fake.stalled.wait()
+            cancelled = await alice.request({"type": "cancel", "agent_id": AGENT}, "agent_done")
+            failed = await alice.request(chat("Again", "t3"), "agent_done")
+        async with user(server) as laptop:
+            await laptop.send({"type": "subscribe", "agent_id": AGENT, "after_seq": 0})
+            backlog = await laptop.recv_until("agent_done")
+            backlog += await laptop.recv_until("agent_done")
+    live = [f for f in answered + cancelled + failed if f["type"] not in ("agent_thinking", "response_chunk")]
+    replayed = [f for f in backlog if f["type"] not in ("subscribed", "user_message")]
+    for f in live + replayed:
+        f.pop("seq", None)
+    assert replayed == [f for f in live if f != answered[-1]]  # an answered turn's response stands alone
+    assert [f["type"] for f in backlog if f["type"] == "user_message"] == ["user_message"] * 3

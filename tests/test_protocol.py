@@ -28,6 +28,8 @@ from transport.protocol import (
     SearchMemory,
     SetUser,
     Subscribe,
+    ToolCall,
+    ToolResult,
     Unsubscribe,
     UserSet,
     decode,
@@ -426,3 +428,14 @@ valid_commands = st.one_of(
 def test_decode_accepts_every_valid_command(case):
     fields, expected = case
     assert decode(json.dumps(fields)) == expected
+
+
+def test_encode_never_raises_a_frame_it_cannot_encode_becomes_an_internal_error():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    for frame in (ToolCall("a", "c1", "t", deep, "r1"), ToolResult("a", "c1", "t", {1j}, None, "r1")):
+        assert json.loads(encode(frame)) == {
+            "type": "error", "code": "internal_error", "message": f"The server could not encode a {frame.TYPE} frame",
+            "agent_id": "a", "request_id": "r1",
+        }

@@ -368,8 +368,8 @@ async def test_a_failed_turn_gives_its_user_message_live_and_in_the_backlog(db_p
             assert [f["type"] for f in seen] == ["agent_thinking", "user_message", "error", "agent_done"]
             said = seen[1]
             assert said["message"] == "fail" and said["request_id"] == "x"
-            await laptop.send(resume(0))
-            assert await recv_n(laptop, 2) == [subscribed(0), said]
+            await laptop.send(resume(0))  # the backlog shows how the turn ended, as it was seen live
+            assert await recv_n(laptop, 4) == [subscribed(0), said, *seen[2:]]
             await assert_nothing_more(laptop)
 
 

@@ -228,10 +228,16 @@ def _single(exc: BaseException) -> BaseException:
 # -- serve -----------------------------------------------------------------------------------
 
 
+def setup_logging(level: str) -> None:
+    """The server's logging: `level` and up to stderr; httpx and httpcore only from WARNING, whatever
+    `level`, as they log each request's full URL (which may hold a base_url's credentials or query)."""
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    setup_logging(args.log_level)
     config = load_config(args.config)
     settings = server_settings(
         config, host=args.host, port=args.port, db=args.db, auth_secret_env=args.auth_secret_env,

@@ -5,6 +5,7 @@ Pure functions over JSON text; must not import trio, trio_websocket, `actors` or
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, NewType, Optional, Union
 
 import attrs
@@ -12,6 +13,8 @@ import cattrs
 from attrs import frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.strategies import configure_tagged_union
+
+logger = logging.getLogger("agentcast.protocol")
 
 # -- field types with strict validation ------------------------------------------------
 
@@ -487,7 +490,21 @@ def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None
 
 
 def encode(frame: ServerFrame) -> str:
-    """The JSON text of one server frame, its "type" tag first (as people read frames in logs)."""
+    """The JSON text of one server frame, its "type" tag first (as people read frames in logs).
+
+    Never raises: a frame that cannot be encoded (a tool's arguments or result nested too deep for
+    the encoder, a value that is not JSON) is logged and replaced by an `internal_error` frame.
+    """
+    try:
+        return _encode(frame)
+    except (ValueError, TypeError, RecursionError, OverflowError) as exc:
+        logger.error("a %s frame could not be encoded (%s); sent as an internal_error instead",
+                     type(frame).__name__, type(exc).__name__)
+        return _encode(Error("internal_error", f"The server could not encode a {getattr(frame, 'TYPE', '')} frame",
+                             getattr(frame, "agent_id", None), getattr(frame, "request_id", None)))
+
+
+def _encode(frame: ServerFrame) -> str:
     body = converter.unstructure(frame, unstructure_as=ServerFrame)
     return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
 
