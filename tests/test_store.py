@@ -204,6 +204,7 @@ def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
         AgentMessage(AGENT, user, at(7), "Noted \u00e9.", "r1", "c1"),
         TurnEnded(AGENT, user, at(8), "cancelled", f"Once upon a {mark}", "", "r2"),
         TurnEnded(AGENT, user, at(9), "failed", "", "the model server failed (HTTP 503)"),
+        TurnEnded(AGENT, user, at(9), "cancelled", "half an \u00e9", "", "r4", "c4"),  # with its chat's command_id
         MemoryCleared(AGENT, user, at(10), False, "r3"),
     ]
 
