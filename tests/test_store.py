@@ -717,7 +717,8 @@ def test_a_main_m003_log_with_facts_and_turn_activity_migrates_to_memory_index(t
         indexed = {r[0] for r in log._conn.execute("SELECT rowid FROM memory_index")}
         memory_rows = {seq for seq, e in enumerate(events, start=1)
                        if e.TYPE in ("user_message", "agent_message", "fact_remembered")}
-        assert indexed == {s for s in memory_rows if events[s - 1].user == USER or s > 25}
+        clear_seq = next(s for s, e in enumerate(events, start=1) if e.TYPE == "memory_cleared" and e.long_term)
+        assert indexed == {s for s in memory_rows if events[s - 1].user == USER or s > clear_seq}
         hits = log.search(AGENT, USER, "teal", 10)
         assert {(h.seq, h.role) for h in hits} == {(1, "user"), (3, "fact")}  # not the tool call's arguments
         assert [h.role for h in log.search(AGENT, USER, "la", 10)] == ["fact"]
