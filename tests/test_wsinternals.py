@@ -9,7 +9,7 @@ from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_str
 import pytest
 
 from transport import protocol as p
-from transport._wsinternals import batching_supported, send_text_batch
+from transport._wsinternals import batching_supported, drop_handshake_parser, send_text_batch
 
 
 async def pair(nursery):
@@ -89,3 +89,19 @@ def test_coalesce_merges_adjacent_chunks_of_one_turn_only():
         p.ResponseChunk("a", "after", "r"),
     ]
     assert p.coalesce([]) == []
+
+
+async def test_dropping_the_handshake_parser_leaves_the_connection_working():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        drop_handshake_parser(server_ws)
+        assert server_ws._wsproto.handshake._h11_connection is None  # the installed wsproto has it
+        await client_ws.send_message("x" * 70_000)  # several reads, frames split across them
+        assert await server_ws.get_message() == "x" * 70_000
+        await server_ws.send_message("back")
+        assert await client_ws.get_message() == "back"
+        await client_ws.ping(b"p")
+        await client_ws.aclose()
+        with pytest.raises(ConnectionClosed):
+            await server_ws.get_message()
+        nursery.cancel_scope.cancel()
