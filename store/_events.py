@@ -5,6 +5,7 @@ Must not import trio, `actors` or `transport`.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring as _quote  # the string encoder of ensure_ascii=False
 from typing import Union
 
 from attrs import frozen
@@ -165,7 +166,29 @@ REDACTED = '{"content":"","redacted":true}'
 
 
 def payload_of(event: Event) -> str:
-    """The JSON payload stored for `event`: everything but the columns the log indexes."""
+    """The JSON payload stored for `event`: everything but the columns the log indexes.
+
+    Exactly `json.dumps(body, ensure_ascii=False, separators=(",", ":"))`: spelled out for the
+    messages and clears (it runs for every appended message), `json.dumps` itself for the
+    others (a turn's activity, see `_payload_by_dumps`).
+    """
+    if isinstance(event, MemoryCleared):
+        text = '{"long_term":true' if event.long_term else '{"long_term":false'
+    elif event.TYPE in ROLE_OF_TYPE:
+        text = '{"content":' + _quote(event.content)
+    else:
+        return _payload_by_dumps(event)
+    if event.request_id is not None:
+        text += ',"request_id":' + _quote(event.request_id)
+    command_id = getattr(event, "command_id", None)
+    if command_id is not None:
+        text += ',"command_id":' + _quote(command_id)
+    return text + "}"
+
+
+def _payload_by_dumps(event: Event) -> str:
+    """`payload_of` the general way: the body as a dict, then `json.dumps` (the reference the
+    spelled-out cases must match byte for byte)."""
     body: dict[str, object] = {}
     if isinstance(event, MemoryCleared):
         body["long_term"] = event.long_term

@@ -534,7 +534,7 @@ def _index_check(log: EventLog, r: Rebuilt, streams: list[tuple[str, str]]) -> C
     compared = 0
     for key in sorted(set(streams) | set(r.memories)):
         rowids = {row[0] for row in conn.execute(
-            "SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?", (f"scope : {scope_token(*key)}",)
+            "SELECT rowid FROM memory_index WHERE memory_index MATCH ?", (f'"{scope_token(*key)}"',)
         )}
         accounted += len(rowids)
         if key in r.tainted:
@@ -553,7 +553,7 @@ def _index_check(log: EventLog, r: Rebuilt, streams: list[tuple[str, str]]) -> C
                 f"{_stream(key)}: the index holds {len(rowids)} messages, the projection {expected_count} long-term"
                 + (f" ({'; '.join(detail)})" if detail else "")
             )
-    (total,) = conn.execute("SELECT count(*) FROM memory_fts").fetchone()
+    (total,) = conn.execute("SELECT count(*) FROM memory_index").fetchone()
     if total > accounted:
         problems.append(f"{_n(total - accounted, 'index row')} belonging to no (agent, user) of the log")
     return _check(

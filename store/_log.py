@@ -5,27 +5,34 @@ Synchronous and thread-agnostic (one caller at a time). Must not import trio, `a
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator, Sequence
 
 from attrs import frozen
 
-from ._events import ACTIVITY_TYPES, REDACTED, ROLE_OF_TYPE, Event, MemoryCleared, Recorded, event_from_row, is_message, \
-    payload_of, redacted_payload
+from ._events import (
+    ACTIVITY_TYPES,
+    REDACTED,
+    ROLE_OF_TYPE,
+    Event,
+    MemoryCleared,
+    Recorded,
+    event_from_row,
+    is_message,
+    payload_of,
+    redacted_payload,
+)
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
+from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
 logger = logging.getLogger("agentcast.store")
 
 #: Most distinct words of a query that a search uses; the rest are ignored.
 MAX_QUERY_TERMS = 32
-
-_WORD = re.compile(r"\w+")
-
 
 @frozen
 class Hit:
@@ -38,28 +45,24 @@ class Hit:
     score: float
 
 
-def scope_token(agent_id: str, user: str) -> str:
-    """The one index token that names an (agent, user) memory; opaque and collision-resistant."""
-    digest = hashlib.blake2b(f"{agent_id}\x00{user}".encode(), digest_size=12).hexdigest()
-    return "s" + digest
-
-
 def match_expression(agent_id: str, user: str, query: str) -> str | None:
     """The FTS5 MATCH for `query` within one (agent, user), or None if it has no words.
 
-    The query is text, never FTS syntax: it is cut into words and each word is quoted,
-    so quotes, operators, `NEAR(`, `*`, `-` or `:` in it are just characters.
+    The query is text, never FTS syntax: it is cut into words (as messages are, see `_terms`)
+    and each becomes the quoted index term of that word in that memory, so quotes, operators,
+    `NEAR(`, `*`, `-` or `:` in it are just characters, and only that memory's postings are read.
     """
+    scope = scope_token(agent_id, user)
     terms: list[str] = []
-    for word in _WORD.findall(query.lower()):
-        if word not in terms:
-            terms.append(word)
+    for word in words(query):
+        t = term(scope, word)
+        if t not in terms:
+            terms.append(t)
             if len(terms) == MAX_QUERY_TERMS:
                 break
     if not terms:
         return None
-    words = " OR ".join(f'"{t}"' for t in terms)
-    return f"scope : {scope_token(agent_id, user)} AND content : ({words})"
+    return " OR ".join(f'"{t}"' for t in terms)
 
 
 class EventLog:
@@ -113,18 +116,28 @@ class EventLog:
         forgot = False
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Sequence numbers are given explicitly: the next ones after the newest, which is what
+            # SQLite would pick (seq is the rowid; nothing else writes during this transaction), so
+            # that the rows go in with one executemany per table instead of two statements per event.
+            (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            rows: list[tuple] = []
+            indexed: list[tuple[int, str]] = []
             for batch in batches:
                 recorded = []
                 for event in batch:
-                    cur = conn.execute(
-                        "INSERT INTO events (at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?)",
-                        (event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
-                         getattr(event, "command_id", None)),
-                    )
-                    seq = cur.lastrowid
-                    forgot = self._project(seq, event) or forgot
+                    seq += 1
+                    rows.append((seq, event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
+                                 getattr(event, "command_id", None)))
+                    if isinstance(event, MemoryCleared):
+                        if event.long_term:  # what it forgets must be in the tables first
+                            self._write_rows(rows, indexed)
+                            self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
+                            forgot = True
+                    elif is_message(event):  # a turn's activity (tool calls, ended turns) is not indexed
+                        indexed.append((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
+            self._write_rows(rows, indexed)
             for memory in snapshots:
                 conn.execute(
                     "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
@@ -154,37 +167,43 @@ class EventLog:
         finally:
             conn.execute(f"PRAGMA busy_timeout={int(busy_timeout)}")
 
-    def _project(self, seq: int, event: Event) -> bool:
-        """Keep the index in step with `event`; True if it made the log forget something."""
-        scope = scope_token(event.agent_id, event.user)
-        if isinstance(event, MemoryCleared):
-            if event.long_term:
-                self._forget(seq, event.agent_id, event.user, scope)
-                return True
-        elif is_message(event):
-            self._conn.execute(
-                "INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
-                (seq, event.content, scope),
+    def _write_rows(self, rows: list[tuple], indexed: list[tuple[int, str]]) -> None:
+        """Insert the pending event rows and their index rows (the search index is kept in step
+        with the log in the same transaction); empties both lists."""
+        if rows:
+            self._conn.executemany(
+                "INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
-        return False
+            rows.clear()
+        if indexed:
+            self._conn.executemany("INSERT INTO memory_index (rowid, terms) VALUES (?, ?)", indexed)
+            indexed.clear()
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
-        """Erase the text of every message of (agent_id, user) before `seq`: index rows and event payloads.
+        """Erase the text of every message (user, agent, fact) of (agent_id, user) before `seq`, index rows
+        and event payloads, and the text of its turns' activity (tool arguments and results, partial answers).
 
         The events keep their rows and sequence numbers; their payload becomes REDACTED. With
         `secure_delete` on, SQLite zeroes the freed bytes; FTS5 drops the tokens from its
         index in place (secure-delete, SQLite >= 3.42) or, on older SQLite, by rewriting it.
         """
         conn = self._conn
-        conn.execute(
-            "DELETE FROM memory_fts WHERE rowid IN (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ?)",
-            (f"scope : {scope}",),
+        # The index keeps no text: a row is deleted by giving its terms again (made from the
+        # event's text, still there until the UPDATE below).
+        remembered = conn.execute(
+            "SELECT seq, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
+            f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
+            (agent_id, user, seq, REDACTED),
+        ).fetchall()
+        conn.executemany(
+            "INSERT INTO memory_index (memory_index, rowid, terms) VALUES ('delete', ?, ?)",
+            [(s, index_terms(scope, json.loads(payload)["content"])) for s, payload in remembered],
         )
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
-        messages = ", ".join(f"'{t}'" for t in ROLE_OF_TYPE)
         conn.execute(
             "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
-            f"AND type IN ({messages}) AND payload != ?",
+            f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
             (REDACTED, agent_id, user, seq, REDACTED),
         )
         # Tool calls and results and partial answers hold the user's words too: their text goes as well.
@@ -199,7 +218,7 @@ class EventLog:
             if redacted != payload:
                 conn.execute("UPDATE events SET payload = ? WHERE seq = ?", (redacted, row_seq))
         if not FTS5_SECURE_DELETE:
-            conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
+            conn.execute("INSERT INTO memory_index (memory_index) VALUES ('optimize')")
 
     def _checkpoint(self, patience: float) -> None:
         """Copy the WAL into the database and truncate it, so no old page survives in the WAL.
@@ -329,16 +348,19 @@ class EventLog:
         """The best `limit` messages of (agent_id, user)'s long-term memory for `query`, best first.
 
         Only messages with a sequence number >= `since_seq` are considered (to search the
-        short-term window alone). Ranking is SQLite FTS5's BM25.
+        short-term window alone). Ranking is SQLite FTS5's BM25, with a word's document frequency
+        counted among this memory's messages (the term is the memory's own; the number of
+        messages and their average length are the whole index's). Equally good messages come in
+        FTS5's order.
         """
         match = match_expression(agent_id, user, query)
         if match is None:
             return []
         rows = self._conn.execute(
-            "SELECT e.seq, e.type, memory_fts.content, e.at, -memory_fts.rank "
-            "FROM memory_fts JOIN events e ON e.seq = memory_fts.rowid "
-            "WHERE memory_fts MATCH ? AND memory_fts.rowid >= ? "
-            "ORDER BY memory_fts.rank LIMIT ?",
+            "SELECT e.seq, e.type, json_extract(e.payload, '$.content'), e.at, -memory_index.rank "
+            "FROM memory_index JOIN events e ON e.seq = memory_index.rowid "
+            "WHERE memory_index MATCH ? AND memory_index.rowid >= ? "
+            "ORDER BY memory_index.rank LIMIT ?",
             (match, since_seq, limit),
         )
         return [

@@ -12,6 +12,8 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from sqlite_utils.utils import sqlite3  # pysqlite3 (a newer SQLite) when installed, else the stdlib
 
+from ._terms import index_is_current, reindex
+
 #: FTS5 can remove a deleted row's tokens from its index in place from SQLite 3.42 on (the
 #: pysqlite3-binary wheel brings a current SQLite; the stdlib's may be older). Without it the
 #: index is rewritten ('optimize') after each forgetting instead.
@@ -68,6 +70,22 @@ def m003_snapshots(db: Database) -> None:
         )
         """
     )
+
+
+@migrations()
+def m004_search_index_by_user(db: Database) -> None:
+    """The search index becomes `memory_index`: one term per (agent, user, word), contentless.
+
+    A search then reads only the user's own postings, even for words every user uses (in
+    `memory_fts`, "the" had one list of every message of every user, which a search for it read
+    whole to rank it). The index no longer keeps the text (a search takes it from the event); it
+    is filled from the log and `memory_fts` is dropped. `memory_index_words` records the Unicode
+    version the terms were made with (see `store._terms.index_is_current`).
+    """
+    db.execute("CREATE VIRTUAL TABLE memory_index USING fts5(terms, content='')")
+    db.execute("CREATE TABLE memory_index_words (unicode TEXT NOT NULL)")
+    reindex(db.conn)
+    db.execute("DROP TABLE memory_fts")
 
 
 class NotAnEventLog(Exception):
@@ -154,7 +172,10 @@ def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") ->
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
             migrations.apply(db)
         if FTS5_SECURE_DELETE:  # a persistent setting of the index; older SQLite versions ignore it
-            conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('secure-delete', 1)")
+            conn.execute("INSERT INTO memory_index (memory_index, rank) VALUES ('secure-delete', 1)")
+        if not index_is_current(conn):  # made by a Python with another Unicode version: made again
+            with db.atomic():
+                reindex(conn)
     except BaseException:
         conn.close()
         raise

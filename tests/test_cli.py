@@ -108,7 +108,7 @@ def _first_line(proc: subprocess.Popen, timeout: float) -> str | None:
             raise TimeoutError(f"agentcast serve printed no 'listening' line within {timeout}s (got {buf!r})")
         ready, _, _ = select.select([fd], [], [], remaining)
         if ready:
-            chunk = os.read(fd, 4096)
+            chunk = os.read(fd, 1)  # a byte at a time: what follows the line stays in the pipe for the test
             if not chunk:
                 return None
             buf += chunk
@@ -275,6 +275,27 @@ def only_memory(dump: dict, agent_id: str, user: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # 1. kill -9 durability
 # ---------------------------------------------------------------------------------------------
+
+
+def test_serve_names_the_chat_page_and_it_answers(tmp_path, serve):
+    import urllib.request
+
+    server = serve(tmp_path / "agentcast.db")
+    fd = server.proc.stdout.fileno()
+    deadline = time.monotonic() + START_TIMEOUT
+    out = b""
+    while b"chat page:" not in out or not out.endswith(b"\n"):
+        assert time.monotonic() < deadline, f"no 'chat page' line on stdout: {out!r}"
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if ready:
+            out += os.read(fd, 4096)
+    line = out.decode().splitlines()[-1]
+    url = re.match(r"^chat page: (http://127\.0\.0\.1:\d+/) ", line)[1]
+    assert url == f"http://127.0.0.1:{server.port}/"
+    with urllib.request.urlopen(url, timeout=FRAME_TIMEOUT) as page:
+        assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+        assert b"agentcast" in page.read()
+    assert server.stop() == 0
 
 
 def test_sigkill_after_agent_done_loses_nothing(tmp_path, serve):

@@ -132,8 +132,8 @@ async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(h):
 
 
 async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(h):
+    h.settings = {"outbox_bytes": 3000}  # frames are many fewer than outbox_size; their text is not
     ws, conn = await h.client(lockstep=True)
-    conn._outbox_bytes = 3000  # frames are many fewer than outbox_size; their text is not
     for _ in range(3):
         await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
     await h.wait_finished(conn)

@@ -8,7 +8,7 @@ import pytest
 
 import store._log
 import store._schema
-from store import AgentMessage, EventLog, MemoryCleared, UserMessage
+from store import AgentMessage, EventLog, FactRemembered, MemoryCleared, ToolCalled, ToolReturned, TurnEnded, UserMessage, verify
 from support import connect, running_server
 
 A_MARK = "zqxalphamarker"
@@ -55,6 +55,58 @@ def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts
     fill(reopened, "A", "fresh", 1)
     reopened.close()
     assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+
+
+def turn_marks(user: str) -> dict[str, str]:
+    """Words that only (a, `user`)'s fact, tool arguments, tool result, tool error and partial answer say."""
+    return {kind: f"zqx{kind}{user.lower()}marker" for kind in ("fact", "args", "result", "error", "partial")}
+
+
+def a_real_turn(user: str, i: int) -> list:
+    """What a real model's turn logs: a message, a `remember` tool call, the fact, the tool's result,
+    a failing tool, the answer; then a cancelled turn with a partial answer."""
+    m = turn_marks(user)
+    return [
+        UserMessage("a", user, "t", f"remember that I like tea {i}", f"r{i}"),
+        ToolCalled("a", user, "t", f"c{i}", "remember", {"fact": f"likes {m['args']} {i}"}, f"r{i}"),
+        FactRemembered("a", user, "t", f"likes {m['fact']} tea, thé {i}", f"r{i}"),
+        ToolReturned("a", user, "t", f"c{i}", "remember", {"remembered": f"{m['result']} {i}"}, None, f"r{i}"),
+        ToolCalled("a", user, "t", f"d{i}", "search_memory", "{not json", f"r{i}"),
+        ToolReturned("a", user, "t", f"d{i}", "search_memory", None, f"bad arguments {m['error']}", f"r{i}"),
+        AgentMessage("a", user, "t", "Noted.", f"r{i}"),
+        UserMessage("a", user, "t", "tell me a story", f"s{i}"),
+        TurnEnded("a", user, "t", "cancelled", f"Once upon a {m['partial']}", "", f"s{i}"),
+    ]
+
+
+def test_a_long_term_clear_erases_facts_tool_arguments_results_and_partial_answers_from_every_byte(
+        tmp_path, fts_mode):
+    db = tmp_path / "t.db"
+    with EventLog.open(db) as log:
+        for i in range(20):  # many commits: many FTS segments, many WAL frames
+            log.append([a_real_turn("A", i)])
+            log.append([a_real_turn("B", i)])
+        a_marks, b_marks = turn_marks("A").values(), turn_marks("B").values()
+        raw = raw_bytes(db)
+        assert all(mark.encode() in raw for mark in [*a_marks, *b_marks])
+        fact_a, fact_b = turn_marks("A")["fact"], turn_marks("B")["fact"]
+        assert {h.role for h in log.search("a", "A", fact_a, 5)} == {"fact"}  # a fact is found by search
+        assert log.search("a", "A", turn_marks("A")["args"], 5) == []  # a turn's activity is not memory
+        (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
+        raw = raw_bytes(db)
+        for mark in a_marks:
+            assert mark.encode() not in raw, mark
+        assert all(mark.encode() in raw for mark in b_marks)
+        assert log.search("a", "A", fact_a, 5) == [] and log.search("a", "A", "tea", 5) == []
+        assert {h.role for h in log.search("a", "B", fact_b, 5)} == {"fact"}  # B's are intact
+        # the index holds nothing of A's any more (its rows were deleted with their own terms)
+        assert log._conn.execute("SELECT count(*) FROM memory_index WHERE memory_index MATCH ?",
+                                 (f'"{store._log.scope_token("a", "A")}"',)).fetchone() == (0,)
+        report = verify(log)
+        assert report.ok, report.as_json()
+        log.append([a_real_turn("A", 99)])  # remembering again after the clear
+        assert [h.content for h in log.search("a", "A", fact_a, 5)] == [f"likes {fact_a} tea, thé 99"]
+        assert verify(log).ok
 
 
 def test_a_short_term_clear_erases_nothing(tmp_path):

@@ -3,6 +3,7 @@ text length, connections per user and in total (issue 4's limits, each with its 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import trio
@@ -62,6 +63,36 @@ async def test_an_idle_connection_is_closed_with_1001_and_activity_keeps_it(h, a
     with pytest.raises(ConnectionClosed) as closed:
         await ws.get_message()
     assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
+
+
+async def test_with_heartbeats_on_an_idle_connection_is_still_closed_and_pongs_are_not_activity(h, autojump_clock):
+    """Heartbeat and idle timeout share one task per connection: both act."""
+    h.settings = {"heartbeat_interval": 20, "heartbeat_timeout": 20, "idle_timeout": 100}
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    start = trio.current_time()
+    with pytest.raises(ConnectionClosed) as closed:  # reading: trio-websocket answers the pings meanwhile
+        while True:
+            await ws.get_message()
+    assert closed.value.reason.code == GOING_AWAY and 99 <= trio.current_time() - start <= 101
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the attribute layout of CPython 3.11")
+async def test_a_connection_keeps_its_attributes_in_the_compact_shared_key_layout(h):
+    """Memory per idle connection (bench/idle.py): CPython 3.11 keeps an instance's attributes inline,
+    with keys shared by the class, only while the class has at most 29 of them; with 30 or more each
+    Connection carries a full dict of its own (about 1.3 KiB more). See Connection.__init__."""
+    conns = []
+    for _ in range(3):
+        ws, conn = await h.client()
+        assert (await recv(ws))["type"] == "connected"
+        await ws.send_message(json.dumps({"type": "ping"}))  # has read, written and taken a rate token
+        assert (await recv(ws))["type"] == "ping"
+        conns.append(conn)
+    for conn in conns:
+        attributes = vars(conn)
+        assert len(attributes) <= 29, sorted(attributes)
+        assert sys.getsizeof(attributes) < sys.getsizeof(dict(attributes)) / 2  # a split dict, not a full one
 
 
 async def test_frames_past_the_rate_limit_are_refused_and_the_bucket_refills(h, autojump_clock):

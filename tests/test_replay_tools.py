@@ -19,6 +19,7 @@ import pytest
 
 from store import AgentMessage, Cut, EventLog, MemoryCleared, UserMessage, memory_at, parse_instant, verify
 from store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
+from store._terms import index_terms, scope_token
 from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
 from transport.cli import main
 
@@ -342,11 +343,12 @@ def test_verify_an_empty_log(capsys, tmp_path):
          "event types", "seq 10: unknown event type 'bogus'"),
         (["UPDATE events SET payload = '{not json' WHERE seq = 8"], "payloads", "seq 8: undecodable user_message payload"),
         (["UPDATE events SET payload = '{\"long_term\": \"yes\"}' WHERE seq = 4"], "payloads", "seq 4: undecodable"),
-        (["DELETE FROM memory_fts WHERE rowid = 5"], "search index",
+        ([f"INSERT INTO memory_index (memory_index, rowid, terms) "
+          f"VALUES ('delete', 5, '{index_terms(scope_token('my_agent', 'u1'), 'charlie cherries')}')"], "search index",
          "agent 'my_agent' user 'u1': the index holds 3 messages, the projection 4 long-term (missing seq 5)"),
-        (["INSERT INTO memory_fts (rowid, content, scope) VALUES (3, 'bravo bananas', "
-          "(SELECT scope FROM memory_fts WHERE rowid = 8))"], "search index", "unexpected seq 3"),
-        (["INSERT INTO memory_fts (rowid, content, scope) VALUES (100, 'orphan', 'snobody')"], "search index",
+        ([f"INSERT INTO memory_index (rowid, terms) VALUES (3, '{index_terms(scope_token('my_agent', 'u1'), 'bravo')}')"],
+         "search index", "unexpected seq 3"),
+        (["INSERT INTO memory_index (rowid, terms) VALUES (100, 'snobody snobodyworphan')"], "search index",
          "1 index row belonging to no (agent, user)"),
         (["UPDATE events SET agent_id = 'ghost' WHERE seq = 6"], "search index", "unexpected seq 6"),
         (["UPDATE snapshots SET state = json_set(state, '$.long_term_count', 99)"], "snapshots",

@@ -24,6 +24,7 @@ from store import (
     match_expression,
     rebuild,
 )
+from store._terms import scope_token, words
 
 AGENT = "echo"
 USER = "u1"
@@ -139,6 +140,83 @@ def test_append_is_all_or_nothing_across_batches(tmp_path, bad_content, error):
     with EventLog.open(path, readonly=True) as reopened:
         assert [r.event.content for r in reopened.read()] == ["committed before", "zebra later"]
         assert [h.content for h in reopened.search(AGENT, USER, "zebra", 10)] == ["zebra later"]
+
+
+def test_append_gives_consecutive_seqs_across_batches_and_calls(log):
+    out = log.append([[user_msg("a"), agent_msg("b")], [cleared(False)], [user_msg("c", user="u2")]])
+    (more,) = log.append([[agent_msg("d")]])
+    seqs = [r.seq for batch in out for r in batch] + [r.seq for r in more]
+    assert seqs == [1, 2, 3, 4, 5]
+    assert [r.seq for r in log.read()] == seqs
+
+
+def test_a_long_term_clear_inside_one_append_forgets_what_came_before_it_in_that_append(log):
+    (recorded,) = log.append([[
+        user_msg("zebra before", i=1),
+        agent_msg("zebra reply before", i=2),
+        user_msg("zebra of another user", user="u2", i=3),
+        cleared(True, i=4),
+        user_msg("zebra after", i=5),
+    ]])
+    assert [r.seq for r in recorded] == [1, 2, 3, 4, 5]
+    assert [h.content for h in log.search(AGENT, USER, "zebra", 10)] == ["zebra after"]
+    assert [h.content for h in log.search(AGENT, "u2", "zebra", 10)] == ["zebra of another user"]
+    contents = [getattr(r.event, "content", None) for r in log.read()]
+    assert contents == ["", "", "zebra of another user", None, "zebra after"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        UserMessage(AGENT, USER, at(1), 'quotes " and \\ back\nslash, caf\u00e9 \U0001f600 \x00 \u2028', "r1", "c1"),
+        AgentMessage(AGENT, USER, at(1), "", None, "c2"),
+        AgentMessage(AGENT, USER, at(1), "plain", "r3"),
+        MemoryCleared(AGENT, USER, at(1), True, "r4"),
+        MemoryCleared(AGENT, USER, at(1), False),
+    ],
+)
+def test_payload_is_the_compact_json_of_the_event(event):
+    import json
+
+    from store._events import payload_of
+
+    body = {"long_term": event.long_term} if isinstance(event, MemoryCleared) else {"content": event.content}
+    if event.request_id is not None:
+        body["request_id"] = event.request_id
+    if getattr(event, "command_id", None) is not None:
+        body["command_id"] = event.command_id
+    assert payload_of(event) == json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+
+
+def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
+    """One of each event type a log may hold (a real model's turn included), with awkward text."""
+    from store import FactRemembered, ToolCalled, ToolReturned, TurnEnded
+
+    return [
+        UserMessage(AGENT, user, at(1), f'I like {mark} "quoted" caf\u00e9 \U0001f600 \u2028', "r1", "c1"),
+        ToolCalled(AGENT, user, at(2), "call_1", "remember", {"fact": f"likes {mark}", "n": [1, 2.5, None, True]}, "r1"),
+        FactRemembered(AGENT, user, at(3), f"likes {mark} \u00e0 la caf\u00e9", "r1"),
+        FactRemembered(AGENT, user, at(3), "no request id"),
+        ToolReturned(AGENT, user, at(4), "call_1", "remember", {"remembered": f"likes {mark}", "seq": 3}, None, "r1"),
+        ToolCalled(AGENT, user, at(5), "call_2", "search_memory", "{not json \x00", "r1"),
+        ToolReturned(AGENT, user, at(6), "call_2", "search_memory", None, "bad \"arguments\"", "r1"),
+        ToolReturned(AGENT, user, at(6), "call_3", "current_time", "12:00", None),
+        AgentMessage(AGENT, user, at(7), "Noted \u00e9.", "r1", "c1"),
+        TurnEnded(AGENT, user, at(8), "cancelled", f"Once upon a {mark}", "", "r2"),
+        TurnEnded(AGENT, user, at(9), "failed", "", "the model server failed (HTTP 503)"),
+        TurnEnded(AGENT, user, at(9), "cancelled", "half an \u00e9", "", "r4", "c4"),  # with its chat's command_id
+        MemoryCleared(AGENT, user, at(10), False, "r3"),
+    ]
+
+
+@pytest.mark.parametrize("event", every_kind_of_event(), ids=lambda e: e.TYPE)
+def test_payload_of_every_event_type_is_what_json_dumps_makes(event):
+    """Messages (facts included) and clears are spelled out; the others go through json.dumps.
+    Either way the bytes are those of the general dict + json.dumps builder."""
+    from store._events import _payload_by_dumps, event_from_row, payload_of
+
+    assert payload_of(event) == _payload_by_dumps(event)
+    assert event_from_row(event.TYPE, event.agent_id, event.user, event.at, payload_of(event)) == event
 
 
 # -- fold / rebuild ------------------------------------------------------------------------
@@ -342,7 +420,8 @@ def test_search_query_without_words_returns_nothing(log, query):
 def test_match_expression_quotes_every_word():
     expr = match_expression(AGENT, USER, 'NEAR(a "b" OR c*')
     assert expr is not None
-    assert '"near"' in expr and '"a"' in expr and '"b"' in expr and '"or"' in expr and '"c"' in expr
+    scope = scope_token(AGENT, USER)
+    assert expr == " OR ".join(f'"{scope}w{word}"' for word in ("near", "a", "b", "or", "c"))
     assert "NEAR(" not in expr and "*" not in expr
 
 
@@ -523,3 +602,157 @@ def test_readonly_log_sees_events_committed_by_an_open_writable_log(tmp_path):
             assert [r.event.content for r in reader.read()] == ["turquoise one", "turquoise two"]
             assert reader.last_seq() == writer.last_seq() == 2
             assert len(reader.search(AGENT, USER, "turquoise", 10)) == 2
+
+
+# -- the search index: per-memory terms, migration, rebuild ---------------------------------
+
+
+def test_words_fold_case_and_accents_and_split_like_fts5():
+    assert words("Café CRÈME, foo_bar don't 東京タワー 42x") == ["cafe", "creme", "foo", "bar", "don", "t", "東京タワー", "42x"]
+
+
+def test_search_matches_regardless_of_case_and_accents(log):
+    append_one(log, user_msg("Un café crème à Genève"), user_msg("東京タワー を 見た"))
+    assert [h.content for h in log.search(AGENT, USER, "CAFE creme", 5)] == ["Un café crème à Genève"]
+    assert [h.content for h in log.search(AGENT, USER, "genève", 5)] == ["Un café crème à Genève"]
+    assert [h.content for h in log.search(AGENT, USER, "東京タワー", 5)] == ["東京タワー を 見た"]
+
+
+def test_a_rare_word_outranks_words_every_message_has(log):
+    append_one(log, *(user_msg(f"the and you {i}", i=i % 60) for i in range(30)))
+    append_one(log, user_msg("the and you turquoise"))
+    hits = log.search(AGENT, USER, "the and you turquoise", 3)
+    assert hits[0].content == "the and you turquoise"
+
+
+def test_document_frequency_is_counted_within_the_memory(log):
+    """Another user's messages full of a word do not make it less telling for this user."""
+    append_one(log, user_msg("zebra crossing"), user_msg("quiet street"))
+    before = [(h.content, h.score) for h in log.search(AGENT, USER, "zebra street", 5)]
+    append_one(log, *(user_msg("zebra zebra zebra", user="u2") for _ in range(50)))
+    after = [h.content for h in log.search(AGENT, USER, "zebra street", 5)]
+    assert [c for c, _ in before] == after
+    assert sorted(after) == ["quiet street", "zebra crossing"]
+
+
+def old_schema_log(path):
+    """A log as agentcast wrote it before migration m004: the `memory_fts` index with its text."""
+    from sqlite_utils import Database
+
+    from store._schema import APPLICATION_ID, migrations
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    db = Database(conn)
+    migrations.apply(db, stop_before="m004_search_index_by_user")
+    rows = [(1, "user_message", USER, '{"content":"my favourite colour is turquoise"}'),
+            (2, "agent_message", USER, '{"content":"You said: my favourite colour is turquoise"}'),
+            (3, "user_message", "u2", '{"content":"","redacted":true}'),
+            (4, "memory_cleared", "u2", '{"long_term":true}'),
+            (5, "user_message", "u2", '{"content":"turquoise again"}')]
+    for seq, type_, user, payload in rows:
+        conn.execute("INSERT INTO events (seq, at, type, agent_id, user, payload) VALUES (?, ?, ?, ?, ?, ?)",
+                     (seq, at(seq), type_, AGENT, user, payload))
+        if type_ != "memory_cleared" and "redacted" not in payload:
+            conn.execute("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, json_extract(?, '$.content'), ?)",
+                         (seq, payload, scope_token(AGENT, user)))
+    conn.close()
+
+
+def test_an_old_log_is_reindexed_and_memory_fts_dropped(tmp_path):
+    from store import verify
+
+    path = tmp_path / "old.db"
+    old_schema_log(path)
+    with EventLog.open(path) as log:
+        tables = {r[0] for r in log._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert "memory_fts" not in tables and "memory_index" in tables
+        assert [h.seq for h in log.search(AGENT, USER, "turquoise", 5)] == [1, 2]
+        assert [h.content for h in log.search(AGENT, "u2", "turquoise", 5)] == ["turquoise again"]
+        assert verify(log).ok
+        log.append([[cleared(True, i=9)]])  # forgetting works on the migrated index
+        assert log.search(AGENT, USER, "turquoise", 5) == []
+        assert verify(log).ok
+
+
+def m003_log_as_main_wrote_it(path) -> list:
+    """A log at schema m003 as the main branch's server wrote it (before m004): every event type,
+    facts among them, their `memory_fts` rows (main indexed user, agent and fact messages), and a
+    user whose memory, a fact included, was forgotten (payloads redacted, index rows deleted)."""
+    from sqlite_utils import Database
+
+    from store._events import ROLE_OF_TYPE, payload_of, redacted_payload
+    from store._schema import APPLICATION_ID, migrations
+
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA secure_delete=ON")  # as main's server opened its log
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    migrations.apply(Database(conn), stop_before="m004_search_index_by_user")
+    conn.execute("INSERT INTO memory_fts (memory_fts, rank) VALUES ('secure-delete', 1)")
+    events = every_kind_of_event(USER, "teal") + every_kind_of_event("u2", "ochre")
+    events.append(cleared(True, user="u2", i=11))
+    events += every_kind_of_event("u2", "umber")
+    clear_seq = len(every_kind_of_event()) * 2 + 1
+    for seq, event in enumerate(events, start=1):
+        payload = payload_of(event)
+        if event.user == "u2" and seq < clear_seq:
+            payload = redacted_payload(event.TYPE, payload)
+        conn.execute("INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                     (seq, event.at, event.TYPE, event.agent_id, event.user, payload, getattr(event, "command_id", None)))
+        if event.TYPE in ROLE_OF_TYPE and not (event.user == "u2" and seq < clear_seq):
+            conn.execute("INSERT INTO memory_fts (rowid, content, scope) VALUES (?, ?, ?)",
+                         (seq, event.content, scope_token(event.agent_id, event.user)))
+    conn.close()
+    return events
+
+
+def test_a_main_m003_log_with_facts_and_turn_activity_migrates_to_memory_index(tmp_path):
+    from store import rebuild, verify
+
+    path = tmp_path / "m003.db"
+    events = m003_log_as_main_wrote_it(path)
+    with EventLog.open(path) as log:
+        assert verify(log).ok, verify(log).as_json()
+        indexed = {r[0] for r in log._conn.execute("SELECT rowid FROM memory_index")}
+        memory_rows = {seq for seq, e in enumerate(events, start=1)
+                       if e.TYPE in ("user_message", "agent_message", "fact_remembered")}
+        clear_seq = next(s for s, e in enumerate(events, start=1) if e.TYPE == "memory_cleared" and e.long_term)
+        assert indexed == {s for s in memory_rows if events[s - 1].user == USER or s > clear_seq}
+        hits = log.search(AGENT, USER, "teal", 10)
+        assert {(h.seq, h.role) for h in hits} == {(1, "user"), (3, "fact")}  # not the tool call's arguments
+        assert [h.role for h in log.search(AGENT, USER, "la", 10)] == ["fact"]
+        assert log.search(AGENT, "u2", "ochre", 10) == []  # forgotten before the migration
+        assert {h.role for h in log.search(AGENT, "u2", "umber", 10)} == {"user", "fact"}
+        memory = log.memory(AGENT, USER)
+        assert memory == rebuild(AGENT, USER, list(log.read(user=USER)))
+        assert memory.long_term_count == 4 and memory.short_term == ()  # user, 2 facts, answer; a short clear
+        # a long-term clear on the migrated index forgets the facts too, and verify stays clean
+        log.append([[cleared(True, i=20)]])
+        assert log.search(AGENT, USER, "teal", 10) == [] and log.search(AGENT, USER, "la", 10) == []
+        report = verify(log)
+        assert report.ok, report.as_json()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("m003.db"))
+    assert b"teal" not in raw and b"ochre" not in raw and b"umber" in raw
+
+
+def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
+    from store import verify
+
+    path = tmp_path / "log.db"
+    with EventLog.open(path) as log:
+        append_one(log, user_msg("Un café crème"), user_msg("the other one", user="u2"))
+        log._conn.execute("UPDATE memory_index_words SET unicode = '1.0'")
+        log._conn.execute("INSERT INTO memory_index (memory_index) VALUES ('delete-all')")  # as if made otherwise
+        assert log.search(AGENT, USER, "cafe", 5) == []
+    with EventLog.open(path) as log:
+        assert [h.content for h in log.search(AGENT, USER, "cafe", 5)] == ["Un café crème"]
+        assert verify(log).ok
+
+
+@pytest.mark.parametrize("text", ["", "...", "plain words here", "Café au lait", "東京 and Tokyo", "a_b-c"])
+def test_index_terms_are_the_scope_then_the_term_of_each_word(text):
+    from store._terms import index_terms, term
+
+    scope = scope_token(AGENT, USER)
+    assert index_terms(scope, text) == " ".join([scope, *(term(scope, w) for w in words(text))])

@@ -15,7 +15,7 @@ import pytest
 
 from transport import protocol as p
 from transport._http import PrefixedStream
-from transport._wsinternals import _socket_fd, batching_supported, plain_framing, send_text_batch
+from transport._wsinternals import _socket_fd, batching_supported, drop_handshake_parser, plain_framing, send_text_batch
 
 
 async def pair(nursery):
@@ -185,4 +185,20 @@ async def test_frames_built_here_are_the_bytes_wsproto_makes():
         reference.send(AcceptConnection())
         assert b"".join(written) == b"".join(reference.send(TextMessage(data=t)) for t in texts)
         assert [await client_ws.get_message() for _ in texts] == texts
+        nursery.cancel_scope.cancel()
+
+
+async def test_dropping_the_handshake_parser_leaves_the_connection_working():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        drop_handshake_parser(server_ws)
+        assert server_ws._wsproto.handshake._h11_connection is None  # the installed wsproto has it
+        await client_ws.send_message("x" * 70_000)  # several reads, frames split across them
+        assert await server_ws.get_message() == "x" * 70_000
+        await server_ws.send_message("back")
+        assert await client_ws.get_message() == "back"
+        await client_ws.ping(b"p")
+        await client_ws.aclose()
+        with pytest.raises(ConnectionClosed):
+            await server_ws.get_message()
         nursery.cancel_scope.cancel()

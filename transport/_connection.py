@@ -122,20 +122,16 @@ class Connection:
         self._audience = audience
         self._clock = clock
         self._settings = settings
-        self._close_timeout = settings.close_timeout
         self._users = users if users is not None else collections.Counter()
         self._users[self.user] += 1
         self._last_activity = trio.current_time()
-        self._tokens = float(settings.rate_burst)  # the rate limit's token bucket
-        self._tokens_at = self._last_activity
+        #: The rate limit's token bucket: (tokens, trio time they were counted at).
+        self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
-        outbox_size = settings.outbox_size
         # Each item is (frame, its text_size), so the writer need not measure it again.
-        self._send, self._receive = trio.open_memory_channel[tuple[p.ServerFrame, int]](outbox_size)
-        self._outbox_size = outbox_size
+        self._send, self._receive = trio.open_memory_channel[tuple[p.ServerFrame, int]](settings.outbox_size)
         self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
         self._ended = False  # `run` has finished
-        self._outbox_bytes = settings.outbox_bytes
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
         self._close_code: int | None = None
@@ -145,6 +141,11 @@ class Connection:
         self._metrics = metrics
         #: Per agent: the trio time each chat of this connection arrived, oldest first, until its agent_done.
         self._chats_waiting: dict[str, collections.deque[float]] = {}
+        # Memory per idle connection (bench/idle.py): CPython 3.11 keeps an instance's attributes in
+        # its compact shared-key layout only while the class has fewer than 30 of them (29 here; 30
+        # or more and every Connection gets a full dict, about 1.3 KiB more each; checked by
+        # tests/test_limits.py). Derive from `_settings` rather than copy settings here, and add no
+        # attribute without removing one.
 
     # -- actors.Outbox -----------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class Connection:
         """
         if not self._crowded():
             return
-        with trio.move_on_after(self._close_timeout):
+        with trio.move_on_after(self._settings.close_timeout):
             while self._crowded():
                 await self._drained.wait()
         if self._crowded():
@@ -194,7 +195,7 @@ class Connection:
         if self._close_code is not None or self._ended:
             return False
         frames = self._send.statistics().current_buffer_used
-        return frames * 2 > self._outbox_size or self._queued_size * 2 > self._outbox_bytes
+        return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
         self._drained.set()
@@ -214,7 +215,7 @@ class Connection:
         self._discard = self._discard or not drain
         self._send.close()  # no more frames; the writer ends the connection when done
         self._wake_room()
-        self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._close_timeout)
+        self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._settings.close_timeout)
 
     def _remote(self) -> str:
         try:
@@ -230,10 +231,8 @@ class Connection:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._write_frames)
-                    if self._settings.heartbeat_interval:
-                        nursery.start_soon(self._heartbeat)
-                    if self._settings.idle_timeout:
-                        nursery.start_soon(self._close_when_idle)
+                    if self._settings.heartbeat_interval or self._settings.idle_timeout:
+                        nursery.start_soon(self._keep_alive)
                     self._queue(p.Connected(self.client_id))
                     if self._auth is not None:
                         if self.claims is not None:  # authenticated by the handshake's Authorization header
@@ -259,7 +258,7 @@ class Connection:
             self._wake_room()
             for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
                 agent.disconnected(self)
-            with trio.move_on_after(self._close_timeout) as cleanup:
+            with trio.move_on_after(self._settings.close_timeout) as cleanup:
                 cleanup.shield = True
                 if self._mid_frame:  # a write was cut short: no close frame can follow it
                     await abort(self._ws)
@@ -279,7 +278,7 @@ class Connection:
             self._metrics.errors.labels(frame.code).inc()
         size = p.text_size(frame)
         try:
-            if self._queued_size + size > self._outbox_bytes and self._queued_size:
+            if self._queued_size + size > self._settings.outbox_bytes and self._queued_size:
                 raise trio.WouldBlock
             self._send.send_nowait((frame, size))
         except trio.WouldBlock:
@@ -340,11 +339,24 @@ class Connection:
                 logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
                 self._queue(p.Error("internal_error", "The server failed to handle this message"))
 
-    async def _heartbeat(self) -> None:
-        """Ping the client every `heartbeat_interval`; no pong within `heartbeat_timeout` closes it (1011)."""
+    async def _keep_alive(self) -> None:
+        """The heartbeat and the idle timeout, in one task (a task per connection less to hold):
+
+        ping the client every `heartbeat_interval`, closing it (1011) if no pong comes within
+        `heartbeat_timeout`; close it (1001) after `idle_timeout` seconds without a frame either
+        way. An idle timeout falling due while a ping waits for its pong is acted on after it.
+        """
         s = self._settings
+        ping_at = trio.current_time() + s.heartbeat_interval if s.heartbeat_interval else math.inf
         while True:
-            await trio.sleep(s.heartbeat_interval)
+            idle_at = self._last_activity + s.idle_timeout if s.idle_timeout else math.inf
+            await trio.sleep_until(min(ping_at, idle_at))
+            if s.idle_timeout and trio.current_time() >= self._last_activity + s.idle_timeout:
+                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, self.user, s.idle_timeout)
+                self.close(GOING_AWAY, f"idle for {s.idle_timeout:g} seconds")
+                return
+            if trio.current_time() < ping_at:
+                continue
             with trio.move_on_after(s.heartbeat_timeout) as waited:
                 try:
                     await self._ws.ping()
@@ -354,16 +366,7 @@ class Connection:
                 logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, self.user, s.heartbeat_timeout)
                 self.close(INTERNAL_ERROR, "no pong to the keepalive ping", drain=False)
                 return
-
-    async def _close_when_idle(self) -> None:
-        """Close the connection (1001) after `idle_timeout` seconds without a frame either way."""
-        idle = self._settings.idle_timeout
-        while True:
-            await trio.sleep_until(self._last_activity + idle)
-            if trio.current_time() >= self._last_activity + idle:
-                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, self.user, idle)
-                self.close(GOING_AWAY, f"idle for {idle:g} seconds")
-                return
+            ping_at = trio.current_time() + s.heartbeat_interval
 
     def _trio_time_of(self, unix_seconds: float) -> float:
         """The trio clock's reading at wall-clock time `unix_seconds` (the token clock is the authenticator's)."""
@@ -403,11 +406,12 @@ class Connection:
         if not rate:
             return
         now = trio.current_time()
-        self._tokens = min(float(self._settings.rate_burst), self._tokens + (now - self._tokens_at) * rate)
-        self._tokens_at = now
-        if self._tokens < 1:
+        tokens, at = self._bucket
+        tokens = min(float(self._settings.rate_burst), tokens + (now - at) * rate)
+        if tokens < 1:
+            self._bucket = (tokens, now)
             raise p.ProtocolError("rate_limited", f"Too many messages: at most {rate:g} a second; this one was ignored")
-        self._tokens -= 1
+        self._bucket = (tokens - 1, now)
 
     def _check_length(self, field: str, text: str, limit: int, request_id: str | None) -> None:
         if len(text) > limit:

@@ -150,3 +150,13 @@ async def reject(request: WebSocketRequest, status: int, body: bytes, extra_head
     stream = getattr(getattr(request, "_connection", None), "_stream", None)
     if stream is not None:
         await trio.aclose_forcefully(stream)
+
+
+def drop_handshake_parser(ws: WebSocketConnection) -> None:
+    """Free the HTTP/1.1 parser (h11) wsproto keeps after an accepted handshake: about 1.5 KiB per
+    open connection that it never uses again (once the WebSocket is open, wsproto routes all data
+    to its frame protocol). Does nothing where the internals differ."""
+    wsproto = getattr(ws, "_wsproto", None)
+    handshake = getattr(wsproto, "handshake", None)
+    if getattr(wsproto, "connection", None) is not None and hasattr(handshake, "_h11_connection"):
+        handshake._h11_connection = None

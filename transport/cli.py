@@ -258,6 +258,8 @@ async def _run_until_signalled(server: Server) -> None:
             s = server.settings
             print(f"agentcast listening on {server.scheme}://{s.host}:{port}{WS_PATH} "
                   f"(db {s.db}; agents: {', '.join(server.agents)})", flush=True)
+            web = "https" if server.scheme == "wss" else "http"
+            print(f"chat page: {web}://{s.host}:{port}/  health: /healthz  metrics: /metrics", flush=True)
             nursery.start_soon(_handle_signals, signals, server, nursery.cancel_scope)
             await server.stopped.wait()
             nursery.cancel_scope.cancel()

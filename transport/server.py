@@ -36,7 +36,7 @@ from ._http import (
 )
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
-from ._wsinternals import reject
+from ._wsinternals import drop_handshake_parser, reject
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -190,7 +190,9 @@ class Server:
                     with trio.move_on_after(s.handshake_timeout):
                         await write_response(stream, problem)
                     return
-                await self._serve_websocket(PrefixedStream(stream, head.raw), deadline)
+                prefixed = PrefixedStream(stream, head.raw)
+                del head  # this frame lasts as long as the connection: keep no parsed head (memory per connection)
+                await self._serve_websocket(prefixed, deadline)
                 return
             with trio.move_on_after(s.handshake_timeout):
                 await self._answer_http(stream, head)
@@ -286,6 +288,7 @@ class Server:
                     )
                     return
             ws = await request.accept()
+            drop_handshake_parser(ws)
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
             return
