@@ -35,12 +35,15 @@ def _uncancellable(_: Any) -> trio.lowlevel.Abort:
 
 
 class _Job:
-    __slots__ = ("fn", "args", "task", "result", "error")
+    """`fn(*args)` for the writer thread; `done(job)` is then called on the event loop."""
 
-    def __init__(self, fn: Callable[..., Any], args: tuple, task: trio.lowlevel.Task) -> None:
+    __slots__ = ("fn", "args", "done", "task", "result", "error")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, done: Callable[["_Job"], None], task: Any = None) -> None:
         self.fn = fn
         self.args = args
-        self.task = task
+        self.done = done
+        self.task = task  # a task waiting in `run_sync`, or what `done` needs
         self.result: Any = None
         self.error: BaseException | None = None
 
@@ -50,7 +53,7 @@ class _WriterThread:
 
     A long-lived thread fed by a queue costs the event loop less per commit than `trio.to_thread`
     (no thread cache, limiter, cancel scope or reporting task): the job's outcome comes back with one
-    `run_sync_soon` that reschedules the waiting task.
+    `run_sync_soon` of its `done` callback (which reschedules the waiting tasks).
     """
 
     def __init__(self) -> None:
@@ -66,14 +69,18 @@ class _WriterThread:
                 return
             try:
                 job.result = job.fn(*job.args)
-            except BaseException as exc:  # handed to the waiting task, which raises it
+            except BaseException as exc:  # handed to whoever waits for the job, which raises it
                 job.error = exc
-            self._token.run_sync_soon(trio.lowlevel.reschedule, job.task)
+            self._token.run_sync_soon(job.done, job)
+
+    def submit(self, job: _Job) -> None:
+        """Queue `job`; its `done` runs on the event loop once it has run."""
+        self._jobs.put(job)
 
     async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """`fn(*args)` in the writer thread; waits for it whatever happens (it cannot be cancelled midway)."""
         await trio.lowlevel.checkpoint_if_cancelled()
-        job = _Job(fn, args, trio.lowlevel.current_task())
+        job = _Job(fn, args, _reschedule_waiter, trio.lowlevel.current_task())
         self._jobs.put(job)
         await trio.lowlevel.wait_task_rescheduled(_uncancellable)
         if job.error is not None:
@@ -87,6 +94,10 @@ class _WriterThread:
     def stop(self) -> None:
         """Let the thread end once the jobs queued before are done."""
         self._jobs.put(None)
+
+
+def _reschedule_waiter(job: _Job) -> None:
+    trio.lowlevel.reschedule(job.task)
 
 
 class Journal:
@@ -105,6 +116,8 @@ class Journal:
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
         self._thread: _WriterThread | None = None  # while `run` runs
+        self._in_flight = False  # a commit is on the writer thread
+        self._settled: trio.Event | None = None  # set after each commit while `run` winds down
         self._closed = False
         self.commits = 0
         self.events_appended = 0
@@ -134,9 +147,10 @@ class Journal:
             raise RuntimeError("the journal is closed")
         pending = _Pending(events, snapshot, trio.lowlevel.current_task())
         self._queue.append(pending)
-        self._wakeup.set()
+        if not self._in_flight:  # else it goes with the next commit, started when this one is done
+            self._wakeup.set()
         # Once queued, the outcome must be known: the wait cannot be cancelled (as if shielded);
-        # `_commit` reschedules this task once it has set the recorded events or the store's error.
+        # `_committed` reschedules this task once it has set the recorded events or the store's error.
         await trio.lowlevel.wait_task_rescheduled(_uncancellable)
         if pending.error is not None:
             raise pending.error
@@ -149,41 +163,58 @@ class Journal:
         task_status.started()
         try:
             while True:
+                # Woken by an append while no commit is in flight: by now (the next pass of the run
+                # loop) every append of this pass is queued, and they go together. Appends that arrive
+                # during a commit go with the next one, which `_committed` starts at once.
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                batch, self._queue = self._queue, []
-                with trio.CancelScope(shield=True):
-                    await self._commit(batch)
+                if self._queue and not self._in_flight:
+                    self._dispatch()
         finally:
             self._closed = True
             with trio.CancelScope(shield=True):
-                if self._queue:  # appends queued as we were cancelled still get their answer
-                    batch, self._queue = self._queue, []
-                    await self._commit(batch)
+                if self._queue and not self._in_flight:  # queued as we were cancelled: still answered
+                    self._dispatch()
+                while self._in_flight:
+                    self._settled = trio.Event()
+                    await self._settled.wait()
                 self._thread.stop()
                 self._thread = None
                 for reader in self._readers:
                     reader.close()
                 self._readers.clear()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
+    def _dispatch(self) -> None:
+        """Commit everything queued as one transaction, on the writer thread."""
         assert self._thread is not None
-        try:
-            results = await self._thread.run_sync(
-                self._writer.append,
-                [p.events for p in batch],
-                [p.snapshot for p in batch if p.snapshot is not None],
-            )
-        except Exception as exc:
+        batch, self._queue = self._queue, []
+        self._in_flight = True
+        self._thread.submit(_Job(
+            self._writer.append,
+            ([p.events for p in batch], [p.snapshot for p in batch if p.snapshot is not None]),
+            self._committed,
+            batch,
+        ))
+
+    def _committed(self, job: _Job) -> None:
+        """On the event loop, once a commit returned: answer its appends (the store's error, if it
+        failed: then nothing of it is in the log), then start the next commit if appends are waiting."""
+        batch: list[_Pending] = job.task
+        self._in_flight = False
+        if job.error is not None:
             for p in batch:
-                p.error = exc
+                p.error = job.error
                 trio.lowlevel.reschedule(p.task)
-            return
-        self.commits += 1
-        for p, recorded in zip(batch, results, strict=True):
-            self.events_appended += len(recorded)
-            p.result = recorded
-            trio.lowlevel.reschedule(p.task)
+        else:
+            self.commits += 1
+            for p, recorded in zip(batch, job.result, strict=True):
+                self.events_appended += len(recorded)
+                p.result = recorded
+                trio.lowlevel.reschedule(p.task)
+        if self._queue:
+            self._dispatch()
+        if self._settled is not None:
+            self._settled.set()
 
     async def read(self, fn: Callable[[EventLog], T]) -> T:
         """Run `fn(reader)` on a read-only connection in a worker thread; returns its result."""
