@@ -100,7 +100,8 @@ class Connection:
         #: The claims of the token the connection is authenticated with (auth on); None until then.
         self.claims: Claims | None = None
         self._expires_at = math.inf  # trio time at which the token expires
-        self._auth_changed = trio.Event()  # set (and replaced) when the connection (re)authenticates
+        #: With auth on: set (and replaced) when the connection (re)authenticates; None with auth off.
+        self._auth_changed = trio.Event() if auth is not None else None
         if auth is not None and claims is not None:
             self.claims, self.user_id, self.user = claims, claims.user_id, str(claims.user_id)
             self._expires_at = self._trio_time_of(claims.expires_at)
@@ -117,7 +118,8 @@ class Connection:
         self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
         self._send, self._receive = trio.open_memory_channel[p.ServerFrame](settings.outbox_size)
-        self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
+        #: Set (and dropped) each time the writer takes queued frames; made only when `room` waits.
+        self._drained: trio.Event | None = None
         self._ended = False  # `run` has finished
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         self._scope = trio.CancelScope()
@@ -173,6 +175,8 @@ class Connection:
             return
         with trio.move_on_after(self._settings.close_timeout):
             while self._crowded():
+                if self._drained is None:
+                    self._drained = trio.Event()
                 await self._drained.wait()
         if self._crowded():
             logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, self.user)
@@ -185,8 +189,10 @@ class Connection:
         return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            drained.set()
 
     # -- life ------------------------------------------------------------------------------
 
