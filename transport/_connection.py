@@ -117,7 +117,10 @@ class Connection:
         #: The rate limit's token bucket: (tokens, trio time they were counted at).
         self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
-        self._send, self._receive = trio.open_memory_channel[p.ServerFrame](settings.outbox_size)
+        #: The outbound queue: frames not yet taken by the writer (None while empty). The queue is
+        #: closed (takes no more frames) once `close` was called or `run` has ended.
+        self._outbox: list[p.ServerFrame] | None = None
+        self._writer: trio.lowlevel.Task | None = None  # the writer, while it waits for frames
         #: Set (and dropped) each time the writer takes queued frames; made only when `room` waits.
         self._drained: trio.Event | None = None
         self._ended = False  # `run` has finished
@@ -185,7 +188,7 @@ class Connection:
     def _crowded(self) -> bool:
         if self._close_code is not None or self._ended:
             return False
-        frames = self._send.statistics().current_buffer_used
+        frames = len(self._outbox) if self._outbox is not None else 0
         return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
@@ -193,6 +196,16 @@ class Connection:
         if drained is not None:
             self._drained = None
             drained.set()
+
+    def _wake_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
+    def _abort_wait(self, _raise_cancel) -> trio.lowlevel.Abort:
+        self._writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # -- life ------------------------------------------------------------------------------
 
@@ -206,7 +219,7 @@ class Connection:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._discard = self._discard or not drain
-        self._send.close()  # no more frames; the writer ends the connection when done
+        self._wake_writer()  # the queue takes no more frames; the writer ends the connection when done
         self._wake_room()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._settings.close_timeout)
 
@@ -246,8 +259,9 @@ class Connection:
             self._users[self.user] -= 1
             if not self._users[self.user]:
                 del self._users[self.user]
-            self._send.close()
             self._ended = True
+            self._outbox = None
+            self._wake_writer()
             self._wake_room()
             for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
                 agent.disconnected(self)
@@ -269,33 +283,35 @@ class Connection:
         """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
         if count_error and type(frame) is p.Error and self._metrics is not None:
             self._metrics.errors.labels(frame.code).inc()
+        if self._close_code is not None or self._ended:
+            return  # closing or gone; what it missed is in the log
         size = p.text_size(frame)
-        try:
-            if self._queued_size + size > self._settings.outbox_bytes and self._queued_size:
-                raise trio.WouldBlock
-            self._send.send_nowait(frame)
-        except trio.WouldBlock:
+        outbox = self._outbox
+        if outbox is None:
+            self._outbox = [frame]
+        elif len(outbox) >= self._settings.outbox_size or (self._queued_size + size > self._settings.outbox_bytes
+                                                             and self._queued_size):
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # closing or gone; what it missed is in the log
+            return
         else:
-            self._queued_size += size
+            outbox.append(frame)
+        self._queued_size += size
+        self._wake_writer()
 
     async def _write_frames(self) -> None:
         """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
 
         Frames queued together go out in one socket write, adjacent chunks of a turn merged.
         """
-        receive = self._receive
         try:
-            async for frame in receive:
-                frames = [frame]
-                while True:
-                    try:
-                        frames.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+            while True:
+                while self._outbox is None:
+                    if self._close_code is not None or self._ended:
+                        return  # closed and drained
+                    self._writer = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+                frames, self._outbox = self._outbox, None
                 self._queued_size -= sum(p.text_size(f) for f in frames)
                 self._wake_room()
                 if self._discard:
@@ -307,7 +323,8 @@ class Connection:
                 self._last_activity = trio.current_time()
         except ConnectionClosed:
             self._mid_frame = False
-        self._scope.cancel()
+        finally:
+            self._scope.cancel()
 
     async def _read_frames(self) -> None:
         while True:
