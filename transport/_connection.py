@@ -125,7 +125,8 @@ class Connection:
         self._drained: trio.Event | None = None
         self._ended = False  # `run` has finished
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
-        self._scope = trio.CancelScope()
+        #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
+        self._scope: trio.CancelScope | None = None
         self._close_code: int | None = None
         self._close_reason = ""
         self._discard = False  # drop queued frames instead of writing them
@@ -221,6 +222,8 @@ class Connection:
         self._discard = self._discard or not drain
         self._wake_writer()  # the queue takes no more frames; the writer ends the connection when done
         self._wake_room()
+        if self._scope is None:  # before `run`: it takes this scope's deadline
+            self._scope = trio.CancelScope()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._settings.close_timeout)
 
     def _remote(self) -> str:
@@ -234,23 +237,25 @@ class Connection:
         """Serve the client until it leaves or the connection is closed; never raises."""
         try:
             logger.info("open client=%s remote=%s", self.client_id, self._remote())
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_frames)
-                    if self._settings.heartbeat_interval or self._settings.idle_timeout:
-                        nursery.start_soon(self._keep_alive)
-                    self._queue(p.Connected(self.client_id))
-                    if self._auth is not None:
-                        if self.claims is not None:  # authenticated by the handshake's Authorization header
-                            logger.info("client=%s user=%s: authenticated (header) until %s",
-                                        self.client_id, self.user, self.claims.expires_iso)
-                            self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
-                            cap = self._settings.max_connections_per_user
-                            if self._users[self.user] > cap:
-                                self._too_many_connections(self.user, None)
-                        nursery.start_soon(self._guard_auth)
-                    await self._read_frames()
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:  # its cancel scope is `_scope` (one scope less to hold)
+                if self._scope is not None:  # closed before it ran
+                    nursery.cancel_scope.deadline = self._scope.deadline
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._write_frames)
+                if self._settings.heartbeat_interval or self._settings.idle_timeout:
+                    nursery.start_soon(self._keep_alive)
+                self._queue(p.Connected(self.client_id))
+                if self._auth is not None:
+                    if self.claims is not None:  # authenticated by the handshake's Authorization header
+                        logger.info("client=%s user=%s: authenticated (header) until %s",
+                                    self.client_id, self.user, self.claims.expires_iso)
+                        self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
+                        cap = self._settings.max_connections_per_user
+                        if self._users[self.user] > cap:
+                            self._too_many_connections(self.user, None)
+                    nursery.start_soon(self._guard_auth)
+                await self._read_frames()
+                nursery.cancel_scope.cancel()
         except Exception:
             logger.exception("client=%s user=%s: connection failed", self.client_id, self.user)
         finally:
