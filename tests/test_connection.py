@@ -138,3 +138,26 @@ async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(h):
         await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
     await h.wait_finished(conn)
     assert conn._close_code == TRY_AGAIN_LATER
+
+
+async def test_a_connection_closed_before_it_runs_closes_with_that_code_at_once(h):
+    """As at a shutdown that began during the handshake: `close` before `run` (no scope yet) still
+    bounds the connection by `close_timeout`, and the client gets the close code, nothing else."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    done = trio.Event()
+
+    async def serve():
+        ws = await (await wrap_server_stream(h.nursery, server_stream)).accept()
+        conn = Connection(ws, h.agents, h.audience, clock=lambda: "2026-01-01T00:00:00.000Z",
+                          settings=ServerSettings(close_timeout=0.5))
+        conn.close(1001, "server shutting down")
+        await conn.run()
+        done.set()
+
+    h.nursery.start_soon(serve)
+    ws = await wrap_client_stream(h.nursery, client_stream, "127.0.0.1", "/ws")
+    with pytest.raises(ConnectionClosed) as closed:
+        await recv(ws)
+    assert closed.value.reason.code == 1001
+    with trio.fail_after(5):
+        await done.wait()

@@ -192,7 +192,10 @@ async def test_dropping_the_handshake_parser_leaves_the_connection_working():
     async with trio.open_nursery() as nursery:
         server_ws, client_ws = await pair(nursery)
         drop_handshake_parser(server_ws)
-        assert server_ws._wsproto.handshake._h11_connection is None  # the installed wsproto has it
+        handshake = server_ws._wsproto.handshake  # the installed wsproto and trio-websocket have these
+        assert handshake._h11_connection is None and handshake._events == () and handshake._initiating_request is None
+        assert server_ws._open_handshake is server_ws._for_testing_peer_closed_connection
+        assert server_ws._open_handshake.is_set()
         await client_ws.send_message("x" * 70_000)  # several reads, frames split across them
         assert await server_ws.get_message() == "x" * 70_000
         await server_ws.send_message("back")

@@ -112,7 +112,8 @@ class Connection:
         #: The claims of the token the connection is authenticated with (auth on); None until then.
         self.claims: Claims | None = None
         self._expires_at = math.inf  # trio time at which the token expires
-        self._auth_changed = trio.Event()  # set (and replaced) when the connection (re)authenticates
+        #: With auth on: set (and replaced) when the connection (re)authenticates; None with auth off.
+        self._auth_changed = trio.Event() if auth is not None else None
         if auth is not None and claims is not None:
             self.claims, self.user_id, self.user = claims, claims.user_id, str(claims.user_id)
             self._expires_at = self._trio_time_of(claims.expires_at)
@@ -128,12 +129,16 @@ class Connection:
         #: The rate limit's token bucket: (tokens, trio time they were counted at).
         self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
-        # Each item is (frame, its text_size), so the writer need not measure it again.
-        self._send, self._receive = trio.open_memory_channel[tuple[p.ServerFrame, int]](settings.outbox_size)
-        self._drained = trio.Event()  # set (and replaced) each time the writer takes queued frames
+        #: The outbound queue: frames not yet taken by the writer (None while empty). The queue is
+        #: closed (takes no more frames) once `close` was called or `run` has ended.
+        self._outbox: list[p.ServerFrame] | None = None
+        self._writer: trio.lowlevel.Task | None = None  # the writer, while it waits for frames
+        #: Set (and dropped) each time the writer takes queued frames; made only when `room` waits.
+        self._drained: trio.Event | None = None
         self._ended = False  # `run` has finished
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
-        self._scope = trio.CancelScope()
+        #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
+        self._scope: trio.CancelScope | None = None
         self._close_code: int | None = None
         self._close_reason = ""
         self._discard = False  # drop queued frames instead of writing them
@@ -186,6 +191,8 @@ class Connection:
             return
         with trio.move_on_after(self._settings.close_timeout):
             while self._crowded():
+                if self._drained is None:
+                    self._drained = trio.Event()
                 await self._drained.wait()
         if self._crowded():
             logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, self.user)
@@ -194,12 +201,24 @@ class Connection:
     def _crowded(self) -> bool:
         if self._close_code is not None or self._ended:
             return False
-        frames = self._send.statistics().current_buffer_used
+        frames = len(self._outbox) if self._outbox is not None else 0
         return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
-        self._drained.set()
-        self._drained = trio.Event()
+        drained = self._drained
+        if drained is not None:
+            self._drained = None
+            drained.set()
+
+    def _wake_writer(self) -> None:
+        writer = self._writer
+        if writer is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer)
+
+    def _abort_wait(self, _raise_cancel) -> trio.lowlevel.Abort:
+        self._writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     # -- life ------------------------------------------------------------------------------
 
@@ -213,8 +232,10 @@ class Connection:
         if self._close_code is None:
             self._close_code, self._close_reason = code, reason
         self._discard = self._discard or not drain
-        self._send.close()  # no more frames; the writer ends the connection when done
+        self._wake_writer()  # the queue takes no more frames; the writer ends the connection when done
         self._wake_room()
+        if self._scope is None:  # before `run`: it takes this scope's deadline
+            self._scope = trio.CancelScope()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._settings.close_timeout)
 
     def _remote(self) -> str:
@@ -228,23 +249,25 @@ class Connection:
         """Serve the client until it leaves or the connection is closed; never raises."""
         try:
             logger.info("open client=%s remote=%s", self.client_id, self._remote())
-            with self._scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._write_frames)
-                    if self._settings.heartbeat_interval or self._settings.idle_timeout:
-                        nursery.start_soon(self._keep_alive)
-                    self._queue(p.Connected(self.client_id))
-                    if self._auth is not None:
-                        if self.claims is not None:  # authenticated by the handshake's Authorization header
-                            logger.info("client=%s user=%s: authenticated (header) until %s",
-                                        self.client_id, self.user, self.claims.expires_iso)
-                            self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
-                            cap = self._settings.max_connections_per_user
-                            if self._users[self.user] > cap:
-                                self._too_many_connections(self.user, None)
-                        nursery.start_soon(self._guard_auth)
-                    await self._read_frames()
-                    nursery.cancel_scope.cancel()
+            async with trio.open_nursery() as nursery:  # its cancel scope is `_scope` (one scope less to hold)
+                if self._scope is not None:  # closed before it ran
+                    nursery.cancel_scope.deadline = self._scope.deadline
+                self._scope = nursery.cancel_scope
+                nursery.start_soon(self._write_frames)
+                if self._settings.heartbeat_interval or self._settings.idle_timeout:
+                    nursery.start_soon(self._keep_alive)
+                self._queue(p.Connected(self.client_id))
+                if self._auth is not None:
+                    if self.claims is not None:  # authenticated by the handshake's Authorization header
+                        logger.info("client=%s user=%s: authenticated (header) until %s",
+                                    self.client_id, self.user, self.claims.expires_iso)
+                        self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
+                        cap = self._settings.max_connections_per_user
+                        if self._users[self.user] > cap:
+                            self._too_many_connections(self.user, None)
+                    nursery.start_soon(self._guard_auth)
+                await self._read_frames()
+                nursery.cancel_scope.cancel()
         except Exception:
             logger.exception("client=%s user=%s: connection failed", self.client_id, self.user)
         finally:
@@ -253,8 +276,9 @@ class Connection:
             self._users[self.user] -= 1
             if not self._users[self.user]:
                 del self._users[self.user]
-            self._send.close()
             self._ended = True
+            self._outbox = None
+            self._wake_writer()
             self._wake_room()
             for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
                 agent.disconnected(self)
@@ -276,36 +300,36 @@ class Connection:
         """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
         if count_error and type(frame) is p.Error and self._metrics is not None:
             self._metrics.errors.labels(frame.code).inc()
+        if self._close_code is not None or self._ended:
+            return  # closing or gone; what it missed is in the log
         size = p.text_size(frame)
-        try:
-            if self._queued_size + size > self._settings.outbox_bytes and self._queued_size:
-                raise trio.WouldBlock
-            self._send.send_nowait((frame, size))
-        except trio.WouldBlock:
+        outbox = self._outbox
+        if outbox is None:
+            self._outbox = [frame]
+        elif len(outbox) >= self._settings.outbox_size or (self._queued_size + size > self._settings.outbox_bytes
+                                                             and self._queued_size):
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass  # closing or gone; what it missed is in the log
+            return
         else:
-            self._queued_size += size
+            outbox.append(frame)
+        self._queued_size += size
+        self._wake_writer()
 
     async def _write_frames(self) -> None:
         """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
 
         Frames queued together go out in one socket write, adjacent chunks of a turn merged.
         """
-        receive = self._receive
         try:
-            async for frame, size in receive:
-                frames = [frame]
-                while True:
-                    try:
-                        frame, more = receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    frames.append(frame)
-                    size += more
-                self._queued_size -= size
+            while True:
+                while self._outbox is None:
+                    if self._close_code is not None or self._ended:
+                        return  # closed and drained
+                    self._writer = trio.lowlevel.current_task()
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+                frames, self._outbox = self._outbox, None
+                self._queued_size -= sum(p.text_size(f) for f in frames)
                 self._wake_room()
                 if self._discard:
                     break
@@ -316,7 +340,8 @@ class Connection:
                 self._last_activity = trio.current_time()
         except ConnectionClosed:
             self._mid_frame = False
-        self._scope.cancel()
+        finally:
+            self._scope.cancel()
 
     async def _read_frames(self) -> None:
         while True:

@@ -8,6 +8,7 @@ missing, each function falls back to the public API.
 """
 from __future__ import annotations
 
+import collections
 import os
 import struct
 from collections.abc import Sequence
@@ -152,11 +153,32 @@ async def reject(request: WebSocketRequest, status: int, body: bytes, extra_head
         await trio.aclose_forcefully(stream)
 
 
+#: An Event that is set and stays set: shared by the connections for the events of theirs that are
+#: set once the handshake is accepted and only ever set again or waited on after that.
+_ALREADY_SET = trio.Event()
+_ALREADY_SET.set()
+
+
 def drop_handshake_parser(ws: WebSocketConnection) -> None:
-    """Free the HTTP/1.1 parser (h11) wsproto keeps after an accepted handshake: about 1.5 KiB per
-    open connection that it never uses again (once the WebSocket is open, wsproto routes all data
-    to its frame protocol). Does nothing where the internals differ."""
+    """Free what the handshake used and an accepted connection never uses again (memory per open
+    connection, bench/idle.py): wsproto's HTTP/1.1 parser (h11, about 1.5 KiB), its handshake event
+    queue (once the WebSocket is open wsproto routes all data to its frame protocol) and the handshake
+    request it keeps; trio-websocket's open-handshake Event (set at the accept, only waited on by a
+    client's connect) and its testing hook Event, for one shared Event that is already set.
+    Does nothing where the internals differ."""
     wsproto = getattr(ws, "_wsproto", None)
     handshake = getattr(wsproto, "handshake", None)
-    if getattr(wsproto, "connection", None) is not None and hasattr(handshake, "_h11_connection"):
+    if getattr(wsproto, "connection", None) is None:
+        return
+    if hasattr(handshake, "_h11_connection"):
         handshake._h11_connection = None
+    events = getattr(handshake, "_events", None)
+    if type(events) is collections.deque and not events:
+        handshake._events = ()  # `events()` reads it while truthy; nothing appends once the handshake is done
+    if hasattr(handshake, "_initiating_request"):
+        handshake._initiating_request = None
+    for name in ("_open_handshake", "_for_testing_peer_closed_connection"):
+        event = getattr(ws, name, None)
+        if type(event) is trio.Event and (name == "_for_testing_peer_closed_connection" or event.is_set()):
+            if not event.statistics().tasks_waiting:
+                setattr(ws, name, _ALREADY_SET)

@@ -13,12 +13,12 @@ import ssl
 from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import WebSocketRequest, wrap_server_stream
+from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from actors import Agents, AgentSpec, Audience, ConfigError, Journal, utc_now
 from store import EventLog
 
-from ._auth import Authenticator, TokenError, bearer_token, origin_allowed
+from ._auth import Authenticator, Claims, TokenError, bearer_token, origin_allowed
 from ._connection import GOING_AWAY, Connection
 from ._http import (
     BadRequest,
@@ -223,8 +223,10 @@ class Server:
                     nursery, stream, message_queue_size=8, max_message_size=self.settings.max_message_size
                 )
             try:
-                if request is not None:
-                    await self._handle(request)
+                accepted = await self._accept(request) if request is not None else None
+                del request  # the handshake request is not kept for the connection's life (memory per connection)
+                if accepted is not None:
+                    await self._run_connection(*accepted)
             finally:
                 nursery.cancel_scope.cancel()
 
@@ -250,8 +252,9 @@ class Server:
         self._db_bytes = await trio.to_thread.run_sync(_file_sizes, os.fspath(self.settings.db))
         return HttpResponse(200, METRICS_CONTENT_TYPE, self.metrics.render())
 
-    async def _handle(self, request: WebSocketRequest) -> None:
-        """One client, from handshake to close. Nothing escapes: an exception here would end the server."""
+    async def _accept(self, request: WebSocketRequest) -> tuple[WebSocketConnection, Claims | None] | None:
+        """Accept or refuse a client's handshake: the open WebSocket and the claims of the token its
+        handshake carried, or None if refused (or the client left). Nothing escapes."""
         reserved = False
         try:
             if request.path.split("?", 1)[0] != WS_PATH:
@@ -291,10 +294,14 @@ class Server:
             drop_handshake_parser(ws)
         except Exception as exc:  # the client left during the handshake
             logger.debug("handshake failed: %r", exc)
-            return
+            return None
         finally:
             if reserved:
                 self._handshakes -= 1
+        return ws, claims
+
+    async def _run_connection(self, ws: WebSocketConnection, claims: Claims | None) -> None:
+        """One client, from its accepted handshake to close. Nothing escapes: an exception here would end the server."""
         conn = Connection(
             ws,
             self.agents,
