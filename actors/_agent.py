@@ -294,8 +294,11 @@ class Agent:
         self._journal = journal
         self._audience = audience
         self._clock = clock
+        # Commands submitted before `run` starts wait here; once it runs, `submit` hands each command
+        # straight to its user's lane (no hop through a task of the agent's own).
         # Bounded by `submit`: at most mailbox_size commands, plus one for each user with none queued.
         self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](math.inf)
+        self._nursery: trio.Nursery | None = None  # the lanes' nursery, while `run` runs
         self._lanes: dict[str, _Lane] = {}
         self._pending: dict[str, int] = {}
         self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running  # per user: commands queued or running
@@ -322,7 +325,7 @@ class Agent:
         if is_chat and self.spec.on_busy == "reject" and self._chats.get(command.user):
             raise Busy(f"Agent '{self.agent_id}' is still answering your previous message; wait for its "
                        "agent_done (or cancel it) and send again")
-        self._mailbox_send.send_nowait(command)
+        self._route(command)
         self._pending[command.user] = pending + 1
         self._per_origin[command.origin] = from_origin + 1
         self._in_flight += 1
@@ -381,14 +384,31 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Carry out submitted commands until cancelled: each user's in order, users concurrently."""
         async with trio.open_nursery() as nursery:
-            task_status.started()
-            async for command in self._mailbox_receive:
-                lane = self._lanes.get(command.user)
-                if lane is None:
-                    send, receive = trio.open_memory_channel[AgentCommand](math.inf)  # bounded by submit
-                    lane = self._lanes[command.user] = _Lane(send, receive)
-                    nursery.start_soon(self._run_lane, command.user, lane)
-                lane.send.send_nowait(command)
+            self._nursery = nursery
+            try:
+                while True:  # what was submitted before
+                    try:
+                        command = self._mailbox_receive.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._route(command)
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    def _route(self, command: AgentCommand) -> None:
+        """Queue `command` in its user's lane (started if the user has none), or in the mailbox until `run` runs."""
+        nursery = self._nursery
+        if nursery is None:
+            self._mailbox_send.send_nowait(command)
+            return
+        lane = self._lanes.get(command.user)
+        if lane is None:
+            send, receive = trio.open_memory_channel[AgentCommand](math.inf)  # bounded by submit
+            lane = self._lanes[command.user] = _Lane(send, receive)
+            nursery.start_soon(self._run_lane, command.user, lane)
+        lane.send.send_nowait(command)
 
     # -- lanes ---------------------------------------------------------------------------
 

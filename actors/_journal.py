@@ -4,8 +4,10 @@ SQLite work runs in worker threads, never on the event loop. Must not import `tr
 """
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import trio
 
@@ -15,14 +17,87 @@ T = TypeVar("T")
 
 
 class _Pending:
-    __slots__ = ("events", "snapshot", "done", "result", "error")
+    """One append (or snapshot) waiting for its commit: the task parked on it is rescheduled with the outcome."""
 
-    def __init__(self, events: Sequence[Event], snapshot: Memory | None = None) -> None:
+    __slots__ = ("events", "snapshot", "task", "result", "error")
+
+    def __init__(self, events: Sequence[Event], snapshot: Memory | None, task: trio.lowlevel.Task) -> None:
         self.events = events
         self.snapshot = snapshot
-        self.done = trio.Event()
+        self.task = task
         self.result: list[Recorded] | None = None
         self.error: BaseException | None = None
+
+
+def _uncancellable(_: Any) -> trio.lowlevel.Abort:
+    """The abort function of a wait that must see its outcome (as if shielded): refuse to abort."""
+    return trio.lowlevel.Abort.FAILED
+
+
+class _Job:
+    """`fn(*args)` for the writer thread; `done(job)` is then called on the event loop."""
+
+    __slots__ = ("fn", "args", "done", "task", "result", "error")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, done: Callable[["_Job"], None], task: Any = None) -> None:
+        self.fn = fn
+        self.args = args
+        self.done = done
+        self.task = task  # a task waiting in `run_sync`, or what `done` needs
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+class _WriterThread:
+    """The one thread that runs the writer's SQLite work, job after job, for the life of `Journal.run`.
+
+    A long-lived thread fed by a queue costs the event loop less per commit than `trio.to_thread`
+    (no thread cache, limiter, cancel scope or reporting task): the job's outcome comes back with one
+    `run_sync_soon` of its `done` callback (which reschedules the waiting tasks).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._token = trio.lowlevel.current_trio_token()
+        self._thread = threading.Thread(target=self._work, name="agentcast journal writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                job.result = job.fn(*job.args)
+            except BaseException as exc:  # handed to whoever waits for the job, which raises it
+                job.error = exc
+            self._token.run_sync_soon(job.done, job)
+
+    def submit(self, job: _Job) -> None:
+        """Queue `job`; its `done` runs on the event loop once it has run."""
+        self._jobs.put(job)
+
+    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in the writer thread; waits for it whatever happens (it cannot be cancelled midway)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        job = _Job(fn, args, _reschedule_waiter, trio.lowlevel.current_task())
+        self._jobs.put(job)
+        await trio.lowlevel.wait_task_rescheduled(_uncancellable)
+        if job.error is not None:
+            error, job.error = job.error, None
+            try:
+                raise error
+            finally:
+                del error
+        return job.result
+
+    def stop(self) -> None:
+        """Let the thread end once the jobs queued before are done."""
+        self._jobs.put(None)
+
+
+def _reschedule_waiter(job: _Job) -> None:
+    trio.lowlevel.reschedule(job.task)
 
 
 class Journal:
@@ -40,7 +115,9 @@ class Journal:
         self._reader_slots = trio.CapacityLimiter(readers)
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
-        self._writer_limiter = trio.CapacityLimiter(1)
+        self._thread: _WriterThread | None = None  # while `run` runs
+        self._in_flight = False  # a commit is on the writer thread
+        self._settled: trio.Event | None = None  # set after each commit while `run` winds down
         self._closed = False
         self.commits = 0
         self.events_appended = 0
@@ -50,28 +127,31 @@ class Journal:
 
         Raises what the store raised if the commit failed (nothing of it is then in the log).
         """
-        return await self._enqueue(_Pending(events))
+        return await self._enqueue(events, None)
 
     async def save_snapshot(self, memory: Memory) -> None:
         """Save `memory` as its (agent, user)'s snapshot, with the next group commit."""
-        await self._enqueue(_Pending((), memory))
+        await self._enqueue((), memory)
 
     async def check_writable(self, wait: float = 0.25) -> None:
         """Raise unless the writer can take the database's write lock (see `EventLog.check_writable`).
 
         Runs in a worker thread between group commits (it waits for one in flight), never on the event loop.
         """
-        if self._closed:
+        if self._closed or self._thread is None:
             raise RuntimeError("the journal is closed")
-        await trio.to_thread.run_sync(self._writer.check_writable, wait, limiter=self._writer_limiter)
+        await self._thread.run_sync(self._writer.check_writable, wait)
 
-    async def _enqueue(self, pending: _Pending) -> list[Recorded]:
+    async def _enqueue(self, events: Sequence[Event], snapshot: Memory | None) -> list[Recorded]:
         if self._closed:
             raise RuntimeError("the journal is closed")
+        pending = _Pending(events, snapshot, trio.lowlevel.current_task())
         self._queue.append(pending)
-        self._wakeup.set()
-        with trio.CancelScope(shield=True):  # once queued, the outcome must be known
-            await pending.done.wait()
+        if not self._in_flight:  # else it goes with the next commit, started when this one is done
+            self._wakeup.set()
+        # Once queued, the outcome must be known: the wait cannot be cancelled (as if shielded);
+        # `_committed` reschedules this task once it has set the recorded events or the store's error.
+        await trio.lowlevel.wait_task_rescheduled(_uncancellable)
         if pending.error is not None:
             raise pending.error
         assert pending.result is not None
@@ -79,42 +159,62 @@ class Journal:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit queued appends, each round as one transaction, until cancelled; then close readers."""
+        self._thread = _WriterThread()
         task_status.started()
         try:
             while True:
+                # Woken by an append while no commit is in flight: by now (the next pass of the run
+                # loop) every append of this pass is queued, and they go together. Appends that arrive
+                # during a commit go with the next one, which `_committed` starts at once.
                 await self._wakeup.wait()
                 self._wakeup = trio.Event()
-                batch, self._queue = self._queue, []
-                with trio.CancelScope(shield=True):
-                    await self._commit(batch)
+                if self._queue and not self._in_flight:
+                    self._dispatch()
         finally:
             self._closed = True
             with trio.CancelScope(shield=True):
-                if self._queue:  # appends queued as we were cancelled still get their answer
-                    batch, self._queue = self._queue, []
-                    await self._commit(batch)
+                if self._queue and not self._in_flight:  # queued as we were cancelled: still answered
+                    self._dispatch()
+                while self._in_flight:
+                    self._settled = trio.Event()
+                    await self._settled.wait()
+                self._thread.stop()
+                self._thread = None
                 for reader in self._readers:
                     reader.close()
                 self._readers.clear()
 
-    async def _commit(self, batch: list[_Pending]) -> None:
-        try:
-            results = await trio.to_thread.run_sync(
-                self._writer.append,
-                [p.events for p in batch],
-                [p.snapshot for p in batch if p.snapshot is not None],
-                limiter=self._writer_limiter,
-            )
-        except Exception as exc:
+    def _dispatch(self) -> None:
+        """Commit everything queued as one transaction, on the writer thread."""
+        assert self._thread is not None
+        batch, self._queue = self._queue, []
+        self._in_flight = True
+        self._thread.submit(_Job(
+            self._writer.append,
+            ([p.events for p in batch], [p.snapshot for p in batch if p.snapshot is not None]),
+            self._committed,
+            batch,
+        ))
+
+    def _committed(self, job: _Job) -> None:
+        """On the event loop, once a commit returned: answer its appends (the store's error, if it
+        failed: then nothing of it is in the log), then start the next commit if appends are waiting."""
+        batch: list[_Pending] = job.task
+        self._in_flight = False
+        if job.error is not None:
             for p in batch:
-                p.error = exc
-                p.done.set()
-            return
-        self.commits += 1
-        for p, recorded in zip(batch, results, strict=True):
-            self.events_appended += len(recorded)
-            p.result = recorded
-            p.done.set()
+                p.error = job.error
+                trio.lowlevel.reschedule(p.task)
+        else:
+            self.commits += 1
+            for p, recorded in zip(batch, job.result, strict=True):
+                self.events_appended += len(recorded)
+                p.result = recorded
+                trio.lowlevel.reschedule(p.task)
+        if self._queue:
+            self._dispatch()
+        if self._settled is not None:
+            self._settled.set()
 
     async def read(self, fn: Callable[[EventLog], T]) -> T:
         """Run `fn(reader)` on a read-only connection in a worker thread; returns its result."""

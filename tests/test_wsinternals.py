@@ -2,14 +2,20 @@
 socket write, each still arriving as its own message; and frame coalescing (transport.protocol.coalesce)."""
 from __future__ import annotations
 
+import socket
+import struct
+
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, TextMessage
 
 import pytest
 
 from transport import protocol as p
-from transport._wsinternals import batching_supported, drop_handshake_parser, send_text_batch
+from transport._http import PrefixedStream
+from transport._wsinternals import _socket_fd, batching_supported, drop_handshake_parser, plain_framing, send_text_batch
 
 
 async def pair(nursery):
@@ -89,6 +95,97 @@ def test_coalesce_merges_adjacent_chunks_of_one_turn_only():
         p.ResponseChunk("a", "after", "r"),
     ]
     assert p.coalesce([]) == []
+
+
+async def tcp_pair(nursery):
+    """A server WebSocket over a real TCP socket (behind the server's PrefixedStream), and its client."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    server_stream_ready = trio.Event()
+    got = {}
+
+    async def accept():
+        stream = await listeners[0].accept()
+        got["ws"] = await (await wrap_server_stream(nursery, PrefixedStream(stream, b""))).accept()
+        server_stream_ready.set()
+
+    nursery.start_soon(accept)
+    port = listeners[0].socket.getsockname()[1]
+    client_stream = await trio.open_tcp_stream("127.0.0.1", port)
+    client_ws = await wrap_client_stream(nursery, client_stream, "127.0.0.1", "/ws")
+    await server_stream_ready.wait()
+    await listeners[0].aclose()
+    return got["ws"], client_ws
+
+
+async def test_over_tcp_a_batch_is_written_to_the_socket_directly_and_a_full_socket_waits():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await tcp_pair(nursery)
+        assert _socket_fd(server_ws._stream) >= 0  # the direct write applies
+        texts = ["one", "two ünïcode", "x" * 30000, "four"]
+        await send_text_batch(server_ws, texts)
+        assert [await client_ws.get_message() for _ in texts] == texts
+        # More than the socket buffers hold while the client is not reading: what the socket does not
+        # take goes through the stream's send_all, which waits for room.
+        waited = []
+        real_send_all = server_ws._stream.send_all
+
+        async def counting_send_all(data):
+            waited.append(len(data))
+            await real_send_all(data)
+
+        server_ws._stream.send_all = counting_send_all
+        big = [f"{i:04d}" + "b" * 60000 for i in range(600)]  # 36 MB
+        sent = trio.Event()
+
+        async def send_big():
+            await send_text_batch(server_ws, big)
+            sent.set()
+
+        nursery.start_soon(send_big)
+        with trio.fail_after(60):  # a generous bound against a hang, not a timing assertion
+            assert [await client_ws.get_message() for _ in big] == big
+            await sent.wait()
+        assert waited
+        await server_ws.ping()  # the stream lock was released: control frames still go out
+        nursery.cancel_scope.cancel()
+
+
+async def test_over_tcp_writing_to_a_connection_the_client_reset_raises_connection_closed():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await tcp_pair(nursery)
+        client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await trio.aclose_forcefully(client_ws._stream)  # RST
+        with pytest.raises(ConnectionClosed):
+            with trio.fail_after(30):
+                while True:  # until the server side has seen the reset
+                    await send_text_batch(server_ws, ["late"])
+                    await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+
+
+async def test_frames_built_here_are_the_bytes_wsproto_makes():
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        assert plain_framing(server_ws)  # the installed wsproto: frames are built in send_text_batch
+        assert not plain_framing(client_ws)  # a client masks its frames: never built here
+        texts = ["", "a", "x" * 125, "x" * 126, "é" * 63, "ü" * 64, "y" * 65535, "y" * 65536, "☕" * 40000]
+        written = []
+        real_send_all = server_ws._stream.send_all
+
+        async def recording_send_all(data):
+            written.append(bytes(data))
+            await real_send_all(data)
+
+        server_ws._stream.send_all = recording_send_all
+        await send_text_batch(server_ws, texts)
+        reference = WSConnection(ConnectionType.SERVER)
+        reference.initiate_upgrade_connection([(b"Host", b"x"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
+                                               (b"Sec-WebSocket-Version", b"13"),
+                                               (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ==")], "/ws")
+        reference.send(AcceptConnection())
+        assert b"".join(written) == b"".join(reference.send(TextMessage(data=t)) for t in texts)
+        assert [await client_ws.get_message() for _ in texts] == texts
+        nursery.cancel_scope.cancel()
 
 
 async def test_dropping_the_handshake_parser_leaves_the_connection_working():

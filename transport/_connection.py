@@ -33,6 +33,9 @@ TRY_AGAIN_LATER = 1013
 
 def frame_of(output: Output) -> p.ServerFrame:
     """The wire frame that carries one actor output."""
+    make = _FRAME_OF.get(type(output))
+    if make is not None:  # the outputs of every chat turn, looked up by type rather than matched in turn
+        return make(output)
     match output:
         case actors.TurnChunk(agent_id, delta, rid):
             return p.ResponseChunk(agent_id, delta, rid)
@@ -61,6 +64,15 @@ def frame_of(output: Output) -> p.ServerFrame:
         case actors.TurnCancelled(agent_id, partial, rid):
             return p.Cancelled(agent_id, partial, rid)
     raise TypeError(f"not an actor output: {output!r}")
+
+
+_FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
+    actors.TurnChunk: lambda o: p.ResponseChunk(o.agent_id, o.delta, o.request_id),
+    actors.TurnStarted: lambda o: p.AgentThinking(o.agent_id, o.request_id),
+    actors.TurnDone: lambda o: p.AgentDone(o.agent_id, o.request_id),
+}
+#: The outputs counted in the metrics (`Connection._count`).
+_COUNTED = (actors.TurnDone, actors.Failed)
 
 
 class Connection:
@@ -148,7 +160,7 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        if self._metrics is not None and type(output) in (actors.TurnDone, actors.Failed):
+        if self._metrics is not None and type(output) in _COUNTED:
             self._count(output)
         self._queue(frame_of(output), count_error=False)
 

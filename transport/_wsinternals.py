@@ -9,11 +9,18 @@ missing, each function falls back to the public API.
 from __future__ import annotations
 
 import collections
+import os
+import struct
 from collections.abc import Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
+
+from ._http import PrefixedStream
+
+_POSIX = os.name == "posix"  # os.write on a socket's descriptor
 
 _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
 
@@ -21,6 +28,27 @@ _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_we
 def batching_supported(ws: WebSocketConnection) -> bool:
     """True when `ws` has the internals `send_text_batch` relies on."""
     return all(hasattr(ws, name) for name in _INTERNALS)
+
+
+_SHORT = struct.Struct("!BB").pack
+_MEDIUM = struct.Struct("!BBH").pack
+_LONG = struct.Struct("!BBQ").pack
+
+
+def plain_framing(ws: WebSocketConnection) -> bool:
+    """True when a text message to `ws` is one plain frame that `send_text_batch` may build itself
+    (FIN + text opcode, the length, the UTF-8 payload: RFC 6455 5.2), the bytes wsproto would make:
+    wsproto's server side, connection open, no extension (trio-websocket negotiates none), not in the
+    middle of a fragmented message. Building it here skips wsproto's per-frame event and bytearray work."""
+    conn = getattr(ws._wsproto, "connection", None)
+    proto = getattr(conn, "_proto", None)
+    return (
+        proto is not None
+        and conn.state is ConnectionState.OPEN
+        and getattr(proto, "client", True) is False
+        and getattr(proto, "extensions", None) == []
+        and getattr(proto, "_outbound_opcode", 0) is None
+    )
 
 
 #: Most bytes written while holding the stream lock: a ping (the heartbeat) waits at most one piece.
@@ -40,21 +68,68 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
+    plain = plain_framing(ws)
     piece: list[bytes] = []
     size = 0
     for i, text in enumerate(texts):
-        data = ws._wsproto.send(TextMessage(data=text))
-        piece.append(data)
-        size += len(data)
+        if plain:
+            payload = text.encode("utf-8")
+            n = len(payload)
+            header = (
+                _SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n)
+            )
+            piece.append(header)
+            piece.append(payload)
+            size += len(header) + n
+        else:
+            data = ws._wsproto.send(TextMessage(data=text))
+            piece.append(data)
+            size += len(data)
         if size >= WRITE_PIECE or i == len(texts) - 1:
             await _write(ws, b"".join(piece))
             piece, size = [], 0
 
 
+def _socket_fd(stream: object) -> int:
+    """The file descriptor of the TCP socket under `stream` when writing to it writes to that socket
+    as is (a `trio.SocketStream`, or the `PrefixedStream` over one that the server hands trio-websocket:
+    it sends straight through); -1 otherwise (TLS, test streams, a socket that sent EOF or is closed)."""
+    if type(stream) is PrefixedStream:
+        stream = stream.stream
+    if not _POSIX or type(stream) is not trio.SocketStream or stream.socket.did_shutdown_SHUT_WR:
+        return -1
+    return stream.socket.fileno()
+
+
 async def _write(ws: WebSocketConnection, data: bytes) -> None:
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    async with ws._stream_lock:
+    lock = ws._stream_lock
+    fd = -1 if lock.locked() else _socket_fd(ws._stream)
+    if fd >= 0:
+        # Fast path: nobody else is writing, so take the lock without waiting and write to the
+        # (non-blocking) socket now; only what the socket does not take goes the usual way. This
+        # saves the two trips through the scheduler (lock, socket) of every write; the writer still
+        # checkpoints when it next waits for frames.
+        lock.acquire_nowait()
+        try:
+            try:
+                sent = os.write(fd, data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:  # reset or broken pipe: as SocketStream.send_all would report it
+                await ws._abort_web_socket()
+                raise ConnectionClosed(ws._close_reason) from None
+            if sent < len(data):
+                try:
+                    await ws._stream.send_all(memoryview(data)[sent:])
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    await ws._abort_web_socket()
+                    raise ConnectionClosed(ws._close_reason) from None
+        finally:
+            lock.release()
+        return
+    async with lock:
         try:
             await ws._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -447,6 +447,10 @@ def _make_converter() -> cattrs.Converter:
 converter = _make_converter()
 
 
+#: Per command type tag, its class's structure hook.
+_structure_hooks: dict[str, Any] = {}
+
+
 def decode(data: str | bytes) -> Command:
     """Parse and validate one client frame.
 
@@ -472,7 +476,12 @@ def decode(data: str | bytes) -> Command:
         shown = type_ if isinstance(type_, str) else json.dumps(type_)
         raise ProtocolError("unknown_type", f"Unknown message type: {shown}", request_id)
     try:
-        return converter.structure(obj, Command)
+        # The command class's own structure hook, as the tagged union would call it (the "type" key is
+        # an extra key, ignored): the union's dispatch is skipped.
+        hook = _structure_hooks.get(type_)
+        if hook is None:
+            hook = _structure_hooks[type_] = converter.get_structure_hook(COMMAND_TYPES[type_])
+        return hook(obj, COMMAND_TYPES[type_])
     except ClassValidationError as exc:
         raise _field_problem(exc, type_, request_id) from None
     except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
@@ -487,6 +496,12 @@ def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None
         if isinstance(sub, _FieldError):
             return ProtocolError("invalid_field", f"Field '{name}' of '{type_}' {sub}", request_id)
     return ProtocolError("invalid_message", f"Invalid '{type_}' message", request_id)  # pragma: no cover
+
+
+#: The encoder of server frames (made once: `json.dumps` with options builds a new one per call).
+_json_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+#: Per frame class, its unstructure hook (what the tagged union calls after looking the class up).
+_unstructure_hooks: dict[type, Any] = {}
 
 
 def encode(frame: ServerFrame) -> str:
@@ -505,8 +520,13 @@ def encode(frame: ServerFrame) -> str:
 
 
 def _encode(frame: ServerFrame) -> str:
-    body = converter.unstructure(frame, unstructure_as=ServerFrame)
-    return json.dumps({"type": body.pop("type"), **body}, ensure_ascii=False, separators=(",", ":"))
+    cls = type(frame)
+    hook = _unstructure_hooks.get(cls)
+    if hook is None:
+        if cls not in SERVER_FRAME_TYPES.values():
+            raise TypeError(f"not a server frame: {frame!r}")
+        hook = _unstructure_hooks[cls] = converter.get_unstructure_hook(cls)
+    return _json_encoder.encode({"type": cls.TYPE, **hook(frame)})
 
 
 def text_size(frame: ServerFrame) -> int:
