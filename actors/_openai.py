@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack, aclosing
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
@@ -42,6 +43,25 @@ MAX_REASON_CHARS = 300
 
 #: Put between the text of two requests of a turn (text before tool calls, text after them).
 ROUND_SEPARATOR = "\n\n"
+#: A UTF-16 surrogate code point: in a Python string only ever a lone one (json.loads joins valid pairs).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_lone_surrogates(value):
+    """`value` (parsed JSON) with every lone surrogate in its strings replaced by U+FFFD.
+
+    JSON text may escape one ("\\ud800"), and a string holding it cannot be encoded as UTF-8: not
+    in a frame, not in the log. Model text and tool results pass through here before either.
+    """
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [without_lone_surrogates(v) for v in value]
+    if isinstance(value, dict):
+        return {without_lone_surrogates(k): without_lone_surrogates(v) for k, v in value.items()}
+    return value
+
+
 #: The longest tool call arguments (JSON text) a model may send; the rest is dropped and the call fails.
 MAX_TOOL_ARGUMENTS_CHARS = 65_536
 #: How deep a tool call's arguments may nest (objects and arrays); deeper is an error for the model.
@@ -323,6 +343,7 @@ class OpenAIBrain:
                         outcome = ToolOutcome(error="no tools are available in this turn")
                     else:
                         outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
+                        outcome = ToolOutcome(without_lone_surrogates(outcome.result), without_lone_surrogates(outcome.error))
                     yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
                     messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
         if not answer:
@@ -418,6 +439,8 @@ class OpenAIBrain:
         """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
         try:
             chunk = json.loads(data)
+            if "\\ud" in data or "\\uD" in data:  # an escaped surrogate: maybe a lone one
+                chunk = without_lone_surrogates(chunk)
         except (ValueError, RecursionError):
             raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):

@@ -352,6 +352,22 @@ async def test_a_malformed_stream_mid_answer_is_a_brain_error_with_the_partial_l
     assert (ended.outcome, ended.partial) == ("failed", "Half")
 
 
+async def test_a_lone_surrogate_from_the_model_becomes_a_replacement_character_not_a_lost_turn(db_path):
+    from fake_openai import Reply
+
+    # JSON may escape a lone UTF-16 surrogate, which no UTF-8 frame or log row can hold.
+    raw = '{"choices": [{"index": 0, "delta": {"content": "bad \\ud800 text \\ud83d\\ude00"}, "finish_reason": null}]}'
+    async with llm_server(db_path, Reply(chunks=[raw, chunk(finish="stop")])) as server:
+        async with user(server) as alice:
+            frames = await alice.request(chat("Go", "r"), "agent_done")
+            assert frames[-2]["type"] == "response"
+            assert frames[-2]["message"] == "bad \ufffd text \U0001f600"  # the valid pair is kept
+            again = await alice.request(chat("Still there?", "r2"), "agent_done")  # the connection lives on
+    assert [r.event.TYPE for r in events_of(db_path)][:2] == ["user_message", "agent_message"]
+    assert events_of(db_path)[1].event.content == "bad \ufffd text \U0001f600"
+    assert again[-1]["type"] == "agent_done"
+
+
 # -- retries (command_id) of turns that did not answer -----------------------------------------------
 
 

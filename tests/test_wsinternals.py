@@ -205,3 +205,12 @@ async def test_dropping_the_handshake_parser_leaves_the_connection_working():
         with pytest.raises(ConnectionClosed):
             await server_ws.get_message()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_surrogate_in_a_frame_is_replaced_and_the_batch_still_arrives():
+    """A string UTF-8 cannot encode must never cut the connection off (brains clean their text; this is the net)."""
+    async with trio.open_nursery() as nursery:
+        server_ws, client_ws = await pair(nursery)
+        await send_text_batch(server_ws, ["before", "bad \ud800 text", "after"])
+        assert [await client_ws.get_message() for _ in range(3)] == ["before", "bad \ufffd text", "after"]
+        nursery.cancel_scope.cancel()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import os
+import re
 import struct
 from collections.abc import Sequence
 
@@ -73,7 +74,10 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
     size = 0
     for i, text in enumerate(texts):
         if plain:
-            payload = text.encode("utf-8")
+            try:
+                payload = text.encode("utf-8")
+            except UnicodeEncodeError:
+                payload = _encodable(text).encode("utf-8")
             n = len(payload)
             header = (
                 _SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n)
@@ -82,12 +86,25 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
             piece.append(payload)
             size += len(header) + n
         else:
-            data = ws._wsproto.send(TextMessage(data=text))
+            try:
+                data = ws._wsproto.send(TextMessage(data=text))
+            except UnicodeEncodeError:
+                data = ws._wsproto.send(TextMessage(data=_encodable(text)))
             piece.append(data)
             size += len(data)
         if size >= WRITE_PIECE or i == len(texts) - 1:
             await _write(ws, b"".join(piece))
             piece, size = [], 0
+
+
+#: A UTF-16 surrogate code point (in a Python string only ever a lone one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """`text` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD: a safety net, so
+    one bad string can never cut a connection off; brains clean their text before it gets here."""
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def _socket_fd(stream: object) -> int:
