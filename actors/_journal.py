@@ -77,12 +77,21 @@ class _WriterThread:
         """Queue `job`; its `done` runs on the event loop once it has run."""
         self._jobs.put(job)
 
-    async def run_sync(self, fn: Callable[..., T], *args: Any) -> T:
-        """`fn(*args)` in the writer thread; waits for it whatever happens (it cannot be cancelled midway)."""
+    async def run_sync(self, fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+        """`fn(*args)` in the writer thread; waits for it whatever happens (it cannot be cancelled midway).
+
+        With `abandon_on_cancel` (for a job whose outcome nobody must see, such as a health check), a
+        cancelled caller stops waiting at once; the job still runs in its turn and its outcome is dropped.
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         job = _Job(fn, args, _reschedule_waiter, trio.lowlevel.current_task())
         self._jobs.put(job)
-        await trio.lowlevel.wait_task_rescheduled(_uncancellable)
+
+        def abandon(_: Any) -> trio.lowlevel.Abort:
+            job.task = None  # `_reschedule_waiter` then has no one to wake
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abandon if abandon_on_cancel else _uncancellable)
         if job.error is not None:
             error, job.error = job.error, None
             try:
@@ -97,7 +106,8 @@ class _WriterThread:
 
 
 def _reschedule_waiter(job: _Job) -> None:
-    trio.lowlevel.reschedule(job.task)
+    if job.task is not None:  # None: its waiter was cancelled and abandoned it
+        trio.lowlevel.reschedule(job.task)
 
 
 class Journal:
@@ -140,7 +150,7 @@ class Journal:
         """
         if self._closed or self._thread is None:
             raise RuntimeError("the journal is closed")
-        await self._thread.run_sync(self._writer.check_writable, wait)
+        await self._thread.run_sync(self._writer.check_writable, wait, abandon_on_cancel=True)
 
     async def _enqueue(self, events: Sequence[Event], snapshot: Memory | None) -> list[Recorded]:
         if self._closed:
