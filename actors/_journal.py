@@ -199,12 +199,24 @@ class Journal:
         assert self._thread is not None
         batch, self._queue = self._queue, []
         self._in_flight = True
-        self._thread.submit(_Job(
-            self._writer.append,
-            ([p.events for p in batch], [p.snapshot for p in batch if p.snapshot is not None]),
-            self._committed,
-            batch,
-        ))
+        self._thread.submit(_Job(self._commit, (batch,), self._committed, batch))
+
+    def _commit(self, batch: list[_Pending]) -> list[list[Recorded] | Exception]:
+        """In the writer thread: `batch` as one transaction. If that fails and it held several appends,
+        each is tried again in a transaction of its own, so that an append the store cannot write (text
+        SQLite cannot bind, say) fails alone instead of failing every lane's append in its commit."""
+        try:
+            return self._writer.append([p.events for p in batch], [p.snapshot for p in batch if p.snapshot is not None])
+        except Exception:
+            if len(batch) == 1:
+                raise
+        outcomes: list[list[Recorded] | Exception] = []
+        for p in batch:
+            try:
+                outcomes.append(self._writer.append([p.events], [p.snapshot] if p.snapshot is not None else [])[0])
+            except Exception as exc:
+                outcomes.append(exc)
+        return outcomes
 
     def _committed(self, job: _Job) -> None:
         """On the event loop, once a commit returned: answer its appends (the store's error, if it
@@ -217,9 +229,12 @@ class Journal:
                 trio.lowlevel.reschedule(p.task)
         else:
             self.commits += 1
-            for p, recorded in zip(batch, job.result, strict=True):
-                self.events_appended += len(recorded)
-                p.result = recorded
+            for p, outcome in zip(batch, job.result, strict=True):
+                if isinstance(outcome, Exception):  # it failed alone (see `_commit`)
+                    p.error = outcome
+                else:
+                    self.events_appended += len(outcome)
+                    p.result = outcome
                 trio.lowlevel.reschedule(p.task)
         if self._queue:
             self._dispatch()

@@ -49,3 +49,34 @@ async def test_check_writable_can_be_timed_out_while_a_commit_is_stuck():
     finally:
         timer.cancel()
         writer.release.set()
+
+
+async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_its_commit(tmp_path):
+    """Group commit puts many lanes' appends in one transaction; one that SQLite refuses (here text with a
+    lone surrogate, which it cannot bind) must not take the others down with it."""
+    from store import AgentMessage, EventLog, UserMessage
+
+    path = tmp_path / "a.db"
+    log = EventLog.open(path)
+    outcome = {}
+
+    async def append(name, events):
+        try:
+            await journal.append(events)
+            outcome[name] = "ok"
+        except Exception as exc:
+            outcome[name] = type(exc).__name__
+
+    try:
+        journal = Journal(log, lambda: EventLog.open(path, readonly=True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            async with trio.open_nursery() as lanes:  # queued in the same pass: one commit
+                lanes.start_soon(append, "alice", [UserMessage("agent", "alice", "2024-01-01T00:00:00Z", "hello")])
+                lanes.start_soon(append, "bob", [AgentMessage("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")])
+                lanes.start_soon(append, "carol", [UserMessage("agent", "carol", "2024-01-01T00:00:00Z", "hi")])
+            nursery.cancel_scope.cancel()
+        assert outcome == {"alice": "ok", "bob": "UnicodeEncodeError", "carol": "ok"}
+        assert [(r.event.user, r.seq) for r in log.read()] == [("alice", 1), ("carol", 2)]
+    finally:
+        log.close()
