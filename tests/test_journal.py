@@ -77,7 +77,7 @@ async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_it
                 lanes.start_soon(append, "carol", [UserMessage("agent", "carol", "2024-01-01T00:00:00Z", "hi")])
             nursery.cancel_scope.cancel()
         assert outcome == {"alice": "ok", "bob": "UnicodeEncodeError", "carol": "ok"}
-        logged = log.read()  # trio starts the three in no fixed order
+        logged = list(log.read())  # trio starts the three in no fixed order
         assert sorted(r.event.user for r in logged) == ["alice", "carol"] and [r.seq for r in logged] == [1, 2]
     finally:
         log.close()
