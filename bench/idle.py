@@ -19,10 +19,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +28,7 @@ from pathlib import Path
 import trio
 from trio_websocket import open_websocket_url
 
-
-def raise_fd_limit() -> None:
-    """This process's open-file limit to its hard limit (also run in the server child, before exec)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+from _serve import agentcast_serve, raise_fd_limit  # bench/_serve.py (scripts run from bench/)
 
 
 def memory_kib(pid: int) -> dict:
@@ -132,30 +125,12 @@ def main() -> int:
     if soft < args.connections + 100:
         sys.exit(f"the open-file limit is {soft}: too low for {args.connections} client sockets")
     with tempfile.TemporaryDirectory(prefix="agentcast-bench-") as tmp:
-        db = Path(tmp) / "idle.db"
-        config = Path(tmp) / "idle.toml"
-        config.write_text(f"[server]\nmax_connections = {args.connections + 100}\n")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning",
-             "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_fd_limit,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        try:
-            line = proc.stdout.readline()
-            port = int(re.search(r":(\d+)/ws", line).group(1))
-            url = f"ws://127.0.0.1:{port}/ws"
-            out = trio.run(run, args, url, proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        with agentcast_serve(Path(tmp), "idle", f"[server]\nmax_connections = {args.connections + 100}\n") as served:
+            out = trio.run(run, args, served.url, served.proc.pid)
     result = {
         "benchmark": "idle", "connections": args.connections, "subscribed": not args.no_subscribe, **out,
         "target_kib_per_connection": 30, "ok": out["rss_kib_per_connection"] <= 30,
-        "server_exit": proc.returncode, "load_average": os.getloadavg()[0], "python": platform.python_version(),
+        "server_exit": served.proc.returncode, "load_average": os.getloadavg()[0], "python": platform.python_version(),
     }
     print(f"{args.connections} idle connections: {result['rss_kib_per_connection']} KiB RSS "
           f"({result['pss_kib_per_connection']} KiB PSS) each; a chat with all open took "

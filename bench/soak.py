@@ -21,10 +21,6 @@ import argparse
 import json
 import os
 import random
-import re
-import resource
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +28,8 @@ from pathlib import Path
 
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
+
+from _serve import agentcast_serve, raise_fd_limit  # bench/_serve.py (scripts run from bench/)
 
 from store import EventLog
 
@@ -43,11 +41,6 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 class Tally:
     def __init__(self):
         self.acked = 0
@@ -55,8 +48,10 @@ class Tally:
         self.bad_runs = 0
 
 
-async def good_client(url, n, deadline, tally, rng):
+async def good_client(url, n, deadline, tally, rng, rate_limit):
+    """A well-behaved client: one request at a time, paced under the server's `rate_limit` (frames/s)."""
     user = f"good-{n}"
+    pause = 1.1 / rate_limit if rate_limit else 0.0
     try:
         async with open_websocket_url(url) as ws:
 
@@ -88,7 +83,7 @@ async def good_client(url, n, deadline, tally, rng):
                 else:
                     await request({"type": "clear_memory", "agent_id": "my_agent", "request_id": f"x{i}"},
                                   "memory_cleared")
-                await trio.sleep(rng.uniform(0, 0.05))
+                await trio.sleep(max(pause, rng.uniform(0, 0.05)))
     except Exception as exc:  # any failure of a well-behaved client counts
         tally.errors.append(f"{user}: {type(exc).__name__}: {exc}")
 
@@ -135,7 +130,7 @@ async def run(args, url, host, port) -> Tally:
     n_bad = int(args.connections * args.bad)
     async with trio.open_nursery() as nursery:
         for n in range(args.connections - n_bad):
-            nursery.start_soon(good_client, url, n, deadline, tally, random.Random(rng.random()))
+            nursery.start_soon(good_client, url, n, deadline, tally, random.Random(rng.random()), args.rate_limit)
             await trio.sleep(0.002)
         for n in range(n_bad):
             nursery.start_soon(bad_client, url, host, port, n, deadline, tally, random.Random(rng.random()))
@@ -153,31 +148,14 @@ def main() -> int:
     args = p.parse_args()
     raise_fd_limit()
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "soak.db"
-        config = Path(tmp) / "soak.toml"
-        config.write_text(f"[server]\nrate_limit = {args.rate_limit}\n")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning",
-             "--config", str(config)],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_fd_limit,
-        )
-        try:
-            line = proc.stdout.readline()
-            port = int(re.search(r":(\d+)/ws", line).group(1))
-            host = "127.0.0.1"
-            url = f"ws://{host}:{port}/ws"
+        with agentcast_serve(Path(tmp), "soak", f"[server]\nrate_limit = {args.rate_limit}\n", stop_timeout=30) as served:
+            host, port, url, db = "127.0.0.1", served.port, served.url, served.db
             time.sleep(0.5)
-            rss_start = rss_kib(proc.pid)
+            rss_start = rss_kib(served.proc.pid)
             t = time.perf_counter()
             tally = trio.run(run, args, url, host, port)
             elapsed = time.perf_counter() - t
-            rss_end = rss_kib(proc.pid)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            rss_end = rss_kib(served.proc.pid)
         with EventLog.open(db, readonly=True) as log:
             logged = sum(1 for r in log.read() if r.event.TYPE == "user_message" and r.event.user.startswith("good-"))
     out = {
@@ -185,7 +163,7 @@ def main() -> int:
         "rate_limit": args.rate_limit,
         "errors": len(tally.errors), "turns_acked": tally.acked, "turns_logged": logged,
         "bad_client_runs": tally.bad_runs, "rss_start_kib": rss_start, "rss_end_kib": rss_end,
-        "server_exit": proc.returncode,
+        "server_exit": served.proc.returncode,
     }
     print(json.dumps(out), flush=True)
     for e in tally.errors[:10]:
