@@ -40,17 +40,24 @@ async def test_the_installed_trio_websocket_has_the_internals():
         nursery.cancel_scope.cancel()
 
 
+def record_writes(ws) -> list[bytes]:
+    """From now on, every write through `ws`'s stream's `send_all`, as it happens (a direct socket
+    write in send_text_batch does not go through it)."""
+    writes: list[bytes] = []
+    real_send_all = ws._stream.send_all
+
+    async def recording_send_all(data):
+        writes.append(bytes(data))
+        await real_send_all(data)
+
+    ws._stream.send_all = recording_send_all
+    return writes
+
+
 async def test_a_batch_is_one_socket_write_and_arrives_as_separate_messages():
     async with trio.open_nursery() as nursery:
         server_ws, client_ws = await pair(nursery)
-        writes = []
-        real_send_all = server_ws._stream.send_all
-
-        async def counting_send_all(data):
-            writes.append(len(data))
-            await real_send_all(data)
-
-        server_ws._stream.send_all = counting_send_all
+        writes = record_writes(server_ws)
         texts = ["one", "two ünïcode", "x" * 30000, "four"]
         await send_text_batch(server_ws, texts)
         assert len(writes) == 1
@@ -126,14 +133,7 @@ async def test_over_tcp_a_batch_is_written_to_the_socket_directly_and_a_full_soc
         assert [await client_ws.get_message() for _ in texts] == texts
         # More than the socket buffers hold while the client is not reading: what the socket does not
         # take goes through the stream's send_all, which waits for room.
-        waited = []
-        real_send_all = server_ws._stream.send_all
-
-        async def counting_send_all(data):
-            waited.append(len(data))
-            await real_send_all(data)
-
-        server_ws._stream.send_all = counting_send_all
+        waited = record_writes(server_ws)
         big = [f"{i:04d}" + "b" * 60000 for i in range(600)]  # 36 MB
         sent = trio.Event()
 
@@ -169,14 +169,7 @@ async def test_frames_built_here_are_the_bytes_wsproto_makes():
         assert plain_framing(server_ws)  # the installed wsproto: frames are built in send_text_batch
         assert not plain_framing(client_ws)  # a client masks its frames: never built here
         texts = ["", "a", "x" * 125, "x" * 126, "é" * 63, "ü" * 64, "y" * 65535, "y" * 65536, "☕" * 40000]
-        written = []
-        real_send_all = server_ws._stream.send_all
-
-        async def recording_send_all(data):
-            written.append(bytes(data))
-            await real_send_all(data)
-
-        server_ws._stream.send_all = recording_send_all
+        written = record_writes(server_ws)
         await send_text_batch(server_ws, texts)
         reference = WSConnection(ConnectionType.SERVER)
         reference.initiate_upgrade_connection([(b"Host", b"x"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket"),
