@@ -133,7 +133,6 @@ class TurnEnded:
 
 
 Event = Union[UserMessage, AgentMessage, MemoryCleared, FactRemembered, ToolCalled, ToolReturned, TurnEnded]
-MessageEvent = Union[UserMessage, AgentMessage, FactRemembered]
 EVENT_TYPES: dict[str, type] = {
     cls.TYPE: cls
     for cls in (UserMessage, AgentMessage, MemoryCleared, FactRemembered, ToolCalled, ToolReturned, TurnEnded)
