@@ -20,7 +20,7 @@ from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
 from ._metrics import Metrics
 from ._settings import ServerSettings
-from ._wsinternals import abort, send_text_batch
+from ._wsinternals import abort, send_text_batch, take_messages
 
 logger = logging.getLogger("agentcast.transport")
 
@@ -344,25 +344,34 @@ class Connection:
             self._scope.cancel()
 
     async def _read_frames(self) -> None:
+        """Take the client's messages until the connection ends.
+
+        Each message is handled (`_take`) in the WebSocket's reader task as it arrives; this task then
+        only waits for the end. Where trio-websocket's internals differ, it receives them here."""
+        take_messages(self._ws, self._take)
         while True:
             try:
                 data = await self._ws.get_message()
             except ConnectionClosed:
                 return
-            self._last_activity = trio.current_time()
-            if self._close_code is not None:
-                continue  # closing: nothing more is taken on
-            cmd = None
-            try:
-                self._take_token()
-                cmd = p.decode(data)
-                self._handle(cmd)
-            except p.ProtocolError as exc:
-                logger.info("client=%s user=%s error=%s: %s", self.client_id, self.user, exc.code, exc.message)
-                self._queue(p.error_frame(exc, getattr(cmd, "agent_id", None)))
-            except Exception:
-                logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
-                self._queue(p.Error("internal_error", "The server failed to handle this message"))
+            self._take(data)
+
+    def _take(self, data: str | bytes) -> None:
+        """One message from the client; never raises (it runs in the WebSocket's reader task)."""
+        self._last_activity = trio.current_time()
+        if self._close_code is not None or self._ended:
+            return  # closing (or gone): nothing more is taken on
+        cmd = None
+        try:
+            self._take_token()
+            cmd = p.decode(data)
+            self._handle(cmd)
+        except p.ProtocolError as exc:
+            logger.info("client=%s user=%s error=%s: %s", self.client_id, self.user, exc.code, exc.message)
+            self._queue(p.error_frame(exc, getattr(cmd, "agent_id", None)))
+        except Exception:
+            logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
+            self._queue(p.Error("internal_error", "The server failed to handle this message"))
 
     async def _keep_alive(self) -> None:
         """The heartbeat and the idle timeout, in one task (a task per connection less to hold):

@@ -1,5 +1,5 @@
 """The only code that touches trio-websocket internals: several text messages in one socket write,
-and hanging up on a rejected handshake.
+each received message handled as it arrives, and hanging up on a rejected handshake.
 
 trio-websocket writes each message with its own `send_all`, which dominates its cost, and keeps
 the socket of a rejected handshake open until the client closes it. Pinned by pyproject
@@ -9,10 +9,11 @@ missing, each function falls back to the public API.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
@@ -20,6 +21,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 
 from ._http import PrefixedStream
+
+logger = logging.getLogger("agentcast.transport")
 
 _POSIX = os.name == "posix"  # os.write on a socket's descriptor
 
@@ -199,3 +202,54 @@ def drop_handshake_parser(ws: WebSocketConnection) -> None:
         if type(event) is trio.Event and (name == "_for_testing_peer_closed_connection" or event.is_set()):
             if not event.statistics().tasks_waiting:
                 setattr(ws, name, _ALREADY_SET)
+
+
+class _MessageSink:
+    """Stands in for a `WebSocketConnection`'s message channel (`_send_channel`): the reader task's
+    `send(message)` hands each message to `take` at once, instead of queueing it for another task to
+    `get_message` (a task wakeup and a channel trip less per message). `aclose` closes the real
+    channel, so `get_message` still ends (ConnectionClosed) when the connection does."""
+
+    __slots__ = ("take", "channel")
+
+    def __init__(self, take: Callable[[str | bytes], None], channel: trio.MemorySendChannel) -> None:
+        self.take = take
+        self.channel = channel
+
+    def deliver(self, message: str | bytes) -> None:
+        """Hand `message` to `take`. Never raises: this runs in the connection's reader task, and an
+        exception there would end the server."""
+        try:
+            self.take(message)
+        except Exception:  # pragma: no cover - take handles its own errors; this is the net
+            logger.exception("failed to handle a received message")
+
+    async def send(self, message: str | bytes) -> None:  # no checkpoint: the reader goes on reading
+        self.deliver(message)
+
+    async def aclose(self) -> None:
+        await self.channel.aclose()
+
+
+def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) -> bool:
+    """From now on, call `take(message)` (synchronous, must not raise) in `ws`'s reader task for each
+    message received, the ones already queued first (now). `get_message` then returns nothing more; it
+    raises ConnectionClosed once the connection has ended. False (and nothing done) where trio-websocket's
+    internals differ: then receive with `get_message` as usual."""
+    channel = getattr(ws, "_send_channel", None)
+    receive = getattr(ws, "_recv_channel", None)
+    if type(channel) is _MessageSink:
+        raise RuntimeError("messages are already taken")
+    if not isinstance(channel, trio.MemorySendChannel) or not isinstance(receive, trio.MemoryReceiveChannel):
+        return False  # pragma: no cover - another trio-websocket version
+    sink = _MessageSink(take, channel)
+    queued = []
+    while True:  # what the reader queued before now (a sender blocked on a full queue included)
+        try:
+            queued.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            break
+    ws._send_channel = sink  # no checkpoint since the queue was emptied: the reader has not run
+    for message in queued:
+        sink.deliver(message)
+    return True
