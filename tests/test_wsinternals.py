@@ -1,7 +1,11 @@
 """transport._wsinternals, the one place that uses trio-websocket internals: several messages in one
-socket write, each still arriving as its own message; and frame coalescing (transport.protocol.coalesce)."""
+socket write, each still arriving as its own message; the own reader task and its frame parser (receiving
+exactly what trio-websocket receives); taking messages as they arrive; and frame coalescing
+(transport.protocol.coalesce)."""
 from __future__ import annotations
 
+import functools
+import json
 import socket
 import struct
 
@@ -9,13 +13,26 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, TextMessage
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from wsproto.events import AcceptConnection, CloseConnection, Pong, Request, TextMessage
+from wsproto.frame_protocol import XorMaskerSimple
 
 import pytest
 
+from support import running_server
 from transport import protocol as p
 from transport._http import PrefixedStream
-from transport._wsinternals import _socket_fd, batching_supported, drop_handshake_parser, plain_framing, send_text_batch
+from transport._wsinternals import (
+    _socket_fd,
+    batching_supported,
+    drop_handshake_parser,
+    parse_text_frames,
+    plain_framing,
+    send_text_batch,
+    serve_stream,
+    take_messages,
+)
 
 
 async def pair(nursery):
@@ -207,3 +224,318 @@ async def test_a_lone_surrogate_in_a_frame_is_replaced_and_the_batch_still_arriv
         await send_text_batch(server_ws, ["before", "bad \ud800 text", "after"])
         assert [await client_ws.get_message() for _ in range(3)] == ["before", "bad \ufffd text", "after"]
         nursery.cancel_scope.cancel()
+
+
+# -- receiving: serve_stream's own reader, its frame parser, take_messages ---------------------------
+
+
+def client_frame(opcode: int, payload: bytes, key: bytes | None = b"\x01\x02\x03\x04", *, fin: bool = True,
+                 rsv: int = 0, length_bytes: int | None = None) -> bytes:
+    """A frame as a client sends it (RFC 6455 5.2), masked with `key` (None: unmasked); `length_bytes`
+    (2 or 8) forces an extended length even where a shorter one would do."""
+    n = len(payload)
+    if length_bytes is None:
+        length_bytes = 0 if n < 126 else 2 if n < 65536 else 8
+    first = bytes([(0x80 if fin else 0) | rsv | opcode])
+    mask_bit = 0x80 if key is not None else 0
+    if length_bytes == 0:
+        header = first + bytes([mask_bit | n])
+    else:
+        header = first + bytes([mask_bit | (126 if length_bytes == 2 else 127)]) + n.to_bytes(length_bytes, "big")
+    if key is None:
+        return header + payload
+    return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
+
+
+HANDSHAKE_REQUEST = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def run_server_side(wrap, chunks: list[bytes], max_size: int, *, sink: bool):
+    """Feed `chunks` (after the handshake), one read each, to a server WebSocket made by `wrap`
+    (`wrap_server_stream` or `serve_stream`), then hang up. Returns the messages it got (through
+    `take_messages` with `sink`, else `get_message`), its close code and reason, and the bytes it wrote."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    messages: list = []
+    written = bytearray()
+    try:
+        await feed_server_side(wrap, chunks, max_size, sink, server_stream, client_stream, messages, written)
+    except Exception as exc:  # the reader task failed
+        return "failed", repr(exc)
+    ws = messages.pop()
+    closed = ws.closed
+    return messages, (closed.code, closed.reason) if closed else None, bytes(written)
+
+
+async def feed_server_side(wrap, chunks, max_size, sink, server_stream, client_stream, messages, written):
+    async with trio.open_nursery() as nursery:
+        await client_stream.send_all(HANDSHAKE_REQUEST)
+        ws = await (await wrap(nursery, server_stream, message_queue_size=2, max_message_size=max_size)).accept()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await client_stream.receive_some()
+        written += head.split(b"\r\n\r\n", 1)[1]
+
+        async def read_back():
+            try:
+                while data := await client_stream.receive_some():
+                    written.extend(data)
+            except trio.ClosedResourceError:
+                pass
+
+        async def get_messages():
+            try:
+                while True:
+                    messages.append(await ws.get_message())
+            except ConnectionClosed:
+                pass
+
+        nursery.start_soon(read_back)
+        if sink:
+            assert take_messages(ws, messages.append)
+        nursery.start_soon(get_messages)  # with the sink: only waits for the end
+        for chunk in chunks:
+            await trio.testing.wait_all_tasks_blocked()  # the reader took the previous chunk
+            try:
+                await client_stream.send_all(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.move_on_after(1):  # a bound against a hang (the clock is the test's MockClock)
+            await client_stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    messages.append(ws)
+
+
+def run_both(chunks, max_size, sink):
+    """What trio-websocket's reader and serve_stream's make of the same bytes, read in the same pieces."""
+    def run(wrap):
+        return trio.run(functools.partial(run_server_side, wrap, chunks, max_size, sink=sink),
+                        clock=trio.testing.MockClock(autojump_threshold=0))
+    return run(wrap_server_stream), run(serve_stream)
+
+
+texts = st.one_of(
+    st.text(max_size=30),
+    st.builds(lambda c, n: c * n, st.sampled_from(["x", "é", "☕"]), st.sampled_from([0, 41, 125, 126, 200, 3000, 22000])),
+)
+
+
+@st.composite
+def frame_sequences(draw):
+    """Client frames of every kind, most of them plain text messages, as bytes cut at random points."""
+    out = []
+    for _ in range(draw(st.integers(1, 8))):
+        key = draw(st.binary(min_size=4, max_size=4))
+        kind = draw(st.sampled_from(["text"] * 6 + ["fragments", "binary", "ping", "pong", "bad_utf8", "long_length",
+                                                    "unmasked", "rsv", "close", "64bit"]))
+        if kind == "text":
+            out.append(client_frame(1, draw(texts).encode(), key))
+        elif kind == "fragments":  # one message in several frames, split anywhere (even inside a character)
+            data = draw(texts).encode()
+            cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=3)))
+            pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+            for i, piece in enumerate(pieces):
+                out.append(client_frame(1 if i == 0 else 0, piece, key, fin=i == len(pieces) - 1))
+        elif kind == "binary":
+            out.append(client_frame(2, draw(st.binary(max_size=40)), key))
+        elif kind in ("ping", "pong"):
+            out.append(client_frame(9 if kind == "ping" else 10, draw(st.binary(max_size=20)), key))
+        elif kind == "bad_utf8":
+            out.append(client_frame(1, b"ok " + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\xe2\x82"])), key))
+        elif kind == "long_length":  # a length in more bytes than needed: a protocol error for wsproto
+            out.append(client_frame(1, b"short", key, length_bytes=draw(st.sampled_from([2, 8]))))
+        elif kind == "unmasked":
+            out.append(client_frame(1, b"plain", None))
+        elif kind == "rsv":
+            out.append(client_frame(1, b"rsv", key, rsv=draw(st.sampled_from([0x40, 0x20, 0x10]))))
+        elif kind == "close":
+            code = draw(st.sampled_from([None, 1000, 1001, 4000]))
+            out.append(client_frame(8, b"" if code is None else code.to_bytes(2, "big") + b"bye", key))
+        else:
+            out.append(client_frame(1, b"y" * 65536, key))
+    data = b"".join(out)
+    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(data) - 1)), max_size=6))))
+    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if data[a:b]]
+
+
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chunks=frame_sequences(), max_size=st.sampled_from([100, 5000, 2**20]), sink=st.booleans())
+def test_serve_stream_receives_exactly_what_trio_websocket_receives(chunks, max_size, sink):
+    """Differential: the same client bytes, read in the same pieces, give the same messages, the same
+    close code and reason and the same bytes written back (pongs, close frames) through serve_stream's
+    reader (plain text frames parsed here) as through trio-websocket's own (wsproto for every frame)."""
+    reference, subject = run_both(chunks, max_size, sink)
+    assert subject[0] != "failed"
+    if reference[0] == "failed":
+        # trio-websocket's reader fails on a ping or a second message after a too-big one (the closing
+        # connection can no longer answer them); serve_stream's stops at the too-big one
+        assert subject[1][0] == 1009
+    elif subject[1] is not None and subject[1][0] == 1009:
+        # the same messages and the same 1009 close frame sent; trio-websocket then records the code of
+        # a protocol error in what followed in the same read as the close reason, serve_stream keeps 1009
+        assert subject[0] == reference[0] and subject[2] == reference[2]
+    else:
+        assert subject == reference
+
+
+def test_parse_text_frames_takes_whole_plain_text_frames_only():
+    key = b"\x9a\x00\xff\x10"
+    frames = [client_frame(1, t.encode(), key) for t in ["", "a", "é" * 63, "x" * 126, "☕" * 30000]]
+    data = b"".join(frames)
+    assert parse_text_frames(data, 2**20) == (["", "a", "é" * 63, "x" * 126, "☕" * 30000], len(data))
+    assert parse_text_frames(client_frame(1, b"y" * 65536, key), 2**20) == (["y" * 65536], 65536 + 14)
+    # a partial frame, or any other kind, and what follows, are left for wsproto
+    first = frames[1]
+    for rest in [frames[2][:-1], client_frame(9, b"ping", key), client_frame(2, b"bin", key),
+                 client_frame(1, b"frag", key, fin=False), client_frame(1, b"\xff", key),
+                 client_frame(1, b"unmasked", None), client_frame(1, b"long", key, length_bytes=2),
+                 client_frame(1, b"rsv", key, rsv=0x40), client_frame(1, b"12345", key)]:
+        assert parse_text_frames(first + rest + first, 4) == (["a"], len(first))
+    assert parse_text_frames(b"", 10) == ([], 0)
+
+
+def test_take_messages_hands_over_what_was_queued_first_then_each_message_as_it_arrives():
+    async def main():
+        async with trio.open_nursery() as nursery:
+            server_ws, client_ws = await pair(nursery)
+            for text in ("one", "two", "three"):
+                await client_ws.send_message(text)
+            await trio.testing.wait_all_tasks_blocked()
+            taken: list = []
+            assert take_messages(server_ws, taken.append)
+            # the queued messages at once (the one the reader was blocked on included: queue size 1)...
+            assert taken == ["one", "two"]
+            await trio.testing.wait_all_tasks_blocked()
+            assert taken == ["one", "two", "three"]  # ... then the reader, unblocked, hands over the next
+            with pytest.raises(RuntimeError):
+                take_messages(server_ws, taken.append)
+            await client_ws.send_message("four")
+            await client_ws.send_message(b"bytes too")
+            await trio.testing.wait_all_tasks_blocked()
+            assert taken == ["one", "two", "three", "four", b"bytes too"]
+            await client_ws.aclose(4000, "done")
+            with pytest.raises(ConnectionClosed):  # get_message still ends when the connection does
+                await server_ws.get_message()
+            assert server_ws.closed.code == 4000
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+# -- receiving over loopback: the real server (serve_stream's reader, the socket read directly) ------
+
+
+class RawClient:
+    """A client that writes frames byte by byte as given and reads the server's with wsproto."""
+
+    def __init__(self, stream, proto):
+        self.stream, self.proto, self.events = stream, proto, []
+
+    @classmethod
+    async def open(cls, port: int) -> "RawClient":
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        proto = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(proto.send(Request(host="127.0.0.1", target="/ws")))
+        client = cls(stream, proto)
+        (accepted,) = await client.until(lambda e: isinstance(e, AcceptConnection))
+        return client
+
+    async def until(self, done, timeout: float = 10) -> list:
+        """The server's events up to the first for which `done` is true (or the connection's end)."""
+        events = []
+        with trio.fail_after(timeout):  # a bound against a hang, not a timing assertion
+            while True:
+                for event in self.proto.events():
+                    events.append(event)
+                    if done(event):
+                        return events
+                data = await self.stream.receive_some()
+                if not data:
+                    return events
+                self.proto.receive_data(data)
+
+    async def frames(self, n: int) -> list:
+        """The next `n` JSON frames (text messages) and whatever else came with them."""
+        seen = []
+        await self.until(lambda e: seen.append(e) or sum(isinstance(x, TextMessage) for x in seen) == n)
+        return [json.loads(e.data) if isinstance(e, TextMessage) else e for e in seen]
+
+
+def ping_frame(rid: str, key: bytes = b"\x10\x20\x30\x40", pad: int = 0) -> bytes:
+    return client_frame(1, json.dumps({"type": "ping", "request_id": rid + " " * pad}, ensure_ascii=False).encode(), key)
+
+
+async def test_over_tcp_plain_fragmented_and_binary_messages_and_control_frames_in_one_write(server):
+    client = await RawClient.open(server.port)
+    assert (await client.frames(1))[0]["type"] == "connected"
+    fragmented = json.dumps({"type": "ping", "request_id": "fragmented ☕"}).encode()
+    await client.stream.send_all(
+        ping_frame("plain")
+        + client_frame(1, fragmented[:7], fin=False)
+        + client_frame(9, b"control ping")  # a control frame between the fragments
+        + client_frame(0, fragmented[7:-3], fin=False)
+        + client_frame(0, fragmented[-3:])
+        + client_frame(2, b"\x00binary")
+        + ping_frame("after")
+    )
+    got = await client.frames(4)
+    assert [f for f in got if isinstance(f, dict)] == [
+        {"type": "ping", "request_id": "plain"},
+        {"type": "ping", "request_id": "fragmented ☕"},
+        {"type": "error", "code": "binary_frame", "message": "Binary frames are not supported; send JSON text frames"},
+        {"type": "ping", "request_id": "after"},
+    ]
+    assert [e.payload for e in got if isinstance(e, Pong)] == [b"control ping"]
+    # the same, a byte at a time: every frame is partial when read
+    for byte in ping_frame("bytewise") + client_frame(9, b"p2"):
+        await client.stream.send_all(bytes([byte]))
+    got = await client.frames(1)
+    assert got[-1] == {"type": "ping", "request_id": "bytewise"}
+    got += await client.until(lambda e: isinstance(e, Pong))
+    assert [e.payload for e in got if isinstance(e, Pong)] == [b"p2"]
+    await client.stream.aclose()
+
+
+async def test_over_tcp_invalid_utf8_ends_the_connection_with_1007(server):
+    client = await RawClient.open(server.port)
+    await client.frames(1)
+    (conn,) = server.connections
+    await client.stream.send_all(ping_frame("ok"))
+    await client.frames(1)
+    await client.stream.send_all(client_frame(1, b'{"type": "ping", "x": "\xff"}'))
+    # as trio-websocket does: no close frame (wsproto's 1007 is not sent), the socket closed at once
+    assert await client.until(lambda e: True) == []
+    assert conn._ws.closed.code == 1007
+    await client.stream.aclose()
+
+
+async def test_over_tcp_the_size_limit_counts_characters_and_closes_with_1009(db_path):
+    async with running_server(db_path, max_message_size=100) as server:
+        client = await RawClient.open(server.port)
+        await client.frames(1)
+        size = len(json.dumps({"type": "ping", "request_id": "ééé"}, ensure_ascii=False))
+        at_limit = ping_frame("ééé", pad=100 - size)
+        assert len(at_limit) > 100 + 6  # more bytes than the limit, but not more characters
+        await client.stream.send_all(at_limit)
+        assert (await client.frames(1))[0]["type"] == "ping"
+        await client.stream.send_all(ping_frame("ééé", pad=101 - size))
+        events = await client.until(lambda e: isinstance(e, CloseConnection))
+        assert events[-1].code == 1009
+        await client.stream.aclose()
+
+
+async def test_over_tcp_the_close_handshake(server):
+    client = await RawClient.open(server.port)
+    await client.frames(1)
+    await client.stream.send_all(ping_frame("last"))
+    assert await client.frames(1) == [{"type": "ping", "request_id": "last"}]
+    await client.stream.send_all(client_frame(8, (4000).to_bytes(2, "big") + b"bye"))
+    events = await client.until(lambda e: isinstance(e, CloseConnection))
+    assert [(e.code, e.reason) for e in events] == [(4000, "bye")]  # the server answers the client's close
+    with trio.fail_after(10):
+        assert await client.stream.receive_some() == b""  # and then hangs up
+    with trio.fail_after(10):
+        while server.connections:
+            await trio.sleep(0.01)

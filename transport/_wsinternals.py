@@ -1,8 +1,10 @@
 """The only code that touches trio-websocket internals: several text messages in one socket write,
-each received message handled as it arrives, and hanging up on a rejected handshake.
+a reader task that parses plain text frames itself, each received message handled as it arrives,
+and hanging up on a rejected handshake.
 
-trio-websocket writes each message with its own `send_all`, which dominates its cost, and keeps
-the socket of a rejected handshake open until the client closes it. Pinned by pyproject
+trio-websocket writes each message with its own `send_all`, which dominates its cost, hands each
+received message through wsproto's frame parser and a channel to a second task, and keeps the
+socket of a rejected handshake open until the client closes it. Pinned by pyproject
 (trio-websocket >=0.11,<0.13) and checked by tests/test_wsinternals.py; where the internals are
 missing, each function falls back to the public API.
 """
@@ -16,9 +18,21 @@ import struct
 from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import TextMessage
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Pong,
+    RejectConnection,
+    RejectData,
+    Request,
+    TextMessage,
+)
+from wsproto.utilities import RemoteProtocolError
 
 from ._http import PrefixedStream
 
@@ -210,15 +224,20 @@ class _MessageSink:
     `get_message` (a task wakeup and a channel trip less per message). `aclose` closes the real
     channel, so `get_message` still ends (ConnectionClosed) when the connection does."""
 
-    __slots__ = ("take", "channel")
+    __slots__ = ("take", "channel", "ws")
 
-    def __init__(self, take: Callable[[str | bytes], None], channel: trio.MemorySendChannel) -> None:
+    def __init__(self, take: Callable[[str | bytes], None], channel: trio.MemorySendChannel,
+                 ws: WebSocketConnection) -> None:
         self.take = take
         self.channel = channel
+        self.ws = ws
 
     def deliver(self, message: str | bytes) -> None:
-        """Hand `message` to `take`. Never raises: this runs in the connection's reader task, and an
-        exception there would end the server."""
+        """Hand `message` to `take`, unless the connection is closing (as trio-websocket drops a message
+        once it has closed its channel, e.g. one after a too-big message). Never raises: this runs in
+        the connection's reader task, and an exception there would end the connection's handler."""
+        if self.ws._close_reason is not None:
+            return
         try:
             self.take(message)
         except Exception:  # pragma: no cover - take handles its own errors; this is the net
@@ -240,9 +259,10 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
     receive = getattr(ws, "_recv_channel", None)
     if type(channel) is _MessageSink:
         raise RuntimeError("messages are already taken")
-    if not isinstance(channel, trio.MemorySendChannel) or not isinstance(receive, trio.MemoryReceiveChannel):
+    if (not isinstance(channel, trio.MemorySendChannel) or not isinstance(receive, trio.MemoryReceiveChannel)
+            or not hasattr(ws, "_close_reason")):
         return False  # pragma: no cover - another trio-websocket version
-    sink = _MessageSink(take, channel)
+    sink = _MessageSink(take, channel, ws)
     queued = []
     while True:  # what the reader queued before now (a sender blocked on a full queue included)
         try:
@@ -253,3 +273,236 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
     for message in queued:
         sink.deliver(message)
     return True
+
+
+# -- receiving -----------------------------------------------------------------------------------
+
+#: The methods of trio-websocket's WebSocketConnection that `serve_stream`'s reader calls (0.12's
+#: `_reader_task` calls them too), and the attributes of a connection it reads.
+_READER_METHODS = (
+    "_reader_task", "_get_request", "_abort_web_socket", "_close_stream", "_send",
+    "_handle_accept_connection_event", "_handle_message_event", "_handle_close_connection_event",
+    "_handle_ping_event", "_handle_pong_event", "_handle_reject_connection_event", "_handle_reject_data_event",
+    "_handle_request_event",
+)
+_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_max_message_size")
+
+
+def reader_supported() -> bool:
+    """True when the installed trio-websocket has the methods `serve_stream`'s own reader task calls."""
+    return all(hasattr(WebSocketConnection, name) for name in _READER_METHODS)
+
+
+async def serve_stream(
+    nursery: trio.Nursery, stream: trio.abc.Stream, *, message_queue_size: int, max_message_size: int
+) -> WebSocketRequest:
+    """`trio_websocket.wrap_server_stream`, with this module's reader task (`_read`) in place of
+    trio-websocket's: the same handling of every event (handshake, ping, pong, close, errors), but a
+    plain text frame (the client's usual message) is parsed here, without wsproto. Where the
+    internals differ, it is `wrap_server_stream` itself."""
+    if not reader_supported():  # pragma: no cover - another trio-websocket version
+        return await wrap_server_stream(
+            nursery, stream, message_queue_size=message_queue_size, max_message_size=max_message_size
+        )
+    ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), message_queue_size=message_queue_size,
+                             max_message_size=max_message_size)
+    if all(hasattr(ws, name) for name in _READER_STATE):
+        nursery.start_soon(_read, ws)
+    else:  # pragma: no cover - another trio-websocket version
+        nursery.start_soon(ws._reader_task)
+    return await ws._get_request()
+
+
+class _Frames:
+    """Where a connection's wsproto stands between frames, to tell when a frame may be parsed here:
+    the connection is open, wsproto holds no part of a frame or of a fragmented message, and no
+    event waits to be handed out. Then wsproto's state is the same whether it or `parse_text_frames`
+    takes the next complete frames."""
+
+    __slots__ = ("connection", "decoder", "messages", "ws")
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.connection = ws._wsproto.connection
+        proto = self.connection._proto
+        self.decoder = proto._frame_decoder
+        self.messages = proto._message_decoder
+
+    @staticmethod
+    def of(ws: WebSocketConnection) -> _Frames | None:
+        """For `ws` once open, or None where wsproto differs (or uses an extension, or is a client)."""
+        try:
+            frames = _Frames(ws)
+            proto = frames.connection._proto
+            ok = (proto.client is False and proto.extensions == [] and type(frames.decoder.buffer.buffer) is bytearray
+                  and hasattr(frames.decoder, "header") and hasattr(frames.messages, "opcode")
+                  and hasattr(frames.connection, "_events") and hasattr(frames.connection, "_state"))
+        except AttributeError:  # pragma: no cover - another wsproto version
+            return None
+        return frames if ok else None
+
+    def between_frames(self) -> bool:
+        return (
+            self.connection._state is ConnectionState.OPEN
+            and self.decoder.header is None
+            and not self.decoder.buffer.buffer  # wsproto's received bytes not yet parsed
+            and self.messages.opcode is None
+            and not self.connection._events
+            and not self.ws._message_parts
+        )
+
+
+def parse_text_frames(data: bytes, max_chars: int) -> tuple[list[str], int]:
+    """The text messages of the complete frames at the start of `data` that are each a whole, valid,
+    masked, plain text message (RFC 6455 5.2: FIN set, no RSV bit, opcode 1, the length in the fewest
+    bytes, valid UTF-8) of at most `max_chars` characters; and the offset of the first byte not taken
+    (a frame of any other kind, or one not complete in `data`: for wsproto)."""
+    texts: list[str] = []
+    start, end = 0, len(data)
+    while end - start >= 6:  # the shortest masked frame: 2 header bytes, the 4-byte key
+        if data[start] != 0x81:  # FIN + text, no RSV bit
+            break
+        n = data[start + 1] ^ 0x80  # the mask bit must be set
+        if n >= 126:  # 126: a 16-bit length follows, 127: a 64-bit one; above 127: not masked
+            if n == 126:
+                if end - start < 8:
+                    break
+                n = (data[start + 2] << 8) | data[start + 3]
+                if n < 126:
+                    break  # a length in more bytes than needed: wsproto fails the connection (1002)
+                key = start + 4
+            elif n == 127:
+                if end - start < 14:
+                    break
+                n = int.from_bytes(data[start + 2:start + 10], "big")
+                if n < 65536 or n >> 63:
+                    break
+                key = start + 10
+            else:
+                break
+        else:
+            key = start + 2
+        stop = key + 4 + n
+        if stop > end or n > 4 * max_chars:  # incomplete, or too big for sure (a character is at most 4 bytes)
+            break
+        if n:
+            # Unmask: XOR with the 4-byte key repeated, as one integer (little-endian, so the key's
+            # repetition lines up from the first byte whatever the length).
+            mask = int.from_bytes((data[key:key + 4] * ((n + 3) >> 2))[:n], "little")
+            payload = (int.from_bytes(data[key + 4:stop], "little") ^ mask).to_bytes(n, "little")
+            try:
+                text = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                break  # wsproto fails the connection with 1007
+            if len(text) > max_chars:
+                break  # trio-websocket closes with 1009
+        else:
+            text = ""
+        texts.append(text)
+        start = stop
+    return texts, start
+
+
+async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
+    """`SocketStream.receive_some` for a plain TCP socket, with one trip through the scheduler (wait
+    until readable, then read) instead of two (try, wait, read, then a checkpoint after the read)."""
+    while True:
+        fd = sock.fileno()
+        if fd < 0:
+            raise trio.ClosedResourceError("the socket was closed")
+        await trio.lowlevel.wait_readable(fd)  # the checkpoint; raises ClosedResourceError if closed meanwhile
+        try:
+            return os.read(fd, size)  # nothing ran since the wait: `fd` is still this socket
+        except BlockingIOError:
+            continue  # woken for nothing
+        except OSError as exc:  # reset by the client: as SocketStream.receive_some reports it
+            raise trio.BrokenResourceError(exc) from exc
+
+
+async def _read(ws: WebSocketConnection) -> None:
+    """trio-websocket's `_reader_task` (0.12.2) for a server connection, but once the connection is
+    open, bytes that begin with complete plain text frames (`parse_text_frames`) while wsproto stands
+    between frames skip wsproto: their messages go to the message channel (or the `take_messages`
+    sink) as wsproto's would. Everything else (the handshake, control frames, fragments, partial
+    frames, binary, invalid or too-big messages) goes through wsproto and trio-websocket's own
+    handlers, as in `_reader_task`."""
+    handlers = {
+        AcceptConnection: ws._handle_accept_connection_event,
+        BytesMessage: ws._handle_message_event,
+        CloseConnection: ws._handle_close_connection_event,
+        Ping: ws._handle_ping_event,
+        Pong: ws._handle_pong_event,
+        RejectConnection: ws._handle_reject_connection_event,
+        RejectData: ws._handle_reject_data_event,
+        Request: ws._handle_request_event,
+        TextMessage: ws._handle_message_event,
+    }
+    wsproto = ws._wsproto
+    stream = ws._stream
+    size = getattr(ws, "_receive_buffer_size", 4096)
+    max_chars = getattr(ws, "_max_message_size", 2**20)
+    frames: _Frames | None = None
+    fast = True  # until wsproto turns out to differ
+    pending = False  # wsproto has been fed since its events were last handed out
+    async with ws._send_channel:
+        while ws._reader_running:
+            if pending:
+                pending = False
+                for event in wsproto.events():
+                    if not ws._reader_running:
+                        # Unlike trio-websocket (which fails with LocalProtocolError then): a message over
+                        # the size limit closed the connection; events after it in the same read, like a
+                        # second such message or a ping, can no longer be answered.
+                        break
+                    handler = handlers.get(type(event))
+                    if handler is None:  # pragma: no cover - as trio-websocket: a server never gets others
+                        logger.warning("%s received unknown event type: %s", ws, type(event))
+                        continue
+                    try:
+                        await handler(event)
+                    except ConnectionClosed:
+                        ws._reader_running = False
+                        break
+            if type(stream) is PrefixedStream and not stream._prefix:  # (our own class: its prefix is read)
+                stream = stream.stream  # the handshake's bytes read again: straight from the socket now
+            try:
+                if _POSIX and type(stream) is trio.SocketStream:
+                    data = await _receive(stream.socket, size)
+                else:
+                    data = await stream.receive_some(size)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                await ws._abort_web_socket()
+                break
+            if not data:  # the client closed TCP: abnormal unless the WebSocket was closed first
+                if wsproto.state is not ConnectionState.CLOSED:
+                    await ws._abort_web_socket()
+                break
+            if wsproto.state is ConnectionState.CLOSED:
+                continue
+            if frames is None and fast and wsproto.connection is not None:
+                frames = _Frames.of(ws)
+                fast = frames is not None
+            if frames is not None and frames.between_frames():
+                texts, taken = parse_text_frames(data, max_chars)
+                for text in texts:
+                    sink = ws._send_channel
+                    if type(sink) is _MessageSink:
+                        sink.deliver(text)
+                    else:  # not taken yet: queue it, as `_handle_message_event` does
+                        try:
+                            await sink.send(text)
+                        except (trio.ClosedResourceError, trio.BrokenResourceError):
+                            pass
+                if taken == len(data):
+                    continue
+                if taken:
+                    data = data[taken:]
+                if wsproto.state is ConnectionState.CLOSED:  # pragma: no cover - closed while queueing
+                    continue
+            try:
+                wsproto.receive_data(data)
+            except RemoteProtocolError as err:
+                if err.event_hint:
+                    await ws._send(err.event_hint)
+                await ws._close_stream()
+            pending = True

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
+from trio_websocket import WebSocketConnection, WebSocketRequest
 
 from actors import Agents, AgentSpec, Audience, ConfigError, Journal, utc_now
 from store import EventLog
@@ -36,7 +36,7 @@ from ._http import (
 )
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
-from ._wsinternals import drop_handshake_parser, reject
+from ._wsinternals import drop_handshake_parser, reject, serve_stream
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -219,7 +219,7 @@ class Server:
         async with trio.open_nursery() as nursery:  # the connection's reader task runs here
             request = None
             with trio.move_on_at(deadline):
-                request = await wrap_server_stream(
+                request = await serve_stream(
                     nursery, stream, message_queue_size=8, max_message_size=self.settings.max_message_size
                 )
             try:
