@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import socket
 import struct
 
@@ -539,3 +540,43 @@ async def test_over_tcp_the_close_handshake(server):
     with trio.fail_after(10):
         while server.connections:
             await trio.sleep(0.01)
+
+
+async def test_over_tcp_a_client_that_resets_mid_session_ends_its_connection_quietly(server, caplog):
+    client = await RawClient.open(server.port)
+    await client.frames(1)
+    await client.stream.send_all(ping_frame("before the reset"))
+    await client.frames(1)
+    client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    await trio.aclose_forcefully(client.stream)  # RST: the server's read fails with ECONNRESET
+    with trio.fail_after(10):
+        while server.connections:
+            await trio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_take_messages_still_hands_over_what_was_queued_before_the_client_closed():
+    async def main():
+        server_stream, client_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            got = {}
+
+            async def accept():
+                request = await serve_stream(nursery, server_stream, message_queue_size=8, max_message_size=100)
+                got["ws"] = await request.accept()
+
+            nursery.start_soon(accept)
+            client_ws = await wrap_client_stream(nursery, client_stream, "127.0.0.1", "/ws")
+            await client_ws.send_message("sent")
+            await client_ws.send_message("before closing")
+            await client_ws.aclose(4000)
+            server_ws = got["ws"]
+            assert server_ws.closed.code == 4000
+            taken: list = []
+            assert take_messages(server_ws, taken.append)
+            assert taken == ["sent", "before closing"]  # as get_message would have returned them
+            with pytest.raises(ConnectionClosed):
+                await server_ws.get_message()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

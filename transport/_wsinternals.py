@@ -1,6 +1,5 @@
-"""The only code that touches trio-websocket internals: several text messages in one socket write,
-a reader task that parses plain text frames itself, each received message handled as it arrives,
-and hanging up on a rejected handshake.
+"""The only code that touches trio-websocket internals: batched writes, a reader that parses plain text
+frames itself and hands each message over as it arrives, hanging up on a rejected handshake.
 
 trio-websocket writes each message with its own `send_all`, which dominates its cost, hands each
 received message through wsproto's frame parser and a channel to a second task, and keeps the
@@ -236,8 +235,10 @@ class _MessageSink:
         """Hand `message` to `take`, unless the connection is closing (as trio-websocket drops a message
         once it has closed its channel, e.g. one after a too-big message). Never raises: this runs in
         the connection's reader task, and an exception there would end the connection's handler."""
-        if self.ws._close_reason is not None:
-            return
+        if self.ws._close_reason is None:
+            self.hand(message)
+
+    def hand(self, message: str | bytes) -> None:
         try:
             self.take(message)
         except Exception:  # pragma: no cover - take handles its own errors; this is the net
@@ -270,8 +271,8 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
         except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             break
     ws._send_channel = sink  # no checkpoint since the queue was emptied: the reader has not run
-    for message in queued:
-        sink.deliver(message)
+    for message in queued:  # even if the client has closed since: get_message would have returned them
+        sink.hand(message)
     return True
 
 
