@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.events import AcceptConnection, CloseConnection, Pong, Request, TextMessage
 from wsproto.frame_protocol import XorMaskerSimple
+from wsproto.utilities import LocalProtocolError
 
 import pytest
 
@@ -580,3 +581,24 @@ def test_take_messages_still_hands_over_what_was_queued_before_the_client_closed
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_handshake_completes():
+    """trio-websocket's reader fails there (no pong may follow a close frame: LocalProtocolError)."""
+    async def main(wrap):
+        server_stream, client_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            ws = await (await wrap(nursery, server_stream, message_queue_size=2, max_message_size=100)).accept()
+            nursery.start_soon(ws.aclose, 1001, "going away")
+            await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+            await client_stream.send_all(client_frame(9, b"late ping") + client_frame(8, (1001).to_bytes(2, "big")))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.closed.code == 1001
+            assert ws._close_handshake.is_set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, serve_stream, clock=trio.testing.MockClock(autojump_threshold=0))
+    with pytest.raises(BaseExceptionGroup) as failed:
+        trio.run(main, wrap_server_stream, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert failed.group_contains(LocalProtocolError)
