@@ -66,9 +66,16 @@ def frame_of(output: Output) -> p.ServerFrame:
     raise TypeError(f"not an actor output: {output!r}")
 
 
+def _response_of(o: actors.TurnResponse) -> p.Response:
+    usage = o.usage
+    tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
+    return p.Response(o.agent_id, o.message, o.seq, o.request_id, tokens)
+
+
 _FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
     actors.TurnChunk: lambda o: p.ResponseChunk(o.agent_id, o.delta, o.request_id),
     actors.TurnStarted: lambda o: p.AgentThinking(o.agent_id, o.request_id),
+    actors.TurnResponse: _response_of,
     actors.TurnDone: lambda o: p.AgentDone(o.agent_id, o.request_id),
 }
 #: The outputs counted in the metrics (`Connection._count`).
