@@ -4,6 +4,7 @@ Owns turn execution and who hears it (`Audience`). Must not import `transport`.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import math
@@ -123,7 +124,7 @@ class NothingToCancel(Exception):
 
 @define(eq=False)
 class RunningTurn:
-    """A user's chat turn while its brain runs: cancelling `scope` stops it (and closes its HTTP stream)."""
+    """A user's chat turn while its brain runs: cancelling `scope` (its lane's) stops it (and closes its HTTP stream)."""
 
     scope: trio.CancelScope
     request_id: str | None
@@ -275,10 +276,35 @@ class Recipients:
                 outbox.deliver(output)
 
 
-@frozen
 class _Lane:
-    send: trio.MemorySendChannel
-    receive: trio.MemoryReceiveChannel
+    """A user's lane: its queue of commands, its memory, and since when it has been idle (no command queued or running)."""
+
+    __slots__ = ("send", "receive", "idle_since", "reaping", "memory", "saved", "interrupted")
+
+    def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
+        self.send = send
+        self.receive = receive
+        self.idle_since = 0.0  # trio time; meaningful while the user has no command queued or running
+        self.reaping = False  # the lane has an entry in Agent._idle_lanes
+        self.memory: Memory | None = None  # None until read from the log (and again after a failure)
+        self.saved = 0  # the version of the memory's latest snapshot
+        #: A chat whose brain a cancel interrupted: it ends (`Agent._end_chat`) once out of the cancelled scope.
+        self.interrupted: _Chat | None = None
+
+
+class _Chat:
+    """A chat turn under way: what its brain said so far, and how it is to end."""
+
+    __slots__ = ("cmd", "recipients", "running", "log", "deltas", "usage", "failure")
+
+    def __init__(self, cmd: ChatTurn, recipients: Recipients, running: RunningTurn, log: _TurnLog) -> None:
+        self.cmd = cmd
+        self.recipients = recipients
+        self.running = running
+        self.log = log
+        self.deltas: list[str] = []
+        self.usage: Usage | None = None
+        self.failure: str | None = None
 
 
 class Agent:
@@ -300,6 +326,11 @@ class Agent:
         self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](math.inf)
         self._nursery: trio.Nursery | None = None  # the lanes' nursery, while `run` runs
         self._lanes: dict[str, _Lane] = {}
+        # Idle lanes are dropped by one task (`_drop_idle_lanes`) rather than each lane waiting for its
+        # next command under a timeout of its own (a cancel scope per command): a heap of (due, user),
+        # at most one entry per lane, woken through `_reaper`'s deadline.
+        self._idle_lanes: list[tuple[float, str]] = []
+        self._reaper: trio.CancelScope | None = None
         self._pending: dict[str, int] = {}
         self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running  # per user: commands queued or running
         self._in_flight = 0
@@ -384,6 +415,7 @@ class Agent:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Carry out submitted commands until cancelled: each user's in order, users concurrently."""
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._drop_idle_lanes)
             self._nursery = nursery
             try:
                 while True:  # what was submitted before
@@ -419,6 +451,15 @@ class Agent:
             self._pending[user] = left
         else:
             del self._pending[user]
+            lane = self._lanes.get(user)
+            if lane is not None:  # idle from now: dropped lane_idle_seconds later unless used again
+                lane.idle_since = trio.current_time()
+                if not lane.reaping:
+                    lane.reaping = True
+                    due = lane.idle_since + self.spec.lane_idle_seconds
+                    heapq.heappush(self._idle_lanes, (due, user))
+                    if self._reaper is not None and due < self._reaper.deadline:
+                        self._reaper.deadline = due
         left = self._per_origin[origin] - 1
         if left:
             self._per_origin[origin] = left
@@ -435,32 +476,89 @@ class Agent:
             self._idle.set()
 
     async def _run_lane(self, user: str, lane: _Lane) -> None:
-        memory: Memory | None = None
-        saved = 0  # the version of the memory's latest snapshot
+        """Carry out `user`'s commands in order until `_drop_idle_lanes` closes the lane.
+
+        The lane runs in one cancel scope, made anew only after a cancel has used it: `Agent.cancel`
+        cancels it to stop a chat's brain (entering a scope for every turn cost about 25 µs a turn,
+        as much as the rest of its bookkeeping). The chat interrupted so ends here, outside the
+        cancelled scope, before the lane takes its next command.
+        """
+        try:
+            while True:
+                with trio.CancelScope() as scope:
+                    await self._serve_lane(user, lane, scope)
+                    return  # closed: idle
+                chat = lane.interrupted
+                if chat is not None:
+                    try:
+                        lane.memory = await self._end_chat(lane.memory, chat)
+                        await self._snapshot_if_due(lane)
+                    except Exception:  # the lane lives on; its state is rebuilt from the log
+                        logger.exception("agent %s: ending a cancelled turn for user %s failed", self.agent_id, user)
+                        lane.memory = None
+                        self._fail(chat.cmd, "agent_error", "The agent failed while handling this message")
+                    finally:
+                        lane.interrupted = None
+                        self._finished(chat.cmd)
+        finally:
+            if lane.interrupted is not None:  # cancelled from outside (shutdown) as well: it ends unlogged
+                self._finished(lane.interrupted.cmd)
+                lane.interrupted = None
+
+    async def _serve_lane(self, user: str, lane: _Lane, scope: trio.CancelScope) -> None:
+        """Carry out the lane's commands until it is closed (returns) or a chat is interrupted
+        (`Cancelled`, with the chat in `lane.interrupted`: it is not finished yet)."""
         window = self.spec.short_term_window
-        while True:
-            command = None
-            with trio.move_on_after(self.spec.lane_idle_seconds):
-                command = await lane.receive.receive()
-            if command is None:
-                if user not in self._pending:  # idle: drop it (no await between check and removal)
-                    del self._lanes[user]
-                    return
-                continue
+        async for command in lane.receive:  # until `_drop_idle_lanes` closes it
             try:
-                if memory is None:
-                    memory, folded = await self._journal.read(lambda log: log.restore(self.agent_id, user, window=window))
-                    saved = memory.version - folded
-                memory = await self._carry_out(memory, command)
-                if memory.version - saved >= SNAPSHOT_EVERY:
-                    await self._journal.save_snapshot(memory)
-                    saved = memory.version
+                if lane.memory is None:
+                    lane.memory, folded = await self._journal.read(
+                        lambda log: log.restore(self.agent_id, user, window=window))
+                    lane.saved = lane.memory.version - folded
+                if type(command) is ChatTurn:
+                    lane.memory = await self._chat(lane, command, scope)
+                else:
+                    lane.memory = await self._carry_out(lane.memory, command)
+                await self._snapshot_if_due(lane)
             except Exception:  # the lane lives on; its state is rebuilt from the log
                 logger.exception("agent %s: command for user %s failed", self.agent_id, user)
-                memory = None
+                lane.memory = None
                 self._fail(command, "agent_error", "The agent failed while handling this message")
             finally:
-                self._finished(command)
+                if lane.interrupted is None:  # an interrupted chat is finished once it has ended
+                    self._finished(command)
+
+    async def _snapshot_if_due(self, lane: _Lane) -> None:
+        memory = lane.memory
+        if memory is not None and memory.version - lane.saved >= SNAPSHOT_EVERY:
+            await self._journal.save_snapshot(memory)
+            lane.saved = memory.version
+
+    async def _drop_idle_lanes(self) -> None:
+        """Drop each lane idle for `lane_idle_seconds` (its memory is rebuilt from the log on next use):
+        close its queue, which ends its task. Sleeps until the next lane is due."""
+        idle = self.spec.lane_idle_seconds
+        heap = self._idle_lanes
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, user = heapq.heappop(heap)
+                lane = self._lanes.get(user)
+                if lane is None or not lane.reaping:
+                    continue
+                lane.reaping = False
+                if user in self._pending:
+                    continue  # busy again: queued anew when it next falls idle
+                due = lane.idle_since + idle
+                if due <= now:  # no await between this check and the removal
+                    del self._lanes[user]
+                    lane.send.close()
+                else:  # used since it was queued, and idle again
+                    lane.reaping = True
+                    heapq.heappush(heap, (due, user))
+            self._reaper = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+            with self._reaper:
+                await trio.sleep_forever()
 
     def _fail(self, command: AgentCommand, code: str, message: str) -> None:
         recipients = self._recipients(command)
@@ -474,8 +572,7 @@ class Agent:
         return self._audience.recipients(self.agent_id, command.user, command.origin)
 
     async def _carry_out(self, memory: Memory, command: AgentCommand) -> Memory:
-        if isinstance(command, ChatTurn):
-            return await self._chat(memory, command)
+        """Carry out a command other than a chat (`_chat`)."""
         if isinstance(command, SearchMemory):
             if not getattr(command.origin, "gone", False):  # nobody left to read the results
                 await self._search(memory, command)
@@ -493,7 +590,13 @@ class Agent:
                 recipients.deliver_to_tails(UserSaid(self.agent_id, rec.event.content, rec.seq, rec.event.request_id))
         return recorded
 
-    async def _chat(self, memory: Memory, cmd: ChatTurn) -> Memory:
+    async def _chat(self, lane: _Lane, cmd: ChatTurn, scope: trio.CancelScope) -> Memory:
+        """Carry out a chat turn in `lane` (whose cancel scope is `scope`); returns the memory after it.
+
+        A cancel (of `scope`) stops the brain: then this raises `Cancelled` with the chat in
+        `lane.interrupted`, and `_run_lane` ends it once out of the cancelled scope."""
+        memory = lane.memory
+        assert memory is not None
         agent_id, rid = self.agent_id, cmd.request_id
         recipients = self._recipients(cmd)
         recipients.deliver(TurnStarted(agent_id, rid))
@@ -503,72 +606,89 @@ class Agent:
             ending = logged[1] if logged is not None else None
             if ending is not None and _answered_from_log(agent_id, ending, rid, recipients):
                 return memory
-        brain = self.spec.brain
-        running = RunningTurn(trio.CancelScope(), rid, cmd.origin)
+        running = RunningTurn(scope, rid, cmd.origin)
         if self.spec.cancel_on_disconnect and getattr(cmd.origin, "gone", False):
-            running.scope.cancel()  # its asker left while it was queued
+            scope.cancel()  # its asker left while it was queued
         # The user's message is logged once, even if the turn fails, is cancelled or is retried.
         said = None if logged is not None else UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)
-        turn_log = _TurnLog(self, recipients, said)
-        deltas: list[str] = []
-        usage: Usage | None = None
-        failure: str | None = None
+        chat = _Chat(cmd, recipients, running, _TurnLog(self, recipients, said))
         self._running[cmd.user] = running
         try:
-            with running.scope:
-                try:
-                    recalled = ()
-                    if brain.recall and memory.long_term_count:
-                        recalled = await self._journal.read(
-                            lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
-                        )
-                    toolbox = Toolbox(getattr(brain, "tools", ()), ToolContext(
-                        agent_id, cmd.user, _TurnMemory(self, cmd.user, rid, turn_log)))
-                    turn = Turn(agent_id, cmd.user, cmd.message, memory, recalled, toolbox)
-                    async with aclosing(brain.reply(turn)) as items:
-                        async for item in items:
-                            if isinstance(item, str):
-                                if item:
-                                    deltas.append(item)
-                                    recipients.deliver(TurnChunk(agent_id, item, rid))
-                            elif isinstance(item, ToolCall):
-                                await turn_log.append([ToolCalled(
-                                    agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.arguments, rid)])
-                                recipients.deliver(TurnToolCall(agent_id, item.call_id, item.tool, item.arguments, rid))
-                            elif isinstance(item, ToolResult):
-                                await turn_log.append([ToolReturned(
-                                    agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.result,
-                                    item.error, rid)])
-                                recipients.deliver(TurnToolResult(
-                                    agent_id, item.call_id, item.tool, item.result, item.error, rid))
-                            elif isinstance(item, Usage):
-                                usage = item
-                    if not deltas:
-                        failure = "The agent gave an empty answer"
-                except BrainError as exc:
-                    failure = str(exc) or "The agent could not answer"
-                except Exception as exc:  # its kind and stack, not its text: that may quote a header (a key) or a URL
-                    logger.error("agent %s: brain failed: %s (message withheld)\n%s", agent_id, type(exc).__name__,
-                                 "".join(traceback.format_tb(exc.__traceback__)).rstrip())
-                    failure = "The agent failed while answering"
+            await self._think(memory, chat)
+            if scope.cancel_called:
+                # Cancelled after the brain's last checkpoint (or it had none): take the cancel now,
+                # so that this turn too ends cancelled, outside the cancelled scope.
+                await trio.lowlevel.checkpoint()
+        except trio.Cancelled:
+            if scope.cancel_called:
+                lane.interrupted = chat
+            raise
         finally:
             if self._running.get(cmd.user) is running:
                 del self._running[cmd.user]
-        partial = "".join(deltas)
+        return await self._end_chat(memory, chat)
+
+    async def _think(self, memory: Memory, chat: _Chat) -> None:
+        """Run the brain on `chat`: deliver its chunks and tool frames as they come, log its tool
+        calls; its failure (never raised, but for cancellation) goes to `chat.failure`."""
+        cmd, recipients, turn_log = chat.cmd, chat.recipients, chat.log
+        agent_id, rid = self.agent_id, cmd.request_id
+        brain = self.spec.brain
+        try:
+            recalled = ()
+            if brain.recall and memory.long_term_count:
+                recalled = await self._journal.read(
+                    lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
+                )
+            toolbox = Toolbox(getattr(brain, "tools", ()), ToolContext(
+                agent_id, cmd.user, _TurnMemory(self, cmd.user, rid, turn_log)))
+            turn = Turn(agent_id, cmd.user, cmd.message, memory, recalled, toolbox)
+            async with aclosing(brain.reply(turn)) as items:
+                async for item in items:
+                    if isinstance(item, str):
+                        if item:
+                            chat.deltas.append(item)
+                            recipients.deliver(TurnChunk(agent_id, item, rid))
+                    elif isinstance(item, ToolCall):
+                        await turn_log.append([ToolCalled(
+                            agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.arguments, rid)])
+                        recipients.deliver(TurnToolCall(agent_id, item.call_id, item.tool, item.arguments, rid))
+                    elif isinstance(item, ToolResult):
+                        await turn_log.append([ToolReturned(
+                            agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.result,
+                            item.error, rid)])
+                        recipients.deliver(TurnToolResult(
+                            agent_id, item.call_id, item.tool, item.result, item.error, rid))
+                    elif isinstance(item, Usage):
+                        chat.usage = item
+            if not chat.deltas:
+                chat.failure = "The agent gave an empty answer"
+        except BrainError as exc:
+            chat.failure = str(exc) or "The agent could not answer"
+        except Exception as exc:  # its kind and stack, not its text: that may quote a header (a key) or a URL
+            logger.error("agent %s: brain failed: %s (message withheld)\n%s", agent_id, type(exc).__name__,
+                         "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+            chat.failure = "The agent failed while answering"
+
+    async def _end_chat(self, memory: Memory, chat: _Chat) -> Memory:
+        """Log how `chat` ended (answered, failed or cancelled), tell its recipients; the memory after it."""
+        cmd, recipients, turn_log, running = chat.cmd, chat.recipients, chat.log, chat.running
+        agent_id, rid = self.agent_id, cmd.request_id
+        partial = "".join(chat.deltas)
         if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
             await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
                                              cmd.command_id)])
             for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
                 recipients.deliver(output, also=running.cancellers)
-        elif failure is not None:
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, failure, rid,
+        elif chat.failure is not None:
+            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, chat.failure, rid,
                                              cmd.command_id)])
-            recipients.deliver(Failed(agent_id, "brain_error", failure, rid))
+            recipients.deliver(Failed(agent_id, "brain_error", chat.failure, rid))
             recipients.deliver(TurnDone(agent_id, rid))
         else:
             answer = AgentMessage(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
             (answer_rec,) = await turn_log.append([answer])
-            recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, usage))
+            recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, chat.usage))
             recipients.deliver(TurnDone(agent_id, rid))
         for rec in turn_log.recorded:
             memory = fold(memory, rec)

@@ -26,6 +26,7 @@ from actors import (
     MemoryWasCleared,
     SearchMemory,
     SearchResults,
+    TurnCancelled,
     TurnChunk,
     TurnDone,
     TurnResponse,
@@ -529,6 +530,65 @@ async def test_idle_lane_is_dropped_and_rebuilt_from_the_log(tmp_path, autojump_
         third = out.of(TurnResponse)[2]
         assert "I remember 4 earlier messages" in third.message
         assert {f.hit.seq for f in short.results} == {r.seq for r in logged(w.path)[-2:]}
+
+
+async def test_a_lane_used_again_is_dropped_only_lane_idle_seconds_after_its_last_command(tmp_path, autojump_clock):
+    spec = AgentSpec("a", EchoBrain(), lane_idle_seconds=60)
+    async with running(tmp_path, spec) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("u", "one", out))
+        await out.wait_for(TurnDone, 1, timeout=None)
+        await trio.sleep(40)
+        agent.submit(chat("u", "two", out))  # idle again from t=40: due at t=100, not t=60
+        await out.wait_for(TurnDone, 2, timeout=None)
+        await trio.sleep(59)
+        assert agent.lanes == 1
+        await trio.sleep(2)
+        assert agent.lanes == 0
+
+
+async def test_a_turn_longer_than_lane_idle_seconds_keeps_its_lane(tmp_path, autojump_clock):
+    class SlowBrain:
+        recall = 0
+
+        async def reply(self, turn):
+            await trio.sleep(300)
+            yield "done thinking"
+
+    spec = AgentSpec("a", SlowBrain(), lane_idle_seconds=60)
+    async with running(tmp_path, spec) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("u", "one", out))
+        await trio.sleep(200)
+        assert agent.lanes == 1
+        (answer,) = await out.wait_for(TurnResponse, timeout=None)
+        assert answer.message == "done thinking"
+        await trio.sleep(61)
+        assert agent.lanes == 0
+
+
+async def test_a_lane_cancelled_twice_answers_each_cancel_and_goes_on_serving(tmp_path):
+    brain = GateBrain(gated=lambda turn: turn.message.startswith("slow"))
+    async with running(tmp_path, AgentSpec("a", brain)) as w:
+        agent, out = w.agents["a"], Recorder()
+        for n in (1, 2):
+            agent.submit(chat("u", f"slow {n}", out, f"slow{n}"))
+            brain.all_entered = trio.Event()
+            brain.expected = n
+            with trio.fail_after(WAIT):
+                await brain.all_entered.wait()
+            agent.cancel("u", f"slow{n}", out)
+            await out.wait_for(TurnDone, n)
+        agent.submit(chat("u", "quick", out, "quick"))
+        (answer,) = await out.wait_for(TurnResponse)
+        await agent.wait_idle()
+
+        assert answer.message == "re: quick"
+        assert [type(o) for o in out.for_request("slow2")] == [TurnStarted, TurnCancelled, TurnDone]
+        events = [r.event for r in logged(w.path)]
+        assert [type(e).__name__ for e in events] == [
+            "UserMessage", "TurnEnded", "UserMessage", "TurnEnded", "UserMessage", "AgentMessage"]
+        assert [e.outcome for e in events if isinstance(e, TurnEnded)] == ["cancelled", "cancelled"]
 
 
 # -- group commit -------------------------------------------------------------------------------

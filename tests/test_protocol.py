@@ -5,6 +5,7 @@ Plain function calls on JSON text (no sockets, no trio), plus a hypothesis prope
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -25,6 +26,7 @@ from transport.protocol import (
     Pong,
     ProtocolError,
     Response,
+    ResponseChunk,
     SearchMemory,
     SetUser,
     Subscribe,
@@ -34,6 +36,7 @@ from transport.protocol import (
     UserSet,
     decode,
     encode,
+    encode_utf8,
     error_frame,
 )
 
@@ -439,3 +442,52 @@ def test_encode_never_raises_a_frame_it_cannot_encode_becomes_an_internal_error(
             "type": "error", "code": "internal_error", "message": f"The server could not encode a {frame.TYPE} frame",
             "agent_id": "a", "request_id": "r1",
         }
+
+
+# -- encode_utf8: the bytes the server writes ------------------------------------------------
+
+#: One text field's values: any text (lone surrogates too), and the characters JSON must escape.
+wire_text = st.one_of(st.text(st.characters(exclude_categories=())), st.sampled_from(['"', "\\", "\n\t\x00\x1f\x7f", "\u2028"]))
+json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), wire_text),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(wire_text, children, max_size=4)),
+    max_leaves=12,
+)
+server_frames = st.one_of(
+    st.builds(ResponseChunk, wire_text, wire_text, st.one_of(st.none(), wire_text)),
+    st.builds(Response, wire_text, wire_text, st.integers(0, 2**70), st.one_of(st.none(), wire_text)),
+    st.builds(Error, wire_text, wire_text, st.one_of(st.none(), wire_text), st.one_of(st.none(), wire_text)),
+    st.builds(UserSet, st.one_of(st.integers(), wire_text), st.one_of(st.none(), wire_text)),
+    st.builds(ToolCall, wire_text, wire_text, wire_text, json_value, st.one_of(st.none(), wire_text)),
+    st.builds(MemoryResults, wire_text, wire_text, st.lists(st.builds(
+        MemoryResult, st.sampled_from(["user", "agent"]), wire_text, wire_text, st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from(["short_term", "long_term"])), max_size=3)),
+)
+
+
+def _as_sent(text: str) -> str:
+    """`text` as UTF-8 can carry it: each lone surrogate becomes U+FFFD."""
+    return re.sub("[\ud800-\udfff]", "\ufffd", text)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(server_frames)
+def test_encode_utf8_is_the_json_of_encode_as_utf8(frame_):
+    data = encode_utf8(frame_)
+    assert isinstance(data, bytes)
+    expected = json.loads(_as_sent(encode(frame_)))
+    assert json.loads(data.decode("utf-8")) == expected
+
+
+def test_encode_utf8_replaces_a_lone_surrogate_and_keeps_big_integers():
+    assert json.loads(encode_utf8(ResponseChunk("a", "x\ud800y", "r"))) == {
+        "type": "response_chunk", "agent_id": "a", "delta": "x\ufffdy", "request_id": "r"}
+    assert json.loads(encode_utf8(UserSet(10**30))) == {"type": "user_set", "user_id": 10**30}
+
+
+def test_encode_utf8_never_raises_either():
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    assert json.loads(encode_utf8(ToolCall("a", "c1", "t", deep, "r1")))["code"] == "internal_error"
+    assert json.loads(encode_utf8(ToolResult("a", "c1", "t", {1j}, None, "r1")))["code"] == "internal_error"

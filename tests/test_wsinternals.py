@@ -197,6 +197,11 @@ async def test_frames_built_here_are_the_bytes_wsproto_makes():
         reference.send(AcceptConnection())
         assert b"".join(written) == b"".join(reference.send(TextMessage(data=t)) for t in texts)
         assert [await client_ws.get_message() for _ in texts] == texts
+        # Texts given as their UTF-8 bytes (the server's frames, protocol.encode_utf8) make the same frames.
+        written.clear()
+        await send_text_batch(server_ws, [t.encode("utf-8") if i % 2 else t for i, t in enumerate(texts)])
+        assert b"".join(written) == b"".join(reference.send(TextMessage(data=t)) for t in texts)
+        assert [await client_ws.get_message() for _ in texts] == texts
         nursery.cancel_scope.cancel()
 
 

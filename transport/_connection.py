@@ -66,9 +66,16 @@ def frame_of(output: Output) -> p.ServerFrame:
     raise TypeError(f"not an actor output: {output!r}")
 
 
+def _response_of(o: actors.TurnResponse) -> p.Response:
+    usage = o.usage
+    tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
+    return p.Response(o.agent_id, o.message, o.seq, o.request_id, tokens)
+
+
 _FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
     actors.TurnChunk: lambda o: p.ResponseChunk(o.agent_id, o.delta, o.request_id),
     actors.TurnStarted: lambda o: p.AgentThinking(o.agent_id, o.request_id),
+    actors.TurnResponse: _response_of,
     actors.TurnDone: lambda o: p.AgentDone(o.agent_id, o.request_id),
 }
 #: The outputs counted in the metrics (`Connection._count`).
@@ -172,12 +179,13 @@ class Connection:
         if type(output) is actors.Failed:
             self._metrics.errors.labels(output.code).inc()
             return
-        self._metrics.turns.labels(output.agent_id).inc()
+        seconds = None
         waiting = self._chats_waiting.get(output.agent_id)
         if waiting:  # the user's turns with this agent finish in the order they arrived
-            self._metrics.turn_seconds.labels(output.agent_id).observe(trio.current_time() - waiting.popleft())
+            seconds = trio.current_time() - waiting.popleft()
             if not waiting:
                 del self._chats_waiting[output.agent_id]
+        self._metrics.turn_done(output.agent_id, seconds)
 
     async def room(self) -> None:
         """Return once the outbound queue is at most half full (in frames and in characters), or
@@ -329,13 +337,13 @@ class Connection:
                     self._writer = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
                 frames, self._outbox = self._outbox, None
-                self._queued_size -= sum(p.text_size(f) for f in frames)
+                self._queued_size = 0  # all of them taken
                 self._wake_room()
                 if self._discard:
                     break
-                texts = [p.encode(f) for f in p.coalesce(frames)]
+                payloads = [p.encode_utf8(f) for f in p.coalesce(frames)]
                 self._mid_frame = True
-                await send_text_batch(self._ws, texts)
+                await send_text_batch(self._ws, payloads)
                 self._mid_frame = False
                 self._last_activity = trio.current_time()
         except ConnectionClosed:

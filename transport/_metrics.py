@@ -7,6 +7,7 @@ Imports prometheus_client and `actors` (output types), not trio itself: values t
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -48,6 +49,17 @@ class Metrics:
         Gauge("agentcast_connections", "Open WebSocket connections", registry=r).set_function(state.connections)
         r.register(_StateCollector(state))
         self._last_output: object = None
+        #: Per agent: its children of `turns` and `turn_seconds` (`labels()` costs a few µs a call).
+        self._per_agent: dict[str, tuple[Any, Any]] = {}
+
+    def turn_done(self, agent_id: str, seconds: float | None) -> None:
+        """Count a finished chat turn of `agent_id`, and observe how long it took when that is known."""
+        children = self._per_agent.get(agent_id)
+        if children is None:
+            children = self._per_agent[agent_id] = (self.turns.labels(agent_id), self.turn_seconds.labels(agent_id))
+        children[0].inc()
+        if seconds is not None:
+            children[1].observe(seconds)
 
     def render(self) -> bytes:
         """The text format, as GET /metrics answers it."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import re
 import struct
 from collections.abc import Callable, Sequence
 
@@ -34,6 +33,7 @@ from wsproto.events import (
 from wsproto.utilities import RemoteProtocolError
 
 from ._http import PrefixedStream
+from .protocol import without_surrogates
 
 logger = logging.getLogger("agentcast.transport")
 
@@ -44,7 +44,13 @@ _INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_we
 
 def batching_supported(ws: WebSocketConnection) -> bool:
     """True when `ws` has the internals `send_text_batch` relies on."""
-    return all(hasattr(ws, name) for name in _INTERNALS)
+    supported = _SUPPORTED.get(type(ws))
+    if supported is None:  # the attributes are set in __init__: look at an instance, once per class
+        supported = _SUPPORTED[type(ws)] = all(hasattr(ws, name) for name in _INTERNALS)
+    return supported
+
+
+_SUPPORTED: dict[type, bool] = {}
 
 
 _SHORT = struct.Struct("!BB").pack
@@ -72,16 +78,17 @@ def plain_framing(ws: WebSocketConnection) -> bool:
 WRITE_PIECE = 64 * 1024
 
 
-async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None:
+async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes]) -> None:
     """Send `texts` as consecutive text messages, in as few `send_all`s as possible (pieces of
-    about WRITE_PIECE bytes, whole messages, so that control frames can go between them).
+    about WRITE_PIECE bytes, whole messages, so that control frames can go between them). A text
+    given as bytes must be UTF-8 (`protocol.encode_utf8`): it is sent as it is.
 
     Raises `ConnectionClosed` like `send_message` does. Cancelled midway, the stream may hold
     part of a message: then call `abort`, nothing more may be written to it.
     """
     if not batching_supported(ws):  # pragma: no cover - another trio-websocket version
         for text in texts:
-            await ws.send_message(text)
+            await ws.send_message(text.decode("utf-8") if type(text) is bytes else text)
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
@@ -90,10 +97,13 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
     size = 0
     for i, text in enumerate(texts):
         if plain:
-            try:
-                payload = text.encode("utf-8")
-            except UnicodeEncodeError:
-                payload = _encodable(text).encode("utf-8")
+            if type(text) is bytes:
+                payload = text
+            else:
+                try:
+                    payload = text.encode("utf-8")
+                except UnicodeEncodeError:
+                    payload = without_surrogates(text).encode("utf-8")
             n = len(payload)
             header = (
                 _SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n)
@@ -102,25 +112,17 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str]) -> None
             piece.append(payload)
             size += len(header) + n
         else:
+            if type(text) is bytes:
+                text = text.decode("utf-8")
             try:
                 data = ws._wsproto.send(TextMessage(data=text))
             except UnicodeEncodeError:
-                data = ws._wsproto.send(TextMessage(data=_encodable(text)))
+                data = ws._wsproto.send(TextMessage(data=without_surrogates(text)))
             piece.append(data)
             size += len(data)
         if size >= WRITE_PIECE or i == len(texts) - 1:
             await _write(ws, b"".join(piece))
             piece, size = [], 0
-
-
-#: A UTF-16 surrogate code point (in a Python string only ever a lone one).
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _encodable(text: str) -> str:
-    """`text` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD: a safety net, so
-    one bad string can never cut a connection off; brains clean their text before it gets here."""
-    return _SURROGATE.sub("\ufffd", text)
 
 
 def _socket_fd(stream: object) -> int:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any, NewType, Optional, Union
 
 import attrs
 import cattrs
+import orjson
 from attrs import frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 from cattrs.strategies import configure_tagged_union
@@ -519,14 +521,47 @@ def encode(frame: ServerFrame) -> str:
                              getattr(frame, "agent_id", None), getattr(frame, "request_id", None)))
 
 
-def _encode(frame: ServerFrame) -> str:
+def encode_utf8(frame: ServerFrame) -> bytes:
+    """The UTF-8 bytes of `encode(frame)`'s JSON (the same object; number formatting may differ),
+    as they go on the wire. Never raises.
+
+    orjson writes them directly, about three times as fast as `json` plus `str.encode`. What it
+    refuses (a lone surrogate, an integer beyond 64 bits, nesting deeper than 254) takes `encode`'s
+    way, a lone surrogate then becoming U+FFFD (UTF-8 cannot carry it).
+    """
+    try:
+        return orjson.dumps(_plain(frame))
+    except (orjson.JSONEncodeError, TypeError, ValueError, RecursionError, OverflowError):
+        text = encode(frame)
+        try:
+            return text.encode("utf-8")
+        except UnicodeEncodeError:
+            return without_surrogates(text).encode("utf-8")
+
+
+#: A UTF-16 surrogate code point (in a Python string only ever a lone one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with each lone surrogate (which UTF-8 cannot encode) replaced by U+FFFD: a safety net, so
+    one bad string can never cut a connection off; brains clean their text before it gets here."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
+def _plain(frame: ServerFrame) -> dict:
+    """`frame` as the JSON object it is sent as, its "type" tag first (as people read frames in logs)."""
     cls = type(frame)
     hook = _unstructure_hooks.get(cls)
     if hook is None:
         if cls not in SERVER_FRAME_TYPES.values():
             raise TypeError(f"not a server frame: {frame!r}")
         hook = _unstructure_hooks[cls] = converter.get_unstructure_hook(cls)
-    return _json_encoder.encode({"type": cls.TYPE, **hook(frame)})
+    return {"type": cls.TYPE, **hook(frame)}
+
+
+def _encode(frame: ServerFrame) -> str:
+    return _json_encoder.encode(_plain(frame))
 
 
 def text_size(frame: ServerFrame) -> int:
