@@ -173,6 +173,9 @@ class _TurnMemory:
         return rec.seq
 
 
+#: The toolbox of a brain that has no tools: it never reaches a context (see `Toolbox.run`).
+_NO_TOOLS = Toolbox((), None)  # type: ignore[arg-type]
+
 _HELD, _LIVE, _TAIL = "held", "live", "tail"
 
 
@@ -640,8 +643,10 @@ class Agent:
                 recalled = await self._journal.read(
                     lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
                 )
-            toolbox = Toolbox(getattr(brain, "tools", ()), ToolContext(
-                agent_id, cmd.user, _TurnMemory(self, cmd.user, rid, turn_log)))
+            tools = getattr(brain, "tools", ())
+            # A brain without tools gets the agent's empty toolbox (it only ever answers "no such tool").
+            toolbox = Toolbox(tools, ToolContext(
+                agent_id, cmd.user, _TurnMemory(self, cmd.user, rid, turn_log))) if tools else _NO_TOOLS
             turn = Turn(agent_id, cmd.user, cmd.message, memory, recalled, toolbox)
             async with aclosing(brain.reply(turn)) as items:
                 async for item in items:

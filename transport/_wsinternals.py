@@ -92,11 +92,10 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
-    plain = plain_framing(ws)
     piece: list[bytes] = []
     size = 0
-    for i, text in enumerate(texts):
-        if plain:
+    if plain_framing(ws):
+        for text in texts:
             if type(text) is bytes:
                 payload = text
             else:
@@ -105,13 +104,14 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
                 except UnicodeEncodeError:
                     payload = without_surrogates(text).encode("utf-8")
             n = len(payload)
-            header = (
-                _SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n)
-            )
-            piece.append(header)
+            piece.append(_SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n))
             piece.append(payload)
-            size += len(header) + n
-        else:
+            size += n
+            if size >= WRITE_PIECE:
+                await _write(ws, b"".join(piece))
+                piece, size = [], 0
+    else:
+        for text in texts:
             if type(text) is bytes:
                 text = text.decode("utf-8")
             try:
@@ -120,9 +120,11 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
                 data = ws._wsproto.send(TextMessage(data=without_surrogates(text)))
             piece.append(data)
             size += len(data)
-        if size >= WRITE_PIECE or i == len(texts) - 1:
-            await _write(ws, b"".join(piece))
-            piece, size = [], 0
+            if size >= WRITE_PIECE:
+                await _write(ws, b"".join(piece))
+                piece, size = [], 0
+    if piece:
+        await _write(ws, b"".join(piece))
 
 
 def _socket_fd(stream: object) -> int:
@@ -142,25 +144,29 @@ async def _write(ws: WebSocketConnection, data: bytes) -> None:
     lock = ws._stream_lock
     fd = -1 if lock.locked() else _socket_fd(ws._stream)
     if fd >= 0:
-        # Fast path: nobody else is writing, so take the lock without waiting and write to the
-        # (non-blocking) socket now; only what the socket does not take goes the usual way. This
-        # saves the two trips through the scheduler (lock, socket) of every write; the writer still
-        # checkpoints when it next waits for frames.
+        # Fast path: nobody else is writing, so write to the (non-blocking) socket now; only what the
+        # socket does not take goes the usual way, under the stream lock. This saves the two trips
+        # through the scheduler (lock, socket) of every write; the writer still checkpoints when it
+        # next waits for frames. Until something awaits, no other task runs: the lock is taken only then.
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:  # reset or broken pipe: as SocketStream.send_all would report it
+            lock.acquire_nowait()
+            try:
+                await ws._abort_web_socket()
+            finally:
+                lock.release()
+            raise ConnectionClosed(ws._close_reason) from None
+        if sent == len(data):
+            return
         lock.acquire_nowait()
         try:
-            try:
-                sent = os.write(fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:  # reset or broken pipe: as SocketStream.send_all would report it
-                await ws._abort_web_socket()
-                raise ConnectionClosed(ws._close_reason) from None
-            if sent < len(data):
-                try:
-                    await ws._stream.send_all(memoryview(data)[sent:])
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    await ws._abort_web_socket()
-                    raise ConnectionClosed(ws._close_reason) from None
+            await ws._stream.send_all(memoryview(data)[sent:])
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            raise ConnectionClosed(ws._close_reason) from None
         finally:
             lock.release()
         return
