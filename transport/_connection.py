@@ -544,7 +544,10 @@ class Connection:
                 turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
                 self._submit(self._agent(agent_id, rid), turn)
                 if self._metrics is not None:
-                    self._chats_waiting.setdefault(agent_id, collections.deque()).append(trio.current_time())
+                    waiting = self._chats_waiting.get(agent_id)
+                    if waiting is None:
+                        waiting = self._chats_waiting[agent_id] = collections.deque()
+                    waiting.append(trio.current_time())
             case p.Ping(rid):
                 self._queue(p.Pong(rid))
             case p.ListAgents(rid):
