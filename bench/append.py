@@ -5,7 +5,8 @@
 Each lane is one user's agent lane: it appends a turn — its UserMessage and the AgentMessage
 answering it, in one `Journal.append`, as `Agent._chat` does — waits for the commit, and appends
 the next, for --seconds. Prints, per lane count: events/s, commits, mean events per commit and the
-commit's p50/p99 latency (the store's `append` call in the writer thread), then one JSON line.
+commit's p50/p99 latency (the store's `append` call in the writer thread), the process's CPU per
+event and the part of it the writer thread spends in those calls, then one JSON line.
 Target (issue 5): >= 20,000 events/s.
 
     python bench/append.py [--lanes 50,200,1000] [--seconds 10] [--synchronous NORMAL]
@@ -45,12 +46,14 @@ class TimedLog:
     def __init__(self, log: EventLog) -> None:
         self._log = log
         self.latencies: list[float] = []
+        self.cpu: list[float] = []  # the writer thread's CPU time of each `append`
 
     def append(self, batches, snapshots=()):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.thread_time()
         try:
             return self._log.append(batches, snapshots)
         finally:
+            self.cpu.append(time.thread_time() - c)
             self.latencies.append(time.perf_counter() - t)
 
 
@@ -93,6 +96,7 @@ async def run(db: Path, lanes: int, seconds: float, synchronous: str) -> dict:
             elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
             events, commits = journal.events_appended - events0, journal.commits - commits0
             lat = sorted(timed.latencies[lat0:])
+            writer_cpu = sum(timed.cpu[lat0:])
             stop.set()
         nursery.cancel_scope.cancel()
     log.close()
@@ -109,6 +113,7 @@ async def run(db: Path, lanes: int, seconds: float, synchronous: str) -> dict:
         "commit_p50_ms": pct(0.5),
         "commit_p99_ms": pct(0.99),
         "cpu_per_event_us": round(cpu / max(events, 1) * 1e6, 1),
+        "writer_cpu_per_event_us": round(writer_cpu / max(events, 1) * 1e6, 1),
     }
 
 
@@ -131,7 +136,8 @@ def main() -> None:
             out.append(r)
             print(f"{lanes:>5} lanes: {r['events_per_s']:>7,} events/s  {r['commits']:>6} commits  "
                   f"{r['events_per_commit']:>6} events/commit  commit p50 {r['commit_p50_ms']} ms "
-                  f"p99 {r['commit_p99_ms']} ms  {r['cpu_per_event_us']} µs CPU/event")
+                  f"p99 {r['commit_p99_ms']} ms  {r['cpu_per_event_us']} µs CPU/event "
+                  f"({r['writer_cpu_per_event_us']} in the writer's appends)")
     print(json.dumps({
         "benchmark": "append",
         "synchronous": args.synchronous,

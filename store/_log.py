@@ -21,7 +21,6 @@ from ._events import (
     MemoryCleared,
     Recorded,
     event_from_row,
-    is_message,
     payload_of,
     redacted_payload,
 )
@@ -122,19 +121,20 @@ class EventLog:
             (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
             rows: list[tuple] = []
             indexed: list[tuple[int, str]] = []
+            add_row, add_terms = rows.append, indexed.append
             for batch in batches:
                 recorded = []
                 for event in batch:
                     seq += 1
-                    rows.append((seq, event.at, event.TYPE, event.agent_id, event.user, payload_of(event),
-                                 getattr(event, "command_id", None)))
-                    if isinstance(event, MemoryCleared):
-                        if event.long_term:  # what it forgets must be in the tables first
-                            self._write_rows(rows, indexed)
-                            self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
-                            forgot = True
-                    elif is_message(event):  # a turn's activity (tool calls, ended turns) is not indexed
-                        indexed.append((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
+                    type_ = event.TYPE
+                    add_row((seq, event.at, type_, event.agent_id, event.user, payload_of(event),
+                             getattr(event, "command_id", None)))
+                    if type_ in ROLE_OF_TYPE:  # a message; a turn's activity (tool calls, ended turns) is not indexed
+                        add_terms((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
+                    elif type_ == MemoryCleared.TYPE and event.long_term:  # what it forgets must be in the tables first
+                        self._write_rows(rows, indexed)
+                        self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
+                        forgot = True
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
             self._write_rows(rows, indexed)

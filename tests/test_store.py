@@ -611,6 +611,20 @@ def test_words_fold_case_and_accents_and_split_like_fts5():
     assert words("Café CRÈME, foo_bar don't 東京タワー 42x") == ["cafe", "creme", "foo", "bar", "don", "t", "東京タワー", "42x"]
 
 
+def test_words_of_ascii_text_are_what_the_word_pattern_finds_in_the_casefolded_text():
+    # ASCII text takes a faster path (one str.translate, then split); it must cut and fold exactly
+    # as the regex on the case-folded text does, for every ASCII character (controls, `_`, digits).
+    import random
+
+    from store._terms import _WORD
+
+    rng = random.Random(5)
+    samples = ["", " ", "_", "a_b", "A1b2_C3", "\x1c\x1d\x1e\x1fx\x0b\x0cy", "don't STOP-me now!", "".join(map(chr, range(128)))]
+    samples += ["".join(chr(rng.randrange(128)) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    for text in samples:
+        assert words(text) == _WORD.findall(text.casefold()), repr(text)
+
+
 def test_search_matches_regardless_of_case_and_accents(log):
     append_one(log, user_msg("Un café crème à Genève"), user_msg("東京タワー を 見た"))
     assert [h.content for h in log.search(AGENT, USER, "CAFE creme", 5)] == ["Un café crème à Genève"]
