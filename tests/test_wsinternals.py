@@ -607,3 +607,22 @@ def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_ha
     with pytest.raises(BaseExceptionGroup) as failed:
         trio.run(main, wrap_server_stream, clock=trio.testing.MockClock(autojump_threshold=0))
     assert failed.group_contains(LocalProtocolError)
+
+
+def test_a_too_big_message_that_crosses_the_servers_close_frame_is_dropped_and_the_close_handshake_completes():
+    """It can no longer be answered with 1009 (no close frame may follow ours): trio-websocket's reader fails
+    there with LocalProtocolError, which ended the connection's handler with a traceback instead of a close."""
+    async def main():
+        server_stream, client_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            ws = await (await serve_stream(nursery, server_stream, message_queue_size=2, max_message_size=10)).accept()
+            nursery.start_soon(ws.aclose, 1001, "going away")
+            await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+            await client_stream.send_all(client_frame(1, b"x" * 50) + client_frame(8, (1001).to_bytes(2, "big")))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.closed.code == 1001
+            assert ws._close_handshake.is_set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

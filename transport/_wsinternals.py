@@ -428,6 +428,10 @@ async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
             raise trio.BrokenResourceError(exc) from exc
 
 
+#: The events that `_read` drops once the connection is closing (see there).
+_CROSSING = (Ping, TextMessage, BytesMessage)
+
+
 async def _read(ws: WebSocketConnection) -> None:
     """trio-websocket's `_reader_task` (0.12.2) for a server connection, but once the connection is
     open, bytes that begin with complete plain text frames (`parse_text_frames`) while wsproto stands
@@ -464,8 +468,10 @@ async def _read(ws: WebSocketConnection) -> None:
                         # a message over the size limit closed the connection: events after it in the
                         # same read, like a second such message or a ping, can no longer be answered;
                         break
-                    if type(event) is Ping and wsproto.state is not ConnectionState.OPEN:
-                        continue  # a ping that crossed our close frame: no pong may follow a close
+                    if wsproto.state is not ConnectionState.OPEN and type(event) in _CROSSING:
+                        # a ping or a message that crossed our close frame: no pong may follow a close, nor a
+                        # 1009 close for a message too big; a message is dropped once closing anyway
+                        continue
                     handler = handlers.get(type(event))
                     if handler is None:  # pragma: no cover - as trio-websocket: a server never gets others
                         logger.warning("%s received unknown event type: %s", ws, type(event))
