@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import socket
 import struct
 
@@ -26,6 +27,7 @@ from support import running_server
 from transport import protocol as p
 from transport._http import PrefixedStream
 from transport._wsinternals import (
+    _receive,
     _socket_fd,
     batching_supported,
     drop_handshake_parser,
@@ -626,3 +628,52 @@ def test_a_too_big_message_that_crosses_the_servers_close_frame_is_dropped_and_t
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _BeforeNextStep(trio.abc.Instrument):
+    """Calls `action()` once, right before `task` next runs: what another task run earlier in the same
+    batch of the scheduler could have done."""
+
+    def __init__(self, task, action) -> None:
+        self.task, self.action = task, action
+
+    def before_task_step(self, task) -> None:
+        if task is self.task and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
+async def test_the_direct_read_never_reads_a_descriptor_reused_after_its_socket_was_closed():
+    """The reader is woken (its socket readable), but before it runs another task closes the socket and a
+    new socket (another client's, accepted meanwhile) gets the same descriptor number: it must not read
+    that client's bytes."""
+    ours, peer = trio.socket.socketpair()
+    other, other_peer = socket.socketpair()
+    other_peer.send(b"another client's bytes")
+    fd = ours.fileno()
+    got = {}
+
+    async def read():
+        try:
+            got["data"] = await _receive(ours, 100)
+        except trio.ClosedResourceError as exc:
+            got["error"] = exc
+
+    def close_and_reuse():
+        ours.close()
+        os.dup2(other.fileno(), fd)  # the lowest free descriptor, as a new socket would get it
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            (reader,) = nursery.child_tasks
+            trio.lowlevel.add_instrument(_BeforeNextStep(reader, close_and_reuse))
+            await peer.send(b"ours")
+        assert "data" not in got
+        assert other.recv(100) == b"another client's bytes"
+    finally:
+        if ours.fileno() == -1:
+            os.close(fd)  # the duplicate
+        for s in (ours, peer, other, other_peer):
+            s.close()

@@ -420,8 +420,10 @@ async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
         if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")
         await trio.lowlevel.wait_readable(fd)  # the checkpoint; raises ClosedResourceError if closed meanwhile
+        if sock.fileno() != fd:  # closed after the wake-up, before this task ran: `fd` may be another socket's now
+            raise trio.ClosedResourceError("the socket was closed")
         try:
-            return os.read(fd, size)  # nothing ran since the wait: `fd` is still this socket
+            return os.read(fd, size)
         except BlockingIOError:
             continue  # woken for nothing
         except OSError as exc:  # reset by the client: as SocketStream.receive_some reports it
