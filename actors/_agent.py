@@ -488,9 +488,15 @@ class Agent:
         """
         try:
             while True:
-                with trio.CancelScope() as scope:
-                    await self._serve_lane(user, lane, scope)
-                    return  # closed: idle
+                try:
+                    with trio.CancelScope() as scope:
+                        await self._serve_lane(user, lane, scope)
+                        return  # closed: idle
+                except Exception as exc:  # what the interrupted brain raised with the Cancelled (an exception group)
+                    if lane.interrupted is None:
+                        raise
+                    logger.error("agent %s: brain failed as it was cancelled: %s (message withheld)", self.agent_id,
+                                 type(exc).__name__)
                 chat = lane.interrupted
                 if chat is not None:
                     try:
@@ -622,7 +628,7 @@ class Agent:
                 # Cancelled after the brain's last checkpoint (or it had none): take the cancel now,
                 # so that this turn too ends cancelled, outside the cancelled scope.
                 await trio.lowlevel.checkpoint()
-        except trio.Cancelled:
+        except BaseException:  # Cancelled, or an exception group holding it (a nursery in the brain)
             if scope.cancel_called:
                 lane.interrupted = chat
             raise

@@ -591,6 +591,52 @@ async def test_a_lane_cancelled_twice_answers_each_cancel_and_goes_on_serving(tm
         assert [e.outcome for e in events if isinstance(e, TurnEnded)] == ["cancelled", "cancelled"]
 
 
+class NurseryBrain:
+    """Waits in a nursery of its own for `slow` messages (`entered` set once there), its child task failing
+    as it is cancelled if the message says `failing`; answers `re: <message>` otherwise."""
+
+    recall = 0
+
+    def __init__(self) -> None:
+        self.entered = trio.Event()
+
+    async def reply(self, turn):
+        if turn.message.startswith("slow"):
+            async def child():
+                try:
+                    await trio.sleep_forever()
+                finally:
+                    if "failing" in turn.message:
+                        raise ValueError("the child failed on its way out")
+
+            async with trio.open_nursery() as nursery:  # a Cancelled leaves it in an exception group
+                nursery.start_soon(child)
+                self.entered.set()
+                await trio.sleep_forever()
+        yield f"re: {turn.message}"
+
+
+@pytest.mark.parametrize("message", ["slow", "slow and failing"])
+async def test_a_cancelled_brain_that_runs_a_nursery_still_ends_cancelled_and_the_lane_goes_on(tmp_path, message):
+    brain = NurseryBrain()
+    async with running(tmp_path, AgentSpec("a", brain)) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("u", message, out, "slow"))
+        with trio.fail_after(WAIT):
+            await brain.entered.wait()
+        agent.cancel("u", "slow", out)
+        agent.submit(chat("u", "quick", out, "quick"))
+        await out.wait_for(TurnDone, 2)
+        with trio.fail_after(WAIT):
+            await agent.wait_idle()
+
+        assert [type(o) for o in out.for_request("slow")] == [TurnStarted, TurnCancelled, TurnDone]
+        assert out.of(TurnResponse)[0].message == "re: quick"
+        events = [r.event for r in logged(w.path)]
+        assert [type(e).__name__ for e in events] == ["UserMessage", "TurnEnded", "UserMessage", "AgentMessage"]
+        assert events[1].outcome == "cancelled"
+
+
 # -- group commit -------------------------------------------------------------------------------
 
 

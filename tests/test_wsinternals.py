@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import socket
 import struct
 
@@ -26,6 +27,7 @@ from support import running_server
 from transport import protocol as p
 from transport._http import PrefixedStream
 from transport._wsinternals import (
+    _receive,
     _socket_fd,
     batching_supported,
     drop_handshake_parser,
@@ -607,3 +609,71 @@ def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_ha
     with pytest.raises(BaseExceptionGroup) as failed:
         trio.run(main, wrap_server_stream, clock=trio.testing.MockClock(autojump_threshold=0))
     assert failed.group_contains(LocalProtocolError)
+
+
+def test_a_too_big_message_that_crosses_the_servers_close_frame_is_dropped_and_the_close_handshake_completes():
+    """It can no longer be answered with 1009 (no close frame may follow ours): trio-websocket's reader fails
+    there with LocalProtocolError, which ended the connection's handler with a traceback instead of a close."""
+    async def main():
+        server_stream, client_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            ws = await (await serve_stream(nursery, server_stream, message_queue_size=2, max_message_size=10)).accept()
+            nursery.start_soon(ws.aclose, 1001, "going away")
+            await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+            await client_stream.send_all(client_frame(1, b"x" * 50) + client_frame(8, (1001).to_bytes(2, "big")))
+            await trio.testing.wait_all_tasks_blocked()
+            assert ws.closed.code == 1001
+            assert ws._close_handshake.is_set()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class _BeforeNextStep(trio.abc.Instrument):
+    """Calls `action()` once, right before `task` next runs: what another task run earlier in the same
+    batch of the scheduler could have done."""
+
+    def __init__(self, task, action) -> None:
+        self.task, self.action = task, action
+
+    def before_task_step(self, task) -> None:
+        if task is self.task and self.action is not None:
+            action, self.action = self.action, None
+            action()
+
+
+async def test_the_direct_read_never_reads_a_descriptor_reused_after_its_socket_was_closed():
+    """The reader is woken (its socket readable), but before it runs another task closes the socket and a
+    new socket (another client's, accepted meanwhile) gets the same descriptor number: it must not read
+    that client's bytes."""
+    ours, peer = trio.socket.socketpair()
+    other, other_peer = socket.socketpair()
+    other_peer.send(b"another client's bytes")
+    fd = ours.fileno()
+    got = {}
+
+    async def read():
+        try:
+            got["data"] = await _receive(ours, 100)
+        except trio.ClosedResourceError as exc:
+            got["error"] = exc
+
+    def close_and_reuse():
+        ours.close()
+        os.dup2(other.fileno(), fd)  # the lowest free descriptor, as a new socket would get it
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            (reader,) = nursery.child_tasks
+            trio.lowlevel.add_instrument(_BeforeNextStep(reader, close_and_reuse))
+            await peer.send(b"ours")
+        assert "data" not in got
+        assert other.recv(100) == b"another client's bytes"
+    finally:
+        if ours.fileno() == -1:
+            os.close(fd)  # the duplicate
+        for s in (ours, peer, other, other_peer):
+            s.close()

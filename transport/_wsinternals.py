@@ -420,12 +420,18 @@ async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
         if fd < 0:
             raise trio.ClosedResourceError("the socket was closed")
         await trio.lowlevel.wait_readable(fd)  # the checkpoint; raises ClosedResourceError if closed meanwhile
+        if sock.fileno() != fd:  # closed after the wake-up, before this task ran: `fd` may be another socket's now
+            raise trio.ClosedResourceError("the socket was closed")
         try:
-            return os.read(fd, size)  # nothing ran since the wait: `fd` is still this socket
+            return os.read(fd, size)
         except BlockingIOError:
             continue  # woken for nothing
         except OSError as exc:  # reset by the client: as SocketStream.receive_some reports it
             raise trio.BrokenResourceError(exc) from exc
+
+
+#: The events that `_read` drops once the connection is closing (see there).
+_CROSSING = (Ping, TextMessage, BytesMessage)
 
 
 async def _read(ws: WebSocketConnection) -> None:
@@ -464,8 +470,10 @@ async def _read(ws: WebSocketConnection) -> None:
                         # a message over the size limit closed the connection: events after it in the
                         # same read, like a second such message or a ping, can no longer be answered;
                         break
-                    if type(event) is Ping and wsproto.state is not ConnectionState.OPEN:
-                        continue  # a ping that crossed our close frame: no pong may follow a close
+                    if wsproto.state is not ConnectionState.OPEN and type(event) in _CROSSING:
+                        # a ping or a message that crossed our close frame: no pong may follow a close, nor a
+                        # 1009 close for a message too big; a message is dropped once closing anyway
+                        continue
                     handler = handlers.get(type(event))
                     if handler is None:  # pragma: no cover - as trio-websocket: a server never gets others
                         logger.warning("%s received unknown event type: %s", ws, type(event))
