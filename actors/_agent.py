@@ -502,10 +502,8 @@ class Agent:
                     try:
                         lane.memory = await self._end_chat(lane.memory, chat)
                         await self._snapshot_if_due(lane)
-                    except Exception:  # the lane lives on; its state is rebuilt from the log
-                        logger.exception("agent %s: ending a cancelled turn for user %s failed", self.agent_id, user)
-                        lane.memory = None
-                        self._fail(chat.cmd, "agent_error", "The agent failed while handling this message")
+                    except Exception:
+                        self._lane_failed(lane, chat.cmd, "ending a cancelled turn")
                     finally:
                         lane.interrupted = None
                         self._finished(chat.cmd)
@@ -529,13 +527,17 @@ class Agent:
                 else:
                     lane.memory = await self._carry_out(lane.memory, command)
                 await self._snapshot_if_due(lane)
-            except Exception:  # the lane lives on; its state is rebuilt from the log
-                logger.exception("agent %s: command for user %s failed", self.agent_id, user)
-                lane.memory = None
-                self._fail(command, "agent_error", "The agent failed while handling this message")
+            except Exception:
+                self._lane_failed(lane, command, "command")
             finally:
                 if lane.interrupted is None:  # an interrupted chat is finished once it has ended
                     self._finished(command)
+
+    def _lane_failed(self, lane: _Lane, command: AgentCommand, what: str) -> None:
+        """`command` failed in `lane` (logged with its stack): the lane lives on, its memory rebuilt from the log."""
+        logger.exception("agent %s: %s for user %s failed", self.agent_id, what, command.user)
+        lane.memory = None
+        self._fail(command, "agent_error", "The agent failed while handling this message")
 
     async def _snapshot_if_due(self, lane: _Lane) -> None:
         memory = lane.memory

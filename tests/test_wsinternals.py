@@ -590,15 +590,22 @@ def test_take_messages_still_hands_over_what_was_queued_before_the_client_closed
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+async def closed_by_the_server(nursery, wrap, *, max_message_size):
+    """A connection served by `wrap` (serve_stream or trio-websocket's wrap_server_stream) over a memory
+    stream, accepted, whose server has sent its close frame (1001); returns it and the client's stream."""
+    server_stream, client_stream = trio.testing.memory_stream_pair()
+    await client_stream.send_all(HANDSHAKE_REQUEST)
+    ws = await (await wrap(nursery, server_stream, message_queue_size=2, max_message_size=max_message_size)).accept()
+    nursery.start_soon(ws.aclose, 1001, "going away")
+    await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+    return ws, client_stream
+
+
 def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_handshake_completes():
     """trio-websocket's reader fails there (no pong may follow a close frame: LocalProtocolError)."""
     async def main(wrap):
-        server_stream, client_stream = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
-            await client_stream.send_all(HANDSHAKE_REQUEST)
-            ws = await (await wrap(nursery, server_stream, message_queue_size=2, max_message_size=100)).accept()
-            nursery.start_soon(ws.aclose, 1001, "going away")
-            await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+            ws, client_stream = await closed_by_the_server(nursery, wrap, max_message_size=100)
             await client_stream.send_all(client_frame(9, b"late ping") + client_frame(8, (1001).to_bytes(2, "big")))
             await trio.testing.wait_all_tasks_blocked()
             assert ws.closed.code == 1001
@@ -615,12 +622,8 @@ def test_a_too_big_message_that_crosses_the_servers_close_frame_is_dropped_and_t
     """It can no longer be answered with 1009 (no close frame may follow ours): trio-websocket's reader fails
     there with LocalProtocolError, which ended the connection's handler with a traceback instead of a close."""
     async def main():
-        server_stream, client_stream = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
-            await client_stream.send_all(HANDSHAKE_REQUEST)
-            ws = await (await serve_stream(nursery, server_stream, message_queue_size=2, max_message_size=10)).accept()
-            nursery.start_soon(ws.aclose, 1001, "going away")
-            await trio.testing.wait_all_tasks_blocked()  # the server's close frame is sent
+            ws, client_stream = await closed_by_the_server(nursery, serve_stream, max_message_size=10)
             await client_stream.send_all(client_frame(1, b"x" * 50) + client_frame(8, (1001).to_bytes(2, "big")))
             await trio.testing.wait_all_tasks_blocked()
             assert ws.closed.code == 1001
