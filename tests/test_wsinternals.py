@@ -433,6 +433,34 @@ def test_take_messages_hands_over_what_was_queued_first_then_each_message_as_it_
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+def test_a_read_full_of_messages_lets_other_tasks_run_every_yield_every_messages():
+    """One read can hold hundreds of tiny frames, each handled in the reader task: it yields between them."""
+    async def main():
+        server_stream, client_stream = trio.testing.memory_stream_pair()
+        async with trio.open_nursery() as nursery:
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            ws = await (await serve_stream(nursery, server_stream, message_queue_size=2, max_message_size=100)).accept()
+            taken: list = []
+            take_messages(ws, taken.append)
+            seen: list[int] = []  # how many messages were taken each time the other task ran
+
+            async def other_task():
+                while len(taken) < 200:
+                    seen.append(len(taken))
+                    await trio.lowlevel.checkpoint()
+
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(other_task)
+            await client_stream.send_all(b"".join(client_frame(1, b"%d" % i) for i in range(200)))  # one read
+            await trio.testing.wait_all_tasks_blocked()
+            assert taken == [str(i) for i in range(200)]  # all, in order
+            between = {n for n in seen if 0 < n < 200}  # the other task ran while the read was being handled,
+            assert between and all(n % 64 == 0 for n in between)  # at the reader's yields (trio shuffles the order)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
 # -- receiving over loopback: the real server (serve_stream's reader, the socket read directly) ------
 
 
