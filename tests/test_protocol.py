@@ -491,3 +491,20 @@ def test_encode_utf8_never_raises_either():
         deep = [deep]
     assert json.loads(encode_utf8(ToolCall("a", "c1", "t", deep, "r1")))["code"] == "internal_error"
     assert json.loads(encode_utf8(ToolResult("a", "c1", "t", {1j}, None, "r1")))["code"] == "internal_error"
+
+
+def test_encode_utf8_returns_bytes_that_hold_only_their_own_length():
+    """orjson's own result keeps its whole write buffer (4 KiB at least): frames waiting for a slow client
+    would each hold that much."""
+    import tracemalloc
+
+    frames = [ResponseChunk("a", f"delta {i}", "r") for i in range(200)]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        kept = [encode_utf8(f) for f in frames]
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
+    assert grown / len(kept) < 512, grown / len(kept)

@@ -347,9 +347,7 @@ class Connection:
                 if self._discard:
                     break
                 self._mid_frame = True
-                # The encoded frames are not kept in a local: this frame stays suspended while the writer
-                # waits, and each bytes object orjson returns holds a 4 KiB buffer (bench/idle.py: +3.5 KiB
-                # per idle connection when they were kept).
+                # The encoded frames are not kept in a local: this frame stays suspended while the writer waits.
                 await send_text_batch(self._ws, [p.encode_utf8(f) for f in p.coalesce(frames)])
                 frames = None
                 self._mid_frame = False
