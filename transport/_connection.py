@@ -36,16 +36,7 @@ def frame_of(output: Output) -> p.ServerFrame:
     make = _FRAME_OF.get(type(output))
     if make is not None:  # the outputs of every chat turn, looked up by type rather than matched in turn
         return make(output)
-    match output:
-        case actors.TurnChunk(agent_id, delta, rid):
-            return p.ResponseChunk(agent_id, delta, rid)
-        case actors.TurnStarted(agent_id, rid):
-            return p.AgentThinking(agent_id, rid)
-        case actors.TurnResponse(agent_id, message, seq, rid, usage):
-            tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
-            return p.Response(agent_id, message, seq, rid, tokens)
-        case actors.TurnDone(agent_id, rid):
-            return p.AgentDone(agent_id, rid)
+    match output:  # the others
         case actors.Failed(agent_id, code, message, rid):
             return p.Error(code, message, agent_id, rid)
         case actors.SearchResults(agent_id, query, found, rid):
