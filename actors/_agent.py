@@ -334,8 +334,8 @@ class Agent:
         # at most one entry per lane, woken through `_reaper`'s deadline.
         self._idle_lanes: list[tuple[float, str]] = []
         self._reaper: trio.CancelScope | None = None
-        self._pending: dict[str, int] = {}
-        self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running  # per user: commands queued or running
+        self._pending: dict[str, int] = {}  # per user: commands queued or running
+        self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running
         self._in_flight = 0
         self._idle = trio.Event()
         self._idle.set()

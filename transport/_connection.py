@@ -158,11 +158,9 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        make = _FRAME_OF.get(type(output))  # a chat turn's outputs, without `frame_of`'s call
-        frame = make(output) if make is not None else frame_of(output)
         if self._metrics is not None and type(output) in _COUNTED:
             self._count(output)
-        self._queue(frame, count_error=False)
+        self._queue(frame_of(output), count_error=False)
 
     def _count(self, output: actors.TurnDone | actors.Failed) -> None:
         """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
@@ -315,10 +313,7 @@ class Connection:
         else:
             outbox.append(frame)
         self._queued_size += size
-        writer = self._writer  # `_wake_writer`, inline: this runs for every frame
-        if writer is not None:
-            self._writer = None
-            trio.lowlevel.reschedule(writer)
+        self._wake_writer()
 
     async def _write_frames(self) -> None:
         """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
