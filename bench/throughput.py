@@ -10,6 +10,11 @@ then prints the ratios the targets are stated in. Without them it says so and ex
 Targets: turns/s at C=50 and C=200 >= 1.0x the seed (first milestone 0.75x) with server CPU per
 turn <= the seed's; C=1 p50 latency <= 1.2x the seed's; turns/s at C=50 >= 1.0x the bare server.
 Prints one JSON line at the end.
+
+With `--floor`, the same ratios for `bench/floor.py` too (the least a trio server can do per turn),
+each in a run of its own with the seed and the bare server: alone, with the durable store (the
+journal's writer thread and group commit, as agentcast), and with the store committed on the
+event loop (`--inline`). They bound what any server on this stack can reach on this machine.
 """
 from __future__ import annotations
 
@@ -26,8 +31,8 @@ SHARED = ROOT.parent / "shared" / "bench"
 BENCH_PY = Path(os.environ.get("BENCH_PY", "/tmp/bench-venv/bin/python"))
 
 
-def ratios(rows: list[dict]) -> dict:
-    """The issue's ratios from compare.sh's JSON lines (keyed by server and connection count)."""
+def ratios(rows: list[dict], server: str = "agentcast") -> dict:
+    """The issue's ratios for `server` from compare.sh's JSON lines (keyed by server and connection count)."""
     by = {(r["server"], r["connections"]): r for r in rows if r.get("ok")}
 
     def get(server: str, c: int, field: str) -> float | None:
@@ -43,28 +48,16 @@ def ratios(rows: list[dict]) -> dict:
 
     out: dict = {}
     for c in (50, 200):
-        out[f"c{c}_vs_seed"] = ratio(get("agentcast", c, "req_per_s"), get("seed_fastapi", c, "req_per_s"))
-        out[f"c{c}_cpu_us_per_turn"] = {"agentcast": cpu_us("agentcast", c), "seed": cpu_us("seed_fastapi", c)}
-    out["c1_p50_vs_seed"] = ratio(get("agentcast", 1, "p50_ms"), get("seed_fastapi", 1, "p50_ms"))
-    out["c50_vs_bare"] = ratio(get("agentcast", 50, "req_per_s"), get("raw_trio", 50, "req_per_s"))
+        out[f"c{c}_vs_seed"] = ratio(get(server, c, "req_per_s"), get("seed_fastapi", c, "req_per_s"))
+        out[f"c{c}_cpu_us_per_turn"] = {server: cpu_us(server, c), "seed": cpu_us("seed_fastapi", c)}
+    out["c1_p50_vs_seed"] = ratio(get(server, 1, "p50_ms"), get("seed_fastapi", 1, "p50_ms"))
+    out["c50_vs_bare"] = ratio(get(server, 50, "req_per_s"), get("raw_trio", 50, "req_per_s"))
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--configs", default="50:200:chat 200:50:chat 1:2000:chat")
-    args = parser.parse_args()
-    compare = SHARED / "compare.sh"
-    if not compare.exists():
-        print(f"skipped: {compare} is not here (the shared benchmark tools sit beside the project); "
-              "the other bench/ scripts need nothing else")
-        return 0
-    if not BENCH_PY.exists():
-        subprocess.run(["bash", str(SHARED / "setup.sh")], check=True)
-    agentcast = shutil.which("agentcast")
-    command = (f"{agentcast} serve" if agentcast else f"{sys.executable} -m transport serve") + \
-        " --port {port} --db {tmpdir}/x.db --log-level warning"
-    proc = subprocess.run(["bash", str(compare), command], env={**os.environ, "CONFIGS": args.configs},
+def compare(command: str, configs: str) -> tuple[list[dict], int]:
+    """compare.sh's JSON lines for the seed, the bare server and `command`; its table goes to stdout."""
+    proc = subprocess.run(["bash", str(SHARED / "compare.sh"), command], env={**os.environ, "CONFIGS": configs},
                           cwd=ROOT, capture_output=True, text=True)
     sys.stderr.write(proc.stderr)
     rows = []
@@ -73,13 +66,50 @@ def main() -> int:
             rows.append(json.loads(line))
         else:
             print(line)
+    return rows, proc.returncode
+
+
+def summary(r: dict, server: str) -> str:
+    return (f"C=50: {r['c50_vs_seed']}x the seed, {r['c50_vs_bare']}x the bare server; "
+            f"C=200: {r['c200_vs_seed']}x the seed; C=1 p50: {r['c1_p50_vs_seed']}x the seed's; "
+            f"CPU per turn at C=50: {r['c50_cpu_us_per_turn'][server]} µs vs {r['c50_cpu_us_per_turn']['seed']} µs")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", default="50:200:chat 200:50:chat 1:2000:chat")
+    parser.add_argument("--floor", action="store_true", help="also measure bench/floor.py (three more runs)")
+    args = parser.parse_args()
+    if not (SHARED / "compare.sh").exists():
+        print(f"skipped: {SHARED / 'compare.sh'} is not here (the shared benchmark tools sit beside the project); "
+              "the other bench/ scripts need nothing else")
+        return 0
+    if not BENCH_PY.exists():
+        subprocess.run(["bash", str(SHARED / "setup.sh")], check=True)
+    agentcast = shutil.which("agentcast")
+    command = (f"{agentcast} serve" if agentcast else f"{sys.executable} -m transport serve") + \
+        " --port {port} --db {tmpdir}/x.db --log-level warning"
+    rows, status = compare(command, args.configs)
+    name = Path(command.split()[0]).name  # compare.sh names the third server after its program
+    for row in rows:
+        if row["server"] == name:
+            row["server"] = "agentcast"
     result = {"benchmark": "throughput", "ratios": ratios(rows), "runs": rows, "load_average": os.getloadavg()[0]}
-    r = result["ratios"]
-    print(f"C=50: {r['c50_vs_seed']}x the seed, {r['c50_vs_bare']}x the bare server; "
-          f"C=200: {r['c200_vs_seed']}x the seed; C=1 p50: {r['c1_p50_vs_seed']}x the seed's; "
-          f"CPU per turn at C=50: {r['c50_cpu_us_per_turn']['agentcast']} µs vs {r['c50_cpu_us_per_turn']['seed']} µs")
+    print(summary(result["ratios"], "agentcast"))
+    if args.floor:
+        floor = f"{sys.executable} {ROOT / 'bench' / 'floor.py'} --port {{port}}"
+        result["floor"] = {}
+        for variant, extra in (("transport", ""), ("store", " --db {tmpdir}/x.db"), ("inline", " --db {tmpdir}/x.db --inline")):
+            rows, rc = compare(floor + extra, args.configs)
+            status = status or rc
+            for row in rows:
+                if row["server"] == Path(sys.executable).name:
+                    row["server"] = "floor"
+            r = ratios(rows, "floor")
+            result["floor"][variant] = {"ratios": r, "runs": rows}
+            print(f"floor ({variant}): " + summary(r, "floor"))
     print(json.dumps(result))
-    return proc.returncode
+    return status
 
 
 if __name__ == "__main__":
