@@ -266,6 +266,23 @@ class Recipients:
             if not self.reaches(outbox):
                 outbox.deliver(output)
 
+    def hold(self) -> list[Outbox]:
+        """Ask the recipients that can (see `Outbox`) to keep what they are given until `release`:
+        what was delivered so far and what comes next then go out together. Returns them, for `release`."""
+        held = [self._origin] if hasattr(self._origin, "hold") else []
+        for outbox in self._others:
+            if hasattr(outbox, "hold") and self._audience.hears(self._agent_id, self._user, outbox):
+                held.append(outbox)
+        for outbox in held:
+            outbox.hold()
+        return held
+
+    @staticmethod
+    def release(held: Sequence[Outbox]) -> None:
+        """End the `hold` that returned `held`."""
+        for outbox in held:
+            outbox.release()
+
     def reaches(self, outbox: Outbox) -> bool:
         """True if `deliver` gives its outputs to `outbox` now."""
         if outbox is self._origin:
@@ -684,25 +701,35 @@ class Agent:
             chat.failure = "The agent failed while answering"
 
     async def _end_chat(self, memory: Memory, chat: _Chat) -> Memory:
-        """Log how `chat` ended (answered, failed or cancelled), tell its recipients; the memory after it."""
+        """Log how `chat` ended (answered, failed or cancelled), tell its recipients; the memory after it.
+
+        The recipients hold what the turn delivered in this step (from a brain that answered at once:
+        the `agent_thinking` and every chunk) while the ending commits, so that it goes out with the
+        ending's frames in one socket write instead of two. What earlier steps delivered has gone
+        already: only the brain's last burst waits, and for no longer than the ending's own frames.
+        """
         cmd, recipients, turn_log, running = chat.cmd, chat.recipients, chat.log, chat.running
         agent_id, rid = self.agent_id, cmd.request_id
         partial = "".join(chat.deltas)
-        if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
-                                             cmd.command_id)])
-            for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
-                recipients.deliver(output, also=running.cancellers)
-        elif chat.failure is not None:
-            await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, chat.failure, rid,
-                                             cmd.command_id)])
-            recipients.deliver(Failed(agent_id, "brain_error", chat.failure, rid))
-            recipients.deliver(TurnDone(agent_id, rid))
-        else:
-            answer = AgentMessage(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
-            (answer_rec,) = await turn_log.append([answer])
-            recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, chat.usage))
-            recipients.deliver(TurnDone(agent_id, rid))
+        held = recipients.hold()
+        try:
+            if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
+                await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
+                                                 cmd.command_id)])
+                for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
+                    recipients.deliver(output, also=running.cancellers)
+            elif chat.failure is not None:
+                await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, chat.failure,
+                                                 rid, cmd.command_id)])
+                recipients.deliver(Failed(agent_id, "brain_error", chat.failure, rid))
+                recipients.deliver(TurnDone(agent_id, rid))
+            else:
+                answer = AgentMessage(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
+                (answer_rec,) = await turn_log.append([answer])
+                recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, chat.usage))
+                recipients.deliver(TurnDone(agent_id, rid))
+        finally:
+            recipients.release(held)
         for rec in turn_log.recorded:
             memory = fold(memory, rec)
         return memory

@@ -25,6 +25,10 @@ class Outbox(Protocol):
 
     # An outbox may also have a `gone` attribute, True once nobody will read it: an agent then
     # skips its queued searches (turns and clears still run: they change the user's memory).
+    #
+    # And `hold()` and `release()`: between them the outbox may keep what it is given instead of
+    # sending it, to send it with what follows (an agent holds its recipients while a turn's ending
+    # commits; `release` is called once for each `hold`, whatever happens). Holds may nest.
 
 
 class PacedOutbox(Outbox, Protocol):

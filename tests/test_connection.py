@@ -1,5 +1,6 @@
 """Transport units over in-memory streams (trio.testing): a client that stops reading is cut off
-with 1013 while everyone else goes on, and what it missed is still complete in the log."""
+with 1013 while everyone else goes on, and what it missed is still complete in the log; a turn's
+frames go out in as few writes as its brain allows."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from actors import Agents, Audience, Journal, TurnDone, agent_specs
+from actors import AgentSpec, Agents, Audience, EchoBrain, Journal, TurnChunk, TurnDone, agent_specs
 from store import EventLog
 from transport._connection import TRY_AGAIN_LATER, Connection
 from transport.server import ServerSettings
@@ -18,12 +19,13 @@ from transport.server import ServerSettings
 class Harness:
     """Agents over a real SQLite file, and a way to attach in-memory clients to them."""
 
-    def __init__(self, nursery, db):
+    def __init__(self, nursery, db, specs=None):
         self.nursery = nursery
         self.log = EventLog.open(db)
         self.journal = Journal(self.log, lambda: EventLog.open(db, readonly=True))
         self.audience = Audience()
-        self.agents = Agents(agent_specs(None), self.journal, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z")
+        self.agents = Agents(agent_specs(None) if specs is None else specs, self.journal, self.audience,
+                             clock=lambda: "2026-01-01T00:00:00.000Z")
         self.finished: list[Connection] = []
         self.settings: dict = {}  # ServerSettings fields for the next clients
 
@@ -31,12 +33,21 @@ class Harness:
         await self.nursery.start(self.journal.run)
         await self.nursery.start(self.agents.run)
 
-    async def client(self, *, lockstep=False, outbox_size=1024):
-        """A connected client; with `lockstep`, the server's writes block until the client reads."""
+    async def client(self, *, lockstep=False, outbox_size=1024, writes=None):
+        """A connected client; with `lockstep`, the server's writes block until the client reads.
+        With a list as `writes`, the bytes of each of the server's writes to it are appended to it."""
         if lockstep:
             server_stream, client_stream = trio.testing.lockstep_stream_pair()
         else:
             server_stream, client_stream = trio.testing.memory_stream_pair()
+        if writes is not None:
+            send_all = server_stream.send_all
+
+            async def recording_send_all(data):
+                writes.append(bytes(data))
+                await send_all(data)
+
+            server_stream.send_all = recording_send_all
         connection_ready = trio.Event()
 
         async def serve():
@@ -90,7 +101,7 @@ async def test_a_client_that_stops_reading_is_closed_with_1013_and_nobody_waits(
     for i in range(3):
         await stalled_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": f"unread {i}"}))
     await h.wait_finished(stalled)
-    assert stalled._close_code == TRY_AGAIN_LATER
+    assert stalled._closing[0] == TRY_AGAIN_LATER
     # Everyone else goes on.
     await reader_ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "still fine"}))
     frames = await recv_until(reader_ws, "agent_done")
@@ -117,7 +128,7 @@ async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(h):
     for _ in range(2):  # 14 frames: more than the client library buffers plus the queue holds
         await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "flood me"}))
     with trio.fail_after(10):
-        while conn._close_code is None:
+        while conn._closing is None:
             await trio.sleep(0.01)
     received = []
     try:
@@ -137,7 +148,7 @@ async def test_the_outbound_queue_is_bounded_in_size_not_only_in_frames(h):
     for _ in range(3):
         await ws.send_message(json.dumps({"type": "chat", "agent_id": "my_agent", "message": "z" * 2000}))
     await h.wait_finished(conn)
-    assert conn._close_code == TRY_AGAIN_LATER
+    assert conn._closing[0] == TRY_AGAIN_LATER
 
 
 async def test_a_connection_closed_before_it_runs_closes_with_that_code_at_once(h):
@@ -161,3 +172,74 @@ async def test_a_connection_closed_before_it_runs_closes_with_that_code_at_once(
     assert closed.value.reason.code == 1001
     with trio.fail_after(5):
         await done.wait()
+
+
+async def chat_turn(ws, agent_id, message="hello there, how are you today"):
+    """Send a chat and receive its frames up to agent_done."""
+    await ws.send_message(json.dumps({"type": "subscribe", "agent_id": agent_id}))
+    assert (await recv(ws))["type"] == "subscribed"
+    await ws.send_message(json.dumps({"type": "chat", "agent_id": agent_id, "message": message}))
+    return await recv_until(ws, "agent_done")
+
+
+def turn_writes(writes):
+    """The server's writes from the one carrying agent_thinking on."""
+    first = next(i for i, w in enumerate(writes) if b'"agent_thinking"' in w)
+    return writes[first:]
+
+
+async def test_a_turn_answered_at_once_goes_out_in_one_write(h):
+    """The echo brain answers within one step: its agent_thinking and chunks are held while the answer
+    commits, and go out with response and agent_done in a single socket write (not two)."""
+    writes = []
+    ws, _ = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    frames = await chat_turn(ws, "my_agent")
+    assert [f["type"] for f in frames][0] == "agent_thinking" and frames[-2]["type"] == "response"
+    (turn,) = turn_writes(writes)
+    assert b'"response_chunk"' in turn and b'"response"' in turn and b'"agent_done"' in turn
+
+
+async def test_a_streaming_brain_still_streams_only_its_last_burst_waits_for_the_commit(nursery, tmp_path):
+    """A brain that waits between chunks: agent_thinking and each chunk but the last are written as they
+    come (nothing is held while the brain works); the last chunk goes with the ending's frames.
+    (Real time, 20 ms a chunk: the journal's thread would make an autojump clock skip ahead.)"""
+    h = Harness(nursery, str(tmp_path / "agentcast.db"), [AgentSpec("slow", EchoBrain(delay=0.02, chunks=3))])
+    await h.start()
+    writes = []
+    ws, _ = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    frames = await chat_turn(ws, "slow")
+    assert [f["type"] for f in frames] == ["agent_thinking"] + ["response_chunk"] * 3 + ["response", "agent_done"]
+    turn = turn_writes(writes)
+    assert len(turn) == 4, turn  # agent_thinking, chunk 1, chunk 2, then chunk 3 + response + agent_done
+    assert b'"response_chunk"' not in turn[0]
+    assert [w.count(b'"response_chunk"') for w in turn[1:]] == [1, 1, 1]
+    assert b'"agent_done"' in turn[3] and b'"agent_done"' not in turn[2]
+
+
+async def test_held_frames_wait_for_the_last_release_and_a_close_does_not_wait(h):
+    writes = []
+    ws, conn = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    before = len(writes)
+    conn.hold()
+    conn.hold()
+    conn.deliver(TurnChunk("my_agent", "one", "r1"))
+    conn.deliver(TurnChunk("my_agent", "two", "r1"))
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(writes) == before  # held: the writer leaves them queued
+    conn.release()
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(writes) == before  # one hold left
+    conn.release()
+    frame = await recv(ws)
+    assert (frame["type"], frame["delta"]) == ("response_chunk", "onetwo")  # one write, chunks merged
+    assert len(writes) == before + 1
+    conn.hold()
+    conn.deliver(TurnChunk("my_agent", "three", "r2"))
+    conn.close(1000, "bye")  # never released: the close drains the queue anyway
+    assert (await recv(ws))["delta"] == "three"
+    with pytest.raises(ConnectionClosed):
+        await recv(ws)
+    await h.wait_finished(conn)

@@ -36,7 +36,7 @@ async def test_a_client_that_answers_pings_stays_connected(h, autojump_clock):
     async with trio.open_nursery() as n:
         n.start_soon(keep_reading)
         await trio.sleep(3600)  # 180 heartbeats (virtual time)
-        assert conn not in h.finished and conn._close_code is None
+        assert conn not in h.finished and conn._closing is None
         n.cancel_scope.cancel()
 
 
@@ -47,7 +47,7 @@ async def test_a_client_that_never_answers_pings_is_closed_with_1011(h, autojump
         await ws.send_message(json.dumps({"type": "ping"}))
     start = trio.current_time()
     await h.wait_finished(conn, timeout=None)
-    assert conn._close_code == INTERNAL_ERROR
+    assert conn._closing[0] == INTERNAL_ERROR
     assert 40 <= trio.current_time() - start <= 41
 
 

@@ -431,7 +431,7 @@ async def test_a_client_that_reads_slowly_gets_a_backlog_many_times_its_queue_wh
         frames = [json.loads(await ws.get_message()) for _ in range(601)]
     assert frames[0] == subscribed(0)
     assert [f["message"] for f in frames[1:]] == [x for i in range(300) for x in (f"question {i}", f"answer {i}")]
-    assert conn._close_code is None
+    assert conn._closing is None
 
 
 async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_lane_goes_on(h):
@@ -440,7 +440,7 @@ async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_la
     start = trio.current_time()
     await ws.send_message(json.dumps(resume(0)))  # and never reads again
     await h.wait_finished(conn)
-    assert conn._close_code == TRY_AGAIN_LATER
+    assert conn._closing[0] == TRY_AGAIN_LATER
     # one close_timeout (0.5 s) without room, then one to give up on the stuck write; not one per frame
     assert trio.current_time() - start < 3
     other, _ = await h.client()  # the same user's next command is carried out

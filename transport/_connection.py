@@ -137,10 +137,10 @@ class Connection:
         self._queued_size = 0  # text characters in the queue (see protocol.text_size)
         #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
         self._scope: trio.CancelScope | None = None
-        self._close_code: int | None = None
-        self._close_reason = ""
+        self._closing: tuple[int, str] | None = None  # (code, reason) once `close` was called
         self._discard = False  # drop queued frames instead of writing them
         self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
+        self._holds = 0  # `hold`s not yet released: the writer leaves the queue alone meanwhile
         self._metrics = metrics
         #: Per agent: the trio time each chat of this connection arrived, oldest first, until its agent_done.
         self._chats_waiting: dict[str, collections.deque[float]] = {}
@@ -161,6 +161,17 @@ class Connection:
         if self._metrics is not None and type(output) in _COUNTED:
             self._count(output)
         self._queue(frame_of(output), count_error=False)
+
+    def hold(self) -> None:
+        """Keep queued frames from the writer until `release` (holds nest), so that what is queued
+        meanwhile goes out with them in one write. A close does not wait for it."""
+        self._holds += 1
+
+    def release(self) -> None:
+        """End one `hold`; after the last, the writer takes the queue."""
+        self._holds -= 1
+        if not self._holds and self._outbox is not None:
+            self._wake_writer()
 
     def _count(self, output: actors.TurnDone | actors.Failed) -> None:
         """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
@@ -198,7 +209,7 @@ class Connection:
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
 
     def _crowded(self) -> bool:
-        if self._close_code is not None or self._ended:
+        if self._closing is not None or self._ended:
             return False
         frames = len(self._outbox) if self._outbox is not None else 0
         return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
@@ -228,8 +239,8 @@ class Connection:
         a client that does not read). Writing them gets at most `close_timeout` seconds, the
         close handshake as long again; a client still not reading is cut off without a close frame.
         """
-        if self._close_code is None:
-            self._close_code, self._close_reason = code, reason
+        if self._closing is None:
+            self._closing = (code, reason)
         self._discard = self._discard or not drain
         self._wake_writer()  # the queue takes no more frames; the writer ends the connection when done
         self._wake_room()
@@ -285,21 +296,21 @@ class Connection:
                 cleanup.shield = True
                 if self._mid_frame:  # a write was cut short: no close frame can follow it
                     await abort(self._ws)
-                elif self._close_code is not None:
-                    await self._ws.aclose(self._close_code, self._close_reason)
+                elif self._closing is not None:
+                    await self._ws.aclose(*self._closing)
             close = self._ws.closed
             logger.info(
                 "close client=%s user=%s code=%s",
                 self.client_id,
                 self.user,
-                close.code if close is not None else self._close_code,
+                close.code if close is not None else self._closing[0] if self._closing is not None else None,
             )
 
     def _queue(self, frame: p.ServerFrame, *, count_error: bool = True) -> None:
         """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
         if count_error and type(frame) is p.Error and self._metrics is not None:
             self._metrics.errors.labels(frame.code).inc()
-        if self._close_code is not None or self._ended:
+        if self._closing is not None or self._ended:
             return  # closing or gone; what it missed is in the log
         size = p.text_size(frame)
         outbox = self._outbox
@@ -313,17 +324,19 @@ class Connection:
         else:
             outbox.append(frame)
         self._queued_size += size
-        self._wake_writer()
+        if not self._holds:
+            self._wake_writer()
 
     async def _write_frames(self) -> None:
         """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
 
-        Frames queued together go out in one socket write, adjacent chunks of a turn merged.
+        Frames queued together, or while the queue is held (`hold`), go out in one socket write,
+        adjacent chunks of a turn merged.
         """
         try:
             while True:
-                while self._outbox is None:
-                    if self._close_code is not None or self._ended:
+                while self._outbox is None or (self._holds and self._closing is None and not self._ended):
+                    if self._outbox is None and (self._closing is not None or self._ended):
                         return  # closed and drained
                     self._writer = trio.lowlevel.current_task()
                     await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
@@ -359,7 +372,7 @@ class Connection:
     def _take(self, data: str | bytes) -> None:
         """One message from the client; never raises (it runs in the WebSocket's reader task)."""
         self._last_activity = trio.current_time()
-        if self._close_code is not None or self._ended:
+        if self._closing is not None or self._ended:
             return  # closing (or gone): nothing more is taken on
         cmd = None
         try:
@@ -428,7 +441,7 @@ class Connection:
 
     def _expire(self) -> None:
         assert self.claims is not None
-        if self._close_code is not None:
+        if self._closing is not None:
             return
         logger.info("client=%s user=%s: token expired; closing", self.client_id, self.user)
         self._queue(p.Error("token_expired", f"The token expired at {self.claims.expires_iso}; reconnect with a new one"))
