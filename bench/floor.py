@@ -148,7 +148,7 @@ def serve(store: Journal | EventLog | None):
                 if not data:
                     return
                 buf += data
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ValueError):
+        except Exception:  # a reset, or input it does not handle (it is no real server): drop the connection, go on
             return
         finally:
             await trio.aclose_forcefully(stream)
