@@ -706,7 +706,9 @@ class Agent:
         The recipients hold what the turn delivered in this step (from a brain that answered at once:
         the `agent_thinking` and every chunk) while the ending commits, so that it goes out with the
         ending's frames in one socket write instead of two. What earlier steps delivered has gone
-        already: only the brain's last burst waits, and for no longer than the ending's own frames.
+        already: only the brain's last burst waits, and for no longer than the ending's own frames. (A
+        connection that also hears another lane, of another agent, may meanwhile have that lane's
+        frames wait too: one commit at most, as every release lets the queue go; see `Outbox`.)
         """
         cmd, recipients, turn_log, running = chat.cmd, chat.recipients, chat.log, chat.running
         agent_id, rid = self.agent_id, cmd.request_id

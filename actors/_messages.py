@@ -28,7 +28,9 @@ class Outbox(Protocol):
     #
     # And `hold()` and `release()`: between them the outbox may keep what it is given instead of
     # sending it, to send it with what follows (an agent holds its recipients while a turn's ending
-    # commits; `release` is called once for each `hold`, whatever happens). Holds may nest.
+    # commits; `release` is called once for each `hold`, whatever happens). Several lanes may hold
+    # an outbox at once; each release should let what is held go, so nothing waits longer than one
+    # holder's commit.
 
 
 class PacedOutbox(Outbox, Protocol):

@@ -218,20 +218,16 @@ async def test_a_streaming_brain_still_streams_only_its_last_burst_waits_for_the
     assert b'"agent_done"' in turn[3] and b'"agent_done"' not in turn[2]
 
 
-async def test_held_frames_wait_for_the_last_release_and_a_close_does_not_wait(h):
+async def test_held_frames_wait_for_a_release_and_a_close_does_not_wait(h):
     writes = []
     ws, conn = await h.client(writes=writes)
     assert (await recv(ws))["type"] == "connected"
     before = len(writes)
     conn.hold()
-    conn.hold()
     conn.deliver(TurnChunk("my_agent", "one", "r1"))
     conn.deliver(TurnChunk("my_agent", "two", "r1"))
     await trio.testing.wait_all_tasks_blocked()
     assert len(writes) == before  # held: the writer leaves them queued
-    conn.release()
-    await trio.testing.wait_all_tasks_blocked()
-    assert len(writes) == before  # one hold left
     conn.release()
     frame = await recv(ws)
     assert (frame["type"], frame["delta"]) == ("response_chunk", "onetwo")  # one write, chunks merged
@@ -243,3 +239,38 @@ async def test_held_frames_wait_for_the_last_release_and_a_close_does_not_wait(h
     with pytest.raises(ConnectionClosed):
         await recv(ws)
     await h.wait_finished(conn)
+
+
+async def test_holds_taken_in_turn_never_starve_the_writer(h):
+    """Two lanes holding one connection in turn (its user chatting with two agents), so that some hold
+    is always on: every release lets the queue go, a frame waits for one commit at most."""
+    writes = []
+    ws, conn = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    conn.hold()  # lane a
+    for n in range(5):
+        conn.deliver(TurnChunk("my_agent", f"chunk{n}", f"r{n}"))
+        conn.hold()  # the other lane holds before this one releases
+        await trio.testing.wait_all_tasks_blocked()
+        conn.release()
+        frame = await recv(ws)
+        assert frame["delta"] == f"chunk{n}"
+    assert conn._holds == 1
+    conn.release()
+
+
+async def test_frames_queued_before_a_hold_wait_for_its_release(h):
+    """The writer woken for a frame (agent_thinking) before the lane holds the queue leaves it queued
+    until the release: the turn's frames still go out together."""
+    writes = []
+    ws, conn = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    before = len(writes)
+    conn.deliver(TurnChunk("my_agent", "a", "r1"))  # wakes the writer...
+    conn.hold()  # ... which runs only after this
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(writes) == before
+    conn.deliver(TurnChunk("my_agent", "b", "r1"))
+    conn.release()
+    assert (await recv(ws))["delta"] == "ab"
+    assert len(writes) == before + 1

@@ -10,6 +10,7 @@ import math
 import uuid
 from collections.abc import Callable, Mapping
 
+import outcome
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -140,7 +141,7 @@ class Connection:
         self._closing: tuple[int, str] | None = None  # (code, reason) once `close` was called
         self._discard = False  # drop queued frames instead of writing them
         self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
-        self._holds = 0  # `hold`s not yet released: the writer leaves the queue alone meanwhile
+        self._holds = 0  # `hold`s not yet released: `_queue` does not wake the writer meanwhile
         self._metrics = metrics
         #: Per agent: the trio time each chat of this connection arrived, oldest first, until its agent_done.
         self._chats_waiting: dict[str, collections.deque[float]] = {}
@@ -163,15 +164,18 @@ class Connection:
         self._queue(frame_of(output), count_error=False)
 
     def hold(self) -> None:
-        """Keep queued frames from the writer until `release` (holds nest), so that what is queued
-        meanwhile goes out with them in one write. A close does not wait for it."""
+        """Keep queued frames from the writer until a `release`, so that what is queued meanwhile goes
+        out with them in one write. A close does not wait for it."""
         self._holds += 1
 
     def release(self) -> None:
-        """End one `hold`; after the last, the writer takes the queue."""
+        """End one `hold`. The writer then takes the queue even if other holds remain (lanes of other
+        agents holding this connection in turn): a frame waits for one commit at most."""
         self._holds -= 1
-        if not self._holds and self._outbox is not None:
-            self._wake_writer()
+        writer = self._writer
+        if writer is not None and self._outbox is not None:
+            self._writer = None
+            trio.lowlevel.reschedule(writer, outcome.Value(True))  # others wake it with None
 
     def _count(self, output: actors.TurnDone | actors.Failed) -> None:
         """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
@@ -335,11 +339,16 @@ class Connection:
         """
         try:
             while True:
-                while self._outbox is None or (self._holds and self._closing is None and not self._ended):
+                # Wait for frames, and while they are held for a release too (which wakes the writer
+                # with True); then whatever holds remain, the writer takes the queue.
+                released = False
+                while self._outbox is None or (
+                    self._holds and not released and self._closing is None and not self._ended
+                ):
                     if self._outbox is None and (self._closing is not None or self._ended):
                         return  # closed and drained
                     self._writer = trio.lowlevel.current_task()
-                    await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+                    released = await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
                 frames, self._outbox = self._outbox, None
                 self._queued_size = 0  # all of them taken
                 self._wake_room()
