@@ -55,15 +55,20 @@ def ratios(rows: list[dict], server: str = "agentcast") -> dict:
     return out
 
 
-def compare(command: str, configs: str) -> tuple[list[dict], int]:
-    """compare.sh's JSON lines for the seed, the bare server and `command`; its table goes to stdout."""
+def compare(command: str, configs: str, name: str) -> tuple[list[dict], int]:
+    """compare.sh's JSON lines for the seed, the bare server and `command`, the last named `name`
+    (compare.sh names it after its program); its table goes to stdout."""
     proc = subprocess.run(["bash", str(SHARED / "compare.sh"), command], env={**os.environ, "CONFIGS": configs},
                           cwd=ROOT, capture_output=True, text=True)
     sys.stderr.write(proc.stderr)
+    program = Path(command.split()[0]).name
     rows = []
     for line in proc.stdout.splitlines():
         if line.startswith("{"):
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            if row["server"] == program:
+                row["server"] = name
+            rows.append(row)
         else:
             print(line)
     return rows, proc.returncode
@@ -89,22 +94,15 @@ def main() -> int:
     agentcast = shutil.which("agentcast")
     command = (f"{agentcast} serve" if agentcast else f"{sys.executable} -m transport serve") + \
         " --port {port} --db {tmpdir}/x.db --log-level warning"
-    rows, status = compare(command, args.configs)
-    name = Path(command.split()[0]).name  # compare.sh names the third server after its program
-    for row in rows:
-        if row["server"] == name:
-            row["server"] = "agentcast"
+    rows, status = compare(command, args.configs, "agentcast")
     result = {"benchmark": "throughput", "ratios": ratios(rows), "runs": rows, "load_average": os.getloadavg()[0]}
     print(summary(result["ratios"], "agentcast"))
     if args.floor:
         floor = f"{sys.executable} {ROOT / 'bench' / 'floor.py'} --port {{port}}"
         result["floor"] = {}
         for variant, extra in (("transport", ""), ("store", " --db {tmpdir}/x.db"), ("inline", " --db {tmpdir}/x.db --inline")):
-            rows, rc = compare(floor + extra, args.configs)
+            rows, rc = compare(floor + extra, args.configs, "floor")
             status = status or rc
-            for row in rows:
-                if row["server"] == Path(sys.executable).name:
-                    row["server"] = "floor"
             r = ratios(rows, "floor")
             result["floor"][variant] = {"ratios": r, "runs": rows}
             print(f"floor ({variant}): " + summary(r, "floor"))
