@@ -3,6 +3,7 @@ or with an `openai` agent talking to the fake OpenAI-compatible server of tests/
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,16 @@ from actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
 from fake_openai import FakeOpenAI
 from transport._auth import mint
 from transport.server import Server, ServerSettings
+
+
+#: Multiplies every real-clock timeout of the process tests (subprocesses, real sockets waited on with
+#: a wall clock): a loaded machine makes them slower, not failed. `AGENTCAST_TEST_TIMEOUT_SCALE=3 pytest`.
+TIMEOUT_SCALE = float(os.environ.get("AGENTCAST_TEST_TIMEOUT_SCALE") or 1)
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` of real time, scaled for this machine (see `TIMEOUT_SCALE`)."""
+    return seconds * TIMEOUT_SCALE
 
 
 class Client:

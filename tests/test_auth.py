@@ -30,7 +30,7 @@ from trio_websocket import (
 
 from actors import ConfigError, agent_specs
 from store import EventLog
-from support import HANDSHAKE, Client, connect, handshake, running_server
+from support import HANDSHAKE, Client, connect, handshake, running_server, scaled
 from test_connection import Harness
 from transport import protocol as p
 from transport._auth import (
@@ -57,7 +57,7 @@ SECRET_ENV = "AGENTCAST_TEST_AUTH_SECRET"
 NOW = 1_800_000_000
 CLI = [sys.executable, "-m", "transport.cli"]
 #: Bound on one-shot commands and on a server starting.
-PROCESS_TIMEOUT = 15
+PROCESS_TIMEOUT = scaled(15)
 
 
 def b64(raw: bytes) -> str:

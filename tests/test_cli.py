@@ -23,17 +23,19 @@ from pathlib import Path
 import pytest
 import websockets
 
+from support import scaled
+
 # ---------------------------------------------------------------------------------------------
 # Helpers: the real `agentcast` process, and a websockets (asyncio) client driven by asyncio.run
 # ---------------------------------------------------------------------------------------------
 
 CLI = [sys.executable, "-m", "transport.cli"]
 #: Bound on waiting for the "listening" line, and on one-shot commands.
-START_TIMEOUT = 15.0
+START_TIMEOUT = scaled(15.0)
 #: Bound on waiting for a server to exit after a signal.
-EXIT_TIMEOUT = 10.0
+EXIT_TIMEOUT = scaled(10.0)
 #: Bound on waiting for one frame from the server.
-FRAME_TIMEOUT = 5.0
+FRAME_TIMEOUT = scaled(5.0)
 LISTENING = re.compile(r"^agentcast listening on ws://127\.0\.0\.1:(?P<port>\d+)/ws \(db (?P<db>.*); agents: (?P<agents>.*)\)$")
 SQLITE_HEADER = b"SQLite format 3\x00"
 

@@ -15,6 +15,7 @@ from urllib.parse import quote
 from websockets.exceptions import WebSocketException
 
 from store import EventLog, verify
+from support import scaled
 from test_cli import cli, connect, write_config
 
 #: Kill-and-restart rounds; a last, clean round then retries what is left and stops the server gracefully.
@@ -25,7 +26,7 @@ KILL_DELAY = (0.0, 0.05)
 #: New chats per connection in the last, clean round.
 FINAL_CHATS = 2
 #: Bound on a round's load (it normally takes well under a second).
-ROUND_TIMEOUT = 20.0
+ROUND_TIMEOUT = scaled(20.0)
 #: Set to replay a failing run's random choices (the kill moments).
 SEED_VARIABLE = "AGENTCAST_CRASH_SEED"
 
