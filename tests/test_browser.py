@@ -15,7 +15,7 @@ import trio
 
 from actors import AgentSpec, EchoBrain
 from fake_openai import error, text, tool_calls
-from support import LLM_AGENT, connect, llm_server, running_server, token_for
+from support import LLM_AGENT, connect, llm_server, running_server, scaled, token_for
 from transport.server import Server, ServerSettings
 
 try:
@@ -28,6 +28,7 @@ CHROMIUM = os.environ.get("AGENTCAST_CHROMIUM") or next(
     None,
 )
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[test]')"),
     pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; .ci/run does it)"),
 ]
@@ -35,7 +36,7 @@ pytestmark = [
 #: Without the background-networking flags Chromium's own connections fail on a closed network.
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT = 5000  # ms, for every expect()
+TIMEOUT = int(scaled(5) * 1000)  # ms, for every expect() and every Playwright call
 
 
 @contextmanager
@@ -66,7 +67,7 @@ def server_in_thread(open_server):
 
     thread = threading.Thread(target=run, name="agentcast-server", daemon=True)
     thread.start()
-    started.wait(10)
+    started.wait(scaled(10))
     if "error" in box:
         raise box["error"]
 
@@ -84,7 +85,7 @@ def server_in_thread(open_server):
         yield SimpleNamespace(base=f"http://127.0.0.1:{box['server'].port}", server=box["server"], call=call, wait=wait)
     finally:
         call(box["stop"].set)
-        thread.join(15)
+        thread.join(scaled(15))
         if "error" in box:
             raise box["error"]
 
@@ -443,7 +444,7 @@ def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_recon
     send(page, "before it expired")
     expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
 
-    expect(status).to_have_text("signed out: the token expired", timeout=6000)
+    expect(status).to_have_text("signed out: the token expired", timeout=int(scaled(6) * 1000))
     expect(status).to_have_attribute("data-state", "signed-out")
     expect(page.locator("#auth-dialog")).to_be_visible()
     expect(page.locator("#auth-message")).to_contain_text("Your token expired")

@@ -33,9 +33,12 @@ def node_command() -> list[str] | None:
 
 
 NODE = node_command()
-pytestmark = pytest.mark.skipif(
-    NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"),
+]
+#: Bound on waiting for one event of a Node script (and for it to end).
+EVENT_TIMEOUT = scaled(10)
 
 # Shared by every scenario: `emit(obj)` prints one JSON line for the test; `line()` waits for the
 # test's next line on stdin.
@@ -58,7 +61,7 @@ class Node:
         self.buffer = b""
         self.seen: list[dict] = []
 
-    async def next(self, timeout: float = 10) -> dict:
+    async def next(self, timeout: float = EVENT_TIMEOUT) -> dict:
         with trio.fail_after(timeout):
             while b"\n" not in self.buffer:
                 chunk = await self.proc.stdout.receive_some()
@@ -72,14 +75,14 @@ class Node:
         self.seen.append(event)
         return event
 
-    async def expect(self, name: str, timeout: float = 10) -> dict:
+    async def expect(self, name: str, timeout: float = EVENT_TIMEOUT) -> dict:
         """The next event called `name` (the ones before it are kept in `seen`)."""
         while True:
             event = await self.next(timeout)
             if event["event"] == name:
                 return event
 
-    async def finish(self, nursery, timeout: float = 10) -> None:
+    async def finish(self, nursery, timeout: float = EVENT_TIMEOUT) -> None:
         """Wait for the script to end well, then stop whatever else runs in `nursery` (the proxy)."""
         with trio.fail_after(timeout):
             code = await self.proc.wait()
@@ -241,7 +244,7 @@ client.close();
         # Cut while a turn runs: the server finishes and logs it; the client sends the chat again
         # with the same command_id on reconnect and gets the logged answer, not a second turn.
         await node.expect("sent")
-        with trio.fail_after(10):
+        with trio.fail_after(EVENT_TIMEOUT):
             await gated.started.wait()
         proxy.cut(refuse=True)
         assert (await node.expect("state"))["state"] == "reconnecting"
@@ -290,7 +293,7 @@ async def test_the_example_in_docs_clients_md_runs(db_path, tmp_path):
     script.write_text(example.replace('"./agentcast.js"', json.dumps(CLIENT.as_uri())))
     async with running_server(db_path) as server:
         env = {**os.environ, "AGENTCAST_URL": f"ws://127.0.0.1:{server.port}/ws"}
-        with trio.fail_after(20):
+        with trio.fail_after(scaled(20)):
             done = await trio.run_process([*NODE, str(script)], env=env, capture_stdout=True, capture_stderr=True)
     out = done.stdout.decode()
     assert out.startswith("You said: My favourite colour is turquoise.") and "(seq 2)" in out, out
@@ -370,19 +373,19 @@ patient.close();
         port = await nursery.start(proxy.serve)
         dead = f"ws://127.0.0.1:{closed_port()}/ws"
         node = await run_node(nursery, tmp_path, script, dead, f"ws://127.0.0.1:{port}/ws")
-        rejected = await node.expect("rejected", timeout=scaled(10))
+        rejected = await node.expect("rejected")
         ok, code, message = rejected["error"]
         assert ok and code == "cannot_connect" and message.startswith(f"Cannot connect to {dead}"), rejected
         assert rejected["states"] == ["connecting", "closed"] and rejected["state"] == "closed"
         assert rejected["timer"] is None  # and no attempt scheduled
         # a call made while closed tries again, once: refused the same way, it fails the same way
-        assert (await node.expect("chat", timeout=scaled(10))) == {
+        assert (await node.expect("chat")) == {
             "event": "chat", "code": "cannot_connect", "states": ["connecting", "closed", "connecting", "closed"]}
 
         await node.tell()
         attempts = []
         while len(attempts) < 3:  # each attempt is told, with its number and delay
-            state = await node.expect("state", timeout=scaled(10))
+            state = await node.expect("state")
             if state["state"] == "reconnecting":
                 attempts.append(state)
         assert [s["attempt"] for s in attempts] == [1, 2, 3]
@@ -390,8 +393,8 @@ patient.close();
         assert proxy.connections >= 3
         proxy.accepting = True
         await node.tell()
-        assert (await node.expect("open", timeout=scaled(10)))["state"] == "open"
-        await node.finish(nursery, timeout=scaled(10))
+        assert (await node.expect("open"))["state"] == "open"
+        await node.finish(nursery)
 
 
 async def test_the_example_in_docs_clients_md_says_when_there_is_no_server(tmp_path):
