@@ -271,6 +271,14 @@ async def test_first_frame_auth_then_chat_and_search_as_the_tokens_user(db_path,
         assert {user for _, user in log.streams()} == {"alice"}
 
 
+async def test_the_connected_frame_says_whether_authentication_is_on(db_path, secret_env):
+    """So that a client (the chat page) offers to sign in only where there is something to sign in to."""
+    async with running_server(db_path) as server, connect(server.port) as client:
+        assert client.hello == {"type": "connected", "client_id": client.hello["client_id"], "auth": False}
+    async with running_server(db_path, auth_secret_env=secret_env) as server, connect(server.port) as client:
+        assert client.hello == {"type": "connected", "client_id": client.hello["client_id"], "auth": True}
+
+
 async def test_a_handshake_with_a_bearer_token_starts_authenticated(db_path, secret_env):
     # close_timeout: trio-websocket's client leaves a rejected connection's socket open, and the server's stop
     # waits that long for it

@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, asynccontextmanager, contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +15,8 @@ import trio
 
 from actors import AgentSpec, EchoBrain
 from fake_openai import error, text, tool_calls
-from support import LLM_AGENT, llm_server, running_server, token_for
+from support import LLM_AGENT, connect, llm_server, running_server, scaled, token_for
+from transport.server import Server, ServerSettings
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -27,6 +28,7 @@ CHROMIUM = os.environ.get("AGENTCAST_CHROMIUM") or next(
     None,
 )
 pytestmark = [
+    pytest.mark.process,
     pytest.mark.skipif(sync_playwright is None, reason="needs playwright (pip install -e '.[test]')"),
     pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium; .ci/run does it)"),
 ]
@@ -34,7 +36,7 @@ pytestmark = [
 #: Without the background-networking flags Chromium's own connections fail on a closed network.
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-TIMEOUT = 5000  # ms, for every expect()
+TIMEOUT = int(scaled(5) * 1000)  # ms, for every expect() and every Playwright call
 
 
 @contextmanager
@@ -65,7 +67,7 @@ def server_in_thread(open_server):
 
     thread = threading.Thread(target=run, name="agentcast-server", daemon=True)
     thread.start()
-    started.wait(10)
+    started.wait(scaled(10))
     if "error" in box:
         raise box["error"]
 
@@ -83,7 +85,7 @@ def server_in_thread(open_server):
         yield SimpleNamespace(base=f"http://127.0.0.1:{box['server'].port}", server=box["server"], call=call, wait=wait)
     finally:
         call(box["stop"].set)
-        thread.join(15)
+        thread.join(scaled(15))
         if "error" in box:
             raise box["error"]
 
@@ -129,13 +131,15 @@ def browser():
 
 @pytest.fixture
 def open_page(browser, live):
-    """`open_page(user, agent, route=None, server=live, state="open")`: a page in a fresh browser
+    """`open_page(user, agent, route=None, server=live, state="open", clock=False)`: a page in a fresh browser
     context (a separate person), once its status is `state`. `page.sockets`: its WebSockets."""
     contexts = []
 
-    def open_page(user, agent="streamy", route=None, server=live, state="open"):
+    def open_page(user, agent="streamy", route=None, server=live, state="open", clock=False):
         context = browser.new_context(viewport={"width": 1100, "height": 720})
         contexts.append(context)
+        if clock:  # the page's timers run on Playwright's clock (`page.clock.pause_at`, `run_for`)
+            context.clock.install()
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
         errors = []
@@ -440,7 +444,7 @@ def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_recon
     send(page, "before it expired")
     expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
 
-    expect(status).to_have_text("signed out: the token expired", timeout=6000)
+    expect(status).to_have_text("signed out: the token expired", timeout=int(scaled(6) * 1000))
     expect(status).to_have_attribute("data-state", "signed-out")
     expect(page.locator("#auth-dialog")).to_be_visible()
     expect(page.locator("#auth-message")).to_contain_text("Your token expired")
@@ -451,7 +455,7 @@ def test_an_expired_token_signs_the_page_out_and_a_new_one_resumes_without_recon
 
     page.fill("#token", token_for(SECRET, "ivy"))
     page.press("#token", "Enter")
-    expect(status).to_have_text("signed in as ivy")
+    expect(status).to_have_text("signed in again as ivy")
     send(page, "after a new token")
     expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["before it expired", "after a new token"])
     expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
@@ -474,11 +478,272 @@ def test_a_dropped_connection_reconnects_and_resumes_without_duplicates(open_pag
     seq = int(page.locator("#conversation .msg.agent[data-seq]").get_attribute("data-seq"))
     sockets[0][0].close(code=1012, reason="restarting")
     page.wait_for_function("() => window.states.includes('reconnecting') && window.agentcast.state === 'open'")
-    expect(page.locator("#status")).to_have_text("connected as grace")
+    expect(page.locator("#status")).to_have_text("connected again as grace")
     send(page, "after the drop")
     expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
     expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["before the drop", "after the drop"])
     assert len(sockets) == 2 and page.evaluate("window.states") == ["reconnecting", "open"]
     again = [(f["type"], f.get("user_id"), f.get("agent_id"), f.get("after_seq")) for f in sockets[1][1]]
     assert again[:2] == [("set_user", "grace", None, None), ("subscribe", None, "my_agent", seq)]
+    assert not page.js_errors, page.js_errors
+
+
+# -- turns from the user's other connections, in whatever order their frames come ---------------
+
+
+def shown_turns(page):
+    """The conversation as the person sees it: per turn, the user's words (None if not shown), the answer's
+    text, whether 'thinking' still shows, and the answer's marks (cancelled, error, a note)."""
+    return page.evaluate("""() => [...document.querySelectorAll('#conversation .turn')].map((t) => {
+      const user = t.querySelector('.msg.user'), agent = t.querySelector('.msg.agent');
+      const note = agent.querySelector('.note');
+      return {
+        user: user.hidden ? null : user.querySelector('.text').textContent,
+        user_first: user.compareDocumentPosition(agent) === Node.DOCUMENT_POSITION_FOLLOWING,
+        answer: agent.hidden ? null : agent.querySelector('.body').textContent,
+        thinking: !agent.querySelector('.thinking').hidden,
+        marks: ['cancelled', 'error'].filter((c) => agent.classList.contains(c)).concat(note && !note.hidden ? ['note'] : []),
+      };
+    })""")
+
+
+def test_turns_from_another_connection_of_the_user_show_once_with_or_without_request_id(open_page, live):
+    """The seed's clients send no request_id; the page, a resumed subscriber, gets `agent_thinking` and the
+    chunks live, then `user_message` once committed, then `response` and `agent_done`."""
+    page = open_page("zoe", agent="streamy")
+
+    async def phone():
+        async with connect(live.server.port) as other:
+            await other.request({"type": "set_user", "user_id": "zoe"}, "user_set")
+            await other.request({"type": "chat", "agent_id": "streamy", "message": "from the phone"}, "agent_done")
+            await other.request({"type": "chat", "agent_id": "streamy", "message": "with an id",
+                                 "request_id": "phone-1"}, "agent_done")
+
+    live.wait(phone)
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+    expected = [
+        {"user": text, "user_first": True, "answer": f"You said: {text}\n(I remember {n} earlier messages of our conversation.)",
+         "thinking": False, "marks": []}
+        for n, text in ((0, "from the phone"), (2, "with an id"))
+    ]
+    assert shown_turns(page) == expected
+    send(page, "and from the page")
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(3)
+    assert [t["user"] for t in shown_turns(page)] == ["from the phone", "with an id", "and from the page"]
+    page.reload()  # the same turns again, from the log
+    expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(3)
+    assert shown_turns(page)[:2] == expected
+    assert not page.js_errors, page.js_errors
+
+
+def injecting_route(sockets):
+    """A WebSocket route that passes everything through and keeps each page-side socket in `sockets`, so the
+    test can send the page frames of its own (`sockets[-1].send(json.dumps(frame))`)."""
+
+    def route(ws):
+        server = ws.connect_to_server()
+        ws.on_message(lambda message: server.send(message))
+        server.on_message(lambda message: ws.send(message))
+        sockets.append(ws)
+
+    return route
+
+
+def turn_frames(kind, seq, text, rid=None):
+    """The frames a resumed subscriber gets for one turn of the same user made elsewhere (see protocol.md)."""
+    base = {"agent_id": "my_agent"} | ({"request_id": rid} if rid else {})
+    answer = f"re: {text}"
+    live = [dict(base, type="agent_thinking"), dict(base, type="response_chunk", delta=answer[:3]),
+            dict(base, type="response_chunk", delta=answer[3:])]
+    said = dict(base, type="user_message", message=text, seq=seq)
+    response = dict(base, type="response", message=answer, seq=seq + 1)
+    done = dict(base, type="agent_done")
+    return {
+        "live": [*live, said, response, done],
+        "backlog": [said, response],
+        "tools": [dict(base, type="agent_thinking"), dict(base, type="response_chunk", delta="Let me look. "), said,
+                  dict(base, type="tool_call", call_id="c1", tool="current_time", arguments={}),
+                  dict(base, type="tool_result", call_id="c1", tool="current_time", result={"hour": 5}),
+                  dict(base, type="response_chunk", delta=answer),
+                  dict(response, message="Let me look. " + answer), done],
+        "cancelled": [*live[:2], said, dict(base, type="cancelled", partial=answer[:3]), done],
+        "failed": [dict(base, type="agent_thinking"), said,
+                   dict(base, type="error", code="brain_error", message="the model is down"), done],
+        "backlog_cancelled": [said, dict(base, type="cancelled", partial=answer[:3]), done],
+        # a chat sent again after a lost connection, answered from the log: no user_message, and its
+        # `response` repeats a seq the page has seen (the client passes it on once)
+        "retry": [dict(base, type="agent_thinking"), dict(base, type="response_chunk", delta=answer), response, done],
+    }[kind]
+
+
+def test_turn_frames_in_every_order_the_server_sends_show_each_turn_once(open_page):
+    sockets = []
+    page = open_page("orders", agent="my_agent", route=injecting_route(sockets))
+    expect(page.locator("#conversation")).to_have_attribute("aria-busy", "false")  # subscribed: frames are shown
+    script = [("live", None), ("live", "elsewhere-1"), ("backlog", None), ("backlog", "elsewhere-2"),
+              ("tools", None), ("cancelled", None), ("failed", None), ("backlog_cancelled", "elsewhere-3"),
+              ("live", None), ("retry", None), ("live", "elsewhere-4"), ("retry", "elsewhere-4"),
+              ("retry", "python-fresh-id")]
+    seq, last = 100, {}
+    for n, (kind, rid) in enumerate(script):
+        if kind == "retry":
+            frames = turn_frames("retry", last["seq"], last["text"], rid)
+        else:
+            last = {"seq": seq, "text": f"turn {n} ({kind})"}
+            frames = turn_frames(kind, seq, last["text"], rid)
+            seq += 2
+        for frame in frames:
+            sockets[-1].send(json.dumps(frame))
+    expect(page.locator("#conversation .turn")).to_have_count(10)
+    expect(page.locator("#conversation .thinking:visible")).to_have_count(0)
+    turns = shown_turns(page)
+    assert [(t["user"], t["user_first"]) for t in turns] == [
+        (f"turn {n} ({kind})", True) for n, (kind, _) in enumerate(script) if kind != "retry"]
+    assert [(t["answer"], t["marks"]) for t in turns] == [
+        ("re: turn 0 (live)", []), ("re: turn 1 (live)", []), ("re: turn 2 (backlog)", []),
+        ("re: turn 3 (backlog)", []), ("Let me look. 🔧 current_time{}{\n  \"hour\": 5\n}re: turn 4 (tools)", []),
+        ("re:", ["cancelled"]), ("", ["error"]), ("re:", ["cancelled"]),
+        ("re: turn 8 (live)", []), ("re: turn 10 (live)", []),
+    ]
+    assert not any(t["thinking"] for t in turns)
+    assert not page.js_errors, page.js_errors
+
+
+# -- what the page says about the connection and about signing in -------------------------------
+
+
+def test_without_authentication_sign_in_is_offered_nowhere(open_page):
+    page = open_page("nobody", agent="my_agent")
+    expect(page.locator("#conversation")).to_have_attribute("aria-busy", "false")
+    expect(page.locator("#sign-in")).to_be_hidden()
+    expect(page.get_by_role("button", name=re.compile("sign in", re.I))).to_have_count(0)
+    expect(page.get_by_text(re.compile(r"\bsign in\b", re.I)).filter(visible=True)).to_have_count(0)
+    assert page.evaluate("window.agentcast.serverAuth") is False
+    assert not page.js_errors, page.js_errors
+
+
+def test_with_authentication_sign_in_is_offered(open_page, auth_live):
+    page = open_page("somebody", agent="my_agent", server=auth_live, state="signed-out")
+    page.click("#auth-cancel")
+    expect(page.locator("#sign-in")).to_be_visible()
+    assert page.evaluate("window.agentcast.serverAuth") is True
+    page.click("#sign-in")
+    expect(page.locator("#auth-dialog")).to_be_visible()
+    assert not page.js_errors, page.js_errors
+
+
+@asynccontextmanager
+async def server_on_port(db, specs, port):
+    """A server on `port` (0: a free one), like support.running_server: so that a test can stop one and
+    start another on the same port, as a restart does."""
+    server = Server(ServerSettings(host="127.0.0.1", port=port, db=db), specs)
+    async with trio.open_nursery() as nursery:
+        server.port = await nursery.start(server.run)
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def countdown(text):
+    """(seconds, attempt) of a status such as 'reconnecting in 0.4 s (attempt 1)'."""
+    found = re.fullmatch(r"connection lost: reconnecting in (\d+\.\d) s \(attempt (\d+)\)", text)
+    assert found, text
+    return float(found[1]), int(found[2])
+
+
+def test_during_an_outage_the_status_follows_every_attempt_and_says_when_the_server_is_back(open_page, tmp_path):
+    db, specs = str(tmp_path / "outage.db"), [AgentSpec("my_agent", EchoBrain())]
+    with ExitStack() as running:
+        first = running.enter_context(server_in_thread(lambda: server_on_port(db, specs, 0)))
+        port = first.server.port
+        page = open_page("olga", agent="my_agent", server=first, clock=True)
+        status = page.locator("#status")
+        send(page, "before the outage")
+        expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(1)
+        expect(status).to_have_text("connected as olga")
+        page.clock.pause_at(page.evaluate("Date.now()") + 1000)  # from now on the page's time moves when we say
+        running.close()  # the server stops (closing the page's connection with 1001)
+
+        for attempt in (1, 2, 3):
+            expect(status).to_have_text(re.compile(rf"\(attempt {attempt}\)$"))
+            expect(status).to_have_attribute("data-state", "reconnecting")
+            left, shown = countdown(status.text_content())
+            assert shown == attempt and 0 < left <= 0.5 * 2 ** (attempt - 1)  # the client's backoff
+            if left >= 0.3:
+                page.clock.run_for(200)  # the countdown follows the page's clock
+                expect(status).to_have_text(f"connection lost: reconnecting in {left - 0.2:.1f} s (attempt {attempt})")
+            page.clock.run_for(int(left * 1000))  # the attempt is made, and refused: no server
+
+        expect(status).to_have_text(re.compile(r"\(attempt 4\)$"))
+        with server_in_thread(lambda: server_on_port(db, specs, port)) as second:
+            left, _ = countdown(status.text_content())
+            page.clock.run_for(int(left * 1000) + 100)
+            expect(status).to_have_text("connected again as olga")
+            expect(status).to_have_attribute("data-state", "open")
+            page.clock.resume()
+            send(page, "after the outage")
+            expect(page.locator("#conversation .msg.agent[data-seq]")).to_have_count(2)
+            expect(page.locator("#conversation .turn .msg.user .text")).to_have_text(["before the outage", "after the outage"])
+            assert second.server.port == port
+        # (Chromium logs each refused attempt to the console itself)
+        refused = re.compile(r"WebSocket connection to '.*' failed: .*ERR_CONNECTION_REFUSED")
+        assert not [e for e in page.js_errors if not refused.fullmatch(e)], page.js_errors
+
+
+def test_a_turn_cut_by_a_lost_connection_says_so_and_is_completed_by_the_backlog(open_page):
+    sockets = []
+    page = open_page("cut", agent="my_agent", route=injecting_route(sockets))
+    conversation = page.locator("#conversation")
+    expect(conversation).to_have_attribute("aria-busy", "false")
+
+    def inject(frames):
+        for frame in frames:
+            sockets[-1].send(json.dumps(frame))
+
+    first, second, third = (turn_frames(kind, seq, f"turn {seq}") for kind, seq in (
+        ("live", 100), ("live", 102), ("live", 104)))
+    inject(first[:3])  # agent_thinking and the chunks, and then the connection drops
+    expect(conversation.locator(".thinking:visible")).to_have_count(1)
+    sockets[-1].close(code=1012, reason="restarting")
+    expect(conversation.locator(".note")).to_have_text("Connection lost: the rest of this answer comes when it is back.")
+    expect(conversation.locator(".thinking:visible")).to_have_count(0)
+    expect(page.locator("#status")).to_have_text("connected again as cut")
+    inject(turn_frames("backlog", 100, "turn 100"))  # the turn, from the log: it completes the one shown
+    expect(conversation.locator(".note:visible")).to_have_count(0)
+    assert [(t["user"], t["answer"], t["thinking"], t["marks"]) for t in shown_turns(page)] == [
+        ("turn 100", "re: turn 100", False, [])]
+
+    inject(second[:3])  # cut again; this time the server lost the turn: the next turn comes instead
+    sockets[-1].close(code=1012, reason="restarting")
+    expect(page.locator("#status")).to_have_text("connected again as cut")
+    inject(third)
+    expect(conversation.locator(".turn")).to_have_count(3)
+    assert [(t["user"], t["answer"], t["thinking"], t["marks"]) for t in shown_turns(page)] == [
+        ("turn 100", "re: turn 100", False, []), (None, "re: turn 102", False, ["note"]),
+        ("turn 104", "re: turn 104", False, [])]
+    expect(conversation.locator(".note:visible")).to_have_text("The rest of this answer did not arrive.")
+    assert not page.js_errors, page.js_errors
+
+
+def test_the_pages_own_chat_cut_off_mid_answer_shows_once_after_the_reconnect(open_page):
+    """The server finishes the turn; back, the page gets it from the log (`user_message`, `response`), then
+    the answer to its chat sent again (same `command_id`): `agent_thinking`, the whole answer, `agent_done`."""
+    sockets = []
+    page = open_page("kim", agent="streamy", route=injecting_route(sockets))
+    expect(page.locator("#conversation")).to_have_attribute("aria-busy", "false")
+    record_sent(page)
+    send(page, "cut me off")
+    answer = last_answer(page)
+    expect(answer.locator(".body")).to_contain_text("You said")  # streaming
+    sockets[-1].close(code=1012, reason="restarting")
+    expect(page.locator("#status")).to_have_text("connected again as kim")
+    expect(answer).to_have_attribute("data-seq", re.compile(r"^\d+$"))
+    page.wait_for_function("() => window.agentcast._pending.size === 0")  # the chat sent again was answered
+    expect(page.locator("#stop")).to_be_disabled()
+    assert shown_turns(page) == [{
+        "user": "cut me off", "user_first": True, "thinking": False, "marks": [],
+        "answer": "You said: cut me off\n(I remember 0 earlier messages of our conversation.)"}]
+    chats = [f for f in page.evaluate("window.sentFrames") if f["type"] == "chat"]
+    assert len(chats) == 2 and chats[0] == chats[1]  # sent again, the same
     assert not page.js_errors, page.js_errors

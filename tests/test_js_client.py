@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import trio
 
 from actors import AgentSpec, EchoBrain
 from store import EventLog
-from support import GatedBrain, connect, running_server, token_for
+from support import GatedBrain, connect, running_server, scaled, token_for
 
 CLIENT = Path(__file__).resolve().parent.parent / "transport" / "static" / "agentcast.js"
 
@@ -32,9 +33,12 @@ def node_command() -> list[str] | None:
 
 
 NODE = node_command()
-pytestmark = pytest.mark.skipif(
-    NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"
-)
+pytestmark = [
+    pytest.mark.process,
+    pytest.mark.skipif(NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"),
+]
+#: Bound on waiting for one event of a Node script (and for it to end).
+EVENT_TIMEOUT = scaled(10)
 
 # Shared by every scenario: `emit(obj)` prints one JSON line for the test; `line()` waits for the
 # test's next line on stdin.
@@ -57,7 +61,7 @@ class Node:
         self.buffer = b""
         self.seen: list[dict] = []
 
-    async def next(self, timeout: float = 10) -> dict:
+    async def next(self, timeout: float = EVENT_TIMEOUT) -> dict:
         with trio.fail_after(timeout):
             while b"\n" not in self.buffer:
                 chunk = await self.proc.stdout.receive_some()
@@ -71,14 +75,14 @@ class Node:
         self.seen.append(event)
         return event
 
-    async def expect(self, name: str, timeout: float = 10) -> dict:
+    async def expect(self, name: str, timeout: float = EVENT_TIMEOUT) -> dict:
         """The next event called `name` (the ones before it are kept in `seen`)."""
         while True:
             event = await self.next(timeout)
             if event["event"] == name:
                 return event
 
-    async def finish(self, nursery, timeout: float = 10) -> None:
+    async def finish(self, nursery, timeout: float = EVENT_TIMEOUT) -> None:
         """Wait for the script to end well, then stop whatever else runs in `nursery` (the proxy)."""
         with trio.fail_after(timeout):
             code = await self.proc.wait()
@@ -89,12 +93,12 @@ class Node:
         await self.proc.stdin.send_all(text.encode() + b"\n")
 
 
-async def run_node(nursery, tmp_path, script: str, url: str) -> Node:
+async def run_node(nursery, tmp_path, script: str, *urls: str) -> Node:
     path = tmp_path / "scenario.mjs"
     path.write_text(PRELUDE % json.dumps(CLIENT.as_uri()) + script + "\nprocess.exit(0);\n")
     proc = await nursery.start(
         lambda task_status: trio.run_process(
-            [*NODE, str(path), url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [*NODE, str(path), *urls], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             check=False, task_status=task_status,
         )
     )
@@ -107,6 +111,7 @@ class Proxy:
     def __init__(self, target: int):
         self.target = target
         self.accepting = True
+        self.connections = 0  # TCP connections accepted so far (refused ones included)
         self.flowing = trio.Event()
         self.flowing.set()
         self.scopes: set[trio.CancelScope] = set()
@@ -126,6 +131,7 @@ class Proxy:
         scope.cancel()  # one side hung up: hang up the other
 
     async def _handle(self, downstream):
+        self.connections += 1
         async with downstream:
             if not self.accepting:
                 return
@@ -238,7 +244,7 @@ client.close();
         # Cut while a turn runs: the server finishes and logs it; the client sends the chat again
         # with the same command_id on reconnect and gets the logged answer, not a second turn.
         await node.expect("sent")
-        with trio.fail_after(10):
+        with trio.fail_after(EVENT_TIMEOUT):
             await gated.started.wait()
         proxy.cut(refuse=True)
         assert (await node.expect("state"))["state"] == "reconnecting"
@@ -287,7 +293,7 @@ async def test_the_example_in_docs_clients_md_runs(db_path, tmp_path):
     script.write_text(example.replace('"./agentcast.js"', json.dumps(CLIENT.as_uri())))
     async with running_server(db_path) as server:
         env = {**os.environ, "AGENTCAST_URL": f"ws://127.0.0.1:{server.port}/ws"}
-        with trio.fail_after(20):
+        with trio.fail_after(scaled(20)):
             done = await trio.run_process([*NODE, str(script)], env=env, capture_stdout=True, capture_stderr=True)
     out = done.stdout.decode()
     assert out.startswith("You said: My favourite colour is turquoise.") and "(seq 2)" in out, out
@@ -332,3 +338,75 @@ client.close();
     assert codes == ["unauthenticated", "invalid_token"]
     states = [e["state"] for e in node.seen if e["event"] == "state"]
     assert states == ["connecting", "open", "closed", "connecting", "open"]
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_connect_rejects_after_one_failed_attempt_unless_asked_to_retry(db_path, tmp_path):
+    script = """
+const refused = new AgentcastClient(url, { initialDelay: 10, maxDelay: 40, pingInterval: 0 });
+const states = [];
+refused.on("state", (s) => states.push(s.state));
+const error = await refused.connect().then(() => null, (e) => e);
+emit({ event: "rejected", error: error && [error instanceof AgentcastError, error.code, error.message], states,
+       state: refused.state, timer: refused._timer });
+const chat = await refused.chat("my_agent", "hello?").then(() => null, (e) => e.code);
+emit({ event: "chat", code: chat, states });
+
+await line();  // the test points the proxy's port at nothing
+const patient = new AgentcastClient(process.argv[3], { initialDelay: 10, maxDelay: 40, pingInterval: 0 });
+patient.on("state", (s) => emit({ event: "state", state: s.state, attempt: s.attempt ?? null, delay: s.delay ?? null }));
+const opened = patient.connect({ retry: true });
+await line();  // the server is there now
+await opened;
+emit({ event: "open", state: patient.state });
+patient.close();
+"""
+    async with running_server(db_path) as server, trio.open_nursery() as nursery:
+        proxy = Proxy(server.port)
+        proxy.accepting = False  # takes the TCP connection and drops it: a failed handshake
+        port = await nursery.start(proxy.serve)
+        dead = f"ws://127.0.0.1:{closed_port()}/ws"
+        node = await run_node(nursery, tmp_path, script, dead, f"ws://127.0.0.1:{port}/ws")
+        rejected = await node.expect("rejected")
+        ok, code, message = rejected["error"]
+        assert ok and code == "cannot_connect" and message.startswith(f"Cannot connect to {dead}"), rejected
+        assert rejected["states"] == ["connecting", "closed"] and rejected["state"] == "closed"
+        assert rejected["timer"] is None  # and no attempt scheduled
+        # a call made while closed tries again, once: refused the same way, it fails the same way
+        assert (await node.expect("chat")) == {
+            "event": "chat", "code": "cannot_connect", "states": ["connecting", "closed", "connecting", "closed"]}
+
+        await node.tell()
+        attempts = []
+        while len(attempts) < 3:  # each attempt is told, with its number and delay
+            state = await node.expect("state")
+            if state["state"] == "reconnecting":
+                attempts.append(state)
+        assert [s["attempt"] for s in attempts] == [1, 2, 3]
+        assert all(0 < s["delay"] <= 40 for s in attempts)
+        assert proxy.connections >= 3
+        proxy.accepting = True
+        await node.tell()
+        assert (await node.expect("open"))["state"] == "open"
+        await node.finish(nursery)
+
+
+async def test_the_example_in_docs_clients_md_says_when_there_is_no_server(tmp_path):
+    docs = (CLIENT.parent.parent.parent / "docs" / "clients.md").read_text()
+    example = next(b for b in re.findall(r"```js\n(.*?)```", docs, re.S) if "./agentcast.js" in b)
+    script = tmp_path / "chat.mjs"
+    script.write_text(example.replace('"./agentcast.js"', json.dumps(CLIENT.as_uri())))
+    url = f"ws://127.0.0.1:{closed_port()}/ws"
+    with trio.fail_after(scaled(20)):
+        done = await trio.run_process([*NODE, str(script)], env={**os.environ, "AGENTCAST_URL": url},
+                                      capture_stdout=True, capture_stderr=True, check=False)
+    assert done.returncode == 1 and done.stdout == b""
+    lines = done.stderr.decode().splitlines()
+    assert lines[:2] == ["[connecting]", "[closed]"] and len(lines) == 3, lines
+    assert lines[2].startswith(f"Cannot connect to {url}: "), lines

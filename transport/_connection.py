@@ -270,7 +270,7 @@ class Connection:
                 nursery.start_soon(self._write_frames)
                 if self._settings.heartbeat_interval or self._settings.idle_timeout:
                     nursery.start_soon(self._keep_alive)
-                self._queue(p.Connected(self.client_id))
+                self._queue(p.Connected(self.client_id, auth=self._auth is not None))
                 if self._auth is not None:
                     if self.claims is not None:  # authenticated by the handshake's Authorization header
                         logger.info("client=%s user=%s: authenticated (header) until %s",

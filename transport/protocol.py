@@ -149,7 +149,11 @@ COMMAND_TYPES: dict[str, type] = {
 
 @frozen
 class Connected:
+    """The first frame of a connection. `auth`: whether the server has authentication on (then only `auth`
+    and `ping` are carried out until the connection authenticates); None when a server did not say."""
+
     client_id: str
+    auth: bool | None = None
     TYPE = "connected"
 
 

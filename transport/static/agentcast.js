@@ -18,8 +18,11 @@
 //   answers from its log rather than running the turn twice;
 // - pings the server every `pingInterval` ms and treats a connection that does not answer within
 //   `pingTimeout` ms as lost (a browser cannot see WebSocket-level pings);
+// - `connect()` rejects (code `cannot_connect`) when the first attempt fails, unless asked to keep
+//   trying (`connect({ retry: true })`);
 // - `on(type, callback)` like the seed's clients, for every server frame type, plus "*" (every
-//   frame) and "state" (connection state changes: "connecting", "open", "reconnecting", "closed").
+//   frame) and "state" (connection state changes: "connecting", "open", "reconnecting" once per
+//   attempt scheduled, with its number and delay, "closed").
 
 const DEFAULTS = Object.freeze({
   userId: undefined, // sent as `set_user` on every (re)connect when set
@@ -42,7 +45,7 @@ export class AgentcastError extends Error {
     super(message || code);
     this.name = "AgentcastError";
     /** The server's stable snake_case code (`unknown_agent`, `brain_error`, ...) or one of the
-     * client's own: `connection_lost`, `closed`, `timeout`, `cancelled`. */
+     * client's own: `cannot_connect`, `connection_lost`, `closed`, `timeout`, `cancelled`. */
     this.code = code;
     /** The whole frame that caused it (for `cancelled`: it has `partial`, the text so far). */
     this.frame = frame;
@@ -100,6 +103,8 @@ export class AgentcastClient {
     this.state = "idle";
     /** The server's `client_id` of the current connection. */
     this.clientId = null;
+    /** Whether the server has authentication on (its `connected` frame says); undefined until told. */
+    this.serverAuth = undefined;
     /** The user sent with `set_user` (and re-sent after every reconnect). */
     this.userId = this.options.userId;
     /** The highest `seq` seen per agent (of this user); re-subscriptions resume after it. */
@@ -114,6 +119,7 @@ export class AgentcastClient {
     this._pingTimer = null;
     this._pingWatch = null;
     this._closedByUser = false;
+    this._opened = false; // a connection of this round of attempts reached "open" (see `_lost`)
     this._prefix = randomId().slice(0, 8);
     this._counter = 0;
     this._connectWaiters = [];
@@ -148,20 +154,33 @@ export class AgentcastClient {
   }
 
   _setState(state, detail = {}) {
-    if (this.state === state) return;
+    // "reconnecting" is told again for every attempt scheduled (its number and delay change).
+    if (this.state === state && !(state === "reconnecting" && detail.attempt !== undefined)) return;
     this.state = state;
     this._emit("state", { state, ...detail });
   }
 
   // ----- connection -----
 
-  /** Open the connection; resolves once the server said `connected` (and `auth`/`set_user` were sent). */
-  connect() {
+  /**
+   * Open the connection; resolves once the server said `connected` (and `auth`/`set_user` were sent).
+   * If that first attempt fails it rejects with code `cannot_connect`, unless `retry` is true: then it
+   * keeps trying with the reconnection backoff (state "reconnecting", up to `maxRetries` attempts).
+   * Once open, a lost connection is reconnected as the `reconnect` option says.
+   */
+  connect({ retry = false } = {}) {
     this._closedByUser = false;
     if (this.state === "open") return Promise.resolve(this);
-    const ready = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject }));
-    if (!this._socket && !this._timer) this._open();
+    const ready = new Promise((resolve, reject) => this._connectWaiters.push({ resolve, reject, retry }));
+    if (!this._socket && !this._timer) this._start();
     return ready;
+  }
+
+  /** A new round of attempts, from idle or closed. */
+  _start() {
+    this._attempt = 0;
+    this._opened = false;
+    this._open();
   }
 
   /** Close for good: no reconnect; calls still waiting are rejected with code `closed`. */
@@ -235,6 +254,7 @@ export class AgentcastClient {
   async _ready(socket, hello) {
     clearTimeout(this._connectTimer);
     this.clientId = hello.client_id;
+    if (typeof hello.auth === "boolean") this.serverAuth = hello.auth;
     // Everything below is pipelined: the server handles a connection's frames in order.
     const token = typeof this.options.token === "function" ? await this.options.token() : this.options.token;
     if (socket !== this._socket) return; // lost meanwhile
@@ -263,6 +283,7 @@ export class AgentcastClient {
       this._sendCall(call);
     }
     this._attempt = 0;
+    this._opened = true;
     this._setState("open", { clientId: this.clientId });
     this._startPing();
     for (const w of this._connectWaiters.splice(0)) w.resolve(this);
@@ -286,10 +307,16 @@ export class AgentcastClient {
     // within its deadline): the same token would be refused again, so stop, unless a token function
     // can give a fresh one. `auth(newToken)` (or `connect()`) opens the connection again.
     const authRefused = code === 1008 && typeof this.options.token !== "function";
-    if (!this.options.reconnect || authRefused || this._attempt >= this.options.maxRetries) {
-      this._failAll("connection_lost", `The connection closed (${code}${reason ? ": " + reason : ""})`);
+    // Before the first connection of a round opened, only a `connect({ retry: true })` keeps trying.
+    const keepTrying = this._opened ? this.options.reconnect : this._connectWaiters.some((w) => w.retry);
+    if (!keepTrying || authRefused || this._attempt >= this.options.maxRetries) {
+      const [errorCode, message] = this._opened
+        ? ["connection_lost", `The connection closed (${code}${reason ? ": " + reason : ""})`]
+        : ["cannot_connect", `Cannot connect to ${this.url}: ${reason || `closed with code ${code}`}` +
+            (this._attempt ? ` (after ${this._attempt + 1} attempts)` : "")];
+      this._failAll(errorCode, message);
       this._setState("closed", { code, reason });
-      for (const w of this._connectWaiters.splice(0)) w.reject(new AgentcastError("connection_lost", "Could not connect"));
+      for (const w of this._connectWaiters.splice(0)) w.reject(new AgentcastError(errorCode, message));
       return;
     }
     const delay = backoffDelay(this._attempt, this.options);
@@ -475,10 +502,8 @@ export class AgentcastClient {
         this._sendCall(call);
       } else {
         this._queue.push(call);
-        if (!this._socket && !this._timer) {
-          this._attempt = 0; // idle, or gave up earlier: a new call is a reason to try again
-          this._open();
-        }
+        // idle, or gave up earlier: a new call is a reason to try again (once, as `connect()` does)
+        if (!this._socket && !this._timer) this._start();
       }
     });
   }
