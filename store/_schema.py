@@ -27,7 +27,9 @@ WRITER_CACHE_KIB = 32 * 1024
 
 #: PRAGMA application_id of every agentcast log: "AGCT".
 APPLICATION_ID = 0x41474354
-SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: SQLite's result code for a file whose header is not SQLite's ("file is not a database").
+SQLITE_NOTADB = 26
 
 migrations = Migrations("agentcast")
 
@@ -102,11 +104,8 @@ class MissingEventLog(FileNotFoundError):
     """The file does not exist and was not to be created."""
 
 
-def _check_header(path: Path) -> None:
-    with path.open("rb") as f:
-        head = f.read(len(SQLITE_HEADER))
-    if head != SQLITE_HEADER:
-        raise NotAnEventLog(f"{path} is not a SQLite database; refusing to touch it")
+def _is_not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_NOTADB or "file is not a database" in str(exc)
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) -> None:
@@ -127,13 +126,24 @@ def _check_schema(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) 
 
 
 def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
-    _check_header(p)
+    """A read-only connection to the agentcast log `p`, checked (`_check_schema`); never writes to the file.
+
+    The file is only ever read through SQLite, never with `open()`: SQLite's locks are POSIX advisory
+    locks, and closing *any* descriptor of the file drops every lock this process holds on it, after
+    which another process closing its last connection would delete the WAL under this process's
+    open connections (the server opens readers while its writer is open). A file that is not
+    SQLite's is recognised by SQLite itself ("file is not a database"), read-only, untouched.
+    """
+    if p.stat().st_size == 0:  # SQLite would take it for an empty database
+        raise NotAnEventLog(f"{p} is an empty file, not an agentcast event log; refusing to touch it")
     uri = "file:" + quote(str(p.resolve())) + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         _check_schema(conn, p, allow_pending=allow_pending)
-    except sqlite3.DatabaseError as exc:  # a damaged file, or one that only looks like SQLite
+    except sqlite3.DatabaseError as exc:  # not SQLite's, a damaged file, or one that only looks like SQLite
         conn.close()
+        if _is_not_a_database(exc):
+            raise NotAnEventLog(f"{p} is not a SQLite database; refusing to touch it") from None
         raise NotAnEventLog(f"{p}: {exc}") from None
     except BaseException:
         conn.close()
