@@ -151,14 +151,17 @@ def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
     return conn
 
 
-def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
-    """Open an existing log for reading only; never creates or modifies the file."""
+def connect_readonly(path: str | os.PathLike, *, allow_pending: bool = False) -> sqlite3.Connection:
+    """Open an existing log for reading only; never creates or modifies the file.
+
+    A log of an older schema is refused (it is read with the newest queries) unless `allow_pending`.
+    """
     p = Path(path)
     if p.exists() and not p.is_file():
         raise NotAnEventLog(f"{p} is not a regular file")
     if not p.exists():
         raise MissingEventLog(f"{p}: no such database file")
-    return _open_readonly(p, allow_pending=False)
+    return _open_readonly(p, allow_pending=allow_pending)
 
 
 def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") -> sqlite3.Connection:
