@@ -12,6 +12,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from sqlite_utils.utils import sqlite3  # pysqlite3 (a newer SQLite) when installed, else the stdlib
 
+from ._events import ACTIVITY_TYPES, REDACTED, redacted_payload
 from ._terms import index_is_current, reindex
 
 #: FTS5 can remove a deleted row's tokens from its index in place from SQLite 3.42 on (the
@@ -94,6 +95,24 @@ def m004_search_index_by_user(db: Database) -> None:
     db.execute("CREATE TABLE memory_index_words (unicode TEXT NOT NULL)")
     reindex(db.conn)
     db.execute("DROP TABLE memory_fts")
+
+
+@migrations()
+def m005_forgotten_client_ids(db: Database) -> None:
+    """Forgotten events lose the ids their client chose, as a long-term clear now erases them
+    (`EventLog._forget`): the `command_id` (column and payload) and, in a turn's activity, the
+    `request_id` of every event a clear redacted before this version. Runs with secure_delete on."""
+    conn = db.conn
+    conn.execute("UPDATE events SET command_id = NULL WHERE command_id IS NOT NULL AND payload = ?", (REDACTED,))
+    activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+    rows = conn.execute(
+        f"SELECT seq, type, payload FROM events WHERE type IN ({activity}) "
+        "AND json_extract(payload, '$.redacted') = 1 "
+        "AND (command_id IS NOT NULL OR json_type(payload, '$.request_id') IS NOT NULL "
+        "OR json_type(payload, '$.command_id') IS NOT NULL)"
+    ).fetchall()
+    conn.executemany("UPDATE events SET payload = ?, command_id = NULL WHERE seq = ?",
+                     [(redacted_payload(type_, payload), seq) for seq, type_, payload in rows])
 
 
 class NotAnEventLog(Exception):
