@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dbguard
-from store import EventLog, UserMessage
+from store import EventLog, NotAnEventLog, UserMessage
 from support import scaled
 from test_cli import cli, connect, replay_json
 
@@ -60,6 +60,15 @@ def test_readers_opened_beside_the_writer_never_open_the_file_outside_sqlite(tmp
             reader.close()
         writer.append([[UserMessage("a", "u", "t", "again")]])
     assert dbguard.take_violations() == []
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database", b"SQLite format 3"], ids=["empty", "text", "short-header"])
+def test_a_file_that_is_not_a_log_is_refused_read_only_by_sqlite_and_left_untouched(tmp_path, content):
+    db = tmp_path / "other.db"
+    db.write_bytes(content)
+    with pytest.raises(NotAnEventLog, match="refusing to touch it"):
+        EventLog.open(db, readonly=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.db"] and db.read_bytes() == content
 
 
 async def _count_lines(stream: asyncio.StreamReader, seen: list[int]) -> None:
