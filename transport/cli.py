@@ -24,8 +24,6 @@ from sqlite_utils.utils import sqlite3
 from actors import ConfigError
 from store import (
     DEFAULT_WINDOW,
-    BackupError,
-    TargetExists,
     Cut,
     EventLog,
     Memory,
@@ -40,7 +38,6 @@ from store import (
     last_seq_at,
     memory_at,
     parse_instant,
-    backup,
     verify,
 )
 
@@ -590,6 +587,8 @@ def _add_backup_parser(sub) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
+    from store import BackupError, TargetExists, backup
+
     shown = [0]  # the last tenth of the copy reported
 
     def progress(copied: int, total: int) -> None:
