@@ -16,6 +16,7 @@ from ._events import (
     UndecodableEvent,
     UserMessage,
 )
+from ._backup import BackupError, BackupReport, TargetExists, backup
 from ._log import MAX_QUERY_TERMS, EventLog, Hit, match_expression
 from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, memory_from_json, memory_to_json, rebuild
 from ._schema import MissingEventLog, NotAnEventLog
@@ -43,6 +44,8 @@ __all__ = [
     "TurnEnded",
     "activity_at",
     "AgentMessage",
+    "BackupError",
+    "BackupReport",
     "Clear",
     "DEFAULT_WINDOW",
     "Event",
@@ -55,8 +58,10 @@ __all__ = [
     "MissingEventLog",
     "NotAnEventLog",
     "Recorded",
+    "TargetExists",
     "UndecodableEvent",
     "UserMessage",
+    "backup",
     "fold",
     "match_expression",
     "memory_from_json",

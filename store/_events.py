@@ -218,13 +218,17 @@ def redacted_payload(type_: str, payload: str) -> str:
 
     Messages become REDACTED; a tool call keeps its call id and tool name but loses its
     arguments; a tool result loses its result and error; an ended turn loses its partial answer
-    (its outcome and reason stay). Other events are returned unchanged.
+    (its outcome and reason stay). None keeps the ids its client chose (`request_id`,
+    `command_id`): they are the client's text too, and a retry must not find a forgotten turn.
+    Other events are returned unchanged.
     """
     if type_ in ROLE_OF_TYPE:
         return REDACTED
     if type_ not in ACTIVITY_TYPES:
         return payload
     body = json.loads(payload)
+    body.pop("request_id", None)
+    body.pop("command_id", None)
     if type_ == "tool_called":
         body["arguments"] = {}
     elif type_ == "tool_returned":

@@ -33,6 +33,10 @@ logger = logging.getLogger("agentcast.store")
 #: Most distinct words of a query that a search uses; the rest are ignored.
 MAX_QUERY_TERMS = 32
 
+#: Seconds a writable open waits for readers of old snapshots (other processes) to let its WAL be
+#: truncated; after that the truncation is done after a later commit (see `EventLog._checkpoint`).
+OPEN_CHECKPOINT_PATIENCE = 1.0
+
 @frozen
 class Hit:
     """A message found by a search; `score` is higher for better matches (BM25)."""
@@ -88,7 +92,12 @@ class EventLog:
         """
         if readonly:
             return cls(connect_readonly(path), os.fspath(path), True)
-        return cls(connect_writable(path, synchronous=synchronous), os.fspath(path), False)
+        log = cls(connect_writable(path, synchronous=synchronous), os.fspath(path), False)
+        # Whatever the WAL holds is copied into the database and the WAL truncated before the log is used: a
+        # process that stopped before its own truncation (killed while a reader held an old snapshot after a
+        # forgetting) must not leave old page versions, forgotten text among them, in the -wal file.
+        log._checkpoint(patience=OPEN_CHECKPOINT_PATIENCE)
+        return log
 
     def close(self) -> None:
         """Close the file; further calls fail."""
@@ -182,9 +191,11 @@ class EventLog:
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
         """Erase the text of every message (user, agent, fact) of (agent_id, user) before `seq`, index rows
-        and event payloads, and the text of its turns' activity (tool arguments and results, partial answers).
+        and event payloads, and the text of its turns' activity (tool arguments and results, partial answers),
+        and the ids the client chose for them (`command_id`, column and payload, and `request_id`).
 
-        The events keep their rows and sequence numbers; their payload becomes REDACTED. With
+        The events keep their rows and sequence numbers; their payload becomes REDACTED. Without its
+        `command_id` a forgotten turn is not found by `find_turn`: a retry of it is a new turn. With
         `secure_delete` on, SQLite zeroes the freed bytes; FTS5 drops the tokens from its
         index in place (secure-delete, SQLite >= 3.42) or, on older SQLite, by rewriting it.
         """
@@ -202,21 +213,21 @@ class EventLog:
         )
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
         conn.execute(
-            "UPDATE events SET payload = ? WHERE agent_id = ? AND user = ? AND seq < ? "
-            f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?",
+            "UPDATE events SET payload = ?, command_id = NULL WHERE agent_id = ? AND user = ? AND seq < ? "
+            f"AND type IN ({MESSAGE_TYPES_SQL}) AND (payload != ? OR command_id IS NOT NULL)",
             (REDACTED, agent_id, user, seq, REDACTED),
         )
         # Tool calls and results and partial answers hold the user's words too: their text goes as well.
         activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
         rows = conn.execute(
-            "SELECT seq, type, payload FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
+            "SELECT seq, type, payload, command_id FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
             f"AND type IN ({activity})",
             (agent_id, user, seq),
         ).fetchall()
-        for row_seq, type_, payload in rows:
+        for row_seq, type_, payload, command_id in rows:
             redacted = redacted_payload(type_, payload)
-            if redacted != payload:
-                conn.execute("UPDATE events SET payload = ? WHERE seq = ?", (redacted, row_seq))
+            if redacted != payload or command_id is not None:
+                conn.execute("UPDATE events SET payload = ?, command_id = NULL WHERE seq = ?", (redacted, row_seq))
         if not FTS5_SECURE_DELETE:
             conn.execute("INSERT INTO memory_index (memory_index) VALUES ('optimize')")
 

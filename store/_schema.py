@@ -12,6 +12,7 @@ from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 from sqlite_utils.utils import sqlite3  # pysqlite3 (a newer SQLite) when installed, else the stdlib
 
+from ._events import ACTIVITY_TYPES, REDACTED, redacted_payload
 from ._terms import index_is_current, reindex
 
 #: FTS5 can remove a deleted row's tokens from its index in place from SQLite 3.42 on (the
@@ -27,7 +28,9 @@ WRITER_CACHE_KIB = 32 * 1024
 
 #: PRAGMA application_id of every agentcast log: "AGCT".
 APPLICATION_ID = 0x41474354
-SQLITE_HEADER = b"SQLite format 3\x00"
+
+#: SQLite's result code for a file whose header is not SQLite's ("file is not a database").
+SQLITE_NOTADB = 26
 
 migrations = Migrations("agentcast")
 
@@ -94,6 +97,24 @@ def m004_search_index_by_user(db: Database) -> None:
     db.execute("DROP TABLE memory_fts")
 
 
+@migrations()
+def m005_forgotten_client_ids(db: Database) -> None:
+    """Forgotten events lose the ids their client chose, as a long-term clear now erases them
+    (`EventLog._forget`): the `command_id` (column and payload) and, in a turn's activity, the
+    `request_id` of every event a clear redacted before this version. Runs with secure_delete on."""
+    conn = db.conn
+    conn.execute("UPDATE events SET command_id = NULL WHERE command_id IS NOT NULL AND payload = ?", (REDACTED,))
+    activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+    rows = conn.execute(
+        f"SELECT seq, type, payload FROM events WHERE type IN ({activity}) "
+        "AND json_extract(payload, '$.redacted') = 1 "
+        "AND (command_id IS NOT NULL OR json_type(payload, '$.request_id') IS NOT NULL "
+        "OR json_type(payload, '$.command_id') IS NOT NULL)"
+    ).fetchall()
+    conn.executemany("UPDATE events SET payload = ?, command_id = NULL WHERE seq = ?",
+                     [(redacted_payload(type_, payload), seq) for seq, type_, payload in rows])
+
+
 class NotAnEventLog(Exception):
     """The file exists but is not an agentcast event log (or is one from a newer version)."""
 
@@ -102,11 +123,8 @@ class MissingEventLog(FileNotFoundError):
     """The file does not exist and was not to be created."""
 
 
-def _check_header(path: Path) -> None:
-    with path.open("rb") as f:
-        head = f.read(len(SQLITE_HEADER))
-    if head != SQLITE_HEADER:
-        raise NotAnEventLog(f"{path} is not a SQLite database; refusing to touch it")
+def _is_not_a_database(exc: sqlite3.DatabaseError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_NOTADB or "file is not a database" in str(exc)
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) -> None:
@@ -127,13 +145,24 @@ def _check_schema(conn: sqlite3.Connection, path: Path, *, allow_pending: bool) 
 
 
 def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
-    _check_header(p)
+    """A read-only connection to the agentcast log `p`, checked (`_check_schema`); never writes to the file.
+
+    The file is only ever read through SQLite, never with `open()`: SQLite's locks are POSIX advisory
+    locks, and closing *any* descriptor of the file drops every lock this process holds on it, after
+    which another process closing its last connection would delete the WAL under this process's
+    open connections (the server opens readers while its writer is open). A file that is not
+    SQLite's is recognised by SQLite itself ("file is not a database"), read-only, untouched.
+    """
+    if p.stat().st_size == 0:  # SQLite would take it for an empty database
+        raise NotAnEventLog(f"{p} is an empty file, not an agentcast event log; refusing to touch it")
     uri = "file:" + quote(str(p.resolve())) + "?mode=ro"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     try:
         _check_schema(conn, p, allow_pending=allow_pending)
-    except sqlite3.DatabaseError as exc:  # a damaged file, or one that only looks like SQLite
+    except sqlite3.DatabaseError as exc:  # not SQLite's, a damaged file, or one that only looks like SQLite
         conn.close()
+        if _is_not_a_database(exc):
+            raise NotAnEventLog(f"{p} is not a SQLite database; refusing to touch it") from None
         raise NotAnEventLog(f"{p}: {exc}") from None
     except BaseException:
         conn.close()
@@ -141,14 +170,17 @@ def _open_readonly(p: Path, *, allow_pending: bool) -> sqlite3.Connection:
     return conn
 
 
-def connect_readonly(path: str | os.PathLike) -> sqlite3.Connection:
-    """Open an existing log for reading only; never creates or modifies the file."""
+def connect_readonly(path: str | os.PathLike, *, allow_pending: bool = False) -> sqlite3.Connection:
+    """Open an existing log for reading only; never creates or modifies the file.
+
+    A log of an older schema is refused (it is read with the newest queries) unless `allow_pending`.
+    """
     p = Path(path)
     if p.exists() and not p.is_file():
         raise NotAnEventLog(f"{p} is not a regular file")
     if not p.exists():
         raise MissingEventLog(f"{p}: no such database file")
-    return _open_readonly(p, allow_pending=False)
+    return _open_readonly(p, allow_pending=allow_pending)
 
 
 def connect_writable(path: str | os.PathLike, *, synchronous: str = "NORMAL") -> sqlite3.Connection:

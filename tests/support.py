@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from contextlib import asynccontextmanager
 
@@ -24,6 +26,23 @@ TIMEOUT_SCALE = float(os.environ.get("AGENTCAST_TEST_TIMEOUT_SCALE") or 1)
 def scaled(seconds: float) -> float:
     """`seconds` of real time, scaled for this machine (see `TIMEOUT_SCALE`)."""
     return seconds * TIMEOUT_SCALE
+
+
+_COUNT_ON_DISK = """
+import json, os, sys
+db, needles = sys.argv[1], sys.argv[2:]
+data = b"".join(open(p, "rb").read() for p in (db, db + "-wal", db + "-shm") if os.path.exists(p))
+print(json.dumps({n: data.count(n.encode()) for n in needles}))
+"""
+
+
+def on_disk(db, *needles: str) -> dict[str, int]:
+    """How often each of `needles` (as UTF-8) occurs in the bytes SQLite keeps on disk for `db`: the
+    file, its -wal and its -shm. Read by another process: this one may hold SQLite connections to the
+    file, and closing a descriptor of it here would drop their locks (see tests/dbguard.py)."""
+    done = subprocess.run([sys.executable, "-c", _COUNT_ON_DISK, os.fspath(db), *needles],
+                          capture_output=True, text=True, timeout=scaled(30), check=True)
+    return json.loads(done.stdout)
 
 
 class Client:

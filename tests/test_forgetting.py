@@ -1,5 +1,8 @@
 """Forgetting that really forgets: after a long-term clear, the cleared text is gone from the raw
-bytes of the database and its WAL (FTS5 shadow tables included), other users' text is intact."""
+bytes of the database and its WAL (FTS5 shadow tables included), other users' text is intact.
+
+The bytes are read by another process (`support.on_disk`): reading them here, while this process
+has the log open, would drop its SQLite locks (see tests/dbguard.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,15 +12,16 @@ import pytest
 import store._log
 import store._schema
 from store import AgentMessage, EventLog, FactRemembered, MemoryCleared, ToolCalled, ToolReturned, TurnEnded, UserMessage, verify
-from support import connect, running_server
+from support import connect, on_disk, running_server, scaled
+from test_cli import cli
 
 A_MARK = "zqxalphamarker"
 B_MARK = "zqxbetamarker"
 
 
-def raw_bytes(db: Path) -> bytes:
-    """Everything SQLite keeps on disk for `db`: the file, its WAL and its shared-memory index."""
-    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal"), Path(f"{db}-shm")) if p.exists())
+def found_on_disk(db, *marks: str) -> set[str]:
+    """Which of `marks` occur somewhere in the bytes SQLite keeps for `db` (file, -wal, -shm)."""
+    return {mark for mark, count in on_disk(db, *marks).items() if count}
 
 
 def fill(log: EventLog, user: str, mark: str, n: int) -> None:
@@ -40,10 +44,9 @@ def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts
     log = EventLog.open(db)
     fill(log, "A", A_MARK, 60)
     fill(log, "B", B_MARK, 60)
-    assert A_MARK.encode() in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+    assert found_on_disk(db, A_MARK, B_MARK) == {A_MARK, B_MARK}
     (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
-    assert A_MARK.encode() not in raw_bytes(db)
-    assert B_MARK.encode() in raw_bytes(db)
+    assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
     # the log keeps every row and sequence number; A's messages lost their text
     events = list(log.read(user="A"))
     assert [r.seq for r in events] == sorted(r.seq for r in events) and len(events) == 121
@@ -54,7 +57,7 @@ def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts
     reopened = EventLog.open(db)
     fill(reopened, "A", "fresh", 1)
     reopened.close()
-    assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+    assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
 
 
 def turn_marks(user: str) -> dict[str, str]:
@@ -86,17 +89,13 @@ def test_a_long_term_clear_erases_facts_tool_arguments_results_and_partial_answe
         for i in range(20):  # many commits: many FTS segments, many WAL frames
             log.append([a_real_turn("A", i)])
             log.append([a_real_turn("B", i)])
-        a_marks, b_marks = turn_marks("A").values(), turn_marks("B").values()
-        raw = raw_bytes(db)
-        assert all(mark.encode() in raw for mark in [*a_marks, *b_marks])
+        a_marks, b_marks = set(turn_marks("A").values()), set(turn_marks("B").values())
+        assert found_on_disk(db, *a_marks, *b_marks) == a_marks | b_marks
         fact_a, fact_b = turn_marks("A")["fact"], turn_marks("B")["fact"]
         assert {h.role for h in log.search("a", "A", fact_a, 5)} == {"fact"}  # a fact is found by search
         assert log.search("a", "A", turn_marks("A")["args"], 5) == []  # a turn's activity is not memory
         (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
-        raw = raw_bytes(db)
-        for mark in a_marks:
-            assert mark.encode() not in raw, mark
-        assert all(mark.encode() in raw for mark in b_marks)
+        assert found_on_disk(db, *a_marks, *b_marks) == b_marks
         assert log.search("a", "A", fact_a, 5) == [] and log.search("a", "A", "tea", 5) == []
         assert {h.role for h in log.search("a", "B", fact_b, 5)} == {"fact"}  # B's are intact
         # the index holds nothing of A's any more (its rows were deleted with their own terms)
@@ -115,7 +114,7 @@ def test_a_short_term_clear_erases_nothing(tmp_path):
         fill(log, "A", A_MARK, 3)
         log.append([[MemoryCleared("a", "A", "t", False)]])
         assert log.search("a", "A", A_MARK, 10)
-    assert A_MARK.encode() in raw_bytes(db)
+    assert found_on_disk(db, A_MARK) == {A_MARK}
 
 
 async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_path):
@@ -131,16 +130,15 @@ async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_pa
             (cleared,) = await a.request(
                 {"type": "clear_memory", "agent_id": "my_agent", "clear_long_term": True}, "memory_cleared")
             assert cleared["forgotten"] == 10
-            assert A_MARK.encode() not in raw_bytes(db)  # the server (and its readers) still running
-            assert B_MARK.encode() in raw_bytes(db)
+            assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}  # the server (and its readers) still running
             (short,) = await a.request({"type": "clear_memory", "agent_id": "my_agent"}, "memory_cleared")
             assert short["forgotten"] == 0
-    assert A_MARK.encode() not in raw_bytes(db)
+    assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
     async with running_server(db_path) as server, connect(server.port) as a:
         await a.request({"type": "set_user", "user_id": "A"}, "user_set")
         (found,) = await a.request({"type": "search_memory", "agent_id": "my_agent", "query": A_MARK}, "memory_results")
         assert found["results"] == []
-    assert A_MARK.encode() not in raw_bytes(db) and B_MARK.encode() in raw_bytes(db)
+    assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
 
 
 def test_a_reader_holding_an_old_snapshot_delays_the_wal_truncation_not_the_writer(tmp_path):
@@ -158,6 +156,201 @@ def test_a_reader_holding_an_old_snapshot_delays_the_wal_truncation_not_the_writ
         assert log._checkpoint_due
     log.append([[UserMessage("a", "B", "t", "later")]])  # the next commit completes the truncation
     assert not log._checkpoint_due
-    assert A_MARK.encode() not in raw_bytes(db)
+    assert found_on_disk(db, A_MARK) == set()
     reader.close()
     log.close()
+
+
+# -- the ids a client chose for forgotten turns (issue 13 §3) ------------------------------------
+
+CMD_MARK = "zqxcommandmarker"
+RID_MARK = "zqxrequestmarker"
+
+
+def test_a_long_term_clear_erases_the_command_and_request_ids_of_the_forgotten_turns(tmp_path):
+    db = tmp_path / "c.db"
+    with EventLog.open(db) as log:
+        for user in ("A", "B"):
+            log.append([[UserMessage("a", user, "t", "tea?", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1"),
+                         AgentMessage("a", user, "t", "tea.", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1")]])
+            log.append([[UserMessage("a", user, "t", "a story?", f"{RID_MARK}-{user}-2", f"{CMD_MARK}-{user}-2"),
+                         ToolCalled("a", user, "t", "c1", "search_memory", {"query": "x"}, f"{RID_MARK}-{user}-2"),
+                         TurnEnded("a", user, "t", "cancelled", "Once", "", f"{RID_MARK}-{user}-2",
+                                   f"{CMD_MARK}-{user}-2")]])
+        assert log.find_turn("a", "A", f"{CMD_MARK}-A-1") is not None
+        log.append([[MemoryCleared("a", "A", "t", True)]])
+        for n in (1, 2):  # a retry of a forgotten command finds nothing: it is a new turn
+            assert log.find_turn("a", "A", f"{CMD_MARK}-A-{n}") is None
+            assert log.find_turn("a", "B", f"{CMD_MARK}-B-{n}") is not None  # B's are intact
+        assert log._conn.execute("SELECT count(*) FROM events WHERE user = 'A' AND command_id IS NOT NULL"
+                                 ).fetchone() == (0,)
+        forgotten = [r.event for r in log.read(user="A") if r.event.TYPE != "memory_cleared"]
+        assert [getattr(e, "command_id", None) for e in forgotten] == [None] * 5
+        assert [e.request_id for e in forgotten] == [None] * 5
+        assert verify(log).ok
+        a_marks = {f"{mark}-A-{n}" for mark in (CMD_MARK, RID_MARK) for n in (1, 2)}
+        b_marks = {f"{mark}-B-{n}" for mark in (CMD_MARK, RID_MARK) for n in (1, 2)}
+        assert found_on_disk(db, *a_marks, *b_marks) == b_marks
+
+
+async def test_a_retry_after_a_long_term_clear_is_a_new_turn(db_path):
+    async with running_server(db_path) as server, connect(server.port) as c:
+        await c.request({"type": "set_user", "user_id": "A"}, "user_set")
+        chat = {"type": "chat", "agent_id": "my_agent", "message": "hello", "command_id": CMD_MARK}
+        first = (await c.request(chat, "agent_done"))[-2]
+        assert (await c.request(chat, "agent_done"))[-2]["seq"] == first["seq"]  # a retry: answered from the log
+        (cleared,) = await c.request({"type": "clear_memory", "agent_id": "my_agent", "clear_long_term": True},
+                                     "memory_cleared")
+        assert found_on_disk(db_path, CMD_MARK) == set()
+        again = await c.request(chat, "agent_done")
+        assert [f["type"] for f in again] == ["agent_thinking", "response_chunk", "response", "agent_done"]
+        assert again[-2]["seq"] > cleared["seq"]  # a new turn, logged after the clear
+        assert "remember 0 earlier messages" in again[-2]["message"]  # the brain ran again, on the cleared memory
+        assert (await c.request(chat, "agent_done"))[-2]["seq"] == again[-2]["seq"]  # the new turn is retried as usual
+    with EventLog.open(db_path, readonly=True) as log:
+        said = [(r.seq, r.event.content, r.event.command_id) for r in log.read(user="A") if r.event.TYPE == "user_message"]
+    assert said == [(1, "", None), (again[-2]["seq"] - 1, "hello", CMD_MARK)]
+
+
+def test_ids_left_by_forgetting_before_this_version_are_erased_when_the_log_is_opened(tmp_path):
+    """A log whose clears kept the command ids (schema m004): the migration takes them out."""
+    from sqlite_utils import Database
+    from sqlite_utils.utils import sqlite3
+
+    from store._events import REDACTED
+    from store._schema import APPLICATION_ID, migrations
+
+    db = tmp_path / "m004.db"
+    conn = sqlite3.connect(str(db), isolation_level=None)
+    conn.execute("PRAGMA secure_delete=ON")
+    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    migrations.apply(Database(conn), stop_before="m005_forgotten_client_ids")
+    rows = [  # as the previous _forget left them: text redacted, client ids kept
+        (1, "user_message", "A", REDACTED, f"{CMD_MARK}-1"),
+        (2, "agent_message", "A", REDACTED, f"{CMD_MARK}-1"),
+        (3, "turn_ended", "A", '{"outcome":"cancelled","partial":"","reason":"","request_id":"%s","command_id":"%s-2",'
+                               '"redacted":true}' % (RID_MARK, CMD_MARK), f"{CMD_MARK}-2"),
+        (4, "memory_cleared", "A", '{"long_term":true}', None),
+        (5, "user_message", "B", '{"content":"hi","request_id":"rid-b","command_id":"cmd-b"}', "cmd-b"),
+    ]
+    conn.executemany("INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) "
+                     "VALUES (?, 't', ?, 'a', ?, ?, ?)", rows)
+    conn.execute("INSERT INTO memory_index (rowid, terms) VALUES (5, ?)",
+                 (store._log.index_terms(store._log.scope_token("a", "B"), "hi"),))
+    conn.close()
+    with EventLog.open(db) as log:
+        assert [(seq, cmd) for seq, cmd in log._conn.execute("SELECT seq, command_id FROM events")] == [
+            (1, None), (2, None), (3, None), (4, None), (5, "cmd-b")]
+        assert log._conn.execute("SELECT payload FROM events WHERE seq = 3").fetchone() == (
+            '{"outcome":"cancelled","partial":"","reason":"","redacted":true}',)
+        assert log.find_turn("a", "B", "cmd-b") is not None
+        assert verify(log).ok
+    assert found_on_disk(db, CMD_MARK, RID_MARK, "cmd-b") == {"cmd-b"}
+
+
+# -- a crash before the WAL truncation of a forgetting (issue 13 §3) --------------------------------
+
+#: A reader in another process: a read-only connection (as `agentcast replay` opens) holding one read
+#: transaction from the line "hold" on its stdin until the line "release"; then it exits.
+HOLDING_READER = """
+import sqlite3, sys
+from urllib.parse import quote
+conn = sqlite3.connect("file:" + quote(sys.argv[1]) + "?mode=ro", uri=True, isolation_level=None)
+for line in sys.stdin:
+    if line.strip() == "hold":
+        conn.execute("BEGIN")
+        conn.execute("SELECT count(*) FROM events").fetchone()
+    elif line.strip() == "release":
+        conn.execute("COMMIT")
+        break
+    print("ok", flush=True)
+conn.close()
+print("released", flush=True)
+"""
+
+
+class HoldingReader:
+    """`HOLDING_READER` in a subprocess on `db`."""
+
+    def __init__(self, db) -> None:
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-c", HOLDING_READER, str(db)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def say(self, line: str, answer: str) -> None:
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == answer
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(scaled(10))
+        self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def test_a_wal_left_by_a_reader_held_forgetting_is_truncated_when_the_log_is_opened(tmp_path):
+    db = tmp_path / "w.db"
+    log = EventLog.open(db)
+    fill(log, "A", A_MARK, 20)
+    fill(log, "B", B_MARK, 5)
+    reader = HoldingReader(db)
+    try:
+        reader.say("hold", "ok")
+        log.append([[MemoryCleared("a", "A", "t", True)]])
+        assert log._checkpoint_due  # the reader keeps the truncation from happening
+        log.close()  # not the last connection to the file: it leaves the WAL as it is, like a kill would
+        reader.say("release", "released")
+    finally:
+        reader.close()
+    assert A_MARK in found_on_disk(db, A_MARK)  # old page versions in the WAL (and the file)
+    with EventLog.open(db) as reopened:
+        assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}  # before anything is appended
+        assert not reopened._checkpoint_due
+
+
+@pytest.mark.process
+def test_a_server_killed_after_a_reader_held_forgetting_leaves_no_trace_once_restarted(tmp_path, serve):
+    """The byte scan, through a crash: a reader in another process holds a read transaction while the
+    server forgets; the server is killed before it could truncate its WAL; once restarted (before it
+    serves), the erased text is in no byte of the database, its WAL or its -shm."""
+    import asyncio
+    import signal
+
+    from test_cli import connect as connect_process
+
+    db = tmp_path / "agentcast.db"
+    server = serve(db)
+
+    async def chat(users: dict[str, str], clear: str | None = None) -> None:
+        for user, mark in users.items():
+            async with connect_process(server.url) as c:
+                await c.set_user(user)
+                for i in range(20):
+                    await c.chat(f"{mark} {i}")
+                if user == clear:
+                    frames = await c.request({"type": "clear_memory", "agent_id": "my_agent",
+                                              "clear_long_term": True}, "memory_cleared")
+                    assert frames[-1]["forgotten"] == 80  # its first 20 turns and the 20 after
+
+    asyncio.run(chat({"A": A_MARK, "B": B_MARK}))
+    reader = HoldingReader(db)
+    try:
+        reader.say("hold", "ok")
+        asyncio.run(chat({"A": "after"}, clear="A"))
+        server.wait_for_log("a reader holds an old snapshot")
+        server.signal(signal.SIGKILL)
+        assert server.wait() == -signal.SIGKILL
+        reader.say("release", "released")
+    finally:
+        reader.close()
+    assert found_on_disk(db, A_MARK, B_MARK) == {A_MARK, B_MARK}  # the truncation never happened
+    restarted = serve(db)  # listening: the log is open
+    assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
+    restarted.signal(signal.SIGKILL)
+    restarted.wait()
+    verified = cli("replay", "verify", "--db", str(db), cwd=tmp_path)
+    assert verified.returncode == 0 and "verify: ok" in verified.stdout, verified.stdout

@@ -1,6 +1,7 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`token` mints an authentication token; `chat` is a terminal chat client (in `transport._chat`).
+`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in
+`transport._chat`).
 
 Argument parsing and printing only; the work is done by `transport.server` and `store`.
 """
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
         help="memory as of an ISO 8601 time, e.g. 2026-11-29T02:21:31Z or ...+01:00 (events whose time is <= it; "
         "no offset means UTC)",
     )
+    _add_backup_parser(sub)
     return parser
 
 
@@ -197,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             return _replay_events(args)
         if args.command == "replay verify":
             return _replay_verify(args)
+        if args.command == "backup":
+            return _backup(args)
         return _replay(args)
     except Exception as exc:
         problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
@@ -561,6 +565,50 @@ def _print_report(report: VerifyReport) -> None:
         failed = [c.name for c in report.checks if not c.ok]
         n = report.problem_count
         print(f"verify: FAILED, {n} problem{'s' if n != 1 else ''} ({', '.join(failed)})")
+
+
+# -- backup ----------------------------------------------------------------------------------
+
+#: `backup` prints its progress (to stderr) for a log of at least this many bytes, every 10%.
+BACKUP_PROGRESS_FROM_BYTES = 64 * 1024 * 1024
+
+
+def _add_backup_parser(sub) -> None:
+    backup_parser = sub.add_parser(
+        "backup", help="copy a log, also while a server writes to it",
+        description="Copy the event log --db to --to as of one moment, through SQLite's online backup API: "
+        "consistent while a server writes to the log, without stopping it (unlike cp, see docs/operations.md). "
+        "The copy is written beside --to, checked (integrity, agentcast log, the same events) and renamed into "
+        "place only when complete.",
+    )
+    backup_parser.add_argument("--db", default="agentcast.db", help="the event log to copy (default agentcast.db)")
+    backup_parser.add_argument("--to", required=True, metavar="FILE", help="the copy to write (a new file)")
+    backup_parser.add_argument("--force", action="store_true", help="replace --to if it exists")
+
+
+def _backup(args: argparse.Namespace) -> int:
+    from store import BackupError, TargetExists, backup
+
+    shown = [0]  # the last tenth of the copy reported
+
+    def progress(copied: int, total: int) -> None:
+        tenth = copied * 10 // total if total else 10
+        if total >= BACKUP_PROGRESS_FROM_BYTES and tenth > shown[0]:
+            shown[0] = tenth
+            print(f"agentcast backup: {tenth * 10}% ({copied / 2**20:.1f} of {total / 2**20:.1f} MiB)",
+                  file=sys.stderr, flush=True)
+
+    try:
+        report = backup(args.db, args.to, replace=args.force, progress=progress)
+    except TargetExists as exc:
+        print(f"agentcast: error: {exc}; give --force to replace it", file=sys.stderr)
+        return 1
+    except BackupError as exc:
+        print(f"agentcast: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{report.source} -> {report.target}: {report.events:,} events (last seq {report.last_seq}), "
+          f"{report.bytes:,} bytes, in {report.seconds:.1f} s; the copy checked: integrity ok", flush=True)
+    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
