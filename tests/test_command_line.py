@@ -223,3 +223,21 @@ def test_config_check_refuses_a_bad_file_in_one_line(tmp_path, text, expected):
     result = cli("config", "check", "--config", str(config), cwd=tmp_path)
     assert result.returncode == 1 and result.stdout == ""
     assert_one_line_error(result.stderr, expected)
+
+
+@pytest.mark.parametrize("args", [[], ["--help"], ["replay", "--help"], ["config", "example"], ["config", "check"]],
+                         ids=["alone", "help", "replay-help", "example", "check"])
+def test_a_reader_that_went_away_is_no_traceback(tmp_path, args):
+    import subprocess
+    import sys
+
+    from test_cli import START_TIMEOUT
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like `agentcast ... | head -1` once head has exited: every write fails with EPIPE
+    try:
+        result = subprocess.run([sys.executable, "-m", "transport.cli", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=START_TIMEOUT)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0 and result.stderr == "", result.stderr

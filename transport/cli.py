@@ -212,16 +212,19 @@ class BadArgument(Exception):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command, rest = _find_command(argv)
-    if command is None:
-        return _without_command(argv)
-    args = command_parser(command).parse_args(rest)
+    try:
+        if command is None:
+            return _without_command(argv)
+        args = command_parser(command).parse_args(rest)  # --help prints here
+    except BrokenPipeError:
+        return _stdout_gone()  # e.g. `agentcast --help | head -3`
     args.command = command.name
     setup_logging(args.log_level)
     try:
         return command.run(args)
     except Exception as exc:
         problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
-        if isinstance(problem, BrokenPipeError) and args.command.startswith(("replay", "config")):
+        if isinstance(problem, BrokenPipeError) and args.command != "serve":
             return _stdout_gone()  # e.g. `agentcast replay ... | head`: the reader has all it wanted
         if isinstance(problem, BadArgument):
             print(f"agentcast: error: {problem}", file=sys.stderr)
