@@ -12,7 +12,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-import trio
 from trio_websocket import ConnectionClosed
 
 from actors import AgentSpec, EchoBrain, OpenAIBrain
