@@ -77,6 +77,10 @@ class Brain(Protocol):
     and a `ToolResult` after, and may yield one `Usage` last. `recall` is how many long-term
     matches the brain wants in `Turn`. Raise `BrainError` for a failure the user should see.
     A turn can be cancelled at any await: the brain must then stop (and close its connections).
+
+    Optional: `settings()`, every setting as configured (for `agentcast config check`; secrets
+    masked), and `startup_warnings()`, what the server should log when it starts serving the brain
+    (e.g. an API key's environment variable that is not set).
     """
 
     recall: int
@@ -99,6 +103,9 @@ class EchoBrain:
             raise ValueError("echo brain: chunks must be an integer >= 1")
         self.delay = delay
         self.chunks = chunks
+
+    def settings(self) -> dict[str, object]:
+        return {"delay": self.delay, "chunks": self.chunks}
 
     @staticmethod
     def answer(turn: Turn) -> str:

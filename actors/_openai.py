@@ -214,9 +214,34 @@ class OpenAIBrain:
         self.max_answer_chars = max_answer_chars
         self.max_tool_calls = max_tool_calls
         self._ssl_context = _shared_ssl_context()
-        if api_key_env and not os.environ.get(api_key_env):
-            logger.warning("openai brain (model %s): the environment variable %s (api_key_env) is not set; "
-                           "turns will fail until it is", model, api_key_env)
+        self._tool_names = tuple(tools)
+
+    def startup_warnings(self) -> list[str]:
+        """What the server logs (naming the agent) when it starts serving this brain: an `api_key_env`
+        that is not set. Only a server that will call the model asks; reading a config does not."""
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            return [f"openai brain (model {self.model}): the environment variable {self.api_key_env} (api_key_env) "
+                    "is not set; its turns will fail until it is"]
+        return []
+
+    def settings(self) -> dict[str, object]:
+        """Every setting as configured (defaults included), for `agentcast config check`: the key never (it
+        is not kept here), `base_url` with its password and query values masked."""
+        parts = urlsplit(self.base_url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            user, _, host = netloc.rpartition("@")
+            netloc = f"{user.partition(':')[0]}:***@{host}"
+        query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True)) or ("***" if parts.query else "")
+        return {
+            "model": self.model, "base_url": urlunsplit(parts._replace(netloc=netloc, query=query)),
+            "api_key_env": self.api_key_env, "system_prompt": self.system_prompt, "temperature": self.temperature,
+            "max_tokens": self.max_tokens, "timeout": self.timeout, "memory_window": self.memory_window,
+            "recall": self.recall, "tools": list(self._tool_names), "max_tool_rounds": self.max_tool_rounds,
+            "retries": self.retries, "retry_backoff": self.retry_backoff, "include_usage": self.include_usage,
+            "turn_timeout": self.turn_timeout, "max_answer_chars": self.max_answer_chars,
+            "max_tool_calls": self.max_tool_calls,
+        }
 
     def __repr__(self) -> str:  # never the key (it is not even kept here), nor the URL's credentials or query
         return f"OpenAIBrain(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"

@@ -1,6 +1,9 @@
-"""The seed document's Python client, copied VERBATIM from /work/shared/seed/websocket-communication.md ("### Python Client").
+"""The Python client of the protocol's original guide ("WebSocket Communication" of the AI Agent Framework, the
+FastAPI server whose protocol agentcast speaks: the README's "The protocol"), copied VERBATIM from its
+"### Python Client" section.
 
-Keep it unchanged (only the class, its imports and logging setup): tests/test_seed_client.py checks it against the document.
+Keep it unchanged (only the class, its imports and logging setup): where a copy of the guide sits beside the project
+(../shared/seed/websocket-communication.md), tests/test_seed_client.py checks this file against it.
 """
 import asyncio
 import json

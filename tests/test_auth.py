@@ -521,7 +521,7 @@ async def test_agentcast_token_mints_a_token_the_server_accepts(db_path, secret_
     env = {**os.environ, "AGENTCAST_AUTH_SECRET": SECRET.decode()}
     minted = {}
     for args, env_ in ((["--user", "123", "--ttl", "15m"], env), (["--user", "123", "--user-string"], env),
-                       (["--user", "alice", "--secret-env", secret_env, "--ttl", "7d"], os.environ)):
+                       (["--user", "alice", "--auth-secret-env", secret_env, "--ttl", "7d"], os.environ)):
         result = await trio.run_process(CLI + ["token", *args], capture_stdout=True, capture_stderr=True, env=env_)
         assert result.stderr == b""
         token = result.stdout.decode()
@@ -535,7 +535,7 @@ async def test_agentcast_token_mints_a_token_the_server_accepts(db_path, secret_
         expires = calendar.timegm(time.strptime(answers[0]["expires_at"], "%Y-%m-%dT%H:%M:%SZ"))
         assert 14 * 60 <= expires - time.time() <= 15 * 60 + 5
         assert (await authenticate(c, tokens[2]))["code"] == "forbidden"  # another user on this connection
-    for bad in (["--user", "u", "--ttl", "1w"], ["--user", "u", "--secret-env", "AGENTCAST_TEST_UNSET_VARIABLE"]):
+    for bad in (["--user", "u", "--ttl", "1w"], ["--user", "u", "--auth-secret-env", "AGENTCAST_TEST_UNSET_VARIABLE"]):
         result = await trio.run_process(CLI + ["token", *bad], capture_stdout=True, capture_stderr=True, check=False,
                                         env={k: v for k, v in env.items() if k != "AGENTCAST_TEST_UNSET_VARIABLE"})
         assert result.returncode != 0 and result.stdout == b"" and result.stderr.count(b"\n") == 1

@@ -7,6 +7,7 @@ Output is read with a deadline until the expected text appears; there are no fix
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import select
@@ -41,12 +42,13 @@ def _controlling_tty() -> None:  # pragma: no cover - runs in the child
 
 
 class Chat:
-    """`agentcast chat ARGS` in a pseudo-terminal that is its controlling terminal (so ^C and ^D work)."""
+    """`agentcast chat ARGS` in a pseudo-terminal that is its controlling terminal (so ^C and ^D work), as an xterm."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.master, slave = os.openpty()
         self.proc = subprocess.Popen(
             [*CLI, "chat", *args], stdin=slave, stdout=slave, stderr=slave, preexec_fn=_controlling_tty, close_fds=True,
+            env={**(os.environ if env is None else env), "TERM": "xterm"},
         )
         os.close(slave)
         self.output = ""
@@ -115,8 +117,8 @@ def chat():
     """`chat(*args)` starts `agentcast chat`; every one started is killed at teardown."""
     started: list[Chat] = []
 
-    def start(*args: str) -> Chat:
-        c = Chat(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> Chat:
+        c = Chat(*args, env=env)
         started.append(c)
         return c
 
@@ -240,7 +242,8 @@ def test_a_bad_address_or_agent_is_one_clear_line(server, tmp_path):
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     for args, expected in (
-        (["--url", f"ws://127.0.0.1:{closed}/ws"], f"cannot connect to ws://127.0.0.1:{closed}/ws"),
+        (["--url", f"ws://127.0.0.1:{closed}/ws"],
+         f"cannot connect to ws://127.0.0.1:{closed}/ws: connection refused: nothing listens there"),
         (["--url", server.url, "--agent", "ghost"], "No agent with ID 'ghost' exists"),
         (["--url", server.url.replace("/ws", "/nope")], "HTTP 404"),
         (["--url", server.url, "--token-env", "AGENTCAST_NO_SUCH_VARIABLE"], "AGENTCAST_NO_SUCH_VARIABLE is not set"),
@@ -319,3 +322,121 @@ def test_a_model_in_the_terminal_tool_calls_usage_cancel_and_agents(serve, tmp_p
         c.line("/quit")
         assert c.wait() == 0
     assert "Traceback" not in c.output
+
+
+# -- line editing, control characters, clear errors ------------------------------------------------------
+
+
+def logged_messages(db: Path) -> list[str]:
+    """The user messages in the log, as `agentcast replay events` prints them (next to the running server)."""
+    result = subprocess.run([*CLI, "replay", "events", "--db", str(db)], capture_output=True, text=True,
+                            timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    return [e["content"] for e in map(json.loads, result.stdout.splitlines()) if e["type"] == "user_message"]
+
+
+LEFT, UP = "\x1b[D", "\x1b[A"
+
+
+@pytest.mark.process
+def test_arrow_keys_edit_the_line_and_recall_history_in_a_terminal(server, chat, tmp_path):
+    c = chat("--url", server.url, "--user", "1")
+    c.expect(r"you> ")
+    c.send("helo" + LEFT)  # the cursor goes back before the o ...
+    c.send("l\r")  # ... where the l is put: "hello"
+    c.expect(r"my_agent> You said: hello\n\(I remember 0 earlier messages of our conversation\.\)\nyou> ")
+    c.send(UP + "\r")  # the line before, again
+    c.expect(r"my_agent> You said: hello\n\(I remember 2 earlier messages of our conversation\.\)\nyou> ")
+    c.send("/hel\t\r")  # tab completes a /command
+    c.expect(r"/clear-all +forget everything.*you> ")
+    c.line("/quit")
+    assert c.wait() == 0
+    assert logged_messages(tmp_path / "agentcast.db") == ["hello", "hello"]
+    assert "^[" not in c.output and LEFT not in c.output and UP not in c.output  # no key was echoed as text
+
+
+#: What an agent might say to take over a terminal: retitle, clear the screen, recolour, ring, overwrite the
+#: line, a C1 control sequence introducer; and a tab and a newline, which are kept.
+HOSTILE = "\x1b]0;pwned\x07 \x1b[2J\x1b[31mred\x1b[0m\tTAB \x9b6n over\rwrite \x7f"
+HOSTILE_SHOWN = "^[]0;pwned^G ^[[2J^[[31mred^[[0m\tTAB \\x9b6n over^Mwrite ^?"
+
+
+@pytest.mark.process
+def test_text_from_an_agent_is_printed_with_its_control_characters_visible(server):
+    result = subprocess.run([*CLI, "chat", "--url", server.url, "--user", "4"], input=HOSTILE + "\n/search pwned\n",
+                            capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert f"my_agent> You said: {HOSTILE_SHOWN}\n(I remember 0" in result.stdout, result.stdout
+    assert f"[short_term] user: {HOSTILE_SHOWN}" in result.stdout  # search results too
+    for raw in ("\x1b", "\x07", "\x9b", "\r", "\x7f"):
+        assert raw not in result.stdout, repr(raw)
+
+
+@pytest.mark.process
+def test_what_arrives_at_the_prompt_is_printed_visible_in_a_terminal(server, chat):
+    import asyncio
+
+    from test_cli import connect as ws_connect
+
+    c = chat("--url", server.url, "--user", "6")
+    c.expect(r"you> ")
+    c.send("half typed")
+
+    async def elsewhere() -> None:  # the same user on another device
+        async with ws_connect(server.url) as other:
+            await other.set_user(6)
+            await other.chat(HOSTILE)
+
+    asyncio.run(elsewhere())
+    # printed above the prompt, which comes back with what was typed so far
+    c.expect(r"\[my_agent, to you elsewhere\] You said: " + re.escape(HOSTILE_SHOWN) + r"\n\(I remember 0 "
+             r"earlier messages of our conversation\.\)\nyou> half typed")
+    c.send("\x15/quit\r")  # Ctrl-U clears the typed text
+    assert c.wait() == 0
+    assert "\x1b]0;" not in c.output and "\x1b[2J" not in c.output and "\x07" not in c.output
+
+
+@pytest.mark.process
+def test_a_url_that_is_not_the_websocket_endpoint_says_what_to_use(server):
+    base = server.url.removesuffix("/ws")
+    host_port = base.removeprefix("ws://")
+    for url, status, expected in (
+        (base, 1, f"no WebSocket endpoint at / (HTTP 404); add /ws: --url {base}/ws"),
+        (base + "/", 1, f"add /ws: --url {base}/ws"),
+        (base + "/chat", 1, f"no WebSocket endpoint at /chat (HTTP 404); agentcast's is /ws: --url {base}/ws"),
+        (f"http://{host_port}/ws", 2, f"is not a WebSocket URL: use --url {base}/ws"),
+        (host_port, 2, f"is not a WebSocket URL: use --url {base}/ws"),
+    ):
+        result = subprocess.run([*CLI, "chat", "--url", url], stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, timeout=DEADLINE)
+        assert result.returncode == status, (url, result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentcast: error: ") and expected in lines[0], (url, lines)
+
+
+@pytest.mark.process
+def test_a_chat_without_a_token_on_a_server_with_auth_says_to_pass_token_env(serve, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTCAST_TEST_CHAT_SECRET", "x" * 40)
+    server = serve(tmp_path / "agentcast.db", "--auth-secret-env", "AGENTCAST_TEST_CHAT_SECRET")
+    for args in ([], ["--user", "9"]):
+        result = subprocess.run([*CLI, "chat", "--url", server.url, *args], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=DEADLINE)
+        assert result.returncode == 1, result
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("agentcast: error: this server has authentication on"), lines
+        assert "--token-env NAME" in lines[0] and "`agentcast token --user ID`" in lines[0]
+        assert "{" not in lines[0]  # no protocol text
+    # Doing what it says works:
+    token = subprocess.run([*CLI, "token", "--user", "9", "--auth-secret-env", "AGENTCAST_TEST_CHAT_SECRET"],
+                           capture_output=True, text=True, timeout=DEADLINE, check=True).stdout.strip()
+    result = subprocess.run([*CLI, "chat", "--url", server.url, "--token-env", "MY_TOKEN"], input="hi\n",
+                            capture_output=True, text=True, timeout=DEADLINE, env={**os.environ, "MY_TOKEN": token})
+    assert result.returncode == 0 and "my_agent> You said: hi\n" in result.stdout, result
+
+
+def test_visible_keeps_text_and_shows_controls():
+    from transport._chat import visible
+
+    assert visible("plain, ünïcode ✓\n\tindented") == "plain, ünïcode ✓\n\tindented"
+    assert visible("a\r\nb") == "a\nb"
+    assert visible("\x00\x1b\x7f\x85\x9f") == "^@^[^?\\x85\\x9f"

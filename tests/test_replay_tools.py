@@ -222,7 +222,7 @@ def test_bad_value_from_the_real_command(sample):
 def test_help_names_all_three_forms(capsys):
     code, out, _ = run(capsys, "replay", "--help")
     assert code == 0
-    for text in ("--until-seq N | --until-time ISO", "agentcast replay events --db DB", "agentcast replay verify --db DB"):
+    for text in ("--until-seq N", "--until-time ISO", "`agentcast replay events`", "`agentcast replay verify`"):
         assert text in out
     code, out, _ = run(capsys, "replay", "events", "--help")
     assert code == 0 and "--follow" in out and "--after-seq" in out
@@ -330,6 +330,12 @@ def test_verify_an_empty_log(capsys, tmp_path):
     db = write_log(tmp_path / "empty.db", [])
     code, out, _ = run(capsys, "replay", "verify", "--db", str(db))
     assert code == 0 and "0 events, 0 streams" in out and "verify: ok" in out
+
+
+def test_verify_counts_one_event_and_one_stream_in_the_singular(capsys, tmp_path):
+    db = write_log(tmp_path / "one.db", SAMPLE[:1])
+    code, out, _ = run(capsys, "replay", "verify", "--db", str(db))
+    assert code == 0 and out.startswith(f"{db}: 1 event (seq 1..1), 1 stream\n"), out
 
 
 @pytest.mark.parametrize(
@@ -479,7 +485,7 @@ def test_follow_sees_a_live_servers_chats_and_verify_is_clean(tmp_path, serve):
 
         live = cli("replay", "verify", "--db", str(db), cwd=tmp_path)  # next to the running server
         assert live.returncode == 0, live.stdout + live.stderr
-        assert "verify: ok" in live.stdout and "5 events (seq 1..5), 1 streams" in live.stdout
+        assert "verify: ok" in live.stdout and "5 events (seq 1..5), 1 stream\n" in live.stdout
 
         follower.send_signal(signal.SIGTERM)
         code, err = reap(follower)

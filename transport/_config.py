@@ -1,18 +1,21 @@
-"""The configuration file (TOML): `[server]` settings and `[agents.ID]` tables.
+"""The configuration file (TOML): `[server]` settings and `[agents.ID]` tables; the effective settings
+(defaults + file, secrets masked) that `agentcast config check` prints; the commented example config.
 
 Reads files and validates; imports actors (for agent specs) and server settings, nothing else.
 """
 from __future__ import annotations
 
+import inspect
 import tomllib
 import typing
+from importlib import resources
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from actors import AgentSpec, ConfigError, agent_specs
+from actors import BRAINS, AgentSpec, Brain, ConfigError, agent_specs
 
 from ._settings import ServerSettings
 
@@ -84,3 +87,38 @@ def server_settings(config: Config, **overrides: Any) -> ServerSettings:
         return ServerSettings(**values)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def effective_settings(config: Config) -> dict[str, Any]:
+    """What a server started with `config` (and no flags) uses: every `[server]` setting and every agent's
+    settings and brain settings, defaults included; secrets masked (a `base_url`'s password and query
+    values), environment variables by name only. JSON-like values: `{"server": {...}, "agents": {ID: {...}}}`."""
+    server = attrs.asdict(server_settings(config))
+    agents = {}
+    for spec in config.agents:
+        fields = {f.name: getattr(spec, f.name) for f in attrs.fields(AgentSpec) if f.name not in ("agent_id", "brain")}
+        agents[spec.agent_id] = {**fields, "brain": brain_settings(spec.brain)}
+    return {"server": server, "agents": agents}
+
+
+def brain_settings(brain: Brain) -> dict[str, Any]:
+    """A brain's kind (its name in `BRAINS`) and settings: its own `settings()`, else the values of the
+    attributes named like its constructor's parameters."""
+    kind = next((name for name, factory in BRAINS.items() if isinstance(factory, type) and type(brain) is factory),
+                type(brain).__name__)
+    own = getattr(brain, "settings", None)
+    if own is not None:
+        values = dict(own())
+    else:
+        params = inspect.signature(type(brain)).parameters
+        values = {name: getattr(brain, name) for name in params if hasattr(brain, name)}
+    return {"kind": kind, **values}
+
+
+#: The commented example configuration shipped with the package (`agentcast config example` prints it).
+EXAMPLE_CONFIG = "agentcast.example.toml"
+
+
+def example_config() -> str:
+    """The text of the commented example config: every setting with its default."""
+    return resources.files(__package__).joinpath(EXAMPLE_CONFIG).read_text(encoding="utf-8")

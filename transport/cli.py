@@ -1,13 +1,18 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in
-`transport._chat`).
+`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in `transport._chat`); `config check`
+validates a config file and prints the effective settings, `config example` prints the commented example.
 
-Argument parsing and printing only; the work is done by `transport.server` and `store`.
+One vocabulary: a flag that several commands take (--db, --config, --agent, --user, --json, --auth-secret-env,
+--log-level) is defined once in `FLAGS`, and every command is an entry of `COMMANDS` naming the ones it takes.
+A new command is a function (parsed arguments -> exit status) and an entry there.
+
+Argument parsing and printing only; the work is done by `transport.server`, `transport._config` and `store`.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -16,7 +21,9 @@ import select
 import signal
 import sys
 import time
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import trio
 from sqlite_utils.utils import sqlite3
@@ -42,7 +49,7 @@ from store import (
 )
 
 from ._auth import Authenticator, exposure_warning, parse_ttl, secret_from_env, valid_user_id
-from ._config import load_config, server_settings
+from ._config import Config, effective_settings, example_config, load_config, server_settings
 from .server import WS_PATH, Server
 
 logger = logging.getLogger("agentcast")
@@ -55,124 +62,147 @@ def _version() -> str:
         return "unknown"
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="agentcast", description="A real-time WebSocket server for AI agents.")
-    parser.add_argument("--version", action="version", version=f"agentcast {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# -- one vocabulary of flags -------------------------------------------------------------------
 
-    serve = sub.add_parser("serve", help="run the server", description="Run the agentcast server until SIGINT or SIGTERM.")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default 5050; 0 picks a free one)")
-    serve.add_argument("--db", help="the event log, a SQLite file; created if absent (default agentcast.db)")
-    serve.add_argument("--config", help="a TOML file with [server] settings and [agents.ID] tables")
-    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--auth-secret-env", metavar="NAME",
-        help="turn token authentication on, with the secret (at least 32 bytes) in environment variable NAME",
-    )
-    serve.add_argument(
-        "--allow-origin", metavar="URL", action="append", dest="allow_origins",
-        help="a browser Origin that may connect, e.g. https://chat.example.com (repeatable; others get HTTP 403; "
-        "default: every origin)",
-    )
-    serve.add_argument("--certfile", help="serve wss:// (TLS) with this PEM certificate chain")
-    serve.add_argument("--keyfile", help="the certificate's private key (PEM), unless --certfile holds it")
-
-    token = sub.add_parser(
-        "token", help="mint an authentication token",
-        description="Print a token for --user, valid for --ttl, signed with the secret in an environment variable "
-        "(the one the server's --auth-secret-env names). The token goes to stdout, alone.",
-    )
-    token.add_argument(
-        "--user", required=True,
-        help="the user id; an integer such as 123 becomes a JSON integer, anything else a string",
-    )
-    token.add_argument("--user-string", action="store_true", help="make the user id a string even if it is all digits")
-    token.add_argument("--ttl", default="1h", help="how long the token is valid: 30s, 15m, 1h, 7d (default 1h)")
-    token.add_argument(
-        "--secret-env", metavar="NAME",
-        help=f"the environment variable holding the secret (default: the config's auth_secret_env, else {DEFAULT_SECRET_ENV})",
-    )
-    token.add_argument("--config", help="the server's config file, for its auth_secret_env")
-
-    chat = sub.add_parser(
-        "chat", help="chat with an agent in the terminal",
-        description="An interactive chat with a running server: answers and tool calls stream as they arrive; "
-        "Ctrl-C during an answer cancels it. Commands: /agents, /search QUERY, /clear, /clear-all, /agent NAME, "
-        "/user ID, /help, /quit. Reads lines from stdin (a terminal or a pipe); reconnects if the server goes away.",
-    )
-    chat.add_argument("--url", default="ws://127.0.0.1:5050/ws", help="the server (default ws://127.0.0.1:5050/ws)")
-    chat.add_argument("--agent", default="my_agent", help="the agent to talk to first (default my_agent)")
-    chat.add_argument("--user", help="the user id; an integer such as 123 becomes a JSON integer, anything else a string")
-    chat.add_argument("--token-env", metavar="NAME", help="authenticate with the token in environment variable NAME")
-
-    replay = sub.add_parser(
-        "replay",
-        help="rebuild memory from an event log and print it; `replay events`, `replay verify`",
-        description="Rebuild each agent's memory of each user from the event log, read-only, and print it: "
-        "as it is now, or as it was at --until-seq N or --until-time ISO.",
-        usage=REPLAY_USAGE,
-        epilog="Also: `agentcast replay events --help` (print or follow the raw events) and "
-        "`agentcast replay verify --help` (check a log). All three only read the log; "
-        "a server may be writing to it.",
-    )
-    replay.add_argument("--db", required=True, help="the event log to read (never modified)")
-    replay.add_argument("--agent", help="only this agent")
-    replay.add_argument("--user", help="only this user (user ids compare as text: 123 and \"123\" are one user)")
-    replay.add_argument("--config", help="the server's config file, for each agent's short-term window size")
-    replay.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    replay.add_argument("--until-seq", metavar="N", help="memory as it was after event N (events with seq <= N)")
-    replay.add_argument(
-        "--until-time", metavar="ISO",
-        help="memory as of an ISO 8601 time, e.g. 2026-11-29T02:21:31Z or ...+01:00 (events whose time is <= it; "
-        "no offset means UTC)",
-    )
-    _add_backup_parser(sub)
-    return parser
-
+#: The event log every command uses when neither --db nor the config's server.db names one.
+DEFAULT_DB = "agentcast.db"
 
 #: The environment variable `agentcast token` reads the secret from when nothing names one.
 DEFAULT_SECRET_ENV = "AGENTCAST_AUTH_SECRET"
 
-#: The subcommands of `replay` (`agentcast replay events ...`); anything else after `replay` is the plain form.
-REPLAY_TOOLS = ("events", "verify")
-
-REPLAY_USAGE = """
-  agentcast replay --db DB [--agent A] [--user U] [--config C] [--json] [--until-seq N | --until-time ISO]
-  agentcast replay events --db DB [--agent A] [--user U] [--after-seq N] [--follow]
-  agentcast replay verify --db DB [--json]"""
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
-def _replay_tools_parser() -> argparse.ArgumentParser:
-    """`agentcast replay events|verify ...` (parsed from the word after `replay`)."""
-    parser = argparse.ArgumentParser(prog="agentcast replay", usage=REPLAY_USAGE)
-    tools = parser.add_subparsers(dest="tool", required=True, metavar="{events,verify}")
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """A flag of the common vocabulary: spelled, shown and parsed the same in every command that takes it."""
 
-    events = tools.add_parser(
-        "events",
-        help="print the raw events",
-        description="Print the log's events in seq order, one JSON object per line: seq, type, agent_id, user, at "
-        "and the event's own fields (content, long_term, request_id). Read-only; a server may be writing the log.",
+    names: tuple[str, ...]
+    #: argparse keyword arguments; `help` is the default meaning (a command may say more, or set a default).
+    options: Mapping[str, Any]
+
+
+#: The flags that mean the same thing in every command (a command picks the ones it needs; all take --log-level).
+FLAGS: dict[str, Flag] = {
+    "config": Flag(("--config",), {
+        "metavar": "FILE",
+        "help": "the TOML config file: [server] settings and [agents.ID] tables "
+                "(`agentcast config example` prints one with every setting)",
+    }),
+    "db": Flag(("--db",), {
+        "metavar": "FILE",
+        "help": f"the event log, a SQLite file (default: the config's server.db, else {DEFAULT_DB})",
+    }),
+    "agent": Flag(("--agent",), {"metavar": "ID", "help": "only this agent"}),
+    "user": Flag(("--user",), {
+        "metavar": "ID",
+        "help": "only this user (user ids compare as text: 123 and \"123\" are one user)",
+    }),
+    "json": Flag(("--json",), {"action": "store_true", "help": "print JSON instead of text"}),
+    "auth_secret_env": Flag(("--auth-secret-env",), {
+        "metavar": "NAME",
+        "help": "the environment variable holding the token secret (at least 32 bytes)",
+    }),
+    "log_level": Flag(("--log-level",), {
+        "metavar": "LEVEL", "type": str.lower, "choices": LOG_LEVELS, "default": "info",
+        "help": "what is logged to stderr: debug, info, warning or error (any case; default info)",
+    }),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """An `agentcast` command: its words ("replay events"), what `agentcast --help` and its own --help say, the
+    common flags it takes (with what differs here: help, default, required), its own flags, and what runs it."""
+
+    name: str
+    help: str
+    description: str
+    run: Callable[[argparse.Namespace], int]
+    flags: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    own_flags: Callable[[argparse.ArgumentParser], None] | None = None
+    epilog: str | None = None
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs keep their line breaks; option help is wrapped."""
+
+
+def command_parser(command: Command) -> argparse.ArgumentParser:
+    """The parser of one command: `prog` is its whole name (`agentcast replay events`), its own flags first,
+    then the common ones it takes, then --log-level."""
+    parser = argparse.ArgumentParser(
+        prog=f"agentcast {command.name}", description=command.description, epilog=command.epilog,
+        formatter_class=_HelpFormatter,
     )
-    events.add_argument("--db", required=True, help="the event log to read (never modified)")
-    events.add_argument("--agent", help="only this agent's events")
-    events.add_argument("--user", help="only this user's events")
-    events.add_argument("--after-seq", metavar="N", default="0", help="only events with seq > N (default 0: all)")
-    events.add_argument(
-        "--follow", action="store_true",
-        help="keep printing new events as they are committed, until SIGINT/SIGTERM (or stdout is closed)",
-    )
-
-    check = tools.add_parser(
-        "verify",
-        help="check a log",
-        description="Check the log: seqs 1..last without holes, every event type known and payload decodable, "
-        "the memory rebuilt twice the same, the search index agreeing with it, SQLite's integrity_check. "
-        "Exit 0 when all is well, 1 with a report of what is wrong. Read-only.",
-    )
-    check.add_argument("--db", required=True, help="the event log to check (never modified)")
-    check.add_argument("--json", action="store_true", help="print the report as JSON")
+    if command.own_flags is not None:
+        command.own_flags(parser)
+    common = parser.add_argument_group("common options (the same meaning in every agentcast command)")
+    for name, here in {**command.flags, "log_level": {}}.items():
+        flag = FLAGS[name]
+        common.add_argument(*flag.names, **{**flag.options, **here})
     return parser
+
+
+def _top_help() -> str:
+    width = max(len(name) for name in COMMANDS) + 2
+    lines = [
+        "usage: agentcast COMMAND [options]",
+        "",
+        "A real-time WebSocket server for AI agents.",
+        "",
+        "commands:",
+        *(f"  {name:<{width}}{command.help}" for name, command in COMMANDS.items()),
+        "",
+        "`agentcast COMMAND --help` shows a command's options. A flag means the same in every command that",
+        f"takes it: --db FILE (default {DEFAULT_DB}), --config FILE, --agent ID, --user ID, --json,",
+        "--auth-secret-env NAME, --log-level LEVEL (every command). `agentcast --version` prints the version.",
+    ]
+    return "\n".join(lines)
+
+
+def _group_help(group: str) -> str:
+    names = [name for name in COMMANDS if name.startswith(group + " ")]
+    width = max(len(name) for name in names) + 2
+    return "\n".join([f"usage: agentcast {group} {{{','.join(n.split()[1] for n in names)}}} [options]", "",
+                      "commands:", *(f"  {n:<{width}}{COMMANDS[n].help}" for n in names), "",
+                      f"`agentcast {group} COMMAND --help` shows a command's options."])
+
+
+def _usage_error(message: str) -> int:
+    print(f"agentcast: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _without_command(argv: list[str]) -> int:
+    """`agentcast` with no command, or one that is not a command: help, the version, or a usage error."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0
+    if argv[0] == "--version":
+        print(f"agentcast {_version()}")
+        return 0
+    commands = ", ".join(dict.fromkeys(name.split()[0] for name in COMMANDS))
+    groups = {name.split()[0] for name in COMMANDS if " " in name}
+    if argv[0] in groups:
+        if len(argv) == 1 or argv[1] in ("-h", "--help"):
+            print(_group_help(argv[0]))
+            return 0
+        names = ", ".join(name for name in COMMANDS if name.startswith(argv[0] + " "))
+        return _usage_error(f"unknown command 'agentcast {argv[0]} {argv[1]}' (choose from: {names})")
+    if argv[0].startswith("-"):
+        return _usage_error(f"the command comes first: agentcast COMMAND [options] (commands: {commands}; "
+                            "`agentcast --help` says more)")
+    return _usage_error(f"unknown command {argv[0]!r} (commands: {commands}; `agentcast --help` says more)")
+
+
+def _find_command(argv: list[str]) -> tuple[Command | None, list[str]]:
+    """The command `argv` starts with (two words before one: `replay events` before `replay`) and its arguments."""
+    if len(argv) >= 2 and f"{argv[0]} {argv[1]}" in COMMANDS:
+        return COMMANDS[f"{argv[0]} {argv[1]}"], argv[2:]
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]], argv[1:]
+    return None, argv
 
 
 class BadArgument(Exception):
@@ -181,30 +211,20 @@ class BadArgument(Exception):
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if len(argv) >= 2 and argv[0] == "replay" and argv[1] in REPLAY_TOOLS:
-        args = _replay_tools_parser().parse_args(argv[1:])
-        args.command = "replay " + args.tool
-    else:
-        args = _parser().parse_args(argv)
+    command, rest = _find_command(argv)
     try:
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "token":
-            return _token(args)
-        if args.command == "chat":
-            from ._chat import run_chat  # the client side: loaded only for this command
-
-            return run_chat(args)
-        if args.command == "replay events":
-            return _replay_events(args)
-        if args.command == "replay verify":
-            return _replay_verify(args)
-        if args.command == "backup":
-            return _backup(args)
-        return _replay(args)
+        if command is None:
+            return _without_command(argv)
+        args = command_parser(command).parse_args(rest)  # --help prints here
+    except BrokenPipeError:
+        return _stdout_gone()  # e.g. `agentcast --help | head -3`
+    args.command = command.name
+    setup_logging(args.log_level)
+    try:
+        return command.run(args)
     except Exception as exc:
         problem = _single(exc)  # errors raised inside trio.run arrive wrapped in exception groups
-        if isinstance(problem, BrokenPipeError) and args.command.startswith("replay"):
+        if isinstance(problem, BrokenPipeError) and args.command != "serve":
             return _stdout_gone()  # e.g. `agentcast replay ... | head`: the reader has all it wanted
         if isinstance(problem, BadArgument):
             print(f"agentcast: error: {problem}", file=sys.stderr)
@@ -220,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"agentcast: error: {problem.strerror or problem}{where}", file=sys.stderr)
             return 1
         raise
+
+
+def _db(args: argparse.Namespace, config: Config | None = None) -> str:
+    """The event log a command uses: --db, else the config's server.db (`config`, else --config's), else agentcast.db."""
+    if args.db is not None:
+        return args.db
+    if config is None and getattr(args, "config", None) is not None:
+        config = load_config(args.config)
+    return server_settings(config).db if config is not None else DEFAULT_DB
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -241,7 +270,6 @@ def setup_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level)
     config = load_config(args.config)
     settings = server_settings(
         config, host=args.host, port=args.port, db=args.db, auth_secret_env=args.auth_secret_env,
@@ -301,7 +329,7 @@ def _token(args: argparse.Namespace) -> int:
         ttl = parse_ttl(args.ttl)
     except ValueError as exc:
         raise BadArgument(f"--ttl: {exc}") from None
-    name = args.secret_env
+    name = args.auth_secret_env
     if name is None and args.config:
         name = server_settings(load_config(args.config)).auth_secret_env
     auth = Authenticator(secret_from_env(name or DEFAULT_SECRET_ENV))
@@ -343,7 +371,9 @@ def _cut(args: argparse.Namespace) -> Cut:
 
 def _replay(args: argparse.Namespace) -> int:
     cut = _cut(args)  # before opening anything: a bad value is a usage error
-    windows = {spec.agent_id: spec.short_term_window for spec in load_config(args.config).agents} if args.config else {}
+    config = load_config(args.config) if args.config else None
+    windows = {spec.agent_id: spec.short_term_window for spec in config.agents} if config else {}
+    args.db = _db(args, config)
     with EventLog.open(args.db, readonly=True) as log, log.snapshot():
         memories = []
         for agent_id, user in log.streams():
@@ -471,6 +501,7 @@ def _raise_stopped(signum, frame) -> None:
 
 def _replay_events(args: argparse.Namespace) -> int:
     after = _seq_value("--after-seq", args.after_seq)
+    args.db = _db(args)
     if not args.follow:
         try:
             with EventLog.open(args.db, readonly=True) as log:
@@ -542,6 +573,7 @@ def _stdout_gone() -> int:
 
 
 def _replay_verify(args: argparse.Namespace) -> int:
+    args.db = _db(args)
     with EventLog.open(args.db, readonly=True) as log:
         report = verify(log)
     if args.json:
@@ -551,9 +583,14 @@ def _replay_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _count(n: int, noun: str) -> str:
+    """`n` and the noun, plural unless `n` is 1: "1 stream", "0 streams", "2,000 events"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _print_report(report: VerifyReport) -> None:
     span = f" (seq {report.first_seq}..{report.last_seq})" if report.events else ""
-    print(f"{report.path}: {report.events} events{span}, {report.streams} streams")
+    print(f"{report.path}: {_count(report.events, 'event')}{span}, {_count(report.streams, 'stream')}")
     print(f"rebuild: {report.rebuild_seconds:.3f} s, {report.events_per_second:,.0f} events/s")
     for check in report.checks:
         print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<13} {check.summary}")
@@ -567,23 +604,132 @@ def _print_report(report: VerifyReport) -> None:
         print(f"verify: FAILED, {n} problem{'s' if n != 1 else ''} ({', '.join(failed)})")
 
 
+# -- config check, config example -------------------------------------------------------------
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    config = load_config(args.config)  # a file that is not valid is a ConfigError: one line, exit 1
+    effective = effective_settings(config)
+    if args.json:
+        print(json.dumps({"config": args.config, **effective}, ensure_ascii=False, indent=2))
+        return 0
+    source = f"{args.config} is valid" if args.config else "no --config: the built-in defaults"
+    print(f"# {source}. The effective settings (defaults + file; flags of `agentcast serve` override [server]):")
+    print("\n[server]")
+    for key, value in effective["server"].items():
+        note = _secret_env_note(value) if key == "auth_secret_env" and value else ""
+        print(_toml_line(key, value, note))
+    for agent_id, agent in effective["agents"].items():
+        print(f"\n[agents.{_toml_key(agent_id)}]")
+        for key, value in agent.items():
+            if key != "brain":
+                print(_toml_line(key, value))
+        for key, value in agent["brain"].items():
+            note = _env_note(value) if key == "api_key_env" and value else ""
+            print(_toml_line(f"brain.{_toml_key(key)}", value, note))
+    return 0
+
+
+def _toml_key(key: str) -> str:
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key, ensure_ascii=False)
+
+
+#: What a setting that is not set (None) means, where saying so helps.
+_UNSET_MEANS = {
+    "auth_secret_env": "authentication off", "certfile": "plain ws://, no TLS", "keyfile": "in certfile, if any",
+    "brain.api_key_env": "no key is sent", "brain.temperature": "the provider's", "brain.max_tokens": "the provider's",
+}
+
+
+def _toml_line(key: str, value: object, note: str = "") -> str:
+    """`key = value` in TOML (JSON's strings, numbers, booleans and arrays are TOML's); a value that is not set
+    (None) as a comment."""
+    if value is None:
+        means = _UNSET_MEANS.get(key)
+        return f"# {key}: not set" + (f" ({means})" if means else "")
+    return f"{key} = {json.dumps(value, ensure_ascii=False)}" + (f"  # {note}" if note else "")
+
+
+def _env_note(name: str) -> str:
+    """Whether environment variable `name` is set here (its value is never read out)."""
+    return "set in this environment" if os.environ.get(name) else "not set in this environment"
+
+
+def _secret_env_note(name: str) -> str:
+    """Whether the auth secret in `name` would be accepted here (the message never holds the value)."""
+    try:
+        secret_from_env(name)
+    except ConfigError as exc:
+        return f"in this environment: {str(exc).removeprefix('auth secret: ')}"
+    return "set in this environment (value not shown)"
+
+
+def _config_example(args: argparse.Namespace) -> int:
+    sys.stdout.write(example_config())
+    sys.stdout.flush()
+    return 0
+
+
+# -- the commands ------------------------------------------------------------------------------
+
+
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default: the config's server.host, else 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: the config's, else 5050; 0 picks a free one)")
+    parser.add_argument(
+        "--allow-origin", metavar="URL", action="append", dest="allow_origins",
+        help="a browser Origin that may connect, e.g. https://chat.example.com (repeatable; others get HTTP 403; "
+        "default: every origin)",
+    )
+    parser.add_argument("--certfile", metavar="FILE", help="serve wss:// (TLS) with this PEM certificate chain")
+    parser.add_argument("--keyfile", metavar="FILE", help="the certificate's private key (PEM), unless --certfile holds it")
+
+
+def _token_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--user-string", action="store_true", help="make the user id a string even if it is all digits")
+    parser.add_argument("--ttl", default="1h", help="how long the token is valid: 30s, 15m, 1h, 7d (default 1h)")
+    parser.add_argument("--secret-env", dest="auth_secret_env", help=argparse.SUPPRESS)  # the old spelling
+
+
+def _chat_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default="ws://127.0.0.1:5050/ws", help="the server's WebSocket endpoint, ending in /ws "
+                        "(default ws://127.0.0.1:5050/ws)")
+    parser.add_argument("--token-env", metavar="NAME", help="authenticate with the token in environment variable NAME "
+                        "(needed when the server has authentication on; `agentcast token` makes one)")
+
+
+def _replay_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--until-seq", metavar="N", help="memory as it was after event N (events with seq <= N)")
+    parser.add_argument(
+        "--until-time", metavar="ISO",
+        help="memory as of an ISO 8601 time, e.g. 2026-11-29T02:21:31Z or ...+01:00 (events whose time is <= it; "
+        "no offset means UTC)",
+    )
+
+
+def _replay_events_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--after-seq", metavar="N", default="0", help="only events with seq > N (default 0: all)")
+    parser.add_argument(
+        "--follow", action="store_true",
+        help="keep printing new events as they are committed, until SIGINT/SIGTERM (or stdout is closed)",
+    )
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from ._chat import run_chat  # the client side: loaded only for this command
+
+    return run_chat(args)
+
+
 # -- backup ----------------------------------------------------------------------------------
 
 #: `backup` prints its progress (to stderr) for a log of at least this many bytes, every 10%.
 BACKUP_PROGRESS_FROM_BYTES = 64 * 1024 * 1024
 
 
-def _add_backup_parser(sub) -> None:
-    backup_parser = sub.add_parser(
-        "backup", help="copy a log, also while a server writes to it",
-        description="Copy the event log --db to --to as of one moment, through SQLite's online backup API: "
-        "consistent while a server writes to the log, without stopping it (unlike cp, see docs/operations.md). "
-        "The copy is written beside --to, checked (integrity, agentcast log, the same events) and renamed into "
-        "place only when complete.",
-    )
-    backup_parser.add_argument("--db", default="agentcast.db", help="the event log to copy (default agentcast.db)")
-    backup_parser.add_argument("--to", required=True, metavar="FILE", help="the copy to write (a new file)")
-    backup_parser.add_argument("--force", action="store_true", help="replace --to if it exists")
+def _backup_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", required=True, metavar="FILE", help="the copy to write (a new file)")
+    parser.add_argument("--force", action="store_true", help="replace --to if it exists")
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -599,7 +745,7 @@ def _backup(args: argparse.Namespace) -> int:
                   file=sys.stderr, flush=True)
 
     try:
-        report = backup(args.db, args.to, replace=args.force, progress=progress)
+        report = backup(_db(args), args.to, replace=args.force, progress=progress)
     except TargetExists as exc:
         print(f"agentcast: error: {exc}; give --force to replace it", file=sys.stderr)
         return 1
@@ -609,6 +755,97 @@ def _backup(args: argparse.Namespace) -> int:
     print(f"{report.source} -> {report.target}: {report.events:,} events (last seq {report.last_seq}), "
           f"{report.bytes:,} bytes, in {report.seconds:.1f} s; the copy checked: integrity ok", flush=True)
     return 0
+
+
+_READ_ONLY_DB = {"help": f"the event log to read, never modified (default: the config's server.db, else {DEFAULT_DB})"}
+_SERVER_CONFIG = {"help": "the server's config file (for server.db, and each agent's short-term window size)"}
+
+#: Every command, in the order `agentcast --help` lists them. A new one is an entry here (and its function).
+COMMANDS: dict[str, Command] = {c.name: c for c in (
+    Command(
+        "serve", "run the server", "Run the agentcast server until SIGINT or SIGTERM.", _serve,
+        flags={"config": {}, "db": {"help": "the event log, a SQLite file, created if absent (default: the config's "
+                                            f"server.db, else {DEFAULT_DB})"},
+               "auth_secret_env": {"help": "turn token authentication on, with the secret (at least 32 bytes) in "
+                                           "environment variable NAME (default: the config's server.auth_secret_env; "
+                                           "none: authentication off)"}},
+        own_flags=_serve_flags,
+    ),
+    Command(
+        "chat", "chat with an agent in the terminal",
+        "An interactive chat with a running server: answers and tool calls stream as they arrive; Ctrl-C during an\n"
+        "answer cancels it. Commands: /agents, /search QUERY, /clear, /clear-all, /agent NAME, /user ID, /help, /quit.\n"
+        "Reads lines from stdin (in a terminal with line editing and history); reconnects if the server goes away.",
+        _chat,
+        flags={"agent": {"default": "my_agent", "help": "the agent to talk to first (default my_agent)"},
+               "user": {"help": "who you are: 123 is the JSON number 123, anything else a string (default: a private "
+                                "user of this connection)"}},
+        own_flags=_chat_flags,
+    ),
+    Command(
+        "token", "mint an authentication token",
+        "Print a token for --user, valid for --ttl, signed with the secret in an environment variable\n"
+        "(the one the server's --auth-secret-env names). The token goes to stdout, alone.",
+        _token,
+        flags={"user": {"required": True, "help": "the user id: 123 is the JSON number 123, anything else a string"},
+               "auth_secret_env": {"help": "the environment variable holding the secret, as for serve (default: the "
+                                           f"config's server.auth_secret_env, else {DEFAULT_SECRET_ENV})"},
+               "config": {"help": "the server's config file, for its server.auth_secret_env"}},
+        own_flags=_token_flags,
+    ),
+    Command(
+        "replay", "rebuild memory from an event log and print it",
+        "Rebuild each agent's memory of each user from the event log, read-only, and print it: as it is now, or as\n"
+        "it was at --until-seq N or --until-time ISO.",
+        _replay,
+        flags={"db": _READ_ONLY_DB, "config": _SERVER_CONFIG, "agent": {}, "user": {}, "json": {}},
+        own_flags=_replay_flags,
+        epilog="Also: `agentcast replay events` prints (or follows) the raw events, `agentcast replay verify` checks\n"
+        "a log. All three only read the log; a server may be writing to it.",
+    ),
+    Command(
+        "replay events", "print or follow the raw events of a log",
+        "Print the log's events in seq order, one JSON object per line: seq, type, agent_id, user, at and the\n"
+        "event's own fields (content, long_term, request_id). Read-only; a server may be writing the log.",
+        _replay_events,
+        flags={"db": _READ_ONLY_DB, "config": _SERVER_CONFIG, "agent": {"help": "only this agent's events"},
+               "user": {"help": "only this user's events (123 and \"123\" are one user)"}},
+        own_flags=_replay_events_flags,
+    ),
+    Command(
+        "replay verify", "check a log",
+        "Check the log: seqs 1..last without holes, every event type known and payload decodable, the memory\n"
+        "rebuilt twice the same, the search index agreeing with it, SQLite's integrity_check. Exit 0 when all is\n"
+        "well, 1 with a report of what is wrong. Read-only.",
+        _replay_verify,
+        flags={"db": _READ_ONLY_DB, "config": _SERVER_CONFIG, "json": {"help": "print the report as JSON"}},
+    ),
+    Command(
+        "backup", "copy a log, also while a server writes to it",
+        "Copy the event log --db to --to as of one moment, through SQLite's online backup API: consistent while a\n"
+        "server writes to the log, without stopping it (unlike cp, see docs/operations.md). The copy is written\n"
+        "beside --to, checked (integrity, agentcast log, the same events) and renamed into place only when complete.",
+        _backup,
+        flags={"db": {"help": f"the event log to copy (default: the config's server.db, else {DEFAULT_DB})"},
+               "config": {"help": "the server's config file (for server.db)"}},
+        own_flags=_backup_flags,
+    ),
+    Command(
+        "config check", "validate a config file and print the effective settings",
+        "Validate a config file as `agentcast serve --config` would, then print every setting it gives (defaults\n"
+        "included) as TOML, secrets masked: environment variables are shown by name, never their values.\n"
+        "Exit 0 if it is valid, 1 with what is wrong. It calls no model and opens no database.",
+        _config_check,
+        flags={"config": {"help": "the file to check (default: none, i.e. the built-in defaults serve uses without one)"},
+               "json": {"help": "print the effective settings as JSON"}},
+    ),
+    Command(
+        "config example", "print a commented example config with every setting",
+        "Print a commented example config: every [server] and agent setting with its default, and agents with\n"
+        "the openai brain for OpenAI, Ollama and vLLM. `agentcast config example > agentcast.toml` to start one.",
+        _config_example,
+    ),
+)}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,7 +93,14 @@ class ConnectionLost(ClientError):
 
 
 class CannotConnect(ConnectionLost):
-    """The first connection could not be opened (refused, timed out, not an agentcast server)."""
+    """The first connection could not be opened (refused, timed out, not an agentcast server).
+
+    `status` is the HTTP status when the server refused the WebSocket handshake (404: no WebSocket endpoint
+    at the URL's path), else None."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 # -- events of the client itself --------------------------------------------------------------
@@ -739,7 +746,8 @@ class AgentClient:
                     reason = self._lost_reason or "connection closed"
             except (HandshakeError, OSError, ConnectionClosed, trio.TooSlowError, _NotAgentcast, ValueError) as exc:
                 if not started:
-                    raise CannotConnect(f"cannot connect to {self.url}: {_describe(exc)}") from None
+                    raise CannotConnect(f"cannot connect to {self.url}: {_describe(exc)}",
+                                        getattr(exc, "status_code", None)) from None
                 reason = self._lost_reason or _describe(exc)
             finally:
                 self._ws = None
@@ -986,9 +994,14 @@ def _describe(exc: BaseException) -> str:
             return _describe(cause)
         status = getattr(exc, "status_code", None)
         if status is not None:
-            return f"the server refused the WebSocket with HTTP {status}"
+            body = (getattr(exc, "body", None) or b"").decode("utf-8", "replace").strip().splitlines()
+            said = "".join(c for c in body[0][:200] if c.isprintable()) if body else ""
+            return f"the server refused the WebSocket with HTTP {status}" + (f" ({said})" if said else "")
         return type(exc).__name__
     if isinstance(exc, OSError):
+        tried = exc.__cause__.exceptions if isinstance(exc.__cause__, BaseExceptionGroup) else (exc,)
+        if all(isinstance(e, ConnectionRefusedError) for e in tried):  # trio tried every address of the host
+            return "connection refused: nothing listens there (is the server running, on that host and port?)"
         return exc.strerror or str(exc) or type(exc).__name__
     if isinstance(exc, trio.TooSlowError):
         return "timed out"

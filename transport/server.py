@@ -6,6 +6,7 @@ Owns the nursery tree of a running server. Imports trio, trio_websocket, actors 
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
@@ -42,6 +43,12 @@ from ._settings import ServerSettings
 logger = logging.getLogger("agentcast.transport")
 
 WS_PATH = "/ws"
+#: Why a port cannot be listened on, for a person (by errno); others are told as the system says.
+_LISTEN_ERRORS = {
+    errno.EADDRINUSE: "address already in use (is another agentcast running? choose another port)",
+    errno.EACCES: "permission denied (ports below 1024 need privileges; choose another port)",
+    errno.EADDRNOTAVAIL: "address not available (the host must be an address of this machine)",
+}
 #: Seconds /healthz waits for the database's write lock before it reports the database not writable.
 HEALTH_LOCK_WAIT = 0.25
 #: Seconds /healthz waits in all (for the writer to finish a commit, then for the lock).
@@ -114,7 +121,18 @@ class Server:
 
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         s = self.settings
-        log = EventLog.open(s.db, synchronous=s.synchronous.upper())
+        # The port first: a port that cannot be had is refused before the database file is created or
+        # opened. Nothing is accepted until the database is open (connections wait in the backlog).
+        listeners = await self._open_listeners()
+        try:
+            for spec in self._specs:
+                for text in getattr(spec.brain, "startup_warnings", list)():
+                    logger.warning("agent %s: %s", spec.agent_id, text)
+            log = EventLog.open(s.db, synchronous=s.synchronous.upper())
+        except BaseException:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            raise
         db = os.fspath(s.db)
         try:
             self.journal = Journal(log, lambda: EventLog.open(db, readonly=True), readers=s.readers)
@@ -124,7 +142,7 @@ class Server:
                 async with trio.open_nursery() as work:
                     await work.start(self.agents.run)
                     async with trio.open_nursery() as clients:
-                        await self._listen(clients, task_status)
+                        await self._listen(listeners, clients, task_status)
                         # No new connections from here on; no new commands either.
                         self._accepting = False
                         with trio.move_on_after(s.shutdown_grace):
@@ -137,22 +155,31 @@ class Server:
                     work.cancel_scope.cancel()
                 root.cancel_scope.cancel()
         finally:
+            for listener in listeners:  # already closed unless the server failed before serving
+                await trio.aclose_forcefully(listener)
             log.close()
             self.stopped.set()
             logger.info("stopped; database %s closed", s.db)
 
-    async def _listen(self, clients: trio.Nursery, task_status: trio.TaskStatus[int]) -> None:
+    async def _open_listeners(self) -> list[trio.SocketListener]:
+        """Bind and listen on `host`:`port`; an address that cannot be had is an `OSError` saying why, in one line."""
         s = self.settings
         try:
-            listeners = await trio.open_tcp_listeners(s.port, host=s.host)
+            return await trio.open_tcp_listeners(s.port, host=s.host)
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot listen on {s.host}:{s.port}: {exc.strerror or exc}") from None
+            reason = _LISTEN_ERRORS.get(exc.errno) or exc.strerror or str(exc)
+            raise OSError(exc.errno, f"cannot listen on {s.host}:{s.port}: {reason}") from None
+
+    async def _listen(self, listeners: list[trio.SocketListener], clients: trio.Nursery,
+                      task_status: trio.TaskStatus[int]) -> None:
+        s = self.settings
         sockets = [listener.socket for listener in listeners]
+        served: list[trio.abc.Listener] = list(listeners)
         if self._ssl is not None:
-            listeners = [trio.SSLListener(listener, self._ssl, https_compatible=True) for listener in listeners]
+            served = [trio.SSLListener(listener, self._ssl, https_compatible=True) for listener in listeners]
         async with trio.open_nursery() as accept:
             await accept.start(lambda task_status: trio.serve_listeners(
-                self._serve_connection, listeners, handler_nursery=clients, task_status=task_status))
+                self._serve_connection, served, handler_nursery=clients, task_status=task_status))
             self._accepting = True
             port = sockets[0].getsockname()[1]
             logger.info("listening on %s://%s:%d%s (authentication %s); HTTP on the same port: / (%d static files), "
