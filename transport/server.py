@@ -95,6 +95,7 @@ class Server:
             connections=lambda: len(self.connections),
             agents=lambda: [(a.agent_id, a.in_flight, a.lanes) for a in (self.agents or {}).values()],
             journal=lambda: (self.journal.events_appended, self.journal.commits) if self.journal else (0, 0),
+            appends_failing=lambda: self.journal is not None and self.journal.failing is not None,
             db_bytes=lambda: self._db_bytes,
         ))
         files = load_static_files(package_static_dir() if static_dir is None else static_dir)
@@ -232,10 +233,15 @@ class Server:
 
     async def _health(self) -> HttpResponse:
         """GET /healthz: 200 if the database is writable now (its write lock can be taken, between group
-        commits), else 503 with the reason."""
+        commits) and appends succeed, else 503 with the reason. From an append that failed until one
+        succeeds (a full disk lets the lock be taken but no commit through), it is 503 with the store's reason."""
         body = {"status": "ok", "db": "writable", "connections": len(self.connections)}
         if not self._accepting or self.journal is None:
             body.update(status="unavailable", reason="the server is shutting down")
+            return json_response(503, json.dumps(body).encode())
+        failing = self.journal.failing
+        if failing is not None:
+            body.update(status="unavailable", db="not writable", reason=f"appends fail: {failing}"[:200])
             return json_response(503, json.dumps(body).encode())
         try:
             with trio.fail_after(HEALTH_TIMEOUT):
