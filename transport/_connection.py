@@ -209,7 +209,7 @@ class Connection:
                     self._drained = trio.Event()
                 await self._drained.wait()
         if self._crowded():
-            logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, self.user)
+            logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, p.shown(self.user))
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
 
     def _crowded(self) -> bool:
@@ -274,7 +274,7 @@ class Connection:
                 if self._auth is not None:
                     if self.claims is not None:  # authenticated by the handshake's Authorization header
                         logger.info("client=%s user=%s: authenticated (header) until %s",
-                                    self.client_id, self.user, self.claims.expires_iso)
+                                    self.client_id, p.shown(self.user), self.claims.expires_iso)
                         self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
                         cap = self._settings.max_connections_per_user
                         if self._users[self.user] > cap:
@@ -283,7 +283,7 @@ class Connection:
                 await self._read_frames()
                 nursery.cancel_scope.cancel()
         except Exception:
-            logger.exception("client=%s user=%s: connection failed", self.client_id, self.user)
+            logger.exception("client=%s user=%s: connection failed", self.client_id, p.shown(self.user))
         finally:
             for agent_id in self.subscriptions:
                 self._audience.unsubscribe(agent_id, self.user, self)
@@ -306,7 +306,7 @@ class Connection:
             logger.info(
                 "close client=%s user=%s code=%s",
                 self.client_id,
-                self.user,
+                p.shown(self.user),
                 close.code if close is not None else self._closing[0] if self._closing is not None else None,
             )
 
@@ -322,7 +322,7 @@ class Connection:
             self._outbox = [frame]
         elif len(outbox) >= self._settings.outbox_size or (self._queued_size + size > self._settings.outbox_bytes
                                                              and self._queued_size):
-            logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
+            logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, p.shown(self.user))
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
             return
         else:
@@ -389,10 +389,10 @@ class Connection:
             cmd = p.decode(data)
             self._handle(cmd)
         except p.ProtocolError as exc:
-            logger.info("client=%s user=%s error=%s: %s", self.client_id, self.user, exc.code, exc.message)
+            logger.info("client=%s user=%s error=%s: %s", self.client_id, p.shown(self.user), exc.code, exc.message)
             self._queue(p.error_frame(exc, getattr(cmd, "agent_id", None)))
         except Exception:
-            logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
+            logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, p.shown(self.user))
             self._queue(p.Error("internal_error", "The server failed to handle this message"))
 
     async def _keep_alive(self) -> None:
@@ -408,7 +408,7 @@ class Connection:
             idle_at = self._last_activity + s.idle_timeout if s.idle_timeout else math.inf
             await trio.sleep_until(min(ping_at, idle_at))
             if s.idle_timeout and trio.current_time() >= self._last_activity + s.idle_timeout:
-                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, self.user, s.idle_timeout)
+                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, p.shown(self.user), s.idle_timeout)
                 self.close(GOING_AWAY, f"idle for {s.idle_timeout:g} seconds")
                 return
             if trio.current_time() < ping_at:
@@ -419,7 +419,7 @@ class Connection:
                 except ConnectionClosed:
                     return
             if waited.cancelled_caught:
-                logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, self.user, s.heartbeat_timeout)
+                logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, p.shown(self.user), s.heartbeat_timeout)
                 self.close(INTERNAL_ERROR, "no pong to the keepalive ping", drain=False)
                 return
             ping_at = trio.current_time() + s.heartbeat_interval
@@ -452,7 +452,7 @@ class Connection:
         assert self.claims is not None
         if self._closing is not None:
             return
-        logger.info("client=%s user=%s: token expired; closing", self.client_id, self.user)
+        logger.info("client=%s user=%s: token expired; closing", self.client_id, p.shown(self.user))
         self._queue(p.Error("token_expired", f"The token expired at {self.claims.expires_iso}; reconnect with a new one"))
         self.close(POLICY_VIOLATION, "token expired")
 
@@ -478,7 +478,7 @@ class Connection:
     def _agent(self, agent_id: str, request_id: str | None) -> Agent:
         agent = self._agents.get(agent_id)
         if agent is None:
-            raise p.ProtocolError("unknown_agent", f"No agent with ID '{agent_id}' exists", request_id)
+            raise p.ProtocolError("unknown_agent", f"No agent with ID '{p.shown(agent_id)}' exists", request_id)
         return agent
 
     def _submit(self, agent: Agent, command: actors.AgentCommand) -> None:
@@ -509,12 +509,12 @@ class Connection:
         self.claims, self.user_id = claims, claims.user_id
         self._expires_at = self._trio_time_of(claims.expires_at)
         self._auth_changed.set()
-        logger.info("client=%s user=%s: authenticated until %s", self.client_id, self.user, claims.expires_iso)
+        logger.info("client=%s user=%s: authenticated until %s", self.client_id, p.shown(self.user), claims.expires_iso)
         self._queue(p.Authenticated(claims.user_id, claims.expires_iso, rid))
 
     def _too_many_connections(self, user: str, rid: str | None) -> None:
         cap = self._settings.max_connections_per_user
-        self._queue(p.Error("too_many_connections", f"User {user} already has {cap} connections", None, rid))
+        self._queue(p.Error("too_many_connections", f"User {p.shown(user)} already has {cap} connections", None, rid))
         self.close(TRY_AGAIN_LATER, "too many connections for this user")
 
     def _switch_user(self, user_id: int | str, rid: str | None) -> bool:
@@ -532,7 +532,7 @@ class Connection:
             self._audience.unsubscribe(agent_id, self.user, self)
             self._audience.subscribe(agent_id, new_user, self)
         self.user_id, self.user = user_id, new_user
-        logger.info("client=%s user=%s: user set", self.client_id, self.user)
+        logger.info("client=%s user=%s: user set", self.client_id, p.shown(self.user))
         return True
 
     def _handle(self, cmd: p.Command) -> None:
@@ -579,7 +579,7 @@ class Connection:
                 # With auth on the token decides the user: set_user may only name that same user.
                 if str(user_id) != self.user:
                     raise p.ProtocolError(
-                        "forbidden", f"This connection is authenticated as user {self.user}; set_user may name only it", rid
+                        "forbidden", f"This connection is authenticated as user {p.shown(self.user)}; set_user may name only it", rid
                     )
                 self._queue(p.UserSet(user_id, rid))
             case p.SetUser(user_id, rid):

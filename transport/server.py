@@ -36,6 +36,7 @@ from ._http import (
 )
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
+from .protocol import shown
 from ._wsinternals import drop_handshake_parser, reject, serve_stream
 from ._settings import ServerSettings
 
@@ -208,10 +209,11 @@ class Server:
         try:
             response = await self.http.respond(head)
         except Exception:
-            logger.exception("HTTP %s %s failed", head.method[:20], head.path[:200])
+            logger.exception("HTTP %s %s failed", shown(head.method), shown(head.path))
             response = text_response(500, "Internal server error\n")
         self.metrics.http_requests.labels(self.http.route_of(head.path), str(response.status)).inc()
-        logger.debug("http %s %s -> %d (remote %s)", head.method[:20], head.path[:200], response.status, remote_of(stream))
+        logger.debug("http %s %s -> %d (remote %s)", shown(head.method), shown(head.path), response.status,
+                     remote_of(stream))
         await write_response(stream, response, head_only=head.method == "HEAD")
 
     async def _serve_websocket(self, stream: PrefixedStream, deadline: float) -> None:
@@ -267,7 +269,7 @@ class Server:
                 await self._refuse(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
                 return
             if not origin_allowed(request.headers, self.settings.allow_origins):
-                origins = [v.decode("latin-1")[:200] for n, v in request.headers if n.lower() == b"origin"]
+                origins = [shown(v.decode("latin-1")) for n, v in request.headers if n.lower() == b"origin"]
                 logger.info("refused a handshake from Origin %s (remote %s)", ", ".join(origins), request.remote)
                 await self._refuse(request, 403, body=b"Forbidden: this Origin may not connect (see allow_origins)\n")
                 return
@@ -299,7 +301,7 @@ class Server:
             ws = await request.accept()
             drop_handshake_parser(ws)
         except Exception as exc:  # the client left during the handshake
-            logger.debug("handshake failed: %r", exc)
+            logger.debug("handshake failed: %s", shown(repr(exc), 300))
             return None
         finally:
             if reserved:
