@@ -27,6 +27,8 @@ logger = logging.getLogger("agentcast.transport")
 
 #: Close codes (RFC 6455 and IANA registry).
 GOING_AWAY = 1001
+#: Never sent: the code of a connection that ended without a close handshake.
+ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
@@ -261,6 +263,7 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the client until it leaves or the connection is closed; never raises."""
+        half_closed = False
         try:
             logger.info("open client=%s remote=%s", self.client_id, self._remote())
             async with trio.open_nursery() as nursery:  # its cancel scope is `_scope` (one scope less to hold)
@@ -281,7 +284,14 @@ class Connection:
                             self._too_many_connections(self.user, None)
                     nursery.start_soon(self._guard_auth)
                 await self._read_frames()
-                nursery.cancel_scope.cancel()
+                if self._ws.closed is None and self._closing is None:
+                    # The client sent EOF without a close frame (_wsinternals._end_input): it may still read, so
+                    # what is queued until now is written (within close_timeout); then TCP is closed without a
+                    # close frame (1006: the client started no close handshake, and could not answer one).
+                    half_closed = True
+                    self.close(ABNORMAL_CLOSURE, "the client ended its side without a close frame")
+                elif self._ws.closed is not None:  # else closing already: the writer drains, then ends the nursery
+                    nursery.cancel_scope.cancel()
         except Exception:
             logger.exception("client=%s user=%s: connection failed", self.client_id, p.shown(self.user))
         finally:
@@ -298,7 +308,7 @@ class Connection:
                 agent.disconnected(self)
             with trio.move_on_after(self._settings.close_timeout) as cleanup:
                 cleanup.shield = True
-                if self._mid_frame:  # a write was cut short: no close frame can follow it
+                if self._mid_frame or half_closed:  # a write was cut short: no close frame can follow it
                     await abort(self._ws)
                 elif self._closing is not None:
                     await self._ws.aclose(*self._closing)
