@@ -404,8 +404,9 @@ class Agent:
         if running is None or running.scope.cancel_called:
             raise NothingToCancel(f"Agent '{self.agent_id}' is not answering you right now: nothing to cancel")
         if request_id is not None and running.request_id != request_id:
-            raise NothingToCancel(f"Agent '{self.agent_id}' is not answering a message with request_id "
-                                  f"{request_id!r} right now: nothing to cancel")
+            # (the client's request_id is not repeated here: the error frame carries it)
+            raise NothingToCancel(f"Agent '{self.agent_id}' is not answering a message with this request_id "
+                                  "right now: nothing to cancel")
         if canceller is not running.origin and canceller not in running.cancellers:
             running.cancellers.append(canceller)
         running.scope.cancel()
@@ -552,7 +553,8 @@ class Agent:
 
     def _lane_failed(self, lane: _Lane, command: AgentCommand, what: str) -> None:
         """`command` failed in `lane` (logged with its stack): the lane lives on, its memory rebuilt from the log."""
-        logger.exception("agent %s: %s for user %s failed", self.agent_id, what, command.user)
+        # %r: the user id is the client's (escaped as transport.protocol.shown escapes it; its length is capped by the protocol)
+        logger.exception("agent %s: %s for user %r failed", self.agent_id, what, command.user)
         lane.memory = None
         self._fail(command, "agent_error", "The agent failed while handling this message")
 

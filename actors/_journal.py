@@ -105,6 +105,11 @@ class _WriterThread:
         self._jobs.put(None)
 
 
+def _reason(error: BaseException | None) -> str:
+    """What a failed commit tells an operator: the store's message (SQLite's "database or disk is full")."""
+    return str(error) or type(error).__name__
+
+
 def _reschedule_waiter(job: _Job) -> None:
     if job.task is not None:  # None: its waiter was cancelled and abandoned it
         trio.lowlevel.reschedule(job.task)
@@ -131,6 +136,9 @@ class Journal:
         self._closed = False
         self.commits = 0
         self.events_appended = 0
+        #: Why appends fail (the store's message), from an append that failed until one succeeds; None while
+        #: they succeed. A failed commit sets it, a commit that logged something clears it (for /healthz).
+        self.failing: str | None = None
 
     async def append(self, events: Sequence[Event]) -> list[Recorded]:
         """Append `events` (consecutive sequence numbers); returns once they are committed.
@@ -224,18 +232,23 @@ class Journal:
         batch: list[_Pending] = job.task
         self._in_flight = False
         if job.error is not None:
+            self.failing = _reason(job.error)
             for p in batch:
                 p.error = job.error
                 trio.lowlevel.reschedule(p.task)
         else:
             self.commits += 1
+            failed: Exception | None = None
+            logged = False
             for p, outcome in zip(batch, job.result, strict=True):
                 if isinstance(outcome, Exception):  # it failed alone (see `_commit`)
-                    p.error = outcome
+                    p.error = failed = outcome
                 else:
                     self.events_appended += len(outcome)
                     p.result = outcome
+                    logged = True
                 trio.lowlevel.reschedule(p.task)
+            self.failing = None if logged else _reason(failed)
         if self._queue:
             self._dispatch()
         if self._settled is not None:

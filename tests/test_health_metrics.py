@@ -62,6 +62,32 @@ async def test_healthz_is_200_while_the_database_takes_writes_and_503_while_it_c
     assert (await get(server.port, "/healthz", "HEAD")).status == 200
 
 
+async def test_healthz_is_503_from_a_failed_append_until_one_succeeds(server):
+    """A full disk lets the write lock be taken but no commit through: /healthz reports the failing appends."""
+    journal = server.journal
+    writer = journal._writer._conn  # the server's own writer connection, used on the journal's writer thread only
+
+    async def on_writer(sql: str):
+        return await journal._thread.run_sync(lambda: writer.execute(sql).fetchone())
+
+    (pages,) = await on_writer("PRAGMA page_count")
+    await on_writer(f"PRAGMA max_page_count={pages}")  # the file may not grow: SQLite's "database or disk is full"
+    async with connect(server.port) as c:
+        frames = await c.request(chat("x" * 30_000, "full"), "agent_done")
+        assert [f["code"] for f in frames if f["type"] == "error"] == ["agent_error"]
+        status, body = await health(server.port)
+        assert status == 503 and body["status"] == "unavailable" and body["db"] == "not writable"
+        assert "database or disk is full" in body["reason"]
+        assert (await scrape(server.port))[("agentcast_appends_failing", ())] == 1
+        await on_writer("PRAGMA max_page_count=4294967294")  # room again: still 503 until an append succeeds
+        assert (await health(server.port))[0] == 503
+        frames = await c.request(chat("small again", "ok"), "agent_done")
+        assert frames[-2]["type"] == "response"
+        status, body = await health(server.port)
+        assert status == 200 and body["db"] == "writable"
+        assert (await scrape(server.port))[("agentcast_appends_failing", ())] == 0
+
+
 def test_check_writable_writes_nothing_and_keeps_the_busy_timeout(db_path):
     with EventLog.open(db_path) as log:
         (before,) = log._conn.execute("PRAGMA busy_timeout").fetchone()

@@ -81,3 +81,40 @@ async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_it
         assert sorted(r.event.user for r in logged) == ["alice", "carol"] and [r.seq for r in logged] == [1, 2]
     finally:
         log.close()
+
+
+async def test_failing_holds_the_stores_reason_from_a_failed_append_until_one_succeeds(tmp_path):
+    """What /healthz reports: set by a commit that logged nothing, cleared by one that logged something
+    (a commit where one append failed alone and others were logged clears it: the database takes writes)."""
+    from store import EventLog, UserMessage
+
+    path = tmp_path / "a.db"
+    log = EventLog.open(path)
+    good = [UserMessage("agent", "alice", "2024-01-01T00:00:00Z", "hello")]
+    bad = [UserMessage("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")]
+
+    async def append(events):
+        try:
+            await journal.append(events)
+        except UnicodeEncodeError:
+            pass
+
+    try:
+        journal = Journal(log, lambda: EventLog.open(path, readonly=True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            assert journal.failing is None
+            await append(bad)
+            assert journal.failing is not None and "surrogate" in journal.failing
+            await append(bad)
+            assert "surrogate" in journal.failing
+            async with trio.open_nursery() as lanes:  # one commit: bob's fails alone, alice's is logged
+                lanes.start_soon(append, bad)
+                lanes.start_soon(append, good)
+            assert journal.failing is None and log.last_seq() == 1
+            await append(bad)
+            await journal.save_snapshot(await journal.read(lambda r: r.memory("agent", "alice")))
+            assert journal.failing is None  # a snapshot committed: writes go through
+            nursery.cancel_scope.cancel()
+    finally:
+        log.close()

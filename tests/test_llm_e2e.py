@@ -206,7 +206,8 @@ async def test_cancelling_nothing_or_another_turn_is_a_clear_error(db_path):
             theirs = await mallory.request({"type": "cancel", "agent_id": AGENT}, "error")
             assert theirs[-1]["code"] == "nothing_to_cancel"
             wrong = await alice.request({"type": "cancel", "agent_id": AGENT, "request_id": "other"}, "error")
-            assert wrong[-1]["code"] == "nothing_to_cancel" and "'other'" in wrong[-1]["message"]
+            assert wrong[-1]["code"] == "nothing_to_cancel" and wrong[-1]["request_id"] == "other"
+            assert "with this request_id" in wrong[-1]["message"]  # the client's value is in the frame, not repeated
             assert not server.fake.disconnected.is_set()
             done = await alice.request({"type": "cancel", "agent_id": AGENT}, "agent_done")
             assert [f["type"] for f in done] == ["cancelled", "agent_done"]

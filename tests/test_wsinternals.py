@@ -26,8 +26,10 @@ import pytest
 from support import running_server
 from transport import protocol as p
 from transport._http import PrefixedStream
+from transport._settings import ServerSettings
 from transport._wsinternals import (
     _receive,
+    abort,
     _socket_fd,
     batching_supported,
     drop_handshake_parser,
@@ -256,6 +258,12 @@ def client_frame(opcode: int, payload: bytes, key: bytes | None = b"\x01\x02\x03
     return header + key + bytes(XorMaskerSimple(key).process(bytearray(payload)))
 
 
+def server_close_frame(code: int, reason: str | None) -> bytes:
+    """The close frame a server sends (unmasked), its reason cut to the 123 bytes a close frame can carry."""
+    payload = code.to_bytes(2, "big") + (reason or "").encode()[:123]
+    return bytes([0x88, len(payload)]) + payload
+
+
 HANDSHAKE_REQUEST = (b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
 
@@ -298,6 +306,8 @@ async def feed_server_side(wrap, chunks, max_size, sink, server_stream, client_s
                     messages.append(await ws.get_message())
             except ConnectionClosed:
                 pass
+            if ws.closed is None:  # the input ended (EOF) with the connection open: its owner ends it (Connection.run)
+                await abort(ws)
 
         nursery.start_soon(read_back)
         if sink:
@@ -377,7 +387,12 @@ def test_serve_stream_receives_exactly_what_trio_websocket_receives(chunks, max_
     reader (plain text frames parsed here) as through trio-websocket's own (wsproto for every frame)."""
     reference, subject = run_both(chunks, max_size, sink)
     assert subject[0] != "failed"
-    if reference[0] == "failed":
+    if subject[1] is not None and subject[1][0] in (1002, 1007) and subject[2] != reference[2]:
+        # a protocol violation: the same messages and close code, and serve_stream's reader sends the close frame
+        # (RFC 6455 7.1.7) that trio-websocket's leaves out before it drops TCP
+        assert subject[:2] == reference[:2]
+        assert subject[2] == reference[2] + server_close_frame(*subject[1])
+    elif reference[0] == "failed":
         # trio-websocket's reader fails on a ping or a second message after a too-big one (the closing
         # connection can no longer answer them); serve_stream's stops at the too-big one
         assert subject[1][0] == 1009
@@ -535,17 +550,50 @@ async def test_over_tcp_plain_fragmented_and_binary_messages_and_control_frames_
     await client.stream.aclose()
 
 
-async def test_over_tcp_invalid_utf8_ends_the_connection_with_1007(server):
-    client = await RawClient.open(server.port)
-    await client.frames(1)
-    (conn,) = server.connections
-    await client.stream.send_all(ping_frame("ok"))
-    await client.frames(1)
-    await client.stream.send_all(client_frame(1, b'{"type": "ping", "x": "\xff"}'))
-    # as trio-websocket does: no close frame (wsproto's 1007 is not sent), the socket closed at once
-    assert await client.until(lambda e: True) == []
-    assert conn._ws.closed.code == 1007
-    await client.stream.aclose()
+#: Frames that break RFC 6455, and the close code that fails the connection (7.1.7, 7.4.1).
+VIOLATIONS = {
+    "unmasked frame": (client_frame(1, b'{"type": "ping"}', None), 1002),
+    "RSV bit": (client_frame(1, b'{"type": "ping"}', rsv=0x40), 1002),
+    "reserved opcode": (client_frame(3, b"?"), 1002),
+    "fragmented ping": (client_frame(9, b"p", fin=False), 1002),
+    "length in more bytes than needed": (client_frame(1, b'{"type": "ping"}', length_bytes=2), 1002),
+    "continuation without a start": (client_frame(0, b"x"), 1002),
+    "invalid UTF-8 in a text frame": (client_frame(1, b'{"type": "ping", "x": "\xff"}'), 1007),
+    "invalid UTF-8 across fragments": (client_frame(1, b'{"x": "\xe2', fin=False) + client_frame(0, b'\x28"}'), 1007),
+    "close code out of range": (client_frame(8, (999).to_bytes(2, "big")), 1002),
+    "close code only for local use": (client_frame(8, (1006).to_bytes(2, "big")), 1002),
+    "close with a 1-byte payload": (client_frame(8, b"\x03"), 1002),
+    "invalid UTF-8 in a close reason": (client_frame(8, (1000).to_bytes(2, "big") + b"bye \xff"), 1007),
+}
+
+
+@pytest.mark.parametrize("reader", ["own", "trio-websocket's"])
+@pytest.mark.parametrize("violation", list(VIOLATIONS))
+async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_hangs_up(
+        db_path, monkeypatch, reader, violation):
+    """RFC 6455 7.1.7: the server fails the connection with a close frame (1002; 1007 for invalid UTF-8), then
+    closes TCP. trio-websocket's reader, used where its internals differ, drops TCP without the frame: wsproto
+    reports the violation as a CloseConnection event, which trio-websocket handles as a close it received."""
+    if reader != "own":
+        monkeypatch.setattr("transport._wsinternals.reader_supported", lambda: False)
+    frame, code = VIOLATIONS[violation]
+    async with running_server(db_path) as server:
+        client = await RawClient.open(server.port)
+        await client.frames(1)
+        (conn,) = server.connections
+        await client.stream.send_all(ping_frame("ok"))
+        assert (await client.frames(1))[-1] == {"type": "ping", "request_id": "ok"}
+        await client.stream.send_all(frame + ping_frame("never read"))
+        events = await client.until(lambda e: False)  # all the server sends until it closes TCP
+        if reader == "own":
+            assert [(type(e), e.code) for e in events] == [(CloseConnection, code)]
+        else:
+            assert events == []
+        assert conn._ws.closed.code == code
+        await client.stream.aclose()
+        with trio.fail_after(10):
+            while server.connections:
+                await trio.sleep(0.01)
 
 
 async def test_over_tcp_the_size_limit_counts_characters_and_closes_with_1009(db_path):
@@ -708,3 +756,105 @@ async def test_the_direct_read_never_reads_a_descriptor_reused_after_its_socket_
             os.close(fd)  # the duplicate
         for s in (ours, peer, other, other_peer):
             s.close()
+
+
+# -- the end of a connection: a client's half-close, a client's protocol violation -------------------------
+
+
+async def served_connection(nursery, wrap, server_stream, client_stream, **settings):
+    """A `Connection` (no agents) served by `wrap` over the given streams, its handshake done; returns the
+    Connection and whatever the server wrote after its handshake answer's head with it."""
+    from actors import Audience
+    from transport._connection import Connection
+
+    got = {}
+    ready = trio.Event()
+
+    async def serve():
+        ws = await (await wrap(nursery, server_stream, message_queue_size=8, max_message_size=1000)).accept()
+        got["conn"] = Connection(ws, {}, Audience(), clock=lambda: "2026-01-01T00:00:00.000Z",
+                                 settings=ServerSettings(**settings))
+        ready.set()
+        await got["conn"].run()
+
+    nursery.start_soon(serve)
+    await client_stream.send_all(HANDSHAKE_REQUEST)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await client_stream.receive_some()
+    await ready.wait()
+    return got["conn"], head.split(b"\r\n\r\n", 1)[1]
+
+
+def read_frames(data: bytes) -> list:
+    """The server's frames in `data` (after its handshake answer): ("text", json) or ("close", code, reason)."""
+    frames, i = [], 0
+    while i < len(data):
+        opcode, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        i += 2
+        if n == 126:
+            n, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif n == 127:
+            n, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        payload, i = data[i:i + n], i + n
+        if opcode == 1:
+            frames.append(("text", json.loads(payload)))
+        elif opcode == 8:
+            frames.append(("close", int.from_bytes(payload[:2], "big"), payload[2:].decode()))
+        else:
+            frames.append(("opcode", opcode))
+    return frames
+
+
+@pytest.mark.parametrize("wrap", [serve_stream, wrap_server_stream], ids=["own reader", "trio-websocket's reader"])
+def test_the_answers_queued_when_the_client_half_closes_are_written_before_the_connection_ends(wrap):
+    """A client sends a command and shuts down its sending half (EOF; it still reads). The answer is queued
+    and the writer cannot write yet (the client has not read the `connected` frame: lockstep streams) when
+    the reader sees the EOF: the connection still writes everything queued (within close_timeout), then
+    closes TCP, without a close frame (1006: the client started no close handshake).
+
+    trio-websocket's own reader (the fallback where its internals differ) aborts at the EOF, after which
+    nothing can be written: the queued answers are dropped and the connection ends at once."""
+    async def main():
+        server_stream, client_stream = trio.testing.lockstep_stream_pair()
+        async with trio.open_nursery() as nursery:
+            conn, _ = await served_connection(nursery, wrap, server_stream, client_stream)
+            await client_stream.send_all(ping_frame("last words") + client_frame(1, b'{"type": "dance"}'))
+            await client_stream.send_eof()
+            await trio.testing.wait_all_tasks_blocked()  # the reader has seen the EOF; nothing read by the client yet
+            received = b""
+            with trio.fail_after(1):  # mock clock: a bound against a hang, below close_timeout
+                while data := await client_stream.receive_some():
+                    received += data
+            await trio.testing.wait_all_tasks_blocked()
+            assert conn.gone
+            return read_frames(received), conn._ws.closed.code
+
+    frames, code = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert code == 1006
+    if wrap is serve_stream:
+        assert [f[1]["type"] for f in frames] == ["connected", "ping", "error"]
+        assert frames[1][1]["request_id"] == "last words" and frames[2][1]["code"] == "unknown_type"
+    else:  # the answers are lost (what "connected" became depends on where its write was cut)
+        assert [f[1]["type"] for f in frames if f[0] == "text" and f[1]["type"] != "connected"] == []
+
+
+async def test_over_tcp_a_command_sent_just_before_a_half_close_is_always_answered(server):
+    """The raw-socket case: a command frame and the client's SHUT_WR back to back (no await between them),
+    then read until the server hangs up; 20 times. Before, the reader could see the EOF before the writer had
+    written the answer, and aborted the connection under it."""
+    answered = 0
+    for i in range(20):
+        client = await RawClient.open(server.port)
+        frame = ping_frame(f"r{i}")
+        raw = socket.socket(fileno=client.stream.socket.fileno())  # the same socket, used synchronously
+        try:
+            assert raw.send(frame) == len(frame)
+            raw.shutdown(socket.SHUT_WR)
+        finally:
+            raw.detach()
+        events = await client.until(lambda e: False)  # until the server closes TCP
+        texts = [json.loads(e.data) for e in events if isinstance(e, TextMessage)]
+        answered += {"type": "ping", "request_id": f"r{i}"} in texts
+        await client.stream.aclose()
+    assert answered == 20

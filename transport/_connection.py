@@ -27,6 +27,8 @@ logger = logging.getLogger("agentcast.transport")
 
 #: Close codes (RFC 6455 and IANA registry).
 GOING_AWAY = 1001
+#: Never sent: the code of a connection that ended without a close handshake.
+ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
@@ -209,7 +211,7 @@ class Connection:
                     self._drained = trio.Event()
                 await self._drained.wait()
         if self._crowded():
-            logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, self.user)
+            logger.warning("client=%s user=%s: not reading, outbound queue stays full; closing", self.client_id, p.shown(self.user))
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
 
     def _crowded(self) -> bool:
@@ -261,6 +263,7 @@ class Connection:
 
     async def run(self) -> None:
         """Serve the client until it leaves or the connection is closed; never raises."""
+        half_closed = False
         try:
             logger.info("open client=%s remote=%s", self.client_id, self._remote())
             async with trio.open_nursery() as nursery:  # its cancel scope is `_scope` (one scope less to hold)
@@ -274,16 +277,23 @@ class Connection:
                 if self._auth is not None:
                     if self.claims is not None:  # authenticated by the handshake's Authorization header
                         logger.info("client=%s user=%s: authenticated (header) until %s",
-                                    self.client_id, self.user, self.claims.expires_iso)
+                                    self.client_id, p.shown(self.user), self.claims.expires_iso)
                         self._queue(p.Authenticated(self.claims.user_id, self.claims.expires_iso))
                         cap = self._settings.max_connections_per_user
                         if self._users[self.user] > cap:
                             self._too_many_connections(self.user, None)
                     nursery.start_soon(self._guard_auth)
                 await self._read_frames()
-                nursery.cancel_scope.cancel()
+                if self._ws.closed is None and self._closing is None:
+                    # The client sent EOF without a close frame (_wsinternals._end_input): it may still read, so
+                    # what is queued until now is written (within close_timeout); then TCP is closed without a
+                    # close frame (1006: the client started no close handshake, and could not answer one).
+                    half_closed = True
+                    self.close(ABNORMAL_CLOSURE, "the client ended its side without a close frame")
+                elif self._ws.closed is not None:  # else closing already: the writer drains, then ends the nursery
+                    nursery.cancel_scope.cancel()
         except Exception:
-            logger.exception("client=%s user=%s: connection failed", self.client_id, self.user)
+            logger.exception("client=%s user=%s: connection failed", self.client_id, p.shown(self.user))
         finally:
             for agent_id in self.subscriptions:
                 self._audience.unsubscribe(agent_id, self.user, self)
@@ -298,7 +308,7 @@ class Connection:
                 agent.disconnected(self)
             with trio.move_on_after(self._settings.close_timeout) as cleanup:
                 cleanup.shield = True
-                if self._mid_frame:  # a write was cut short: no close frame can follow it
+                if self._mid_frame or half_closed:  # a write was cut short: no close frame can follow it
                     await abort(self._ws)
                 elif self._closing is not None:
                     await self._ws.aclose(*self._closing)
@@ -306,7 +316,7 @@ class Connection:
             logger.info(
                 "close client=%s user=%s code=%s",
                 self.client_id,
-                self.user,
+                p.shown(self.user),
                 close.code if close is not None else self._closing[0] if self._closing is not None else None,
             )
 
@@ -322,7 +332,7 @@ class Connection:
             self._outbox = [frame]
         elif len(outbox) >= self._settings.outbox_size or (self._queued_size + size > self._settings.outbox_bytes
                                                              and self._queued_size):
-            logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, self.user)
+            logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, p.shown(self.user))
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
             return
         else:
@@ -389,10 +399,10 @@ class Connection:
             cmd = p.decode(data)
             self._handle(cmd)
         except p.ProtocolError as exc:
-            logger.info("client=%s user=%s error=%s: %s", self.client_id, self.user, exc.code, exc.message)
+            logger.info("client=%s user=%s error=%s: %s", self.client_id, p.shown(self.user), exc.code, exc.message)
             self._queue(p.error_frame(exc, getattr(cmd, "agent_id", None)))
         except Exception:
-            logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, self.user)
+            logger.exception("client=%s user=%s: failed to handle a frame", self.client_id, p.shown(self.user))
             self._queue(p.Error("internal_error", "The server failed to handle this message"))
 
     async def _keep_alive(self) -> None:
@@ -408,7 +418,7 @@ class Connection:
             idle_at = self._last_activity + s.idle_timeout if s.idle_timeout else math.inf
             await trio.sleep_until(min(ping_at, idle_at))
             if s.idle_timeout and trio.current_time() >= self._last_activity + s.idle_timeout:
-                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, self.user, s.idle_timeout)
+                logger.info("client=%s user=%s: idle for %ss; closing", self.client_id, p.shown(self.user), s.idle_timeout)
                 self.close(GOING_AWAY, f"idle for {s.idle_timeout:g} seconds")
                 return
             if trio.current_time() < ping_at:
@@ -419,7 +429,7 @@ class Connection:
                 except ConnectionClosed:
                     return
             if waited.cancelled_caught:
-                logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, self.user, s.heartbeat_timeout)
+                logger.info("client=%s user=%s: no pong in %ss; closing", self.client_id, p.shown(self.user), s.heartbeat_timeout)
                 self.close(INTERNAL_ERROR, "no pong to the keepalive ping", drain=False)
                 return
             ping_at = trio.current_time() + s.heartbeat_interval
@@ -452,7 +462,7 @@ class Connection:
         assert self.claims is not None
         if self._closing is not None:
             return
-        logger.info("client=%s user=%s: token expired; closing", self.client_id, self.user)
+        logger.info("client=%s user=%s: token expired; closing", self.client_id, p.shown(self.user))
         self._queue(p.Error("token_expired", f"The token expired at {self.claims.expires_iso}; reconnect with a new one"))
         self.close(POLICY_VIOLATION, "token expired")
 
@@ -478,7 +488,7 @@ class Connection:
     def _agent(self, agent_id: str, request_id: str | None) -> Agent:
         agent = self._agents.get(agent_id)
         if agent is None:
-            raise p.ProtocolError("unknown_agent", f"No agent with ID '{agent_id}' exists", request_id)
+            raise p.ProtocolError("unknown_agent", f"No agent with ID '{p.shown(agent_id)}' exists", request_id)
         return agent
 
     def _submit(self, agent: Agent, command: actors.AgentCommand) -> None:
@@ -509,12 +519,12 @@ class Connection:
         self.claims, self.user_id = claims, claims.user_id
         self._expires_at = self._trio_time_of(claims.expires_at)
         self._auth_changed.set()
-        logger.info("client=%s user=%s: authenticated until %s", self.client_id, self.user, claims.expires_iso)
+        logger.info("client=%s user=%s: authenticated until %s", self.client_id, p.shown(self.user), claims.expires_iso)
         self._queue(p.Authenticated(claims.user_id, claims.expires_iso, rid))
 
     def _too_many_connections(self, user: str, rid: str | None) -> None:
         cap = self._settings.max_connections_per_user
-        self._queue(p.Error("too_many_connections", f"User {user} already has {cap} connections", None, rid))
+        self._queue(p.Error("too_many_connections", f"User {p.shown(user)} already has {cap} connections", None, rid))
         self.close(TRY_AGAIN_LATER, "too many connections for this user")
 
     def _switch_user(self, user_id: int | str, rid: str | None) -> bool:
@@ -532,7 +542,7 @@ class Connection:
             self._audience.unsubscribe(agent_id, self.user, self)
             self._audience.subscribe(agent_id, new_user, self)
         self.user_id, self.user = user_id, new_user
-        logger.info("client=%s user=%s: user set", self.client_id, self.user)
+        logger.info("client=%s user=%s: user set", self.client_id, p.shown(self.user))
         return True
 
     def _handle(self, cmd: p.Command) -> None:
@@ -579,7 +589,7 @@ class Connection:
                 # With auth on the token decides the user: set_user may only name that same user.
                 if str(user_id) != self.user:
                     raise p.ProtocolError(
-                        "forbidden", f"This connection is authenticated as user {self.user}; set_user may name only it", rid
+                        "forbidden", f"This connection is authenticated as user {p.shown(self.user)}; set_user may name only it", rid
                     )
                 self._queue(p.UserSet(user_id, rid))
             case p.SetUser(user_id, rid):

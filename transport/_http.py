@@ -1,7 +1,8 @@
 """The plain-HTTP side of the server's one port: reading a request head (h11, bounded), telling a
 WebSocket upgrade from a plain request, the static files of `transport/static/`, and HTTP responses.
 
-Imports trio and h11; never trio_websocket, `actors` or `store` (the server passes health and metrics in).
+Imports trio, h11 and `protocol` (`shown`); never trio_websocket, `actors` or `store` (the server passes health
+and metrics in).
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import h11
 import trio
 from attrs import frozen
+
+from .protocol import shown
 
 #: The largest request head (request line and headers) read; a larger one gets 431.
 MAX_HEAD_BYTES = 16 * 1024
@@ -118,7 +121,7 @@ async def read_request_head(stream: trio.abc.ReceiveStream, max_bytes: int = MAX
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             status = exc.error_status_hint if exc.error_status_hint in (400, 431) else 400
-            raise BadRequest(status, f"Bad request: {exc}") from None
+            raise BadRequest(status, f"Bad request: {shown(str(exc), 300)}") from None
         if event is h11.NEED_DATA:
             # never more than max_bytes + 1 in all: h11 refuses an incomplete head over max_bytes
             data = await stream.receive_some(max(1, min(_RECEIVE_BYTES, max_bytes + 1 - len(raw))))
@@ -319,7 +322,7 @@ class Router:
         """The response to a plain (not WebSocket) request."""
         path = head.path
         if head.method not in ("GET", "HEAD"):
-            return text_response(405, f"Method {head.method[:20]} not allowed: only GET and HEAD\n", allow="GET, HEAD")
+            return text_response(405, f"Method {shown(head.method, 20)} not allowed: only GET and HEAD\n", allow="GET, HEAD")
         handler = self.handlers.get(path)
         if handler is not None:
             return await handler()

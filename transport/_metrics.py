@@ -88,6 +88,7 @@ class ScrapeState:
         agents: Callable[[], Iterable[tuple[str, int, int]]],
         journal: Callable[[], tuple[int, int]],
         db_bytes: Callable[[], int],
+        appends_failing: Callable[[], bool],
     ) -> None:
         #: Open connections.
         self.connections = connections
@@ -97,6 +98,8 @@ class ScrapeState:
         self.journal = journal
         #: The database's size in bytes (the file and its WAL), as last measured.
         self.db_bytes = db_bytes
+        #: True from an append that failed until one succeeds (as /healthz reports it).
+        self.appends_failing = appends_failing
 
 
 class _StateCollector(Collector):
@@ -118,6 +121,8 @@ class _StateCollector(Collector):
         yield CounterMetricFamily("agentcast_commits", "Group commits since the server started", value=commits)
         yield GaugeMetricFamily("agentcast_database_bytes", "Size of the database file and its WAL, in bytes",
                                 value=self._state.db_bytes())
+        yield GaugeMetricFamily("agentcast_appends_failing", "1 from an append that failed until one succeeds, else 0",
+                                value=1 if self._state.appends_failing() else 0)
 
     def describe(self):
         return []

@@ -3,20 +3,24 @@ frames itself and hands each message over as it arrives, hanging up on a rejecte
 
 trio-websocket writes each message with its own `send_all`, which dominates its cost, hands each
 received message through wsproto's frame parser and a channel to a second task, and keeps the
-socket of a rejected handshake open until the client closes it. Pinned by pyproject
+socket of a rejected handshake open until the client closes it. Its reader also drops TCP without a
+close frame on a client's protocol violation, and aborts at a client's EOF so that nothing queued can
+be written any more; this module's reader sends the close frame (1002, 1007) and, at an EOF, only
+ends the input (the owner writes what it queued, then closes). Pinned by pyproject
 (trio-websocket >=0.11,<0.13) and checked by tests/test_wsinternals.py; where the internals are
 missing, each function falls back to the public API.
 """
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import struct
 from collections.abc import Callable, Sequence
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
+from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import (
@@ -289,12 +293,13 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
 #: The methods of trio-websocket's WebSocketConnection that `serve_stream`'s reader calls (0.12's
 #: `_reader_task` calls them too), and the attributes of a connection it reads.
 _READER_METHODS = (
-    "_reader_task", "_get_request", "_abort_web_socket", "_close_stream", "_send",
+    "_reader_task", "_get_request", "_abort_web_socket", "_close_stream", "_close_web_socket", "_send",
     "_handle_accept_connection_event", "_handle_message_event", "_handle_close_connection_event",
     "_handle_ping_event", "_handle_pong_event", "_handle_reject_connection_event", "_handle_reject_data_event",
     "_handle_request_event",
 )
-_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_max_message_size")
+_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_max_message_size",
+                 "_close_reason", "_close_handshake")
 
 
 def reader_supported() -> bool:
@@ -306,9 +311,10 @@ async def serve_stream(
     nursery: trio.Nursery, stream: trio.abc.Stream, *, message_queue_size: int, max_message_size: int
 ) -> WebSocketRequest:
     """`trio_websocket.wrap_server_stream`, with this module's reader task (`_read`) in place of
-    trio-websocket's: the same handling of every event (handshake, ping, pong, close, errors), but a
-    plain text frame (the client's usual message) is parsed here, without wsproto. Where the
-    internals differ, it is `wrap_server_stream` itself."""
+    trio-websocket's: the same handling of every event (handshake, ping, pong, close), but a plain text
+    frame (the client's usual message) is parsed here, without wsproto; a protocol violation gets its close
+    frame (`_handle_close`) and a client's EOF ends only the input (`_end_input`). Where the internals
+    differ, it is `wrap_server_stream` itself."""
     if not reader_supported():  # pragma: no cover - another trio-websocket version
         return await wrap_server_stream(
             nursery, stream, message_queue_size=message_queue_size, max_message_size=max_message_size
@@ -438,17 +444,52 @@ YIELD_EVERY = 64
 _CROSSING = (Ping, TextMessage, BytesMessage)
 
 
+def _end_input(ws: WebSocketConnection) -> None:
+    """The client sent EOF while the WebSocket is open: it closed TCP, or only its sending half and may still
+    read. trio-websocket aborts there (1006), after which nothing more is written, so the answers to the last
+    commands, queued but not written yet, would be lost. Here only the input ends: the reader stops, the message
+    channel ends (`get_message` raises ConnectionClosed while `ws.closed` is still None), and the owner writes
+    what it has queued, then ends the connection (`abort`, or `aclose`: a close frame then waits for no answer)."""
+    ws._reader_running = False
+    ws._close_handshake.set()  # no close frame can come from the client any more
+
+
+#: The reason sent in a close frame is at most 123 bytes (RFC 6455 5.5: a control frame's payload is at most 125).
+_MAX_CLOSE_REASON = 123
+
+
+async def _handle_close(ws: WebSocketConnection, event: CloseConnection) -> None:
+    """trio-websocket's `_handle_close_connection_event`, except for a protocol violation: wsproto reports one
+    (an unmasked frame, RSV bits, a bad opcode, invalid UTF-8, a bad close code...) as a CloseConnection of code
+    1002 or 1007 while the connection is still OPEN (a close frame received has made it REMOTE_CLOSING), and
+    trio-websocket then drops TCP without a close frame. RFC 6455 7.1.7: the endpoint that fails the connection
+    SHOULD send a close frame with the code first; it is sent here, then TCP is closed (a server closes first)."""
+    if ws._wsproto.state is not ConnectionState.OPEN:
+        await ws._handle_close_connection_event(event)
+        return
+    ws._close_reason = CloseReason(event.code, event.reason or None)  # writers stop (ConnectionClosed) from here
+    reason = (event.reason or "").encode("utf-8")[:_MAX_CLOSE_REASON].decode("utf-8", "ignore")
+    try:
+        await ws._send(CloseConnection(code=event.code, reason=reason))
+    except ConnectionClosed:  # the client is gone: nothing to tell it
+        pass
+    await ws._close_web_socket(event.code, event.reason or None)
+    ws._close_handshake.set()
+    await ws._close_stream()
+
+
 async def _read(ws: WebSocketConnection) -> None:
     """trio-websocket's `_reader_task` (0.12.2) for a server connection, but once the connection is
     open, bytes that begin with complete plain text frames (`parse_text_frames`) while wsproto stands
     between frames skip wsproto: their messages go to the message channel (or the `take_messages`
     sink) as wsproto's would. Everything else (the handshake, control frames, fragments, partial
     frames, binary, invalid or too-big messages) goes through wsproto and trio-websocket's own
-    handlers, as in `_reader_task`."""
+    handlers, as in `_reader_task`, except a protocol violation (`_handle_close`) and the client's EOF
+    while the connection is open (`_end_input`)."""
     handlers = {
         AcceptConnection: ws._handle_accept_connection_event,
         BytesMessage: ws._handle_message_event,
-        CloseConnection: ws._handle_close_connection_event,
+        CloseConnection: functools.partial(_handle_close, ws),
         Ping: ws._handle_ping_event,
         Pong: ws._handle_pong_event,
         RejectConnection: ws._handle_reject_connection_event,
@@ -497,8 +538,10 @@ async def _read(ws: WebSocketConnection) -> None:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await ws._abort_web_socket()
                 break
-            if not data:  # the client closed TCP: abnormal unless the WebSocket was closed first
-                if wsproto.state is not ConnectionState.CLOSED:
+            if not data:  # the client closed TCP, or only its sending half (SHUT_WR), without a close frame
+                if wsproto.state is ConnectionState.OPEN:
+                    _end_input(ws)
+                elif wsproto.state is not ConnectionState.CLOSED:
                     await ws._abort_web_socket()
                 break
             if wsproto.state is ConnectionState.CLOSED:

@@ -44,6 +44,38 @@ DEFAULT_LIMIT = 5
 MAX_TOKEN_LENGTH = 4096
 
 
+#: The most characters of a client's value that a log line or an error message shows (see `shown`).
+SHOWN_CHARS = 120
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A client's `value` as a log line or an error message may show it: text as it is, anything else as
+    JSON; every character that is not printable (control characters, line and paragraph separators, format
+    characters such as bidi overrides, lone surrogates: what `repr` escapes) escaped as `repr` writes it
+    (`\\n`, `\\x1b`, `\\u2028`), so that a value never starts a log line of its own nor reaches a terminal
+    as a control sequence; cut after `limit` characters, then "...[N characters]" says how long it was.
+
+    Every value a client chose (a type, an id, a header, a path) goes through here before it is logged or
+    put in an error message. (`actors`, which may not import this, log such values with `%r`: the same
+    escaping; the ids they hold are bounded by this module's caps.)
+    """
+    if type(value) is str:
+        text = value
+    else:
+        try:
+            text = json.dumps(value, ensure_ascii=False)
+        except (TypeError, ValueError, RecursionError):  # an integer too long for str(), a foreign object
+            text = f"<{type(value).__name__}>"
+    if len(text) <= limit and text.isprintable():
+        return text
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else repr(c)[1:-1] for c in head)
+    if len(head) > limit or len(text) > limit:
+        return f"{head[:limit]}...[{len(text)} characters]"
+    return head
+
+
 class ProtocolError(Exception):
     """A client frame that cannot be accepted; becomes an `error` frame with `code`."""
 
@@ -479,8 +511,7 @@ def decode(data: str | bytes) -> Command:
     if type_ is None:
         raise ProtocolError("missing_type", "Message has no 'type'", request_id)
     if type(type_) is not str or type_ not in COMMAND_TYPES:
-        shown = type_ if isinstance(type_, str) else json.dumps(type_)
-        raise ProtocolError("unknown_type", f"Unknown message type: {shown}", request_id)
+        raise ProtocolError("unknown_type", f"Unknown message type: {shown(type_)}", request_id)
     try:
         # The command class's own structure hook, as the tagged union would call it (the "type" key is
         # an extra key, ignored): the union's dispatch is skipped.
@@ -491,7 +522,7 @@ def decode(data: str | bytes) -> Command:
     except ClassValidationError as exc:
         raise _field_problem(exc, type_, request_id) from None
     except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
-        raise ProtocolError("invalid_message", f"Invalid '{type_}' message: {exc}", request_id) from None
+        raise ProtocolError("invalid_message", f"Invalid '{type_}' message: {shown(str(exc))}", request_id) from None
 
 
 def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None) -> ProtocolError:

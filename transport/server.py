@@ -37,6 +37,7 @@ from ._http import (
 )
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
+from .protocol import shown
 from ._wsinternals import drop_handshake_parser, reject, serve_stream
 from ._settings import ServerSettings
 
@@ -102,6 +103,7 @@ class Server:
             connections=lambda: len(self.connections),
             agents=lambda: [(a.agent_id, a.in_flight, a.lanes) for a in (self.agents or {}).values()],
             journal=lambda: (self.journal.events_appended, self.journal.commits) if self.journal else (0, 0),
+            appends_failing=lambda: self.journal is not None and self.journal.failing is not None,
             db_bytes=lambda: self._db_bytes,
         ))
         files = load_static_files(package_static_dir() if static_dir is None else static_dir)
@@ -234,10 +236,11 @@ class Server:
         try:
             response = await self.http.respond(head)
         except Exception:
-            logger.exception("HTTP %s %s failed", head.method[:20], head.path[:200])
+            logger.exception("HTTP %s %s failed", shown(head.method), shown(head.path))
             response = text_response(500, "Internal server error\n")
         self.metrics.http_requests.labels(self.http.route_of(head.path), str(response.status)).inc()
-        logger.debug("http %s %s -> %d (remote %s)", head.method[:20], head.path[:200], response.status, remote_of(stream))
+        logger.debug("http %s %s -> %d (remote %s)", shown(head.method), shown(head.path), response.status,
+                     remote_of(stream))
         await write_response(stream, response, head_only=head.method == "HEAD")
 
     async def _serve_websocket(self, stream: PrefixedStream, deadline: float) -> None:
@@ -259,10 +262,15 @@ class Server:
 
     async def _health(self) -> HttpResponse:
         """GET /healthz: 200 if the database is writable now (its write lock can be taken, between group
-        commits), else 503 with the reason."""
+        commits) and appends succeed, else 503 with the reason. From an append that failed until one
+        succeeds (a full disk lets the lock be taken but no commit through), it is 503 with the store's reason."""
         body = {"status": "ok", "db": "writable", "connections": len(self.connections)}
         if not self._accepting or self.journal is None:
             body.update(status="unavailable", reason="the server is shutting down")
+            return json_response(503, json.dumps(body).encode())
+        failing = self.journal.failing
+        if failing is not None:
+            body.update(status="unavailable", db="not writable", reason=f"appends fail: {failing}"[:200])
             return json_response(503, json.dumps(body).encode())
         try:
             with trio.fail_after(HEALTH_TIMEOUT):
@@ -288,7 +296,7 @@ class Server:
                 await self._refuse(request, 404, body=f"Not found: the WebSocket endpoint is {WS_PATH}\n".encode())
                 return
             if not origin_allowed(request.headers, self.settings.allow_origins):
-                origins = [v.decode("latin-1")[:200] for n, v in request.headers if n.lower() == b"origin"]
+                origins = [shown(v.decode("latin-1")) for n, v in request.headers if n.lower() == b"origin"]
                 logger.info("refused a handshake from Origin %s (remote %s)", ", ".join(origins), request.remote)
                 await self._refuse(request, 403, body=b"Forbidden: this Origin may not connect (see allow_origins)\n")
                 return
@@ -320,7 +328,7 @@ class Server:
             ws = await request.accept()
             drop_handshake_parser(ws)
         except Exception as exc:  # the client left during the handshake
-            logger.debug("handshake failed: %r", exc)
+            logger.debug("handshake failed: %s", shown(repr(exc), 300))
             return None
         finally:
             if reserved:
