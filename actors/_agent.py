@@ -189,6 +189,8 @@ class Audience:
 
     def __init__(self) -> None:
         self._subscribers: dict[tuple[str, str], dict[Outbox, str]] = {}
+        #: The backlogs being delivered, by (agent, user, outbox): at most one each (a user's resumes run in its lane).
+        self._backlogs: dict[tuple[str, str, Outbox], Backlog] = {}
 
     def subscribe(self, agent_id: str, user: str, outbox: Outbox, *, held: bool = False) -> None:
         """Subscribe `outbox` (live). With `held`, register it for a pending `Resume` instead; an
@@ -217,12 +219,29 @@ class Audience:
             self.unsubscribe(agent_id, user, outbox)
 
     def unsubscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        """Drop `outbox`'s subscription to `agent_id` under `user`; a backlog under way to it stops at once."""
         key = (agent_id, user)
         subs = self._subscribers.get(key)
         if subs is not None:
             subs.pop(outbox, None)
             if not subs:
                 del self._subscribers[key]
+        if self._backlogs:
+            backlog = self._backlogs.pop((agent_id, user, outbox), None)
+            if backlog is not None:
+                backlog.withdrawn = True
+
+    def backlog(self, agent_id: str, user: str, outbox: Outbox) -> "Backlog":
+        """Register a backlog about to be delivered to `outbox`: it is `withdrawn` as soon as that
+        subscription is dropped (unsubscribed, the connection's user switched or gone), even if the
+        outbox subscribes again meanwhile. `end_backlog` unregisters it."""
+        backlog = self._backlogs[(agent_id, user, outbox)] = Backlog()
+        return backlog
+
+    def end_backlog(self, agent_id: str, user: str, outbox: Outbox, backlog: "Backlog") -> None:
+        key = (agent_id, user, outbox)
+        if self._backlogs.get(key) is backlog:
+            del self._backlogs[key]
 
     def recipients(self, agent_id: str, user: str, origin: Outbox) -> "Recipients":
         """`origin`, then every other outbox subscribed to `agent_id` under `user`: each once."""
@@ -239,6 +258,15 @@ class Audience:
         """True while `outbox` is a tail subscriber (a resumed one) of `agent_id` under `user`."""
         subs = self._subscribers.get((agent_id, user))
         return subs is not None and subs.get(outbox) == _TAIL
+
+
+class Backlog:
+    """A resume's backlog under way (`Audience.backlog`): `withdrawn` once its subscription is dropped."""
+
+    __slots__ = ("withdrawn",)
+
+    def __init__(self) -> None:
+        self.withdrawn = False
 
 
 class Recipients:
@@ -761,6 +789,9 @@ class Agent:
         no gap and no duplicate. The backlog is read BACKLOG_PAGE events at a time on the
         journal's readers, and before each output it waits for room in the origin's queue (a
         `PacedOutbox`), so neither the lane nor the connection holds the whole history.
+
+        The backlog stops as soon as the subscription is dropped (an unsubscribe, a switch of the
+        connection's user, its end): nothing of it is delivered after that, wherever it was.
         """
         agent_id, user, origin = self.agent_id, cmd.user, cmd.origin
         audience = self._audience
@@ -769,6 +800,7 @@ class Agent:
         room = getattr(origin, "room", None)
         memory: Memory | None = None  # as of the previous event; read only once a long-term clear needs it
         window = self.spec.short_term_window
+        backlog = audience.backlog(agent_id, user, origin)
         try:
             origin.deliver(Resumed(agent_id, cmd.after_seq, cmd.request_id))
             after = cmd.after_seq
@@ -786,16 +818,19 @@ class Agent:
                     for output in outputs:
                         if room is not None:
                             await room()
+                        if backlog.withdrawn:  # checked after every wait: the rest is not wanted
+                            return
                         origin.deliver(output)
-                if len(page) < BACKLOG_PAGE:
+                if len(page) < BACKLOG_PAGE or backlog.withdrawn:
                     break
                 after = page[-1].seq
-                if not audience.subscribed(agent_id, user, origin):
-                    return  # withdrawn mid-way: the rest is not wanted
         except BaseException:
             audience.release(agent_id, user, origin)  # no live stream after an incomplete backlog
             raise
-        audience.tail(agent_id, user, origin)
+        finally:
+            audience.end_backlog(agent_id, user, origin, backlog)
+        if not backlog.withdrawn:
+            audience.tail(agent_id, user, origin)
 
 
 def _answered_from_log(agent_id: str, ending: Recorded, rid: str | None, recipients: Recipients) -> bool:
