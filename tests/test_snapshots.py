@@ -164,6 +164,7 @@ async def test_a_lane_replaces_a_snapshot_that_lists_every_clear(db_path, monkey
         await c.request({"type": "set_user", "user_id": "s"}, "user_set")
         frames = await c.request({"type": "chat", "agent_id": "a", "message": "three"}, "agent_done")
         assert "remember 2 earlier messages" in frames[-2]["message"]
+        await server.agents.wait_idle()  # the snapshot is saved once the turn is answered
         with EventLog.open(db_path, readonly=True) as log:
             (state,) = log._conn.execute("SELECT state FROM snapshots WHERE agent_id = 'a' AND user = 's'").fetchone()
             assert len(json.loads(state)["clears"]) == 2
