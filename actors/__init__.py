@@ -2,7 +2,7 @@
 
 Must not import `transport` (enforced by tests/test_layers.py).
 """
-from ._agent import ON_BUSY, Agent, Agents, AgentSpec, Audience, Busy, NothingToCancel, RunningTurn, utc_now
+from ._agent import ON_BUSY, Agent, Agents, AgentSpec, Audience, Busy, LaneBudget, NothingToCancel, RunningTurn, utc_now
 from ._brain import BRAINS, Brain, BrainError, BrainItem, EchoBrain, ToolCall, ToolResult, Turn, Usage, split_chunks
 from ._openai import OpenAIBrain
 from ._tools import TOOLS, MemoryAccess, Tool, ToolContext, ToolError, Toolbox, ToolOutcome, resolve_tools, tool
@@ -37,7 +37,7 @@ __all__ = [
     "Busy", "ChatTurn", "ClearMemory", "ConfigError", "DEFAULT_AGENTS", "EchoBrain", "Failed", "Found",
     "Journal", "MemoryWasCleared", "Outbox", "Output", "SearchMemory", "SearchResults", "Turn",
     "TurnChunk", "TurnDone", "TurnResponse", "TurnStarted", "agent_specs", "split_chunks", "utc_now",
-    "PacedOutbox", "Resume", "Resumed", "UserSaid",
+    "PacedOutbox", "Resume", "Resumed", "UserSaid", "LaneBudget",
     # real models: the openai brain, tools, cancellation
     "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "RunningTurn", "TOOLS", "Tool",
     "ToolCall", "ToolContext", "ToolError", "ToolOutcome", "ToolResult", "Toolbox", "TurnCancelled", "TurnToolCall",

@@ -1,10 +1,11 @@
 """`Agent`: one actor per configured agent, with a bounded mailbox and a lane per user.
 
-Owns turn execution and who hears it (`Audience`). Must not import `transport`.
+Owns turn execution, who hears it (`Audience`) and how many lanes stay in memory (`LaneBudget`).
+Must not import `transport`.
 """
 from __future__ import annotations
 
-import heapq
+import collections
 import itertools
 import logging
 import math
@@ -65,6 +66,10 @@ logger = logging.getLogger("agentcast.actors")
 #: Events read from the log at a time for a resumed subscription's backlog (never the whole history at once).
 BACKLOG_PAGE = 500
 
+
+#: The defaults of `LaneBudget`: resident lanes, and UTF-8 bytes of text in their short-term windows.
+DEFAULT_MAX_LANES = 10_000
+DEFAULT_MAX_LANES_WINDOW_BYTES = 64 * 1024 * 1024
 
 #: A lane saves a snapshot of its memory once this many events were folded since the last one,
 #: so that rebuilding a lane folds at most about this many events whatever its history.
@@ -189,6 +194,8 @@ class Audience:
 
     def __init__(self) -> None:
         self._subscribers: dict[tuple[str, str], dict[Outbox, str]] = {}
+        #: The backlogs being delivered, by (agent, user, outbox): at most one each (a user's resumes run in its lane).
+        self._backlogs: dict[tuple[str, str, Outbox], Backlog] = {}
 
     def subscribe(self, agent_id: str, user: str, outbox: Outbox, *, held: bool = False) -> None:
         """Subscribe `outbox` (live). With `held`, register it for a pending `Resume` instead; an
@@ -217,12 +224,29 @@ class Audience:
             self.unsubscribe(agent_id, user, outbox)
 
     def unsubscribe(self, agent_id: str, user: str, outbox: Outbox) -> None:
+        """Drop `outbox`'s subscription to `agent_id` under `user`; a backlog under way to it stops at once."""
         key = (agent_id, user)
         subs = self._subscribers.get(key)
         if subs is not None:
             subs.pop(outbox, None)
             if not subs:
                 del self._subscribers[key]
+        if self._backlogs:
+            backlog = self._backlogs.pop((agent_id, user, outbox), None)
+            if backlog is not None:
+                backlog.withdrawn = True
+
+    def backlog(self, agent_id: str, user: str, outbox: Outbox) -> "Backlog":
+        """Register a backlog about to be delivered to `outbox`: it is `withdrawn` as soon as that
+        subscription is dropped (unsubscribed, the connection's user switched or gone), even if the
+        outbox subscribes again meanwhile. `end_backlog` unregisters it."""
+        backlog = self._backlogs[(agent_id, user, outbox)] = Backlog()
+        return backlog
+
+    def end_backlog(self, agent_id: str, user: str, outbox: Outbox, backlog: "Backlog") -> None:
+        key = (agent_id, user, outbox)
+        if self._backlogs.get(key) is backlog:
+            del self._backlogs[key]
 
     def recipients(self, agent_id: str, user: str, origin: Outbox) -> "Recipients":
         """`origin`, then every other outbox subscribed to `agent_id` under `user`: each once."""
@@ -239,6 +263,15 @@ class Audience:
         """True while `outbox` is a tail subscriber (a resumed one) of `agent_id` under `user`."""
         subs = self._subscribers.get((agent_id, user))
         return subs is not None and subs.get(outbox) == _TAIL
+
+
+class Backlog:
+    """A resume's backlog under way (`Audience.backlog`): `withdrawn` once its subscription is dropped."""
+
+    __slots__ = ("withdrawn",)
+
+    def __init__(self) -> None:
+        self.withdrawn = False
 
 
 class Recipients:
@@ -296,17 +329,86 @@ class Recipients:
                 outbox.deliver(output)
 
 
+class LaneBudget:
+    """How many lanes may stay in memory, shared by all the agents of a server: at most `max_lanes`
+    lanes, holding at most `max_window_bytes` bytes (UTF-8) of message text in their short-term
+    windows, all agents together (so that the process is bounded however many agents it has).
+
+    Beyond either bound the least recently used idle lanes (no command queued or running) are
+    dropped, whichever agent they belong to; a dropped lane is rebuilt from the log on next use.
+    A busy lane is never dropped: while every lane is busy, the bounds can be exceeded by the
+    lanes of the commands in flight (each agent holds at most `mailbox_size` of them, plus one per
+    user with nothing queued).
+    """
+
+    def __init__(self, max_lanes: int = DEFAULT_MAX_LANES, max_window_bytes: int = DEFAULT_MAX_LANES_WINDOW_BYTES) -> None:
+        if max_lanes < 1 or max_window_bytes < 1:
+            raise ValueError("max_lanes and max_lanes_window_bytes must be at least 1")
+        self.max_lanes = max_lanes
+        self.max_window_bytes = max_window_bytes
+        #: Lanes in memory, busy or idle, of all the agents.
+        self.lanes = 0
+        #: UTF-8 bytes of the message text in those lanes' short-term windows.
+        self.window_bytes = 0
+        self._agents: list[Agent] = []
+
+    def _join(self, agent: "Agent") -> None:
+        self._agents.append(agent)
+
+    def _enforce(self) -> None:
+        """Drop idle lanes, least recently used first (across agents), until within both bounds
+        or no lane is idle. O(agents) per lane dropped."""
+        while self.lanes > self.max_lanes or self.window_bytes > self.max_window_bytes:
+            oldest: tuple[Agent, str, _Lane] | None = None
+            for agent in self._agents:
+                idle = agent._idle_lanes
+                if idle:
+                    user, lane = next(iter(idle.items()))
+                    if oldest is None or lane.idle_since < oldest[2].idle_since:
+                        oldest = (agent, user, lane)
+            if oldest is None:
+                return
+            oldest[0]._drop_lane(oldest[1], oldest[2])
+
+
+def _window_bytes(before: Memory | None, before_bytes: int, after: Memory | None) -> int:
+    """UTF-8 bytes of the text in `after`'s short-term window, given those (`before_bytes`) of
+    `before`, an earlier memory of the same lane (or None): only the messages that left the window
+    and those that entered it are measured, so a turn costs O(its messages), not O(window)."""
+    if after is None or not after.short_term:
+        return 0
+    if before is None:
+        return sum(len(m.content.encode("utf-8", "surrogatepass")) for m in after.short_term)
+    size = before_bytes
+    first = after.short_term[0].seq
+    for message in before.short_term:  # left the window (or a clear emptied it)
+        if message.seq >= first:
+            break
+        text = message.content  # (`len` is the size of an ASCII text, and cheaper than encoding it)
+        size -= len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    last = before.last_seq
+    for message in reversed(after.short_term):  # entered it
+        if message.seq <= last:
+            break
+        text = message.content
+        size += len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    return size
+
+
 class _Lane:
     """A user's lane: its queue of commands, its memory, and since when it has been idle (no command queued or running)."""
 
-    __slots__ = ("send", "receive", "idle_since", "reaping", "memory", "saved", "interrupted")
+    __slots__ = ("send", "receive", "idle_since", "idle", "memory", "counted", "window_bytes", "saved", "interrupted")
 
     def __init__(self, send: trio.MemorySendChannel, receive: trio.MemoryReceiveChannel) -> None:
         self.send = send
         self.receive = receive
         self.idle_since = 0.0  # trio time; meaningful while the user has no command queued or running
-        self.reaping = False  # the lane has an entry in Agent._idle_lanes
+        self.idle = False  # the lane is in Agent._idle_lanes
         self.memory: Memory | None = None  # None until read from the log (and again after a failure)
+        #: The memory whose short-term window `window_bytes` measures (counted in the `LaneBudget`).
+        self.counted: Memory | None = None
+        self.window_bytes = 0
         self.saved = 0  # the version of the memory's latest snapshot
         #: A chat whose brain a cancel interrupted: it ends (`Agent._end_chat`) once out of the cancelled scope.
         self.interrupted: _Chat | None = None
@@ -334,7 +436,8 @@ class Agent:
     (in a nursery) for commands to be carried out.
     """
 
-    def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now) -> None:
+    def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
+                 budget: LaneBudget | None = None) -> None:
         self.spec = spec
         self.agent_id = spec.agent_id
         self._journal = journal
@@ -346,11 +449,14 @@ class Agent:
         self._mailbox_send, self._mailbox_receive = trio.open_memory_channel[AgentCommand](math.inf)
         self._nursery: trio.Nursery | None = None  # the lanes' nursery, while `run` runs
         self._lanes: dict[str, _Lane] = {}
-        # Idle lanes are dropped by one task (`_drop_idle_lanes`) rather than each lane waiting for its
-        # next command under a timeout of its own (a cancel scope per command): a heap of (due, user),
-        # at most one entry per lane, woken through `_reaper`'s deadline.
-        self._idle_lanes: list[tuple[float, str]] = []
+        # The idle lanes (no command queued or running), least recently used first: they fell idle in
+        # this order. Those idle for lane_idle_seconds are dropped by one task (`_drop_idle_lanes`, woken
+        # through `_reaper`'s deadline) rather than each lane waiting for its next command under a
+        # timeout of its own (a cancel scope per command); the `LaneBudget` drops them from the front too.
+        self._idle_lanes: collections.OrderedDict[str, _Lane] = collections.OrderedDict()
         self._reaper: trio.CancelScope | None = None
+        self._budget = budget if budget is not None else LaneBudget()
+        self._budget._join(self)
         self._pending: dict[str, int] = {}  # per user: commands queued or running
         self._per_origin: dict[Outbox, int] = {}  # per connection: commands queued or running
         self._in_flight = 0
@@ -461,6 +567,15 @@ class Agent:
             send, receive = trio.open_memory_channel[AgentCommand](math.inf)  # bounded by submit
             lane = self._lanes[command.user] = _Lane(send, receive)
             nursery.start_soon(self._run_lane, command.user, lane)
+            lane.send.send_nowait(command)
+            budget = self._budget
+            budget.lanes += 1
+            if budget.lanes > budget.max_lanes:
+                budget._enforce()
+            return
+        if lane.idle:  # busy from now
+            lane.idle = False
+            del self._idle_lanes[command.user]
         lane.send.send_nowait(command)
 
     # -- lanes ---------------------------------------------------------------------------
@@ -474,13 +589,21 @@ class Agent:
             del self._pending[user]
             lane = self._lanes.get(user)
             if lane is not None:  # idle from now: dropped lane_idle_seconds later unless used again
+                budget = self._budget
+                memory = lane.memory
+                if memory is not lane.counted:  # the budget counts its window as it is now
+                    size = _window_bytes(lane.counted, lane.window_bytes, memory)
+                    budget.window_bytes += size - lane.window_bytes
+                    lane.window_bytes, lane.counted = size, memory
                 lane.idle_since = trio.current_time()
-                if not lane.reaping:
-                    lane.reaping = True
-                    due = lane.idle_since + self.spec.lane_idle_seconds
-                    heapq.heappush(self._idle_lanes, (due, user))
-                    if self._reaper is not None and due < self._reaper.deadline:
-                        self._reaper.deadline = due
+                lane.idle = True
+                idle_lanes = self._idle_lanes
+                idle_lanes[user] = lane
+                # The reaper sleeps until the first idle lane is due (or earlier): this one, if it is the only one.
+                if len(idle_lanes) == 1 and self._reaper is not None:
+                    self._reaper.deadline = lane.idle_since + self.spec.lane_idle_seconds
+                if budget.window_bytes > budget.max_window_bytes or budget.lanes > budget.max_lanes:
+                    budget._enforce()
         left = self._per_origin[origin] - 1
         if left:
             self._per_origin[origin] = left
@@ -564,29 +687,32 @@ class Agent:
             await self._journal.save_snapshot(memory)
             lane.saved = memory.version
 
+    def _drop_lane(self, user: str, lane: _Lane) -> None:
+        """Drop the idle `lane` (its memory is rebuilt from the log on next use): close its queue, which ends its task."""
+        del self._idle_lanes[user]
+        del self._lanes[user]
+        lane.idle = False
+        lane.send.close()
+        budget = self._budget
+        budget.lanes -= 1
+        budget.window_bytes -= lane.window_bytes
+
     async def _drop_idle_lanes(self) -> None:
-        """Drop each lane idle for `lane_idle_seconds` (its memory is rebuilt from the log on next use):
-        close its queue, which ends its task. Sleeps until the next lane is due."""
+        """Drop each lane idle for `lane_idle_seconds`. Sleeps until the next lane is due: the lanes
+        fell idle in the order of `_idle_lanes`, so the first is the first due."""
         idle = self.spec.lane_idle_seconds
-        heap = self._idle_lanes
+        lanes = self._idle_lanes
         while True:
             now = trio.current_time()
-            while heap and heap[0][0] <= now:
-                _, user = heapq.heappop(heap)
-                lane = self._lanes.get(user)
-                if lane is None or not lane.reaping:
-                    continue
-                lane.reaping = False
-                if user in self._pending:
-                    continue  # busy again: queued anew when it next falls idle
+            deadline = math.inf
+            while lanes:
+                user, lane = next(iter(lanes.items()))
                 due = lane.idle_since + idle
-                if due <= now:  # no await between this check and the removal
-                    del self._lanes[user]
-                    lane.send.close()
-                else:  # used since it was queued, and idle again
-                    lane.reaping = True
-                    heapq.heappush(heap, (due, user))
-            self._reaper = trio.CancelScope(deadline=heap[0][0] if heap else math.inf)
+                if due > now:
+                    deadline = due
+                    break
+                self._drop_lane(user, lane)
+            self._reaper = trio.CancelScope(deadline=deadline)
             with self._reaper:
                 await trio.sleep_forever()
 
@@ -763,6 +889,9 @@ class Agent:
         no gap and no duplicate. The backlog is read BACKLOG_PAGE events at a time on the
         journal's readers, and before each output it waits for room in the origin's queue (a
         `PacedOutbox`), so neither the lane nor the connection holds the whole history.
+
+        The backlog stops as soon as the subscription is dropped (an unsubscribe, a switch of the
+        connection's user, its end): nothing of it is delivered after that, wherever it was.
         """
         agent_id, user, origin = self.agent_id, cmd.user, cmd.origin
         audience = self._audience
@@ -771,6 +900,7 @@ class Agent:
         room = getattr(origin, "room", None)
         memory: Memory | None = None  # as of the previous event; read only once a long-term clear needs it
         window = self.spec.short_term_window
+        backlog = audience.backlog(agent_id, user, origin)
         try:
             origin.deliver(Resumed(agent_id, cmd.after_seq, cmd.request_id))
             after = cmd.after_seq
@@ -788,16 +918,19 @@ class Agent:
                     for output in outputs:
                         if room is not None:
                             await room()
+                        if backlog.withdrawn:  # checked after every wait: the rest is not wanted
+                            return
                         origin.deliver(output)
-                if len(page) < BACKLOG_PAGE:
+                if len(page) < BACKLOG_PAGE or backlog.withdrawn:
                     break
                 after = page[-1].seq
-                if not audience.subscribed(agent_id, user, origin):
-                    return  # withdrawn mid-way: the rest is not wanted
         except BaseException:
             audience.release(agent_id, user, origin)  # no live stream after an incomplete backlog
             raise
-        audience.tail(agent_id, user, origin)
+        finally:
+            audience.end_backlog(agent_id, user, origin, backlog)
+        if not backlog.withdrawn:
+            audience.tail(agent_id, user, origin)
 
 
 def _answered_from_log(agent_id: str, ending: Recorded, rid: str | None, recipients: Recipients) -> bool:
@@ -859,8 +992,11 @@ def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> tuple[Outp
 class Agents(Mapping[str, Agent]):
     """The configured agents by id, run together in one nursery."""
 
-    def __init__(self, specs: Iterable[AgentSpec], journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now) -> None:
-        self._agents = {s.agent_id: Agent(s, journal, audience, clock) for s in specs}
+    def __init__(self, specs: Iterable[AgentSpec], journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
+                 budget: LaneBudget | None = None) -> None:
+        #: The bounds on resident lanes, shared by all the agents.
+        self.budget = budget if budget is not None else LaneBudget()
+        self._agents = {s.agent_id: Agent(s, journal, audience, clock, self.budget) for s in specs}
 
     def __getitem__(self, agent_id: str) -> Agent:
         return self._agents[agent_id]

@@ -24,6 +24,7 @@ from ._events import (
     EVENT_TYPES,
     REDACTED,
     ROLE_OF_TYPE,
+    MemoryCleared,
     Recorded,
     UndecodableEvent,
     event_from_row,
@@ -167,6 +168,18 @@ def activity_at(log: EventLog, agent_id: str, user: str, *, cut: Cut = Cut()) ->
     return [r for r in recorded if cut.admits(r)]
 
 
+def clears_at(log: EventLog, agent_id: str, user: str, *, cut: Cut = Cut()) -> list[Clear]:
+    """Every clear of (agent_id, user)'s memory as of `cut`, in seq order, read from the log (the
+    memory itself keeps only the last of each kind)."""
+    sql = "SELECT seq, type, agent_id, user, at, payload FROM events WHERE agent_id = ? AND user = ? AND type = ?"
+    params: list[object] = [agent_id, user, MemoryCleared.TYPE]
+    if cut.until_seq is not None:
+        sql += " AND seq <= ?"
+        params.append(cut.until_seq)
+    recorded = [Recorded(row[0], event_from_row(*row[1:])) for row in log._conn.execute(sql + " ORDER BY seq", params)]
+    return [Clear(r.seq, r.event.at, r.event.long_term) for r in recorded if cut.admits(r)]
+
+
 # -- the raw events --------------------------------------------------------------------------
 
 
@@ -265,17 +278,17 @@ class _Stream:
     """One stream's memory while the one-pass rebuild runs: what `fold` would hold, kept in
     mutable form (the short-term window as a bounded deque of events) and made a `Memory` at the end."""
 
-    __slots__ = ("recent", "since", "count", "clears", "last_seq", "version")
+    __slots__ = ("recent", "since", "count", "last_clear", "last_seq", "version")
 
     def __init__(self, window: int) -> None:
         self.recent: collections.deque = collections.deque(maxlen=window)
         self.since = self.count = self.last_seq = self.version = 0
-        self.clears: list[Clear] = []
+        self.last_clear: dict[bool, Clear] = {}  # the last clear of each kind, by `long_term`
 
     def memory(self, agent_id: str, user: str, window: int) -> Memory:
         short = tuple(Message(*item) for item in self.recent)
-        return Memory(agent_id, user, window, short, self.since, self.count, tuple(self.clears),
-                      self.last_seq, self.version)
+        last_clears = tuple(sorted(self.last_clear.values(), key=lambda c: c.seq))
+        return Memory(agent_id, user, window, short, self.since, self.count, last_clears, self.last_seq, self.version)
 
 
 def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]:
@@ -318,7 +331,7 @@ def _fold_rows(cursor, batch: int, window: int, out: Rebuilt) -> tuple[int, int]
             if type_ in ACTIVITY_TYPES:
                 continue
             if type_ == "memory_cleared":
-                stream.clears.append(Clear(seq, at, body["long_term"]))
+                stream.last_clear[body["long_term"]] = Clear(seq, at, body["long_term"])
                 stream.recent.clear()
                 if body["long_term"]:
                     stream.since, stream.count = seq, 0

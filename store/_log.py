@@ -24,7 +24,7 @@ from ._events import (
     payload_of,
     redacted_payload,
 )
-from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_from_json, memory_to_json
+from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_to_json, read_snapshot
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
 from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
@@ -319,19 +319,20 @@ class EventLog:
         """The current memory of (agent_id, user): its latest snapshot plus the events after it.
 
         Returns the memory and how many events were folded onto the snapshot (all of them if
-        there was none), so the caller can tell when a new snapshot is worth saving.
+        there was none, or if it is to be written anew: one of an earlier version that listed every
+        clear), so the caller can tell when a new snapshot is worth saving.
         """
         row = self._conn.execute(
             "SELECT seq, state FROM snapshots WHERE agent_id = ? AND user = ? AND window = ?",
             (agent_id, user, window),
         ).fetchone()
-        start = Memory(agent_id, user, window) if row is None else memory_from_json(agent_id, user, row[1])
+        start, stale = (Memory(agent_id, user, window), False) if row is None else read_snapshot(agent_id, user, row[1])
         rows = self._conn.execute(
             "SELECT seq, type, at, payload FROM events WHERE agent_id = ? AND user = ? AND seq > ? ORDER BY seq",
             (agent_id, user, 0 if row is None else row[0]),
         )
         memory = fold_rows(start, rows)
-        return memory, memory.version - start.version
+        return memory, memory.version if stale else memory.version - start.version
 
     def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
         """The logged turn of the chat command `command_id`: its user message and how it ended — its

@@ -23,6 +23,7 @@ from actors import (
     EchoBrain,
     Failed,
     Journal,
+    LaneBudget,
     MemoryWasCleared,
     SearchMemory,
     SearchResults,
@@ -128,8 +129,8 @@ class FaultyBrain:
 
 
 @asynccontextmanager
-async def running(tmp_path, *specs: AgentSpec):
-    """A journal on a fresh log and one running `Agent` per spec, cancelled on exit."""
+async def running(tmp_path, *specs: AgentSpec, budget: LaneBudget | None = None):
+    """A journal on a fresh log and one running `Agent` per spec (sharing `budget`, if given), cancelled on exit."""
     path = tmp_path / "a.db"
     log = EventLog.open(path)
     try:
@@ -139,7 +140,7 @@ async def running(tmp_path, *specs: AgentSpec):
             await nursery.start(journal.run)
             agents = {}
             for spec in specs:
-                agents[spec.agent_id] = Agent(spec, journal, audience, clock=lambda: AT)
+                agents[spec.agent_id] = Agent(spec, journal, audience, clock=lambda: AT, budget=budget)
                 await nursery.start(agents[spec.agent_id].run)
             yield SimpleNamespace(path=path, journal=journal, audience=audience, agents=agents)
             nursery.cancel_scope.cancel()
@@ -565,6 +566,120 @@ async def test_a_turn_longer_than_lane_idle_seconds_keeps_its_lane(tmp_path, aut
         assert answer.message == "done thinking"
         await trio.sleep(61)
         assert agent.lanes == 0
+
+
+# -- resident lanes: LaneBudget ------------------------------------------------------------------
+
+
+def resident(agents) -> dict[tuple[str, str], object]:
+    """The memory of every lane in memory, by (agent, user)."""
+    return {(a.agent_id, user): lane.memory for a in agents.values() for user, lane in a._lanes.items()}
+
+
+def window_bytes(memory) -> int:
+    return sum(len(m.content.encode()) for m in memory.short_term) if memory is not None else 0
+
+
+async def test_resident_lanes_and_their_window_bytes_stay_within_the_budget_least_recently_used_go(tmp_path, mock_clock):
+    """Many new users, each chatting once, some with big messages, across two agents sharing one budget:
+    after every command the lanes in memory and the UTF-8 bytes of their windows are within the bounds,
+    the lanes kept are the most recently used, and a dropped user's next command has the same memory."""
+    budget = LaneBudget(max_lanes=6, max_window_bytes=120_000)
+    specs = [AgentSpec(agent_id, EchoBrain(), lane_idle_seconds=3600) for agent_id in ("a", "b")]
+    async with running(tmp_path, *specs, budget=budget) as w:
+        out = Recorder()
+        big = "\N{GRINNING FACE}" * 5_000  # 20,000 bytes: with its echo, a window of over 40,000
+        used: list[tuple[str, str]] = []  # (agent, user), least recently used first
+        memories = {}
+        for i in range(40):
+            key = ("a" if i % 3 else "b", f"user{i}")
+            w.agents[key[0]].submit(chat(key[1], big if i % 2 else f"small {i}", out))
+            await out.wait_for(TurnDone, i + 1)
+            await w.agents[key[0]].wait_idle()
+            mock_clock.jump(1)
+            used.append(key)
+            lanes = resident(w.agents)
+            memories[key] = lanes[key]  # kept at least until the next command
+            assert budget.lanes == len(lanes) <= 6
+            assert budget.window_bytes == sum(map(window_bytes, lanes.values())) <= 120_000
+            assert set(lanes) == set(used[len(used) - len(lanes):])  # the most recently used ones
+        assert budget.window_bytes > 80_000 and 2 <= budget.lanes < 6  # the bytes bound dropped some
+        # A user whose lane was dropped: the next command rebuilds it from the log, the same memory.
+        for key in (used[0], used[1], used[2]):
+            assert key not in resident(w.agents)
+            agent = w.agents[key[0]]
+            agent.submit(search(key[1], "small", out, long_term=True, request_id=f"s-{key[1]}"))
+            await out.wait_for(SearchResults, len(out.of(SearchResults)) + 1)
+            memory = agent._lanes[key[1]].memory
+            assert memory is not None and memory.version == 2
+            assert memory == memories[key] == logged_memory(w.path, key)  # as it was before it was dropped
+            await agent.wait_idle()
+        # and a chat finds what it remembered
+        agent = w.agents[used[0][0]]
+        agent.submit(chat(used[0][1], "again", out, "again"))
+        (answer,) = [o for o in await out.wait_for(TurnResponse, 41) if o.request_id == "again"]
+        assert "I remember 2 earlier messages" in answer.message
+
+
+def logged_memory(path, key):
+    with EventLog.open(path, readonly=True) as reader:
+        return reader.memory(key[0], key[1])
+
+
+async def test_a_busy_lane_is_never_dropped_and_the_bound_holds_again_once_it_is_idle(tmp_path, mock_clock):
+    budget = LaneBudget(max_lanes=2, max_window_bytes=10**9)
+    brain = GateBrain(expected=3)
+    async with running(tmp_path, AgentSpec("a", brain), budget=budget) as w:
+        agent, out = w.agents["a"], Recorder()
+        for user in ("u1", "u2", "u3"):
+            agent.submit(chat(user, f"hello from {user}", out))
+        agent.submit(search("u1", "hello", out, long_term=True))  # queued behind u1's chat
+        with trio.fail_after(WAIT):
+            await brain.all_entered.wait()
+        assert agent.lanes == budget.lanes == 3  # beyond the bound while all three are busy
+        brain.release.set()
+        await agent.wait_idle()
+        assert agent.lanes == budget.lanes == 2
+        assert len(out.of(TurnDone)) == 3 and len(out.of(SearchResults)) == 1
+
+
+async def test_a_window_larger_than_the_whole_budget_is_dropped_once_idle_and_rebuilt_on_next_use(tmp_path):
+    budget = LaneBudget(max_lanes=100, max_window_bytes=1_000)
+    async with running(tmp_path, AgentSpec("a", EchoBrain()), budget=budget) as w:
+        agent, out = w.agents["a"], Recorder()
+        agent.submit(chat("small", "hi", out))
+        await out.wait_for(TurnDone)
+        await agent.wait_idle()
+        assert agent.lanes == 1 and 0 < budget.window_bytes < 1_000
+        agent.submit(chat("huge", "é" * 600, out))  # 1,200 bytes (600 characters), and its echo
+        await out.wait_for(TurnDone, 2)
+        await agent.wait_idle()
+        assert budget.lanes == agent.lanes == 0 and budget.window_bytes == 0  # "small" went first, then "huge"
+        agent.submit(chat("huge", "still there?", out, "again"))
+        (answer,) = [o for o in await out.wait_for(TurnResponse, 3) if o.request_id == "again"]
+        assert "I remember 2 earlier messages" in answer.message
+
+
+def test_window_bytes_follow_the_window_turn_by_turn_and_through_clears():
+    from actors._agent import _window_bytes
+    from store import fold, Memory, Recorded
+
+    memory, counted = Memory("a", "u", window=3), 0
+    steps = [UserMessage("a", "u", AT, "ab"), AgentMessage("a", "u", AT, "\N{GRINNING FACE}é"),
+             UserMessage("a", "u", AT, "c" * 10), AgentMessage("a", "u", AT, "d"), MemoryCleared("a", "u", AT, False),
+             UserMessage("a", "u", AT, "after the clear"), MemoryCleared("a", "u", AT, True)]
+    for seq, event in enumerate(steps, start=1):
+        before = memory
+        memory = fold(memory, Recorded(seq, event))
+        counted = _window_bytes(before, counted, memory)
+        assert counted == sum(len(m.content.encode()) for m in memory.short_term), seq
+    # several events at once (a turn with a tool call and a fact), and from nothing
+    turn = [UserMessage("a", "u", AT, "x" * 7), AgentMessage("a", "u", AT, "y" * 9), UserMessage("a", "u", AT, "zz")]
+    before = memory
+    for seq, event in enumerate(turn, start=len(steps) + 1):
+        memory = fold(memory, Recorded(seq, event))
+    assert _window_bytes(before, counted, memory) == 18 == _window_bytes(None, 0, memory)
+    assert _window_bytes(memory, 18, None) == 0
 
 
 async def test_a_lane_cancelled_twice_answers_each_cancel_and_goes_on_serving(tmp_path):

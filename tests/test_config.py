@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import ConfigError
+from actors import ConfigError, LaneBudget
 from transport._config import load_config, server_settings
+from transport._settings import ServerSettings
 
 
 def test_timeouts_must_be_finite(tmp_path):
@@ -20,3 +21,21 @@ def test_timeouts_must_be_finite(tmp_path):
     path.write_text('[agents.a]\nbrain = { kind = "echo", chunks = 2.5 }\n')
     with pytest.raises(ConfigError, match="chunks"):
         load_config(path)
+
+
+def test_lane_bounds_are_server_settings_with_the_budgets_defaults(tmp_path):
+    settings, budget = ServerSettings(), LaneBudget()
+    assert (settings.max_lanes, settings.max_lanes_window_bytes) == (budget.max_lanes, budget.max_window_bytes)
+    path = tmp_path / "lanes.toml"
+    path.write_text("[server]\nmax_lanes = 500\nmax_lanes_window_bytes = 1048576\n")
+    assert (server_settings(load_config(path)).max_lanes, server_settings(load_config(path)).max_lanes_window_bytes) == (
+        500, 1048576)
+    for bad in ("max_lanes = 0", "max_lanes_window_bytes = -1"):
+        path.write_text(f"[server]\n{bad}\n")
+        with pytest.raises(ConfigError, match=bad.split()[0]):
+            server_settings(load_config(path))
+    path.write_text('[server]\nmax_lanes = "many"\n')
+    with pytest.raises(ConfigError, match="max_lanes must be of type int"):
+        load_config(path)
+    with pytest.raises(ValueError):
+        LaneBudget(max_window_bytes=0)

@@ -172,3 +172,23 @@ def test_heartbeat_timeout_must_be_positive_while_heartbeats_are_on():
     with pytest.raises(ValueError, match="heartbeat_timeout"):
         ServerSettings(heartbeat_interval=20, heartbeat_timeout=0)
     ServerSettings(heartbeat_interval=0, heartbeat_timeout=0)  # heartbeats off: fine
+
+
+async def test_a_connection_switching_to_new_users_with_big_chats_keeps_resident_lanes_bounded(db_path):
+    """Issue 13's reproduction, small: each new user's lane holds a window of two 64,000-byte messages;
+    the server keeps at most `max_lanes` lanes and `max_lanes_window_bytes` of window text."""
+    big = "\N{GRINNING FACE}" * 16_000  # 64,000 bytes in UTF-8 (16,000 characters)
+    async with running_server(db_path, max_lanes=4, max_lanes_window_bytes=300_000) as server, \
+            connect(server.port) as c:
+        budget = server.agents.budget
+        for i in range(10):
+            await c.request({"type": "set_user", "user_id": f"newcomer-{i}"}, "user_set")
+            await c.send(json.dumps({"type": "chat", "agent_id": "my_agent", "message": big}, ensure_ascii=False))
+            await c.recv_until("agent_done")
+            await server.agents.wait_idle()
+            assert budget.lanes == sum(a.lanes for a in server.agents.values()) <= 4
+            assert budget.window_bytes <= 300_000
+        assert budget.window_bytes > 200_000  # two windows of over 128,000 bytes each fit, three do not
+        await c.request({"type": "set_user", "user_id": "newcomer-0"}, "user_set")  # long dropped: rebuilt
+        frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "me again"}, "agent_done")
+        assert "I remember 2 earlier messages" in frames[-2]["message"]

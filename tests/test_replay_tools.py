@@ -194,6 +194,35 @@ def test_until_time_selects_events_by_their_own_time(tmp_path):
     assert [m.seq for m in long_term] == [2]
 
 
+def test_replay_lists_every_clear_of_the_stream_from_the_log_up_to_the_cut(capsys, tmp_path):
+    """The memory keeps only the last clear of each kind; replay still shows every clear, read from the log."""
+    db = write_log(tmp_path / "clears.db", [
+        UserMessage("a", "u", at(1), "one"),
+        MemoryCleared("a", "u", at(2), False),
+        MemoryCleared("a", "u", at(3), True),
+        UserMessage("a", "u", at(4), "two"),
+        MemoryCleared("a", "u", at(5), False),
+        MemoryCleared("a", "u", at(6), False),
+        MemoryCleared("a", "other", at(7), True),  # another user's clear is not this stream's
+        MemoryCleared("b", "u", at(8), False),  # nor another agent's
+        MemoryCleared("a", "u", at(9), True),
+    ])
+
+    def clears(*args):
+        (memory,) = replay(capsys, db, "--agent", "a", "--user", "u", *args)["memories"]
+        return [(c["seq"], c["timestamp"], c["long_term"]) for c in memory["clears"]]
+
+    every = [(2, at(2), False), (3, at(3), True), (5, at(5), False), (6, at(6), False), (9, at(9), True)]
+    assert clears() == every
+    assert clears("--until-seq", "6") == every[:4]
+    assert clears("--until-time", at(5)) == every[:3]
+    code, out, _ = run(capsys, "replay", "--db", str(db), "--agent", "a", "--user", "u")
+    assert code == 0
+    lines = out[out.index("  clears:"):].splitlines()[1:6]
+    assert [line.split()[0] for line in lines] == ["#2", "#3", "#5", "#6", "#9"]
+    assert [line.split()[2] for line in lines] == ["short-term", "long-term", "short-term", "short-term", "long-term"]
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import trio
+import trio.testing
 
 import actors._agent
 from actors import AgentSpec, BrainError, EchoBrain
@@ -453,3 +454,35 @@ async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_la
             frames.append(json.loads(await other.get_message()))
     assert "are you there?" in frames[-2]["message"]
     assert not h.audience.subscribed(AGENT, "stalled", conn)  # nothing left behind
+
+
+@pytest.mark.parametrize("withdraw", [
+    [{"type": "set_user", "user_id": "bob", "request_id": "w"}],
+    [{"type": "unsubscribe", "agent_id": AGENT, "request_id": "w"}],
+    # back to the same user: still a new subscription, not the resumed one
+    [{"type": "set_user", "user_id": "bob"}, {"type": "set_user", "user_id": "ann", "request_id": "w"}],
+], ids=["set_user", "unsubscribe", "set_user_and_back"])
+async def test_a_backlog_stops_at_once_when_its_subscription_is_dropped(h, withdraw):
+    await log_turns(h, "ann", 300)  # 600 events: more than the first page (500) alone
+    ws, conn = await lockstep_client(h, "ann", outbox_size=8)
+    await ws.send_message(json.dumps(resume(0, "r")))
+    with trio.fail_after(10):
+        seen = [json.loads(await ws.get_message()) for _ in range(3)]
+    assert seen[0] == subscribed(0, "r")
+    for frame in withdraw:
+        await ws.send_message(json.dumps(frame))
+    # The backlog now waits for room in the client's queue, in the middle of its first page; the
+    # commands above are handled meanwhile (their answers queue behind the backlog's frames).
+    await trio.testing.wait_all_tasks_blocked()
+    with trio.fail_after(10):
+        while seen[-1].get("request_id") != "w":
+            seen.append(json.loads(await ws.get_message()))
+    backlog = [f for f in seen[1:] if f["type"] in ("user_message", "response")]
+    assert 0 < len(backlog) < 500
+    assert [f["message"] for f in backlog] == [x for i in range(300) for x in (f"question {i}", f"answer {i}")][:len(backlog)]
+    # nothing of the backlog after the answer to the switch (or unsubscribe): the next frame answers a ping
+    await ws.send_message(json.dumps({"type": "ping", "request_id": "after"}))
+    with trio.fail_after(10):
+        assert json.loads(await ws.get_message()) == {"type": "ping", "request_id": "after"}
+    await h.agents.wait_idle()
+    assert not h.audience.tails(AGENT, "ann", conn)  # the resumed subscription did not come back as a tail

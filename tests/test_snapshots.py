@@ -2,6 +2,8 @@
 and gets exactly the memory a full rebuild gives; forgetting removes snapshots too."""
 from __future__ import annotations
 
+import json
+import pickle
 from pathlib import Path
 
 import trio
@@ -10,7 +12,17 @@ from hypothesis import strategies as st
 
 import actors._agent
 from actors import AgentSpec, EchoBrain
-from store import AgentMessage, EventLog, MemoryCleared, UserMessage, memory_from_json, memory_to_json, rebuild
+from store import (
+    AgentMessage,
+    Clear,
+    EventLog,
+    MemoryCleared,
+    Recorded,
+    UserMessage,
+    memory_from_json,
+    memory_to_json,
+    rebuild,
+)
 from support import connect, running_server
 
 STEP = st.one_of(
@@ -85,3 +97,75 @@ async def test_lanes_save_snapshots_and_start_from_them(db_path, monkeypatch):
                 await trio.sleep(0.01)
         frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "after"}, "agent_done")
         assert "remember 8 earlier messages" in frames[-2]["message"]
+
+
+def test_a_memory_with_100000_clears_stays_the_size_of_its_window(tmp_path):
+    """The projection keeps the last clear of each kind, not every clear: the memory folded from a
+    log of 100,000 clears, and its snapshot, are as small as with two (replay reads clears from the log)."""
+    clears = 100_000
+    long_term_at = {clears // 2, clears - 2}  # two long-term clears; forgetting scans the stream, so not more
+    events = [UserMessage("a", "u", "t0", "before")]
+    events += [MemoryCleared("a", "u", f"t{i + 1}", i in long_term_at) for i in range(clears)]
+    events += [UserMessage("a", "u", "t-end", "after")]
+    last_long, last_short = clears - 2 + 2, clears + 1  # their seqs (the first message is seq 1)
+    expected = (Clear(last_long, f"t{last_long - 1}", True), Clear(last_short, f"t{last_short - 1}", False))
+    with EventLog.open(tmp_path / "c.db") as log:
+        log.append([events])
+        memory = log.memory("a", "u")  # `fold_rows`, as a lane's restore does
+        snapshot = memory_to_json(memory)
+        assert len(snapshot.encode()) < 1_000, len(snapshot)
+        assert len(pickle.dumps(memory)) < 2_000
+        assert memory.last_clears == expected
+        assert [m.content for m in memory.short_term] == ["after"] and memory.version == clears + 2
+        log.append([], snapshots=[memory])
+        assert log.restore("a", "u") == (memory, 0)
+        recorded = list(log.read())
+    assert rebuild("a", "u", recorded) == memory  # the pure fold agrees
+    # one more clear onto such a memory (what a lane does per clear) keeps it as small
+    more = rebuild("a", "u", [Recorded(clears + 3, MemoryCleared("a", "u", "t-more", True))])
+    assert len(more.last_clears) == 1
+
+
+def test_a_snapshot_that_lists_every_clear_is_read_and_written_anew(tmp_path):
+    """Earlier versions listed every clear in a snapshot: such a snapshot still reads (as the last
+    clear of each kind) and `restore` asks for it to be replaced (every event counts as folded)."""
+    db = tmp_path / "old.db"
+    steps = [("chat", "one"), ("clear", False), ("clear", True), ("chat", "two"), ("clear", False),
+             ("clear", False), ("chat", "three")]
+    with EventLog.open(db) as log:
+        for step in steps:
+            log.append([events_for(step)])
+        memory = log.memory("a", "u")
+        every_clear = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, MemoryCleared)]
+        assert len(every_clear) == 4 and len(memory.last_clears) == 2
+        old = json.loads(memory_to_json(memory))
+        old["clears"] = every_clear
+        old_text = json.dumps(old)
+        assert memory_from_json("a", "u", old_text) == memory
+        with log._conn:
+            log._conn.execute("INSERT INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
+                              ("a", "u", memory.window, memory.last_seq, old_text))
+        restored, folded = log.restore("a", "u")
+        assert restored == memory and folded == memory.version
+
+
+async def test_a_lane_replaces_a_snapshot_that_lists_every_clear(db_path, monkeypatch):
+    monkeypatch.setattr(actors._agent, "SNAPSHOT_EVERY", 6)
+    with EventLog.open(db_path) as log:
+        for step in [("chat", "one"), ("clear", False), ("clear", False), ("clear", True), ("chat", "two")]:
+            log.append([events_for(step, user="s")])
+        memory = log.memory("a", "s")
+        old = json.loads(memory_to_json(memory))
+        old["clears"] = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, MemoryCleared)]
+        with log._conn:
+            log._conn.execute("INSERT INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
+                              ("a", "s", memory.window, memory.last_seq, json.dumps(old)))
+    async with running_server(db_path, [AgentSpec("a", EchoBrain())]) as server, connect(server.port) as c:
+        await c.request({"type": "set_user", "user_id": "s"}, "user_set")
+        frames = await c.request({"type": "chat", "agent_id": "a", "message": "three"}, "agent_done")
+        assert "remember 2 earlier messages" in frames[-2]["message"]
+        await server.agents.wait_idle()  # the snapshot is saved once the turn is answered
+        with EventLog.open(db_path, readonly=True) as log:
+            (state,) = log._conn.execute("SELECT state FROM snapshots WHERE agent_id = 'a' AND user = 's'").fetchone()
+            assert len(json.loads(state)["clears"]) == 2
+            assert memory_from_json("a", "s", state) == log.memory("a", "s")

@@ -250,7 +250,7 @@ def test_fold_short_term_clear_empties_window_but_keeps_long_term():
     assert memory.short_term == ()
     assert memory.long_term_count == 3
     assert memory.long_term_since == 0
-    assert memory.clears == (Clear(4, at(9), False),)
+    assert memory.last_clears == (Clear(4, at(9), False),)
     assert memory.last_seq == 4
     assert memory.short_term_since == 5
 
@@ -261,7 +261,7 @@ def test_fold_long_term_clear_empties_both():
     assert memory.short_term == ()
     assert memory.long_term_count == 0
     assert memory.long_term_since == 4
-    assert memory.clears == (Clear(4, at(9), True),)
+    assert memory.last_clears == (Clear(4, at(9), True),)
 
 
 def test_fold_messages_after_a_clear_start_a_new_window():

@@ -43,6 +43,11 @@ class ServerSettings:
     max_connections: int = 10_000
     #: Connections of one user at once (a person's devices and tabs); beyond, the newest is closed with 1013.
     max_connections_per_user: int = 32
+    #: Users' lanes (their memory) kept in the server's memory, all agents together, and the UTF-8 bytes of
+    #: message text in their short-term windows; beyond either, the least recently used idle lanes are
+    #: dropped (rebuilt from the log on next use). See `actors.LaneBudget`.
+    max_lanes: int = 10_000
+    max_lanes_window_bytes: int = 64 * 1024 * 1024
     #: Seconds between WebSocket pings to each client (0: none); no pong within `heartbeat_timeout`
     #: closes the connection with 1011.
     heartbeat_interval: float = 20.0
@@ -71,7 +76,8 @@ class ServerSettings:
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
         for name in ("max_message_size", "outbox_size", "outbox_bytes", "readers", "max_chat_chars",
-                     "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst"):
+                     "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst", "max_lanes",
+                     "max_lanes_window_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.heartbeat_interval and not self.heartbeat_timeout > 0:

@@ -31,6 +31,7 @@ from sqlite_utils.utils import sqlite3
 from actors import ConfigError
 from store import (
     DEFAULT_WINDOW,
+    Clear,
     Cut,
     EventLog,
     Memory,
@@ -40,6 +41,7 @@ from store import (
     UndecodableEvent,
     VerifyReport,
     activity_at,
+    clears_at,
     event_fields,
     events_after,
     last_seq_at,
@@ -385,7 +387,8 @@ def _replay(args: argparse.Namespace) -> int:
             if memory.last_seq == 0:  # nothing of this (agent, user) yet at the cut
                 continue
             activity = [_activity(r) for r in activity_at(log, agent_id, user, cut=cut)]
-            memories.append((memory, [_message(m, forgotten) for m in long_term], forgotten, activity))
+            clears = clears_at(log, agent_id, user, cut=cut)
+            memories.append((memory, [_message(m, forgotten) for m in long_term], forgotten, activity, clears))
         last_seq = last_seq_at(log, cut)
         log_last_seq = log.last_seq() if not cut.everything else last_seq
     as_of = {}
@@ -396,8 +399,8 @@ def _replay(args: argparse.Namespace) -> int:
     if args.json:
         extra = {**as_of, "log_last_seq": log_last_seq} if as_of else {}
         print(json.dumps({"db": args.db, "last_seq": last_seq, **extra,
-                          "memories": [{**_memory_json(m, lt, forgotten), "activity": activity}
-                                       for m, lt, forgotten, activity in memories]},
+                          "memories": [{**_memory_json(m, lt, forgotten, clears), "activity": activity}
+                                       for m, lt, forgotten, activity, clears in memories]},
                          ensure_ascii=False, indent=2))
         return 0
     if as_of:
@@ -405,8 +408,8 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"{args.db} as of {point}: last seq then {last_seq} (the log's last seq is now {log_last_seq})\n")
     if not memories:
         print(f"{args.db}: no memory" + (" matches" if args.agent or args.user else "") + f" (last seq {last_seq})")
-    for memory, long_term, forgotten, activity in memories:
-        _print_memory(memory, long_term, forgotten, activity)
+    for memory, long_term, forgotten, activity, clears in memories:
+        _print_memory(memory, long_term, forgotten, activity, clears)
     return 0
 
 
@@ -421,14 +424,15 @@ def _message(m: Message, forgotten: frozenset[int] = frozenset()) -> dict:
     return out
 
 
-def _memory_json(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset()) -> dict:
+def _memory_json(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset(),
+                 clears: list[Clear] = ()) -> dict:
     return {
         "agent_id": memory.agent_id,
         "user": memory.user,
         "window": memory.window,
         "short_term": [_message(m, forgotten) for m in memory.short_term],
         "long_term": long_term,
-        "clears": [{"seq": c.seq, "timestamp": c.at, "long_term": c.long_term} for c in memory.clears],
+        "clears": [{"seq": c.seq, "timestamp": c.at, "long_term": c.long_term} for c in clears],
         "last_seq": memory.last_seq,
     }
 
@@ -457,7 +461,7 @@ def _activity_line(a: dict) -> str:
 
 
 def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset(),
-                  activity: list[dict] = ()) -> None:
+                  activity: list[dict] = (), clears: list[Clear] = ()) -> None:
     print(f"agent {memory.agent_id}  user {memory.user}  (last seq {memory.last_seq})")
     print(f"  short-term ({len(memory.short_term)} of {memory.window}):")
     for m in memory.short_term:
@@ -467,9 +471,9 @@ def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[in
     for m in long_term:
         text = FORGOTTEN if m.get("forgotten") else _one_line(m["content"])
         print(f"    #{m['seq']:<6} {m['timestamp']}  {m['role']:<9}  {text}")
-    if memory.clears:
+    if clears:
         print("  clears:")
-        for c in memory.clears:
+        for c in clears:
             print(f"    #{c.seq:<6} {c.at}  {'long-term (everything)' if c.long_term else 'short-term'}")
     if activity:
         print("  turn activity (tool calls and results, cancelled and failed turns; from the log, nothing re-run):")

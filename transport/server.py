@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from actors import Agents, AgentSpec, Audience, ConfigError, Journal, utc_now
+from actors import Agents, AgentSpec, Audience, ConfigError, Journal, LaneBudget, utc_now
 from store import EventLog
 
 from ._auth import Authenticator, Claims, TokenError, bearer_token, origin_allowed
@@ -138,7 +138,8 @@ class Server:
         db = os.fspath(s.db)
         try:
             self.journal = Journal(log, lambda: EventLog.open(db, readonly=True), readers=s.readers)
-            self.agents = Agents(self._specs, self.journal, self.audience, self._clock)
+            self.agents = Agents(self._specs, self.journal, self.audience, self._clock,
+                                 LaneBudget(s.max_lanes, s.max_lanes_window_bytes))
             async with trio.open_nursery() as root:
                 await root.start(self.journal.run)
                 async with trio.open_nursery() as work:
