@@ -307,49 +307,60 @@ class LocalEmbedder:
                 "hashes in sha256 and tokenizer_sha256")
         return got
 
+    def _batches(self, texts: list[str]) -> tuple[list, list[list[int]]]:
+        """The texts' token ids, and the batches to run (indexes into `texts`), shortest texts first."""
+        encodings = [self._tokenizer.encode(text).ids for text in texts]
+        order = sorted(range(len(texts)), key=lambda i: len(encodings[i]))
+        return encodings, [order[start:start + self.batch_size] for start in range(0, len(order), self.batch_size)]
+
+    def _run_batch(self, encodings: list, batch: list[int]) -> Any:
+        """The unit vectors of one batch (rows in the order of `batch`), padded to its longest text."""
+        np = self._np
+        width = max(len(encodings[i]) for i in batch)
+        ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+        mask = np.zeros((len(batch), width), dtype=np.int64)
+        for row, i in enumerate(batch):
+            ids[row, : len(encodings[i])] = encodings[i]
+            mask[row, : len(encodings[i])] = 1
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if self._token_types:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        hidden = self._session.run(None, feeds)[0]
+        if hidden.ndim == 3:  # per token: mean over the real tokens
+            weights = mask[..., None].astype(np.float32)
+            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+        elif hidden.ndim == 2:  # a model that pools itself
+            pooled = hidden
+        else:
+            raise EmbedderError(f"the local model's output has shape {hidden.shape}: not a sentence embedding")
+        return (pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)).astype(np.float32)
+
+    def _gather(self, count: int, batches: list[list[int]], results: list) -> Any:
+        out = self._np.empty((count, results[0].shape[1] if results else getattr(self, "dimensions", 0)),
+                             dtype=self._np.float32)
+        for batch, vectors in zip(batches, results):
+            out[batch] = vectors
+        return out
+
     def embed_sync(self, texts: Sequence[str]) -> Any:
         """The vectors of `texts` as a float32 numpy array (len(texts) × dimensions), unit length; runs on
         the calling thread (blocking: use `embed` on the event loop)."""
-        np = self._np
         texts = _texts(texts)
-        encodings = [self._tokenizer.encode(text) for text in texts]
-        out = None
-        order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), self.batch_size):
-            batch = order[start:start + self.batch_size]
-            width = max(len(encodings[i].ids) for i in batch)
-            ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
-            mask = np.zeros((len(batch), width), dtype=np.int64)
-            for row, i in enumerate(batch):
-                token_ids = encodings[i].ids
-                ids[row, : len(token_ids)] = token_ids
-                mask[row, : len(token_ids)] = 1
-            feeds = {"input_ids": ids, "attention_mask": mask}
-            if self._token_types:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            hidden = self._session.run(None, feeds)[0]
-            if hidden.ndim == 3:  # per token: mean over the real tokens
-                weights = mask[..., None].astype(np.float32)
-                pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-            elif hidden.ndim == 2:  # a model that pools itself
-                pooled = hidden
-            else:
-                raise EmbedderError(f"the local model's output has shape {hidden.shape}: not a sentence embedding")
-            norms = np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            if out is None:
-                out = np.empty((len(texts), pooled.shape[1]), dtype=np.float32)
-            out[batch] = pooled / norms
-        if out is None:
-            return np.empty((0, getattr(self, "dimensions", 0)), dtype=np.float32)
-        return out
+        encodings, batches = self._batches(texts)
+        return self._gather(len(texts), batches, [self._run_batch(encodings, batch) for batch in batches])
 
     async def embed(self, texts: Sequence[str]) -> Any:
         """The vectors of `texts` (a float32 numpy array, one unit-length row per text), computed in a
-        worker thread; calls on one embedder take turns, so it uses `threads` cores at most."""
+        worker thread a batch at a time (cancelling waits for the running batch only); calls on one
+        embedder take turns batch by batch, so it uses `threads` cores at most."""
         texts = _texts(texts)
         if self._limiter is None:
             self._limiter = trio.CapacityLimiter(1)
-        return await trio.to_thread.run_sync(self.embed_sync, texts, limiter=self._limiter)
+        encodings, batches = await trio.to_thread.run_sync(self._batches, texts, limiter=self._limiter)
+        results = []
+        for batch in batches:
+            results.append(await trio.to_thread.run_sync(self._run_batch, encodings, batch, limiter=self._limiter))
+        return self._gather(len(texts), batches, results)
 
 
 # -- the OpenAI-compatible embedder -------------------------------------------------------------

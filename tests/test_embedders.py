@@ -260,6 +260,20 @@ async def test_embed_runs_in_a_worker_thread_and_gives_the_same_vectors(local):
         await local.embed("not a list")
 
 
+async def test_cancelling_embed_stops_after_the_running_batch(local, monkeypatch):
+    token = trio.lowlevel.current_trio_token()
+    ran = []
+    with trio.CancelScope() as scope:
+        def first_batch_cancels(encodings, batch):
+            ran.append(len(batch))
+            trio.from_thread.run_sync(scope.cancel, trio_token=token)  # cancelled while a batch runs
+            return LocalEmbedder._run_batch(local, encodings, batch)
+
+        monkeypatch.setattr(local, "_run_batch", first_batch_cancels)
+        await local.embed([f"message number {i}" for i in range(5 * local.batch_size)])
+    assert scope.cancelled_caught and ran == [local.batch_size]  # the other four batches never ran
+
+
 def model_dir_with(tmp_path: Path, local: LocalEmbedder, *, model: bytes | None = None, tokenizer: bytes | None = None):
     """A model directory: the real files (linked), or the bytes given in place of one."""
     directory = tmp_path / "model"
