@@ -22,26 +22,33 @@ logger = logging.getLogger("agentcast.protocol")
 
 #: Non-empty text (chat messages, search queries).
 Text = NewType("Text", str)
-#: An agent id: non-empty text of at most MAX_ID_LENGTH characters.
+#: An agent id: non-empty text of at most MAX_ID_BYTES bytes (UTF-8).
 AgentId = NewType("AgentId", str)
-#: A client-chosen command id: non-empty text of at most MAX_ID_LENGTH characters.
+#: A client-chosen command id: non-empty text of at most MAX_ID_BYTES bytes (UTF-8).
 CommandId = NewType("CommandId", str)
+#: A client-chosen request id, echoed in the answers: text of at most MAX_ID_BYTES bytes (UTF-8).
+RequestId = NewType("RequestId", str)
 #: A search limit: an integer from 1 to MAX_LIMIT.
 Limit = NewType("Limit", int)
-#: A user id: an integer, or non-empty text of at most MAX_ID_LENGTH characters.
+#: A user id: an integer of at most MAX_ID_BYTES digits (a minus sign counts as one), or non-empty text of
+#: at most MAX_ID_BYTES bytes (UTF-8): either way its text form, which keys the user's memory, is at most
+#: MAX_ID_BYTES bytes.
 UserId = Union[int, str]
 #: A log sequence number to resume after: an integer from 0 to MAX_SEQ.
 AfterSeq = NewType("AfterSeq", int)
-#: An authentication token: non-empty text of at most MAX_TOKEN_LENGTH characters.
+#: An authentication token: non-empty text of at most MAX_TOKEN_BYTES bytes (UTF-8).
 Token = NewType("Token", str)
 
-MAX_ID_LENGTH = 256
+#: The longest id a client may choose (agent, command, request and user ids), in bytes as UTF-8.
+MAX_ID_BYTES = 256
 MAX_LIMIT = 100
 #: The largest sequence number SQLite can hold.
 MAX_SEQ = 2**63 - 1
 DEFAULT_LIMIT = 5
-#: The longest token an `auth` frame may carry (4 KiB).
-MAX_TOKEN_LENGTH = 4096
+#: The longest token an `auth` frame may carry (4 KiB), in bytes as UTF-8.
+MAX_TOKEN_BYTES = 4096
+#: The integers a user id may be: their decimal form is at most MAX_ID_BYTES characters.
+_USER_INT_MIN, _USER_INT_MAX = -(10 ** (MAX_ID_BYTES - 1)), 10**MAX_ID_BYTES
 
 
 class ProtocolError(Exception):
@@ -63,7 +70,7 @@ class _FieldError(ValueError):
 
 @frozen
 class Ping:
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "ping"
 
 
@@ -72,21 +79,21 @@ class Auth:
     """Authenticate the connection with a token (when the server has authentication on)."""
 
     token: Token
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "auth"
 
 
 @frozen
 class SetUser:
     user_id: UserId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "set_user"
 
 
 @frozen
 class Subscribe:
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     #: Resume: first every logged event of the connection's (agent, user) with a greater seq, then live.
     after_seq: Optional[AfterSeq] = None
     TYPE = "subscribe"
@@ -95,7 +102,7 @@ class Subscribe:
 @frozen
 class Unsubscribe:
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "unsubscribe"
 
 
@@ -103,7 +110,7 @@ class Unsubscribe:
 class Chat:
     agent_id: AgentId
     message: Text
-    request_id: str | None = None
+    request_id: RequestId | None = None
     #: Makes the chat idempotent: a retry with a command_id the log holds is answered from the log.
     command_id: CommandId | None = None
     TYPE = "chat"
@@ -115,7 +122,7 @@ class SearchMemory:
     query: Text
     limit: Limit = DEFAULT_LIMIT
     use_long_term: bool = True
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "search_memory"
 
 
@@ -123,7 +130,7 @@ class SearchMemory:
 class ClearMemory:
     agent_id: AgentId
     clear_long_term: bool = False
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "clear_memory"
 
 
@@ -135,7 +142,7 @@ class Cancel:
     """Cancel the user's running turn on the agent (the one with `request_id`, when given)."""
 
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "cancel"
 
 
@@ -342,7 +349,7 @@ ServerFrame = Union[
 class ListAgents:
     """Ask which agents the server has."""
 
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "list_agents"
 
 
@@ -376,6 +383,29 @@ def _text_ok(value: str) -> bool:
     return True
 
 
+def utf8_length(value: str) -> int:
+    """How many bytes `value` takes as UTF-8, or -1 if it cannot be encoded (a lone surrogate)."""
+    if value.isascii():  # a flag of the string: no scan
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+
+
+def valid_id(value: object) -> bool:
+    """A client-chosen id that may be taken (and echoed): text of at most MAX_ID_BYTES bytes as UTF-8."""
+    return type(value) is str and 0 <= utf8_length(value) <= MAX_ID_BYTES
+
+
+def valid_user_id(value: object) -> bool:
+    """A user id: an integer whose decimal form is at most MAX_ID_BYTES characters, or non-empty text of at
+    most MAX_ID_BYTES bytes as UTF-8."""
+    if type(value) is int:
+        return _USER_INT_MIN < value < _USER_INT_MAX
+    return type(value) is str and 0 < utf8_length(value) <= MAX_ID_BYTES
+
+
 def _strict_str(value, _type) -> str:
     if type(value) is not str or not _text_ok(value):
         raise _FieldError("must be a string")
@@ -395,15 +425,22 @@ def _text(value, _type) -> str:
 
 
 def _agent_id(value, _type) -> str:
-    if type(value) is not str or not value or len(value) > MAX_ID_LENGTH or not _text_ok(value):
-        raise _FieldError(f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    if type(value) is not str or not 0 < utf8_length(value) <= MAX_ID_BYTES:
+        raise _FieldError(f"must be a non-empty string of at most {MAX_ID_BYTES} bytes (UTF-8)")
+    return value
+
+
+def _request_id(value, _type) -> str:
+    # The message never shows the value: echoing a long one back is what the bound is there to prevent.
+    if not valid_id(value):
+        raise _FieldError(f"must be a string of at most {MAX_ID_BYTES} bytes (UTF-8)")
     return value
 
 
 def _token(value, _type) -> str:
     # The message never shows the value: a token is a credential.
-    if type(value) is not str or not value or len(value) > MAX_TOKEN_LENGTH or not _text_ok(value):
-        raise _FieldError(f"must be a non-empty string of at most {MAX_TOKEN_LENGTH} characters")
+    if type(value) is not str or not 0 < utf8_length(value) <= MAX_TOKEN_BYTES:
+        raise _FieldError(f"must be a non-empty string of at most {MAX_TOKEN_BYTES} bytes (UTF-8)")
     return value
 
 
@@ -421,11 +458,10 @@ def _after_seq(value, _type) -> int:
 
 
 def _user_id(value, _type) -> int | str:
-    if type(value) is int:
+    if valid_user_id(value):
         return value
-    if type(value) is str and value and len(value) <= MAX_ID_LENGTH and _text_ok(value):
-        return value
-    raise _FieldError(f"must be an integer or a non-empty string of at most {MAX_ID_LENGTH} characters")
+    raise _FieldError(f"must be an integer of at most {MAX_ID_BYTES} digits (a minus sign counts as one) "
+                      f"or a non-empty string of at most {MAX_ID_BYTES} bytes (UTF-8)")
 
 
 def _make_converter() -> cattrs.Converter:
@@ -435,6 +471,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Text, _text)
     conv.register_structure_hook(AgentId, _agent_id)
     conv.register_structure_hook(CommandId, _agent_id)
+    conv.register_structure_hook(RequestId, _request_id)
     conv.register_structure_hook(Token, _token)
     conv.register_structure_hook(Limit, _limit)
     conv.register_structure_hook(UserId, _user_id)
@@ -457,7 +494,9 @@ def decode(data: str | bytes) -> Command:
     """Parse and validate one client frame.
 
     Returns a command, or raises `ProtocolError` (never another exception) naming what
-    is wrong; its `request_id` is the frame's when the frame had a usable one.
+    is wrong; its `request_id` is the frame's when the frame had a usable one (text of at most
+    MAX_ID_BYTES bytes: a longer one is never echoed back). The error's message quotes at most
+    SHOWN_CHARS characters of what the client sent.
     """
     if not isinstance(data, str):
         raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text frames")
@@ -465,18 +504,21 @@ def decode(data: str | bytes) -> Command:
         obj = json.loads(data)
     except RecursionError:
         raise ProtocolError("invalid_json", "Message is not valid JSON: nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ProtocolError("invalid_json", f"Message is not valid JSON: {exc}") from None
+    except ValueError:  # an integer beyond Python's limit on the digits it reads (4300 by default)
+        raise ProtocolError(
+            "invalid_json", f"Message has an integer with too many digits to read (a user id has at most {MAX_ID_BYTES})"
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_message", "Message must be a JSON object")
     rid = obj.get("request_id")
-    request_id = rid if type(rid) is str and _text_ok(rid) else None
+    request_id = rid if valid_id(rid) else None
     type_ = obj.get("type")
     if type_ is None:
         raise ProtocolError("missing_type", "Message has no 'type'", request_id)
     if type(type_) is not str or type_ not in COMMAND_TYPES:
-        shown = type_ if isinstance(type_, str) else json.dumps(type_)
-        raise ProtocolError("unknown_type", f"Unknown message type: {shown}", request_id)
+        raise ProtocolError("unknown_type", f"Unknown message type: {_shown(type_)}", request_id)
     try:
         # The command class's own structure hook, as the tagged union would call it (the "type" key is
         # an extra key, ignored): the union's dispatch is skipped.
@@ -488,6 +530,16 @@ def decode(data: str | bytes) -> Command:
         raise _field_problem(exc, type_, request_id) from None
     except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
         raise ProtocolError("invalid_message", f"Invalid '{type_}' message: {exc}", request_id) from None
+
+
+#: The most characters of a client's value an error message quotes.
+SHOWN_CHARS = 64
+
+
+def _shown(value: object) -> str:
+    """`value` (text, or any JSON value as JSON) as an error message quotes it: at most SHOWN_CHARS characters."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS]}... ({len(text)} characters)"
 
 
 def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None) -> ProtocolError:
