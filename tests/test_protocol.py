@@ -34,10 +34,12 @@ from transport.protocol import (
     ToolResult,
     Unsubscribe,
     UserSet,
+    ChunkRun,
     decode,
     encode,
     encode_utf8,
     error_frame,
+    json_text,
 )
 
 COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents, Cancel)
@@ -588,3 +590,22 @@ def test_encode_utf8_returns_bytes_that_hold_only_their_own_length():
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown / len(kept) < 512, grown / len(kept)
 
+
+# -- ChunkRun: adjacent chunks of a turn as the one frame they are sent as ------------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(agent_id=wire_text, request_id=st.one_of(st.none(), wire_text), deltas=st.lists(wire_text, min_size=1, max_size=6))
+def test_a_chunk_run_is_the_frame_of_its_deltas_joined(agent_id, request_id, deltas):
+    run = ChunkRun(ResponseChunk(agent_id, deltas[0], request_id))
+    for delta in deltas[1:]:
+        assert run.continued_by(ResponseChunk(agent_id, delta, request_id))
+        run.add(json_text(delta))
+    data = run.encode()
+    assert run.size == len(data)
+    merged = ResponseChunk(agent_id, "".join(deltas), request_id)
+    assert json.loads(data.decode("utf-8")) == json.loads(_as_sent(encode(merged)))
+    if _as_sent(encode(merged)) == encode(merged):  # no lone surrogate: the very bytes encode_utf8 makes
+        assert data == encode_utf8(merged)
+    assert not run.continued_by(ResponseChunk(agent_id + "x", "d", request_id))
+    assert not run.continued_by(ResponseChunk(agent_id, "d", (request_id or "") + "x"))

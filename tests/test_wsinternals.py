@@ -1,7 +1,6 @@
 """transport._wsinternals, the one place that uses trio-websocket internals: several messages in one
 socket write, each still arriving as its own message; the own reader task and its frame parser (receiving
-exactly what trio-websocket receives); taking messages as they arrive; and frame coalescing
-(transport.protocol.coalesce)."""
+exactly what trio-websocket receives); taking messages as they arrive."""
 from __future__ import annotations
 
 import functools
@@ -101,28 +100,6 @@ async def test_sending_on_a_closed_connection_raises_connection_closed():
                 await send_text_batch(server_ws, ["late"])
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-
-
-def test_coalesce_merges_adjacent_chunks_of_one_turn_only():
-    frames = [
-        p.AgentThinking("a", "r"),
-        p.ResponseChunk("a", "Hel", "r"),
-        p.ResponseChunk("a", "lo", "r"),
-        p.ResponseChunk("b", "other agent", "r"),
-        p.ResponseChunk("a", " there", "r2"),
-        p.ResponseChunk("a", "!", "r2"),
-        p.Response("a", "Hello", 3, "r"),
-        p.ResponseChunk("a", "after", "r"),
-    ]
-    assert p.coalesce(frames) == [
-        p.AgentThinking("a", "r"),
-        p.ResponseChunk("a", "Hello", "r"),
-        p.ResponseChunk("b", "other agent", "r"),
-        p.ResponseChunk("a", " there!", "r2"),
-        p.Response("a", "Hello", 3, "r"),
-        p.ResponseChunk("a", "after", "r"),
-    ]
-    assert p.coalesce([]) == []
 
 
 async def tcp_pair(nursery):

@@ -618,40 +618,49 @@ def _encode(frame: ServerFrame) -> str:
     return _json_encoder.encode(_plain(frame))
 
 
-def text_size(frame: ServerFrame) -> int:
-    """About how many characters `frame` takes on the wire (its texts plus a fixed overhead)."""
-    if type(frame) is ResponseChunk:
-        return 100 + len(frame.delta)
-    if type(frame) is Response or type(frame) is UserMessage:
-        return 100 + len(frame.message)
-    if type(frame) is MemoryResults:
-        return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
-    if type(frame) is Error:
-        return 100 + len(frame.message)
-    if type(frame) is ToolCall or type(frame) is ToolResult or type(frame) is Cancelled:
-        return 100 + len(encode(frame))
-    return 100
+def json_text(text: str) -> bytes:
+    """`text` as the inside of a JSON string (escaped, without its quotes), in UTF-8; a lone surrogate
+    (which UTF-8 cannot carry) becomes U+FFFD."""
+    try:
+        return orjson.dumps(text)[1:-1]  # a slice: a copy of its own size (orjson's bytes keep a 4 KiB buffer)
+    except orjson.JSONEncodeError:
+        return json.dumps(without_surrogates(text), ensure_ascii=False)[1:-1].encode("utf-8")
 
 
-def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:
-    """`frames` with each run of adjacent `response_chunk`s of one turn merged into one.
+class ChunkRun:
+    """Adjacent `response_chunk`s of one turn as the one frame they are sent as, merged as they come.
 
-    Deltas produced faster than they can be written travel as one frame; the concatenation
-    of the deltas, and the order of everything else, stay the same.
+    Deltas produced faster than they can be written travel as one frame; the concatenation of the deltas,
+    and the order of everything else, stay the same. The run holds the merged frame's UTF-8 JSON in pieces
+    (the deltas' escaped text in one growing buffer), so it holds about as many bytes as it is sent as and
+    `size` is exact; `encode()` gives the bytes `encode_utf8` makes of the merged frame.
     """
-    out: list[ServerFrame] = []
-    for frame in frames:
-        last = out[-1] if out else None
-        if (
-            type(frame) is ResponseChunk
-            and type(last) is ResponseChunk
-            and last.agent_id == frame.agent_id
-            and last.request_id == frame.request_id
-        ):
-            out[-1] = ResponseChunk(last.agent_id, last.delta + frame.delta, last.request_id)
-        else:
-            out.append(frame)
-    return out
+
+    __slots__ = ("agent_id", "request_id", "_head", "_deltas", "_tail")
+
+    def __init__(self, chunk: ResponseChunk) -> None:
+        self.agent_id = chunk.agent_id
+        self.request_id = chunk.request_id
+        self._head = b'{"type":"response_chunk","agent_id":"' + json_text(chunk.agent_id) + b'","delta":"'
+        rid = chunk.request_id
+        self._tail = b'"}' if rid is None else b'","request_id":"' + json_text(rid) + b'"}'
+        self._deltas = bytearray(json_text(chunk.delta))
+
+    def continued_by(self, chunk: ResponseChunk) -> bool:
+        """True if `chunk` belongs to this run's turn (so that, coming right after it, it joins the run)."""
+        return chunk.agent_id == self.agent_id and chunk.request_id == self.request_id
+
+    @property
+    def size(self) -> int:
+        """Bytes of the merged frame."""
+        return len(self._head) + len(self._deltas) + len(self._tail)
+
+    def add(self, delta_text: bytes) -> None:
+        """Append a chunk's delta, given as `json_text(delta)` (whose length is what the frame grows by)."""
+        self._deltas += delta_text
+
+    def encode(self) -> bytes:
+        return b"".join((self._head, self._deltas, self._tail))
 
 
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:
