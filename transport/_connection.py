@@ -478,7 +478,8 @@ class Connection:
                     more = self._outbox is not None
                 self._wake_room()
                 self._mid_frame = True
-                # The frames are not kept in a local: this frame stays suspended while the writer waits.
+                # Nothing of the batch stays referenced here once it is written (`frames = None`): this
+                # frame stays suspended while the writer waits for the next frames.
                 await send_text_batch(self._ws, [f if type(f) is bytes else f.encode() for f in frames])
                 frames = None
                 self._mid_frame = False
