@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import uuid
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from support import HANDSHAKE, connect, handshake, running_server
+from support import HANDSHAKE, connect, handshake, running_server, scaled
+from transport._connection import Connection, OutboxBudget
 
 
 async def assert_healthy(server) -> None:
@@ -185,3 +187,85 @@ async def test_forged_expired_and_stolen_identities(db_path, monkeypatch):
         assert (await handshake(server.port, f"Authorization: Bearer {token_for('victim', secret=OTHER_SECRET)}")
                 ).startswith(b"HTTP/1.1 401")
         await assert_healthy_with_auth(server)
+
+
+# -- clients that never read: what the server holds for them ---------------------------------------
+
+
+class PeakRecordingBudget(OutboxBudget):
+    """A server's `OutboxBudget` that also records the most bytes it ever counted."""
+
+    peak = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    @held.setter
+    def held(self, value: int) -> None:
+        self._held = value
+        self.peak = max(self.peak, value)
+
+
+async def open_non_reader(server) -> tuple[trio.SocketStream, Connection]:
+    """A raw client past the handshake that will never read another byte (a small receive buffer, so the
+    kernel holds little for it); and its connection on the server."""
+    sock = trio.socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await sock.connect(("127.0.0.1", server.port))
+    stream = trio.SocketStream(sock)
+    before = set(server.connections)
+    await stream.send_all(HANDSHAKE.format(path="/ws").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await stream.receive_some(1)  # byte by byte: nothing past the head is read
+    assert head.startswith(b"HTTP/1.1 101")
+    while not set(server.connections) - before:
+        await trio.sleep(0.01)
+    (conn,) = set(server.connections) - before
+    return stream, conn
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """A client's text frame (mask key 0: the payload as is)."""
+    n = len(payload)
+    assert 126 <= n < 65536
+    return bytes([0x81, 0x80 | 126]) + n.to_bytes(2, "big") + b"\0\0\0\0" + payload
+
+
+async def test_clients_that_never_read_and_flood_pings_before_auth_are_bounded_by_the_servers_cap(db_path, monkeypatch):
+    """Issue 13: a client that never reads, flooding pings (allowed before authentication) with the longest
+    request_id accepted. Three of them make the server hold no more than `outbox_bytes_total`, counted
+    in encoded bytes, whatever the per-connection bounds; those holding the most are closed with 1013;
+    everyone else goes on, and once they are gone the server holds nothing for them."""
+    from test_auth import SECRET, SECRET_ENV
+
+    monkeypatch.setenv(SECRET_ENV, SECRET.decode())
+    cap = 256 * 1024
+    async with running_server(db_path, auth_secret_env=SECRET_ENV, auth_timeout=600, outbox_size=100_000,
+                              outbox_bytes_total=cap, close_timeout=0.5) as server:
+        budget = server.outbox_budget = PeakRecordingBudget(cap, server.connections)
+        pings = masked_text_frame(json.dumps({"type": "ping", "request_id": "r" * 256}).encode()) * 64
+        attackers = [await open_non_reader(server) for _ in range(3)]
+
+        async def flood(stream, conn):
+            try:
+                while conn._closing is None:
+                    await stream.send_all(pings)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+        with trio.fail_after(scaled(60)):
+            async with trio.open_nursery() as nursery:
+                for stream, conn in attackers:
+                    nursery.start_soon(flood, stream, conn)
+        assert budget.peak <= cap
+        for _, conn in attackers:
+            assert conn._closing == (1013, "the server's outbound queues are full and this client's holds the most")
+        await assert_healthy_with_auth(server)
+        for stream, _ in attackers:
+            await stream.aclose()
+        with trio.fail_after(scaled(10)):
+            while server.connections:
+                await trio.sleep(0.01)
+        assert budget.held == 0

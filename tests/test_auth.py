@@ -137,6 +137,22 @@ def test_tampered_wrong_secret_expired_and_malformed_tokens_are_refused_with_dis
     assert "signature" in messages["bad_signature"] and "malformed" in messages["malformed"]
 
 
+def test_token_user_ids_have_the_bounds_of_set_user_in_bytes_and_digits():
+    """A token's user is one set_user could name: a string of at most 256 bytes as UTF-8, an integer of at
+    most 256 digits."""
+    for user in ("x" * 256, "\U0001F600" * 64, 10**256 - 1, -(10**255 - 1)):
+        assert verify(SECRET, mint(SECRET, user, NOW + 60), NOW).user_id == user
+    for user in ("x" * 257, "\U0001F600" * 65, 10**256, -(10**255)):
+        with pytest.raises(ValueError, match="256 bytes"):
+            mint(SECRET, user, NOW + 60)
+        first = b64(json.dumps({"sub": user, "exp": NOW + 60}).encode())  # signed by hand: verify refuses it too
+        import hashlib
+        import hmac
+
+        token = first + "." + b64(hmac.new(SECRET, first.encode(), hashlib.sha256).digest())
+        assert refused(token).reason == "malformed"
+
+
 def test_the_secret_comes_from_an_environment_variable_of_at_least_32_bytes():
     assert secret_from_env("S", {"S": "s" * MIN_SECRET_BYTES}) == b"s" * MIN_SECRET_BYTES
     with pytest.raises(ConfigError, match="S is not set"):
@@ -176,7 +192,7 @@ def test_the_auth_frame_is_validated_and_errors_never_show_the_token():
         with pytest.raises(p.ProtocolError) as caught:
             p.decode(json.dumps(frame))
         assert caught.value.code == code and "s3cr3t" not in caught.value.message
-    assert p.decode(json.dumps({"type": "auth", "token": "t" * p.MAX_TOKEN_LENGTH})).token == "t" * p.MAX_TOKEN_LENGTH
+    assert p.decode(json.dumps({"type": "auth", "token": "t" * p.MAX_TOKEN_BYTES})).token == "t" * p.MAX_TOKEN_BYTES
     wire = json.loads(p.encode(p.Authenticated(123, "2027-01-15T08:00:00Z", "r")))
     assert wire == {"type": "authenticated", "user_id": 123, "expires_at": "2027-01-15T08:00:00Z", "request_id": "r"}
 

@@ -10,9 +10,11 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from actors import AgentSpec, Agents, Audience, EchoBrain, Journal, TurnChunk, TurnDone, agent_specs
+from actors import (AgentSpec, Agents, Audience, EchoBrain, Journal, TurnChunk, TurnDone, TurnResponse, TurnStarted,
+                    agent_specs)
 from store import EventLog
-from transport._connection import TRY_AGAIN_LATER, Connection
+from transport import protocol as p
+from transport._connection import FRAME_OVERHEAD, TRY_AGAIN_LATER, Connection, OutboxBudget
 from transport.server import ServerSettings
 
 
@@ -28,6 +30,9 @@ class Harness:
                              clock=lambda: "2026-01-01T00:00:00.000Z")
         self.finished: list[Connection] = []
         self.settings: dict = {}  # ServerSettings fields for the next clients
+        #: The connections open, and the budget of their outbound queues (as a server's).
+        self.connections: set[Connection] = set()
+        self.budget: OutboxBudget | None = None
 
     async def start(self):
         await self.nursery.start(self.journal.run)
@@ -54,10 +59,13 @@ class Harness:
             request = await wrap_server_stream(self.nursery, server_stream)
             ws = await request.accept()
             conn = Connection(ws, self.agents, self.audience, clock=lambda: "2026-01-01T00:00:00.000Z",
-                              settings=ServerSettings(outbox_size=outbox_size, close_timeout=0.5, **self.settings))
+                              settings=ServerSettings(outbox_size=outbox_size, close_timeout=0.5, **self.settings),
+                              budget=self.budget)
             self.current = conn
+            self.connections.add(conn)
             connection_ready.set()
             await conn.run()
+            self.connections.discard(conn)
             self.finished.append(conn)
 
         self.nursery.start_soon(serve)
@@ -274,3 +282,156 @@ async def test_frames_queued_before_a_hold_wait_for_its_release(h):
     conn.release()
     assert (await recv(ws))["delta"] == "ab"
     assert len(writes) == before + 1
+
+
+# -- the outbound queue's bounds, in encoded bytes ------------------------------------------------------
+
+EMOJI = "\U0001F600"
+
+
+async def sent_pings(ws, request_ids):
+    """Send a ping per request id; return once the server has handled them all (in-memory streams)."""
+    for rid in request_ids:
+        await ws.send_message(json.dumps({"type": "ping", "request_id": rid}))
+    await trio.testing.wait_all_tasks_blocked()
+
+
+def counted(frames) -> int:
+    """What `frames` count for in the queue's bounds: their UTF-8 JSON plus the per-frame overhead."""
+    return sum(len(p.encode_utf8(f)) + FRAME_OVERHEAD for f in frames)
+
+
+async def test_the_outbound_queue_counts_each_frames_utf8_bytes_every_field_included(h):
+    """A pong is as big as its request_id makes it: escapes, multi-byte characters and all. The queue
+    takes exactly `outbox_bytes` of them, and closes (1013) at the next byte."""
+    rids = ["\x01" * 40, EMOJI * 64, "é" * 128, "plain"]  # 6 bytes per character as JSON, 4, 2, 1
+    h.settings = {"outbox_bytes": counted(p.Pong(r) for r in rids)}
+    ws, conn = await h.client()
+    assert (await recv(ws))["type"] == "connected"
+    await trio.testing.wait_all_tasks_blocked()
+    conn.hold()  # nothing is taken from the queue now: it only grows
+    await sent_pings(ws, rids)
+    assert conn._closing is None and conn.held_bytes == h.settings["outbox_bytes"]
+    await sent_pings(ws, ["x"])
+    assert conn._closing[0] == TRY_AGAIN_LATER
+
+
+async def test_many_tiny_frames_count_too(h):
+    """Each frame counts FRAME_OVERHEAD bytes beside its JSON: 1,024 tiny frames hold more than their text."""
+    h.settings = {"outbox_bytes": 1024 * FRAME_OVERHEAD}
+    ws, conn = await h.client(outbox_size=100_000)
+    assert (await recv(ws))["type"] == "connected"
+    await trio.testing.wait_all_tasks_blocked()
+    conn.hold()
+    for n in range(1024):
+        conn.deliver(TurnDone("a", None))  # {"type":"agent_done","agent_id":"a"}: 37 bytes of JSON
+        if conn._closing is not None:
+            break
+    assert conn._closing[0] == TRY_AGAIN_LATER and n < 1024
+    assert n == 1024 * FRAME_OVERHEAD // (len(p.encode_utf8(p.AgentDone("a"))) + FRAME_OVERHEAD)
+
+
+async def test_adjacent_chunks_of_a_turn_are_one_frame_counted_as_it_is_sent(h):
+    """Chunks of one turn queued back to back are merged into one frame as they are queued; the queue
+    counts that frame's bytes exactly, and nothing once written."""
+    writes = []
+    ws, conn = await h.client(writes=writes)
+    assert (await recv(ws))["type"] == "connected"
+    await trio.testing.wait_all_tasks_blocked()
+    conn.hold()
+    for output in [
+        TurnStarted("a", "r"), TurnChunk("a", "Hel", "r"), TurnChunk("a", "lo \x00 ☕", "r"),
+        TurnChunk("b", "other agent", "r"), TurnChunk("a", " there", "r2"), TurnChunk("a", "!", "r2"),
+        TurnResponse("a", "Hello", 3, "r"), TurnChunk("a", "after", "r"),
+    ]:
+        conn.deliver(output)
+    expected = [
+        p.AgentThinking("a", "r"), p.ResponseChunk("a", "Hello \x00 ☕", "r"), p.ResponseChunk("b", "other agent", "r"),
+        p.ResponseChunk("a", " there!", "r2"), p.Response("a", "Hello", 3, "r"), p.ResponseChunk("a", "after", "r"),
+    ]
+    assert conn.held_bytes == conn._budget.held == counted(expected)
+    before = len(writes)
+    conn.release()
+    assert [await recv(ws) for _ in expected] == [json.loads(p.encode_utf8(f)) for f in expected]
+    assert len(writes) == before + 1  # one socket write
+    assert conn.held_bytes == conn._budget.held == 0
+
+
+async def test_a_client_that_stops_reading_holds_no_more_than_outbox_bytes_written_or_not(h):
+    """Frames count until they are written: a batch the writer is stuck writing to a client that stopped
+    reading still counts, so what such a client makes the server hold stays within `outbox_bytes`.
+    More than WRITE_PIECE bytes are taken from the queue a piece at a time, and a close drops the rest."""
+    h.settings = {"outbox_bytes": 200_000}
+    ws, conn = await h.client(lockstep=True)  # its writes wait for the client to read: it never does
+    await trio.testing.wait_all_tasks_blocked()
+    conn.hold()
+    rids = [f"{n:04d}" + "r" * 250 for n in range(800)]  # about 350 bytes counted each
+    await sent_pings(ws, rids[:400])
+    held = conn.held_bytes
+    assert held > 100_000
+    conn.release()  # the writer takes a piece and is stuck writing it
+    await trio.testing.wait_all_tasks_blocked()
+    assert conn._mid_frame and conn.held_bytes == held  # written or not, all of it counts
+    queued = sum(len(f) + FRAME_OVERHEAD for f in conn._outbox)
+    assert 0 < held - queued <= 64 * 1024 + 400  # in the writer's hands: one piece
+    await sent_pings(ws, rids[400:])
+    assert conn._closing[0] == TRY_AGAIN_LATER
+    assert conn._outbox is None and conn.held_bytes == held - queued  # the queue was dropped at once
+
+
+# -- the server-wide cap on outbound bytes ------------------------------------------------------------------
+
+
+async def test_past_the_servers_cap_the_connections_holding_the_most_are_closed(h):
+    """`outbox_bytes_total` bounds the bytes all queues hold together: a frame that would pass it closes
+    (1013, queue dropped) the connection holding the most first, whoever queues the frame."""
+    pong = len(p.encode_utf8(p.Pong("r" * 200))) + FRAME_OVERHEAD
+    h.budget = OutboxBudget(100 * pong, h.connections)
+    big_ws, big = await h.client()
+    small_ws, small = await h.client()
+    for ws in (big_ws, small_ws):
+        assert (await recv(ws))["type"] == "connected"
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.budget.held == 0
+    big.hold()
+    small.hold()
+    await sent_pings(big_ws, ["r" * 200] * 60)
+    await sent_pings(small_ws, ["r" * 200] * 40)
+    assert h.budget.held == 100 * pong and big._closing is None and small._closing is None  # at the cap
+    await sent_pings(small_ws, ["r" * 200])  # one more, from the smaller: the bigger goes
+    assert big._closing == (TRY_AGAIN_LATER, "the server's outbound queues are full and this client's holds the most")
+    assert big.held_bytes == 0 and small._closing is None and small.held_bytes == 41 * pong
+    assert h.budget.held == 41 * pong
+    # The total is now well under the cap (at most 3/4 of it): the next frames go in without another trim.
+    await sent_pings(small_ws, ["r" * 200] * 34)
+    assert small._closing is None and h.budget.held == 75 * pong
+    await sent_pings(small_ws, ["r" * 200] * 26)  # past the cap again: now it holds the most
+    assert small._closing[0] == TRY_AGAIN_LATER and h.budget.held == 0
+    await h.wait_finished(big)
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await recv(big_ws)
+    assert closed.value.reason.code == TRY_AGAIN_LATER
+
+
+async def test_a_connection_closing_with_a_queue_to_drain_loses_it_to_the_servers_cap(h):
+    """A close that drains (a shutdown's 1001) keeps the queue of a client that does not read: past the
+    server's cap that queue is dropped too, and the close keeps its code."""
+    pong = len(p.encode_utf8(p.Pong("r" * 200))) + FRAME_OVERHEAD
+    h.budget = OutboxBudget(10**9, h.connections)
+    closing_ws, closing = await h.client(lockstep=True)  # it never reads
+    other_ws, other = await h.client()
+    assert (await recv(other_ws))["type"] == "connected"
+    await trio.testing.wait_all_tasks_blocked()
+    closing.hold()
+    other.hold()
+    await sent_pings(closing_ws, ["r" * 200] * 400)
+    closing.close(1001, "server shutting down")
+    await trio.testing.wait_all_tasks_blocked()
+    assert closing._outbox  # its writer is stuck on a piece of WRITE_PIECE bytes: the rest waits to be drained
+    in_flight = closing.held_bytes - sum(len(f) + FRAME_OVERHEAD for f in closing._outbox)
+    h.budget.cap = closing.held_bytes + 10 * pong
+    await sent_pings(other_ws, ["r" * 200] * 11)
+    assert closing._closing == (1001, "server shutting down") and closing._outbox is None
+    assert closing.held_bytes == in_flight and other._closing is None
+    assert h.budget.held == in_flight + 11 * pong

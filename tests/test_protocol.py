@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transport.protocol import (
+    SHOWN_CHARS,
     Auth,
     Cancel,
     COMMAND_TYPES,
@@ -34,10 +35,12 @@ from transport.protocol import (
     ToolResult,
     Unsubscribe,
     UserSet,
+    ChunkRun,
     decode,
     encode,
     encode_utf8,
     error_frame,
+    json_text,
 )
 
 COMMAND_CLASSES = (Ping, SetUser, Subscribe, Unsubscribe, Chat, SearchMemory, ClearMemory, Auth, ListAgents, Cancel)
@@ -286,6 +289,84 @@ def test_error_frame_carries_code_message_request_id_and_agent():
     assert wire == {"type": "error", "code": "missing_field", "message": error.message, "agent_id": "a", "request_id": "r1"}
 
 
+# -- client-chosen ids: at most 256 bytes as UTF-8, never echoed when longer ----------------------------
+
+EMOJI = "\U0001F600"  # 1 character, 4 bytes in UTF-8
+
+#: Every client-chosen id field, in a frame that is valid apart from it.
+ID_FIELDS = [
+    ("request_id", lambda v: {"type": "ping", "request_id": v}),
+    ("agent_id", lambda v: {"type": "subscribe", "agent_id": v, "request_id": "r"}),
+    ("agent_id", lambda v: {"type": "chat", "agent_id": v, "message": "hi", "request_id": "r"}),
+    ("command_id", lambda v: {"type": "chat", "agent_id": "a", "message": "hi", "command_id": v, "request_id": "r"}),
+    ("user_id", lambda v: {"type": "set_user", "user_id": v, "request_id": "r"}),
+]
+
+
+@pytest.mark.parametrize(("name", "make"), ID_FIELDS)
+@pytest.mark.parametrize("ensure_ascii", [True, False])
+def test_ids_are_bounded_in_utf8_bytes_not_characters(name, make, ensure_ascii):
+    for fits in ["x" * 256, EMOJI * 64, "\x01" * 256, "é" * 128]:  # 256 bytes each as UTF-8
+        command = decode(json.dumps(make(fits), ensure_ascii=ensure_ascii))
+        assert getattr(command, name) == fits
+    for too_long in ["x" * 257, EMOJI * 65, "é" * 128 + "x"]:  # 65 characters but 260 bytes, ...
+        error = decode_error(json.dumps(make(too_long), ensure_ascii=ensure_ascii))
+        assert error.code == "invalid_field"
+        assert f"Field '{name}'" in error.message and "256 bytes" in error.message
+        assert too_long not in error.message
+
+
+@pytest.mark.parametrize("too_long", ["r" * 65_000, EMOJI * 65, "r" * 257], ids=["65000 ASCII", "65 emoji", "257 ASCII"])
+def test_a_too_long_request_id_is_refused_and_never_echoed_whatever_the_frame(too_long):
+    """The answer to a frame with a too-long request_id is a short error without it: echoing it back
+    (in a pong, or in the error about something else) let a client make the server queue what it sent."""
+    frames = [{"type": name, "request_id": too_long} for name in COMMAND_TYPES]  # most miss a field too
+    frames += [
+        {"type": "ping", "request_id": too_long},
+        {"type": "chat", "agent_id": "a", "message": "hi", "request_id": too_long},
+        {"type": "no such type", "request_id": too_long},
+        {"request_id": too_long},
+        {"type": "x" * 65_000, "request_id": too_long},
+        {"type": ["x" * 1000], "request_id": too_long},
+    ]
+    for fields in frames:
+        error = decode_error(json.dumps(fields))
+        assert error.request_id is None
+        assert len(error.message) < 200, error.message
+    assert decode_error(json.dumps({"type": "ping", "request_id": too_long})).message == (
+        "Field 'request_id' of 'ping' must be a string of at most 256 bytes (UTF-8)")
+
+
+def test_an_unknown_type_is_quoted_at_most_shown_chars_characters():
+    error = decode_error(frame(type="y" * 65_000))
+    assert error.code == "unknown_type"
+    assert error.message == "Unknown message type: " + "y" * SHOWN_CHARS + "...[65000 characters]"
+
+
+@pytest.mark.parametrize("user_id", [10**256 - 1, -(10**255 - 1), 0, -1, 2**64],
+                         ids=["10**256-1", "-(10**255-1)", "0", "-1", "2**64"])
+def test_integer_user_ids_of_at_most_256_characters_are_taken(user_id):
+    assert len(str(user_id)) <= 256
+    assert decode(frame(type="set_user", user_id=user_id)).user_id == user_id
+
+
+@pytest.mark.parametrize("user_id", [10**256, -(10**255), 10**4000], ids=["10**256", "-(10**255)", "10**4000"])
+def test_integer_user_ids_longer_than_256_characters_are_refused_like_long_strings(user_id):
+    error = decode_error(frame(type="set_user", user_id=user_id, request_id="r"))
+    assert error.code == "invalid_field" and error.request_id == "r"
+    assert error.message == ("Field 'user_id' of 'set_user' must be an integer of at most 256 digits (a minus "
+                             "sign counts as one) or a non-empty string of at most 256 bytes (UTF-8)")
+
+
+def test_an_integer_beyond_pythons_digit_limit_is_a_clean_error():
+    """json refuses integers of more than 4300 digits with a ValueError that tells the reader to call
+    sys.set_int_max_str_digits(): not a message for a client."""
+    for data in ['{"type": "set_user", "user_id": %s}' % ("1" * 5000), '{"type": "ping", "n": %s}' % ("9" * 5000)]:
+        error = decode_error(data)
+        assert error.code == "invalid_json"
+        assert error.message == "Message has an integer with too many digits to read (a user id has at most 256)"
+
+
 # -- encode -------------------------------------------------------------------------------
 
 
@@ -386,8 +467,9 @@ def test_decode_any_json_value_returns_command_or_protocol_error(value, ensure_a
 
 
 words = st.text(min_size=1).filter(str.strip)
-ids = st.text(min_size=1, max_size=256)
-request_ids = st.one_of(st.none(), st.text())
+#: Ids of at most 256 bytes as UTF-8 (64 characters are at most 256 bytes).
+ids = st.one_of(st.text(min_size=1, max_size=64), st.text(st.characters(max_codepoint=127), min_size=1, max_size=256))
+request_ids = st.one_of(st.none(), st.just(""), ids)
 
 
 def without_none(**fields):
@@ -508,3 +590,23 @@ def test_encode_utf8_returns_bytes_that_hold_only_their_own_length():
         tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     assert grown / len(kept) < 512, grown / len(kept)
+
+
+# -- ChunkRun: adjacent chunks of a turn as the one frame they are sent as ------------------------------
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(agent_id=wire_text, request_id=st.one_of(st.none(), wire_text), deltas=st.lists(wire_text, min_size=1, max_size=6))
+def test_a_chunk_run_is_the_frame_of_its_deltas_joined(agent_id, request_id, deltas):
+    run = ChunkRun(ResponseChunk(agent_id, deltas[0], request_id))
+    for delta in deltas[1:]:
+        assert run.continued_by(ResponseChunk(agent_id, delta, request_id))
+        run.add(json_text(delta))
+    data = run.encode()
+    assert run.size == len(data)
+    merged = ResponseChunk(agent_id, "".join(deltas), request_id)
+    assert json.loads(data.decode("utf-8")) == json.loads(_as_sent(encode(merged)))
+    if _as_sent(encode(merged)) == encode(merged):  # no lone surrogate: the very bytes encode_utf8 makes
+        assert data == encode_utf8(merged)
+    assert not run.continued_by(ResponseChunk(agent_id + "x", "d", request_id))
+    assert not run.continued_by(ResponseChunk(agent_id, "d", (request_id or "") + "x"))

@@ -1,7 +1,6 @@
 """transport._wsinternals, the one place that uses trio-websocket internals: several messages in one
 socket write, each still arriving as its own message; the own reader task and its frame parser (receiving
-exactly what trio-websocket receives); taking messages as they arrive; and frame coalescing
-(transport.protocol.coalesce)."""
+exactly what trio-websocket receives); taking messages as they arrive."""
 from __future__ import annotations
 
 import functools
@@ -13,7 +12,7 @@ import struct
 
 import trio
 import trio.testing
-from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -103,28 +102,6 @@ async def test_sending_on_a_closed_connection_raises_connection_closed():
                 await send_text_batch(server_ws, ["late"])
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
-
-
-def test_coalesce_merges_adjacent_chunks_of_one_turn_only():
-    frames = [
-        p.AgentThinking("a", "r"),
-        p.ResponseChunk("a", "Hel", "r"),
-        p.ResponseChunk("a", "lo", "r"),
-        p.ResponseChunk("b", "other agent", "r"),
-        p.ResponseChunk("a", " there", "r2"),
-        p.ResponseChunk("a", "!", "r2"),
-        p.Response("a", "Hello", 3, "r"),
-        p.ResponseChunk("a", "after", "r"),
-    ]
-    assert p.coalesce(frames) == [
-        p.AgentThinking("a", "r"),
-        p.ResponseChunk("a", "Hello", "r"),
-        p.ResponseChunk("b", "other agent", "r"),
-        p.ResponseChunk("a", " there!", "r2"),
-        p.Response("a", "Hello", 3, "r"),
-        p.ResponseChunk("a", "after", "r"),
-    ]
-    assert p.coalesce([]) == []
 
 
 async def tcp_pair(nursery):
@@ -327,12 +304,29 @@ async def feed_server_side(wrap, chunks, max_size, sink, server_stream, client_s
     messages.append(ws)
 
 
+async def trio_websocket_counting_bytes(nursery, stream, *, message_queue_size, max_message_size):
+    """`wrap_server_stream`: trio-websocket's own reader, wsproto for every frame; but its size limit counted
+    in UTF-8 bytes, as serve_stream's is (trio-websocket counts a text message's characters)."""
+    ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), message_queue_size=message_queue_size,
+                             max_message_size=max_message_size)
+    handle = ws._handle_message_event
+
+    async def counting_bytes(event):
+        if isinstance(event, TextMessage):
+            ws._message_size += len(event.data.encode()) - len(event.data)
+        await handle(event)
+
+    ws._handle_message_event = counting_bytes
+    nursery.start_soon(ws._reader_task)
+    return await ws._get_request()
+
+
 def run_both(chunks, max_size, sink):
     """What trio-websocket's reader and serve_stream's make of the same bytes, read in the same pieces."""
     def run(wrap):
         return trio.run(functools.partial(run_server_side, wrap, chunks, max_size, sink=sink),
                         clock=trio.testing.MockClock(autojump_threshold=0))
-    return run(wrap_server_stream), run(serve_stream)
+    return run(trio_websocket_counting_bytes), run(serve_stream)
 
 
 texts = st.one_of(
@@ -596,18 +590,47 @@ async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_
                 await trio.sleep(0.01)
 
 
-async def test_over_tcp_the_size_limit_counts_characters_and_closes_with_1009(db_path):
-    async with running_server(db_path, max_message_size=100) as server:
+EMOJI = "\U0001F600"  # 1 character, 4 bytes in UTF-8
+
+
+def message_of(n_bytes: int, char: str) -> bytes:
+    """A ping of exactly `n_bytes` bytes of UTF-8, nearly all of them `char` (in a field the server ignores)."""
+    fields = {"type": "ping", "request_id": "r", "pad": ""}
+    k, rest = divmod(n_bytes - len(json.dumps(fields).encode()), len(char.encode()))
+    fields["pad"] = char * k + " " * rest
+    data = json.dumps(fields, ensure_ascii=False).encode()
+    assert len(data) == n_bytes
+    return data
+
+
+def test_parse_text_frames_takes_messages_of_at_most_max_bytes_bytes():
+    """The limit is in bytes, as it came: 1000 bytes of 4-byte characters (250 of them) are at the limit of 1000."""
+    for char in ("x", EMOJI):
+        at_limit, over = client_frame(1, message_of(1000, char)), client_frame(1, message_of(1001, char))
+        assert parse_text_frames(at_limit + over, 1000) == ([message_of(1000, char).decode()], len(at_limit))
+        assert parse_text_frames(over, 1000) == ([], 0)  # left for wsproto, which closes with 1009
+
+
+@pytest.mark.parametrize("char", ["x", EMOJI], ids=["ascii", "4-byte characters"])
+@pytest.mark.parametrize("fragmented", [False, True], ids=["one frame", "fragments (wsproto's way)"])
+async def test_over_tcp_the_size_limit_counts_utf8_bytes_and_closes_with_1009(db_path, char, fragmented):
+    """max_message_size is bytes, as docs/security.md says: exactly that many bytes of UTF-8 are taken, one
+    more closes the connection with 1009, whether the message is a plain frame (parsed by serve_stream's
+    reader) or comes in fragments (through wsproto and trio-websocket's handler, which counts characters)."""
+    def frames(data: bytes) -> bytes:
+        if not fragmented:
+            return client_frame(1, data)
+        cut = len(data) // 2 + 1  # inside a character, for the 4-byte ones
+        return client_frame(1, data[:cut], fin=False) + client_frame(0, data[cut:])
+
+    async with running_server(db_path, max_message_size=1000) as server:
         client = await RawClient.open(server.port)
         await client.frames(1)
-        size = len(json.dumps({"type": "ping", "request_id": "ééé"}, ensure_ascii=False))
-        at_limit = ping_frame("ééé", pad=100 - size)
-        assert len(at_limit) > 100 + 6  # more bytes than the limit, but not more characters
-        await client.stream.send_all(at_limit)
-        assert (await client.frames(1))[0]["type"] == "ping"
-        await client.stream.send_all(ping_frame("ééé", pad=101 - size))
-        events = await client.until(lambda e: isinstance(e, CloseConnection))
-        assert events[-1].code == 1009
+        await client.stream.send_all(frames(message_of(1000, char)))
+        assert (await client.frames(1))[0] == {"type": "ping", "request_id": "r"}
+        await client.stream.send_all(frames(message_of(1001, char)))
+        events = await client.until(lambda e: isinstance(e, (CloseConnection, TextMessage)))
+        assert isinstance(events[-1], CloseConnection) and events[-1].code == 1009
         await client.stream.aclose()
 
 

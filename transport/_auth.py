@@ -31,8 +31,9 @@ from actors import ConfigError
 MIN_SECRET_BYTES = 32
 #: The longest token accepted, in characters (in an `auth` frame and in an `Authorization` header).
 MAX_TOKEN_LENGTH = 4096
-#: The longest string user id (as in `set_user`).
-MAX_USER_ID_LENGTH = 256
+#: The longest user id (as in `set_user`): a string of at most this many bytes as UTF-8, an integer whose
+#: decimal form has at most this many characters.
+MAX_USER_ID_BYTES = 256
 #: The latest expiry a token may carry: 9999-12-31T23:59:59Z.
 MAX_EXP = 253402300799
 
@@ -90,22 +91,23 @@ def _mac(secret: bytes, signed: str) -> bytes:
 
 
 def valid_user_id(user_id: object) -> bool:
-    """An integer (not a boolean), or a non-empty string of at most 256 characters (as `set_user` takes)."""
+    """An integer (not a boolean) of at most 256 digits (a minus sign counts as one), or a non-empty string
+    of at most 256 bytes as UTF-8 (as `set_user` takes)."""
     if type(user_id) is int:
-        return True
-    if type(user_id) is str and 0 < len(user_id) <= MAX_USER_ID_LENGTH:
+        return -(10 ** (MAX_USER_ID_BYTES - 1)) < user_id < 10**MAX_USER_ID_BYTES
+    if type(user_id) is str and 0 < len(user_id) <= MAX_USER_ID_BYTES:
         try:
-            user_id.encode("utf-8")
+            return len(user_id.encode("utf-8")) <= MAX_USER_ID_BYTES
         except UnicodeEncodeError:
             return False
-        return True
     return False
 
 
 def mint(secret: bytes, user_id: int | str, expires_at: int) -> str:
     """A token for `user_id` that is valid until `expires_at` (unix seconds)."""
     if not valid_user_id(user_id):
-        raise ValueError(f"a user id is an integer or a non-empty string of at most {MAX_USER_ID_LENGTH} characters")
+        raise ValueError(f"a user id is an integer of at most {MAX_USER_ID_BYTES} digits or a non-empty string of at "
+                         f"most {MAX_USER_ID_BYTES} bytes (UTF-8)")
     if type(expires_at) is not int or not 0 <= expires_at <= MAX_EXP:
         raise ValueError("expires_at must be an integer number of unix seconds")
     payload = json.dumps({"sub": user_id, "exp": expires_at}, ensure_ascii=False, separators=(",", ":"))

@@ -8,7 +8,7 @@ import collections
 import logging
 import math
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 
 import outcome
 import trio
@@ -21,7 +21,7 @@ from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
 from ._metrics import Metrics
 from ._settings import ServerSettings
-from ._wsinternals import abort, send_text_batch, take_messages
+from ._wsinternals import WRITE_PIECE, abort, send_text_batch, take_messages
 
 logger = logging.getLogger("agentcast.transport")
 
@@ -75,12 +75,64 @@ _FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
 #: The outputs counted in the metrics (`Connection._count`).
 _COUNTED = (actors.TurnDone, actors.Failed)
 
+#: Bytes counted for each queued frame beyond its encoded JSON: what holding it costs (a bytes object's
+#: header, the queue's slot) and its WebSocket header; so that many tiny frames count too.
+FRAME_OVERHEAD = 64
+
+#: The queue holds each frame as its UTF-8 JSON (`protocol.encode_utf8`), or a run of chunks still open to
+#: merging (`protocol.ChunkRun`, only ever the last entry while it is open).
+_Entry = bytes | p.ChunkRun
+
+
+def _counted(entry: _Entry) -> int:
+    """Bytes an entry of the queue counts for (`FRAME_OVERHEAD` included)."""
+    return (len(entry) if type(entry) is bytes else entry.size) + FRAME_OVERHEAD
+
+
+class OutboxBudget:
+    """The bytes held by the outbound queues of all of a server's connections (queued or being written),
+    and the cap on them (`outbox_bytes_total`). Owned by the server, shared by its connections.
+
+    A frame that would take the total past the cap first closes (1013, their queues dropped) the
+    connections that hold the most, until the total is at most TRIM_TO of the cap: one client or a
+    few that stop reading cannot make the server hold more than the cap, however many connections they
+    open; and since trimming goes that far below the cap, the scan it takes runs once per quarter of the cap.
+    """
+
+    __slots__ = ("cap", "held", "connections")
+
+    #: How far a trim takes the total down, as a fraction of the cap.
+    TRIM_TO = 0.75
+
+    def __init__(self, cap: int, connections: Collection[Connection] = ()) -> None:
+        #: The most bytes all queues may hold together.
+        self.cap = cap
+        #: The bytes they hold now.
+        self.held = 0
+        #: The connections to close when the total would pass the cap (the server's open connections).
+        self.connections = connections
+
+    def make_room(self, size: int) -> None:
+        """Close the connections holding the most until `size` more bytes fit under the cap, and the total
+        is at most TRIM_TO of it (or no connection holds anything that closing it would free at once)."""
+        target = min(self.cap - size, int(self.cap * self.TRIM_TO))
+        holders = sorted((c for c in self.connections if c.held_bytes), key=_held_bytes, reverse=True)
+        for conn in holders:
+            if self.held <= target:
+                break
+            conn.evict()
+
+
+def _held_bytes(conn: Connection) -> int:
+    return conn.held_bytes
+
 
 class Connection:
     """A client's session. Implements `actors.PacedOutbox`.
 
-    Frames for the client wait in a queue bounded in frames and in size, written by one
-    task; a client that lets it overflow is closed with 1013, so no agent ever waits on it.
+    Frames for the client wait in a queue bounded in frames and in bytes (its frames' UTF-8 JSON, counted
+    until they are written), written by one task; a client that lets it overflow is closed with 1013, so
+    no agent ever waits on it. The bytes held by all the server's queues together are bounded too (`budget`).
     """
 
     def __init__(
@@ -96,8 +148,12 @@ class Connection:
         auth: Authenticator | None = None,
         claims: Claims | None = None,
         metrics: Metrics | None = None,
+        budget: OutboxBudget | None = None,
     ) -> None:
         """`users` counts the connections of each user across the server (for the per-user cap).
+
+        `budget` counts the bytes that the outbound queues of all the server's connections hold, against
+        `outbox_bytes_total` (by default the connection has one of its own).
 
         `metrics`, if given, counts this connection's turns and errors and times its chats.
 
@@ -130,18 +186,19 @@ class Connection:
         #: The rate limit's token bucket: (tokens, trio time they were counted at).
         self._bucket = (float(settings.rate_burst), self._last_activity)
         self._accepting = accepting
-        #: The outbound queue: frames not yet taken by the writer (None while empty). The queue is
-        #: closed (takes no more frames) once `close` was called or `run` has ended.
-        self._outbox: list[p.ServerFrame] | None = None
+        #: The outbound queue: frames not yet taken by the writer (None while empty), encoded. The queue
+        #: is closed (takes no more frames) once `close` was called or `run` has ended.
+        self._outbox: list[_Entry] | None = None
         self._writer: trio.lowlevel.Task | None = None  # the writer, while it waits for frames
         #: Set (and dropped) each time the writer takes queued frames; made only when `room` waits.
         self._drained: trio.Event | None = None
         self._ended = False  # `run` has finished
-        self._queued_size = 0  # text characters in the queue (see protocol.text_size)
+        #: Bytes counted for the frames queued or being written (`_counted`), also in `_budget.held`.
+        self._held_bytes = 0
+        self._budget = budget if budget is not None else OutboxBudget(settings.outbox_bytes_total, (self,))
         #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
         self._scope: trio.CancelScope | None = None
         self._closing: tuple[int, str] | None = None  # (code, reason) once `close` was called
-        self._discard = False  # drop queued frames instead of writing them
         self._mid_frame = False  # a frame write was cut short: the stream can take no more frames
         self._holds = 0  # `hold`s not yet released: `_queue` does not wake the writer meanwhile
         self._metrics = metrics
@@ -196,7 +253,7 @@ class Connection:
         self._metrics.turn_done(output.agent_id, seconds)
 
     async def room(self) -> None:
-        """Return once the outbound queue is at most half full (in frames and in characters), or
+        """Return once the outbound queue is at most half full (in frames and in bytes), or
         the connection is closing.
 
         A backlog waits on this before each frame, so it flows at the pace the client reads it.
@@ -218,7 +275,7 @@ class Connection:
         if self._closing is not None or self._ended:
             return False
         frames = len(self._outbox) if self._outbox is not None else 0
-        return frames * 2 > self._settings.outbox_size or self._queued_size * 2 > self._settings.outbox_bytes
+        return frames * 2 > self._settings.outbox_size or self._held_bytes * 2 > self._settings.outbox_bytes
 
     def _wake_room(self) -> None:
         drained = self._drained
@@ -247,12 +304,44 @@ class Connection:
         """
         if self._closing is None:
             self._closing = (code, reason)
-        self._discard = self._discard or not drain
+        if not drain:
+            self._drop_queue()
         self._wake_writer()  # the queue takes no more frames; the writer ends the connection when done
         self._wake_room()
         if self._scope is None:  # before `run`: it takes this scope's deadline
             self._scope = trio.CancelScope()
         self._scope.deadline = min(self._scope.deadline, trio.current_time() + self._settings.close_timeout)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes counted for the frames queued for the client or being written to it."""
+        return self._held_bytes
+
+    def evict(self) -> None:
+        """Close with 1013, the queue dropped: the server's queues together hold too much, and this
+        connection holds the most (`OutboxBudget.make_room`). One already closing keeps its close code
+        but loses its queue too."""
+        if self._ended:
+            return
+        if self._closing is not None:
+            self._drop_queue()
+            return
+        logger.warning("client=%s user=%s: holds %d bytes of outbound frames, the most while all queues together "
+                       "reach outbox_bytes_total; closing", self.client_id, self.user, self._held_bytes)
+        self.close(TRY_AGAIN_LATER, "the server's outbound queues are full and this client's holds the most",
+                   drain=False)
+
+    def _drop_queue(self) -> None:
+        """Drop the frames not yet taken by the writer (what it is writing stays counted until written)."""
+        outbox = self._outbox
+        if outbox is not None:
+            self._outbox = None
+            self._release(sum(_counted(entry) for entry in outbox))
+
+    def _release(self, size: int) -> None:
+        """`size` bytes counted in the queue are no longer held (written or dropped)."""
+        self._held_bytes -= size
+        self._budget.held -= size
 
     def _remote(self) -> str:
         try:
@@ -302,6 +391,7 @@ class Connection:
                 del self._users[self.user]
             self._ended = True
             self._outbox = None
+            self._release(self._held_bytes)  # the writer has ended: nothing is held any more
             self._wake_writer()
             self._wake_room()
             for agent in self._agents.values():  # `gone` now: an agent may cancel this connection's turns
@@ -321,37 +411,66 @@ class Connection:
             )
 
     def _queue(self, frame: p.ServerFrame, *, count_error: bool = True) -> None:
-        """Queue `frame` for the client; an `error` frame made here (`count_error`) is counted in the metrics."""
+        """Queue `frame` for the client, encoded; an `error` frame made here (`count_error`) is counted in the metrics.
+
+        A `response_chunk` right behind another of the same turn joins its run (one frame, `protocol.ChunkRun`).
+        The queue's bounds count each frame's UTF-8 bytes plus `FRAME_OVERHEAD` from here until it is written:
+        past `outbox_size` frames or `outbox_bytes` bytes (a frame bigger than that alone is taken while
+        nothing else is held), the client is not reading and is closed with 1013; past the server's
+        `outbox_bytes_total`, the connections holding the most are closed first (`OutboxBudget`)."""
         if count_error and type(frame) is p.Error and self._metrics is not None:
             self._metrics.errors.labels(frame.code).inc()
         if self._closing is not None or self._ended:
             return  # closing or gone; what it missed is in the log
-        size = p.text_size(frame)
         outbox = self._outbox
-        if outbox is None:
-            self._outbox = [frame]
-        elif len(outbox) >= self._settings.outbox_size or (self._queued_size + size > self._settings.outbox_bytes
-                                                             and self._queued_size):
+        run = None
+        if type(frame) is p.ResponseChunk:
+            last = outbox[-1] if outbox is not None else None
+            if type(last) is p.ChunkRun and last.continued_by(frame):
+                run, entry = last, p.json_text(frame.delta)
+                size = len(entry)
+            else:
+                entry = p.ChunkRun(frame)
+                size = entry.size + FRAME_OVERHEAD
+        else:
+            entry = p.encode_utf8(frame)
+            size = len(entry) + FRAME_OVERHEAD
+        held = self._held_bytes
+        if (run is None and outbox is not None and len(outbox) >= self._settings.outbox_size
+                or held and held + size > self._settings.outbox_bytes):
             logger.warning("client=%s user=%s: not reading, outbound queue full; closing", self.client_id, p.shown(self.user))
             self.close(TRY_AGAIN_LATER, "outbound queue full: the client is not reading", drain=False)
             return
+        budget = self._budget
+        if budget.held + size > budget.cap:
+            budget.make_room(size)
+            if self._closing is not None:
+                return  # this connection held the most
+        if run is not None:
+            run.add(entry)
+        elif outbox is None:
+            self._outbox = [entry]
         else:
-            outbox.append(frame)
-        self._queued_size += size
+            outbox.append(entry)
+        self._held_bytes += size
+        budget.held += size
         if not self._holds:
             self._wake_writer()
 
     async def _write_frames(self) -> None:
-        """Write queued frames until the queue is closed (and drained, unless discarding); then end the connection.
+        """Write queued frames until the queue is closed (and drained, unless dropped); then end the connection.
 
-        Frames queued together, or while the queue is held (`hold`), go out in one socket write,
-        adjacent chunks of a turn merged.
+        Frames queued together, or while the queue is held (`hold`), go out in one socket write. More than
+        WRITE_PIECE bytes of them are taken from the queue a piece of about that size at a time (a socket
+        write each), so that what a client that stops reading makes the server hold stays in the queue,
+        where a close without draining drops it. Frames count in the queue's bounds until written.
         """
         try:
+            more = False  # the last take left frames queued: they go on without waiting for a release
             while True:
                 # Wait for frames, and while they are held for a release too (which wakes the writer
                 # with True); then whatever holds remain, the writer takes the queue.
-                released = False
+                released = more
                 while self._outbox is None or (
                     self._holds and not released and self._closing is None and not self._ended
                 ):
@@ -359,21 +478,42 @@ class Connection:
                         return  # closed and drained
                     self._writer = trio.lowlevel.current_task()
                     released = await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
-                frames, self._outbox = self._outbox, None
-                self._queued_size = 0  # all of them taken
+                frames = self._outbox
+                taken = self._held_bytes  # nothing is being written now: all of it is queued
+                if taken <= WRITE_PIECE:
+                    self._outbox = None
+                    more = False
+                else:
+                    frames, taken = self._take_piece(frames)
+                    more = self._outbox is not None
                 self._wake_room()
-                if self._discard:
-                    break
                 self._mid_frame = True
-                # The encoded frames are not kept in a local: this frame stays suspended while the writer waits.
-                await send_text_batch(self._ws, [p.encode_utf8(f) for f in p.coalesce(frames)])
+                # Nothing of the batch stays referenced here once it is written (`frames = None`): this
+                # frame stays suspended while the writer waits for the next frames.
+                await send_text_batch(self._ws, [f if type(f) is bytes else f.encode() for f in frames])
                 frames = None
                 self._mid_frame = False
+                self._release(taken)
+                self._wake_room()
                 self._last_activity = trio.current_time()
         except ConnectionClosed:
             self._mid_frame = False
         finally:
             self._scope.cancel()
+
+    def _take_piece(self, outbox: list[_Entry]) -> tuple[list[_Entry], int]:
+        """Take the first frames of the queue, about WRITE_PIECE bytes of them (at least one); and the bytes they count."""
+        size = 0
+        for n, entry in enumerate(outbox, 1):
+            size += _counted(entry)
+            if size >= WRITE_PIECE:
+                break
+        if n == len(outbox):
+            self._outbox = None
+            return outbox, size
+        piece = outbox[:n]
+        del outbox[:n]
+        return piece, size
 
     async def _read_frames(self) -> None:
         """Take the client's messages until the connection ends.

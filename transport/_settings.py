@@ -26,8 +26,12 @@ class ServerSettings:
     max_message_size: int = 64 * 1024
     #: Frames waiting to be written to one client; beyond that it is closed with 1013.
     outbox_size: int = 1024
-    #: Characters of frames waiting to be written to one client; beyond that it is closed with 1013.
+    #: Bytes of frames waiting to be written to one client (their UTF-8 JSON, plus 64 a frame), counted until
+    #: written; beyond that it is closed with 1013.
     outbox_bytes: int = 8 * 1024 * 1024
+    #: The same bytes for all clients together; a frame that would pass it first closes (1013) the clients
+    #: holding the most.
+    outbox_bytes_total: int = 256 * 1024 * 1024
     #: Seconds a client has to finish the WebSocket handshake.
     handshake_timeout: float = 10.0
     #: Seconds to wait for a client to acknowledge a close.
@@ -75,9 +79,9 @@ class ServerSettings:
             raise ValueError(f"port must be 0..65535, not {self.port}")
         if self.synchronous.upper() not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
-        for name in ("max_message_size", "outbox_size", "outbox_bytes", "readers", "max_chat_chars",
-                     "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst", "max_lanes",
-                     "max_lanes_window_bytes"):
+        for name in ("max_message_size", "outbox_size", "outbox_bytes", "outbox_bytes_total", "readers",
+                     "max_chat_chars", "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst",
+                     "max_lanes", "max_lanes_window_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.heartbeat_interval and not self.heartbeat_timeout > 0:

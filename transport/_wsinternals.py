@@ -298,8 +298,8 @@ _READER_METHODS = (
     "_handle_ping_event", "_handle_pong_event", "_handle_reject_connection_event", "_handle_reject_data_event",
     "_handle_request_event",
 )
-_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_max_message_size",
-                 "_close_reason", "_close_handshake")
+_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_message_size",
+                 "_max_message_size", "_close_reason", "_close_handshake")
 
 
 def reader_supported() -> bool:
@@ -367,11 +367,11 @@ class _Frames:
         )
 
 
-def parse_text_frames(data: bytes, max_chars: int) -> tuple[list[str], int]:
+def parse_text_frames(data: bytes, max_bytes: int) -> tuple[list[str], int]:
     """The text messages of the complete frames at the start of `data` that are each a whole, valid,
     masked, plain text message (RFC 6455 5.2: FIN set, no RSV bit, opcode 1, the length in the fewest
-    bytes, valid UTF-8) of at most `max_chars` characters; and the offset of the first byte not taken
-    (a frame of any other kind, or one not complete in `data`: for wsproto)."""
+    bytes, valid UTF-8) of at most `max_bytes` bytes; and the offset of the first byte not taken
+    (a frame of any other kind, one not complete in `data`, or a bigger one: for wsproto)."""
     texts: list[str] = []
     start, end = 0, len(data)
     while end - start >= 6:  # the shortest masked frame: 2 header bytes, the 4-byte key
@@ -398,7 +398,7 @@ def parse_text_frames(data: bytes, max_chars: int) -> tuple[list[str], int]:
         else:
             key = start + 2
         stop = key + 4 + n
-        if stop > end or n > 4 * max_chars:  # incomplete, or too big for sure (a character is at most 4 bytes)
+        if stop > end or n > max_bytes:  # incomplete, or too big (wsproto's way then closes with 1009)
             break
         if n:
             # Unmask: XOR with the 4-byte key repeated, as one integer (little-endian, so the key's
@@ -409,8 +409,6 @@ def parse_text_frames(data: bytes, max_chars: int) -> tuple[list[str], int]:
                 text = payload.decode("utf-8")
             except UnicodeDecodeError:
                 break  # wsproto fails the connection with 1007
-            if len(text) > max_chars:
-                break  # trio-websocket closes with 1009
         else:
             text = ""
         texts.append(text)
@@ -485,7 +483,15 @@ async def _read(ws: WebSocketConnection) -> None:
     sink) as wsproto's would. Everything else (the handshake, control frames, fragments, partial
     frames, binary, invalid or too-big messages) goes through wsproto and trio-websocket's own
     handlers, as in `_reader_task`, except a protocol violation (`_handle_close`) and the client's EOF
-    while the connection is open (`_end_input`)."""
+    while the connection is open (`_end_input`); and a text message's size is counted in UTF-8 bytes, as it
+    came, where trio-websocket counts the characters wsproto decoded (`max_message_size` is bytes either way)."""
+
+    async def handle_text_message(event: TextMessage) -> None:
+        data = event.data
+        if not data.isascii():  # trio-websocket adds len(data): the bytes beyond one a character first
+            ws._message_size += len(data.encode("utf-8")) - len(data)
+        await ws._handle_message_event(event)
+
     handlers = {
         AcceptConnection: ws._handle_accept_connection_event,
         BytesMessage: ws._handle_message_event,
@@ -495,12 +501,12 @@ async def _read(ws: WebSocketConnection) -> None:
         RejectConnection: ws._handle_reject_connection_event,
         RejectData: ws._handle_reject_data_event,
         Request: ws._handle_request_event,
-        TextMessage: ws._handle_message_event,
+        TextMessage: handle_text_message,
     }
     wsproto = ws._wsproto
     stream = ws._stream
     size = getattr(ws, "_receive_buffer_size", 4096)
-    max_chars = getattr(ws, "_max_message_size", 2**20)
+    max_bytes = ws._max_message_size
     frames: _Frames | None = None
     fast = True  # until wsproto turns out to differ
     pending = False  # wsproto has been fed since its events were last handed out
@@ -550,7 +556,7 @@ async def _read(ws: WebSocketConnection) -> None:
                 frames = _Frames.of(ws)
                 fast = frames is not None
             if frames is not None and frames.between_frames():
-                texts, taken = parse_text_frames(data, max_chars)
+                texts, taken = parse_text_frames(data, max_bytes)
                 for i, text in enumerate(texts):
                     if i and not i % YIELD_EVERY:  # a flood in one read: let the other tasks run meanwhile
                         await trio.lowlevel.checkpoint()

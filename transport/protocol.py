@@ -22,26 +22,33 @@ logger = logging.getLogger("agentcast.protocol")
 
 #: Non-empty text (chat messages, search queries).
 Text = NewType("Text", str)
-#: An agent id: non-empty text of at most MAX_ID_LENGTH characters.
+#: An agent id: non-empty text of at most MAX_ID_BYTES bytes (UTF-8).
 AgentId = NewType("AgentId", str)
-#: A client-chosen command id: non-empty text of at most MAX_ID_LENGTH characters.
+#: A client-chosen command id: non-empty text of at most MAX_ID_BYTES bytes (UTF-8).
 CommandId = NewType("CommandId", str)
+#: A client-chosen request id, echoed in the answers: text of at most MAX_ID_BYTES bytes (UTF-8).
+RequestId = NewType("RequestId", str)
 #: A search limit: an integer from 1 to MAX_LIMIT.
 Limit = NewType("Limit", int)
-#: A user id: an integer, or non-empty text of at most MAX_ID_LENGTH characters.
+#: A user id: an integer of at most MAX_ID_BYTES digits (a minus sign counts as one), or non-empty text of
+#: at most MAX_ID_BYTES bytes (UTF-8): either way its text form, which keys the user's memory, is at most
+#: MAX_ID_BYTES bytes.
 UserId = Union[int, str]
 #: A log sequence number to resume after: an integer from 0 to MAX_SEQ.
 AfterSeq = NewType("AfterSeq", int)
-#: An authentication token: non-empty text of at most MAX_TOKEN_LENGTH characters.
+#: An authentication token: non-empty text of at most MAX_TOKEN_BYTES bytes (UTF-8).
 Token = NewType("Token", str)
 
-MAX_ID_LENGTH = 256
+#: The longest id a client may choose (agent, command, request and user ids), in bytes as UTF-8.
+MAX_ID_BYTES = 256
 MAX_LIMIT = 100
 #: The largest sequence number SQLite can hold.
 MAX_SEQ = 2**63 - 1
 DEFAULT_LIMIT = 5
-#: The longest token an `auth` frame may carry (4 KiB).
-MAX_TOKEN_LENGTH = 4096
+#: The longest token an `auth` frame may carry (4 KiB), in bytes as UTF-8.
+MAX_TOKEN_BYTES = 4096
+#: The integers a user id may be: their decimal form is at most MAX_ID_BYTES characters.
+_USER_INT_MIN, _USER_INT_MAX = -(10 ** (MAX_ID_BYTES - 1)), 10**MAX_ID_BYTES
 
 
 #: The most characters of a client's value that a log line or an error message shows (see `shown`).
@@ -95,7 +102,7 @@ class _FieldError(ValueError):
 
 @frozen
 class Ping:
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "ping"
 
 
@@ -104,21 +111,21 @@ class Auth:
     """Authenticate the connection with a token (when the server has authentication on)."""
 
     token: Token
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "auth"
 
 
 @frozen
 class SetUser:
     user_id: UserId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "set_user"
 
 
 @frozen
 class Subscribe:
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     #: Resume: first every logged event of the connection's (agent, user) with a greater seq, then live.
     after_seq: Optional[AfterSeq] = None
     TYPE = "subscribe"
@@ -127,7 +134,7 @@ class Subscribe:
 @frozen
 class Unsubscribe:
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "unsubscribe"
 
 
@@ -135,7 +142,7 @@ class Unsubscribe:
 class Chat:
     agent_id: AgentId
     message: Text
-    request_id: str | None = None
+    request_id: RequestId | None = None
     #: Makes the chat idempotent: a retry with a command_id the log holds is answered from the log.
     command_id: CommandId | None = None
     TYPE = "chat"
@@ -147,7 +154,7 @@ class SearchMemory:
     query: Text
     limit: Limit = DEFAULT_LIMIT
     use_long_term: bool = True
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "search_memory"
 
 
@@ -155,7 +162,7 @@ class SearchMemory:
 class ClearMemory:
     agent_id: AgentId
     clear_long_term: bool = False
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "clear_memory"
 
 
@@ -167,7 +174,7 @@ class Cancel:
     """Cancel the user's running turn on the agent (the one with `request_id`, when given)."""
 
     agent_id: AgentId
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "cancel"
 
 
@@ -378,7 +385,7 @@ ServerFrame = Union[
 class ListAgents:
     """Ask which agents the server has."""
 
-    request_id: str | None = None
+    request_id: RequestId | None = None
     TYPE = "list_agents"
 
 
@@ -412,6 +419,29 @@ def _text_ok(value: str) -> bool:
     return True
 
 
+def utf8_length(value: str) -> int:
+    """How many bytes `value` takes as UTF-8, or -1 if it cannot be encoded (a lone surrogate)."""
+    if value.isascii():  # a flag of the string: no scan
+        return len(value)
+    try:
+        return len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        return -1
+
+
+def valid_id(value: object) -> bool:
+    """A client-chosen id that may be taken (and echoed): text of at most MAX_ID_BYTES bytes as UTF-8."""
+    return type(value) is str and 0 <= utf8_length(value) <= MAX_ID_BYTES
+
+
+def valid_user_id(value: object) -> bool:
+    """A user id: an integer whose decimal form is at most MAX_ID_BYTES characters, or non-empty text of at
+    most MAX_ID_BYTES bytes as UTF-8."""
+    if type(value) is int:
+        return _USER_INT_MIN < value < _USER_INT_MAX
+    return type(value) is str and 0 < utf8_length(value) <= MAX_ID_BYTES
+
+
 def _strict_str(value, _type) -> str:
     if type(value) is not str or not _text_ok(value):
         raise _FieldError("must be a string")
@@ -431,15 +461,22 @@ def _text(value, _type) -> str:
 
 
 def _agent_id(value, _type) -> str:
-    if type(value) is not str or not value or len(value) > MAX_ID_LENGTH or not _text_ok(value):
-        raise _FieldError(f"must be a non-empty string of at most {MAX_ID_LENGTH} characters")
+    if type(value) is not str or not 0 < utf8_length(value) <= MAX_ID_BYTES:
+        raise _FieldError(f"must be a non-empty string of at most {MAX_ID_BYTES} bytes (UTF-8)")
+    return value
+
+
+def _request_id(value, _type) -> str:
+    # The message never shows the value: echoing a long one back is what the bound is there to prevent.
+    if not valid_id(value):
+        raise _FieldError(f"must be a string of at most {MAX_ID_BYTES} bytes (UTF-8)")
     return value
 
 
 def _token(value, _type) -> str:
     # The message never shows the value: a token is a credential.
-    if type(value) is not str or not value or len(value) > MAX_TOKEN_LENGTH or not _text_ok(value):
-        raise _FieldError(f"must be a non-empty string of at most {MAX_TOKEN_LENGTH} characters")
+    if type(value) is not str or not 0 < utf8_length(value) <= MAX_TOKEN_BYTES:
+        raise _FieldError(f"must be a non-empty string of at most {MAX_TOKEN_BYTES} bytes (UTF-8)")
     return value
 
 
@@ -457,11 +494,10 @@ def _after_seq(value, _type) -> int:
 
 
 def _user_id(value, _type) -> int | str:
-    if type(value) is int:
+    if valid_user_id(value):
         return value
-    if type(value) is str and value and len(value) <= MAX_ID_LENGTH and _text_ok(value):
-        return value
-    raise _FieldError(f"must be an integer or a non-empty string of at most {MAX_ID_LENGTH} characters")
+    raise _FieldError(f"must be an integer of at most {MAX_ID_BYTES} digits (a minus sign counts as one) "
+                      f"or a non-empty string of at most {MAX_ID_BYTES} bytes (UTF-8)")
 
 
 def _make_converter() -> cattrs.Converter:
@@ -471,6 +507,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Text, _text)
     conv.register_structure_hook(AgentId, _agent_id)
     conv.register_structure_hook(CommandId, _agent_id)
+    conv.register_structure_hook(RequestId, _request_id)
     conv.register_structure_hook(Token, _token)
     conv.register_structure_hook(Limit, _limit)
     conv.register_structure_hook(UserId, _user_id)
@@ -493,7 +530,9 @@ def decode(data: str | bytes) -> Command:
     """Parse and validate one client frame.
 
     Returns a command, or raises `ProtocolError` (never another exception) naming what
-    is wrong; its `request_id` is the frame's when the frame had a usable one.
+    is wrong; its `request_id` is the frame's when the frame had a usable one (text of at most
+    MAX_ID_BYTES bytes: a longer one is never echoed back). The error's message quotes at most
+    SHOWN_CHARS characters of what the client sent.
     """
     if not isinstance(data, str):
         raise ProtocolError("binary_frame", "Binary frames are not supported; send JSON text frames")
@@ -501,12 +540,16 @@ def decode(data: str | bytes) -> Command:
         obj = json.loads(data)
     except RecursionError:
         raise ProtocolError("invalid_json", "Message is not valid JSON: nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise ProtocolError("invalid_json", f"Message is not valid JSON: {exc}") from None
+    except ValueError:  # an integer beyond Python's limit on the digits it reads (4300 by default)
+        raise ProtocolError(
+            "invalid_json", f"Message has an integer with too many digits to read (a user id has at most {MAX_ID_BYTES})"
+        ) from None
     if not isinstance(obj, dict):
         raise ProtocolError("invalid_message", "Message must be a JSON object")
     rid = obj.get("request_id")
-    request_id = rid if type(rid) is str and _text_ok(rid) else None
+    request_id = rid if valid_id(rid) else None
     type_ = obj.get("type")
     if type_ is None:
         raise ProtocolError("missing_type", "Message has no 'type'", request_id)
@@ -523,6 +566,7 @@ def decode(data: str | bytes) -> Command:
         raise _field_problem(exc, type_, request_id) from None
     except (ValueError, TypeError, KeyError, ForbiddenExtraKeysError) as exc:  # pragma: no cover - defensive
         raise ProtocolError("invalid_message", f"Invalid '{type_}' message: {shown(str(exc))}", request_id) from None
+
 
 
 def _field_problem(exc: ClassValidationError, type_: str, request_id: str | None) -> ProtocolError:
@@ -601,40 +645,49 @@ def _encode(frame: ServerFrame) -> str:
     return _json_encoder.encode(_plain(frame))
 
 
-def text_size(frame: ServerFrame) -> int:
-    """About how many characters `frame` takes on the wire (its texts plus a fixed overhead)."""
-    if type(frame) is ResponseChunk:
-        return 100 + len(frame.delta)
-    if type(frame) is Response or type(frame) is UserMessage:
-        return 100 + len(frame.message)
-    if type(frame) is MemoryResults:
-        return 100 + len(frame.query) + sum(100 + len(r.content) for r in frame.results)
-    if type(frame) is Error:
-        return 100 + len(frame.message)
-    if type(frame) is ToolCall or type(frame) is ToolResult or type(frame) is Cancelled:
-        return 100 + len(encode(frame))
-    return 100
+def json_text(text: str) -> bytes:
+    """`text` as the inside of a JSON string (escaped, without its quotes), in UTF-8; a lone surrogate
+    (which UTF-8 cannot carry) becomes U+FFFD."""
+    try:
+        return orjson.dumps(text)[1:-1]  # a slice: a copy of its own size (orjson's bytes keep a 4 KiB buffer)
+    except orjson.JSONEncodeError:
+        return json.dumps(without_surrogates(text), ensure_ascii=False)[1:-1].encode("utf-8")
 
 
-def coalesce(frames: list[ServerFrame]) -> list[ServerFrame]:
-    """`frames` with each run of adjacent `response_chunk`s of one turn merged into one.
+class ChunkRun:
+    """Adjacent `response_chunk`s of one turn as the one frame they are sent as, merged as they come.
 
-    Deltas produced faster than they can be written travel as one frame; the concatenation
-    of the deltas, and the order of everything else, stay the same.
+    Deltas produced faster than they can be written travel as one frame; the concatenation of the deltas,
+    and the order of everything else, stay the same. The run holds the merged frame's UTF-8 JSON in pieces
+    (the deltas' escaped text in one growing buffer), so it holds about as many bytes as it is sent as and
+    `size` is exact; `encode()` gives the bytes `encode_utf8` makes of the merged frame.
     """
-    out: list[ServerFrame] = []
-    for frame in frames:
-        last = out[-1] if out else None
-        if (
-            type(frame) is ResponseChunk
-            and type(last) is ResponseChunk
-            and last.agent_id == frame.agent_id
-            and last.request_id == frame.request_id
-        ):
-            out[-1] = ResponseChunk(last.agent_id, last.delta + frame.delta, last.request_id)
-        else:
-            out.append(frame)
-    return out
+
+    __slots__ = ("agent_id", "request_id", "_head", "_deltas", "_tail")
+
+    def __init__(self, chunk: ResponseChunk) -> None:
+        self.agent_id = chunk.agent_id
+        self.request_id = chunk.request_id
+        self._head = b'{"type":"response_chunk","agent_id":"' + json_text(chunk.agent_id) + b'","delta":"'
+        rid = chunk.request_id
+        self._tail = b'"}' if rid is None else b'","request_id":"' + json_text(rid) + b'"}'
+        self._deltas = bytearray(json_text(chunk.delta))
+
+    def continued_by(self, chunk: ResponseChunk) -> bool:
+        """True if `chunk` belongs to this run's turn (so that, coming right after it, it joins the run)."""
+        return chunk.agent_id == self.agent_id and chunk.request_id == self.request_id
+
+    @property
+    def size(self) -> int:
+        """Bytes of the merged frame."""
+        return len(self._head) + len(self._deltas) + len(self._tail)
+
+    def add(self, delta_text: bytes) -> None:
+        """Append a chunk's delta, given as `json_text(delta)` (whose length is what the frame grows by)."""
+        self._deltas += delta_text
+
+    def encode(self) -> bytes:
+        return b"".join((self._head, self._deltas, self._tail))
 
 
 def error_frame(error: ProtocolError, agent_id: str | None = None) -> Error:

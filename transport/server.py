@@ -20,7 +20,7 @@ from actors import Agents, AgentSpec, Audience, ConfigError, Journal, LaneBudget
 from store import EventLog
 
 from ._auth import Authenticator, Claims, TokenError, bearer_token, origin_allowed
-from ._connection import GOING_AWAY, Connection
+from ._connection import GOING_AWAY, Connection, OutboxBudget
 from ._http import (
     BadRequest,
     HttpResponse,
@@ -92,6 +92,8 @@ class Server:
         self.stopped = trio.Event()
         self._accepting = False
         self.connections: set[Connection] = set()
+        #: The bytes all connections' outbound queues hold, bounded by `outbox_bytes_total`.
+        self.outbox_budget = OutboxBudget(settings.outbox_bytes_total, self.connections)
         self._handshakes = 0  # handshakes past the connection cap check, not yet connections
         #: Open connections per user.
         self.users: collections.Counter[str] = collections.Counter()
@@ -349,6 +351,7 @@ class Server:
             auth=self.auth,
             claims=claims,
             metrics=self.metrics,
+            budget=self.outbox_budget,
         )
         if not self._accepting:  # shutdown began during the handshake: close like the others
             conn.close(GOING_AWAY, "server shutting down")
