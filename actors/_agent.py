@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import trio
 from attrs import define, field, frozen
 
-from store import (
+from ..store import (
     CANCELLED,
     FAILED,
     AgentMessage,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Protocol, Union
 import trio
 from attrs import frozen
 
-from store import Hit, Memory
+from ..store import Hit, Memory
 
 if TYPE_CHECKING:
     from ._tools import Toolbox

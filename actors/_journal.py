@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from store import Event, EventLog, Memory, Recorded
+from ..store import Event, EventLog, Memory, Recorded
 
 T = TypeVar("T")
 

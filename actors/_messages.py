@@ -9,7 +9,7 @@ from typing import Protocol, Union
 
 from attrs import frozen
 
-from store import Hit
+from ..store import Hit
 
 from ._brain import Usage
 

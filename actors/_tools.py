@@ -19,7 +19,7 @@ import cattrs
 from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError
 
-from store import Hit
+from ..store import Hit
 
 #: Longest tool result (as JSON text) given back to the model and the client; longer ones are an error.
 MAX_RESULT_CHARS = 16_000

@@ -40,7 +40,7 @@ def agentcast_serve(directory: Path, name: str, config: str, *, stop_timeout: fl
     toml = directory / f"{name}.toml"
     toml.write_text(config)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning",
+        [sys.executable, "-m", "agentcast.transport", "serve", "--port", "0", "--db", str(db), "--log-level", "warning",
          "--config", str(toml)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, preexec_fn=raise_fd_limit, cwd=ROOT,
     )

@@ -26,8 +26,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this script is in
 
-from actors import Agents, AgentSpec, Audience, ChatTurn, EchoBrain, Journal, TurnDone  # noqa: E402
-from store import EventLog  # noqa: E402
+from agentcast.actors import Agents, AgentSpec, Audience, ChatTurn, EchoBrain, Journal, TurnDone  # noqa: E402
+from agentcast.store import EventLog  # noqa: E402
 
 AT = "2026-01-01T00:00:00.000Z"
 

@@ -30,9 +30,9 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from actors import Journal  # noqa: E402
-from store import AgentMessage, EventLog, UserMessage  # noqa: E402
-from store._schema import sqlite3  # noqa: E402
+from agentcast.actors import Journal  # noqa: E402
+from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENT = "my_agent"
 WORDS = ("the and you to of a i it is that in my for me what on this with your have be do are was not "

@@ -36,8 +36,8 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from actors import Journal, utc_now  # noqa: E402
-from store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.actors import Journal, utc_now  # noqa: E402
+from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ids = itertools.count(1)

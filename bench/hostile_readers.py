@@ -184,7 +184,7 @@ def main() -> int:
         os.environ[SECRET_ENV] = SECRET
         config += f'auth_secret_env = "{SECRET_ENV}"\n'
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from transport._auth import mint
+        from agentcast.transport._auth import mint
         token = mint(SECRET.encode(), "well-behaved", int(time.time()) + 3600)
     ctx = multiprocessing.get_context("spawn")
     closes = ctx.Value("i", 0)

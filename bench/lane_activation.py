@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from actors._agent import SNAPSHOT_EVERY
-from store import AgentMessage, EventLog, UserMessage
+from agentcast.actors._agent import SNAPSHOT_EVERY
+from agentcast.store import AgentMessage, EventLog, UserMessage
 
 
 def timed(fn, runs):

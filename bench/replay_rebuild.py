@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from store import AgentMessage, EventLog, MemoryCleared, UserMessage, rebuild_all, verify  # noqa: E402
-from store._schema import sqlite3  # noqa: E402
+from agentcast.store import AgentMessage, EventLog, MemoryCleared, UserMessage, rebuild_all, verify  # noqa: E402
+from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENTS = ("my_agent", "assistant", "multi_user_agent", "helper")
 USERS = 250  # 4 agents x 250 users = 1,000 (agent, user) streams

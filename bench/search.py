@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from store import AgentMessage, EventLog, UserMessage  # noqa: E402
-from store._schema import sqlite3  # noqa: E402
+from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENT = "my_agent"
 BATCH = 20_000  # events per append (one transaction)

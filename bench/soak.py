@@ -31,7 +31,7 @@ from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
 from _serve import agentcast_serve, raise_fd_limit  # bench/_serve.py (scripts run from bench/)
 
-from store import EventLog
+from agentcast.store import EventLog
 
 
 def rss_kib(pid: int) -> int:

@@ -4,7 +4,7 @@ Imports only `actors` and attrs, like a user's own tool module would.
 """
 from attrs import field, frozen
 
-from actors import ToolError, tool
+from agentcast.actors import ToolError, tool
 
 
 @frozen

@@ -12,10 +12,10 @@ from contextlib import asynccontextmanager
 import trio
 from trio_websocket import open_websocket_url
 
-from actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
+from agentcast.actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
 from fake_openai import FakeOpenAI
-from transport._auth import mint
-from transport.server import Server, ServerSettings
+from agentcast.transport._auth import mint
+from agentcast.transport.server import Server, ServerSettings
 
 
 #: Multiplies every real-clock timeout of the process tests (subprocesses, real sockets waited on with

@@ -12,7 +12,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from support import HANDSHAKE, connect, handshake, running_server, scaled
-from transport._connection import Connection, OutboxBudget
+from agentcast.transport._connection import Connection, OutboxBudget
 
 
 async def assert_healthy(server) -> None:

@@ -11,7 +11,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors import (
+from agentcast.actors import (
     Agent,
     AgentSpec,
     Audience,
@@ -35,7 +35,7 @@ from actors import (
     agent_specs,
     split_chunks,
 )
-from store import AgentMessage, EventLog, MemoryCleared, TurnEnded, UserMessage
+from agentcast.store import AgentMessage, EventLog, MemoryCleared, TurnEnded, UserMessage
 
 AT = "2026-01-01T00:00:00.000Z"
 #: A safety net for waits in tests on the real clock: a hang fails instead of blocking forever.
@@ -661,8 +661,8 @@ async def test_a_window_larger_than_the_whole_budget_is_dropped_once_idle_and_re
 
 
 def test_window_bytes_follow_the_window_turn_by_turn_and_through_clears():
-    from actors._agent import _window_bytes
-    from store import fold, Memory, Recorded
+    from agentcast.actors._agent import _window_bytes
+    from agentcast.store import fold, Memory, Recorded
 
     memory, counted = Memory("a", "u", window=3), 0
     steps = [UserMessage("a", "u", AT, "ab"), AgentMessage("a", "u", AT, "\N{GRINNING FACE}é"),

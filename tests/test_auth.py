@@ -28,12 +28,12 @@ from trio_websocket import (
     wrap_server_stream,
 )
 
-from actors import ConfigError, agent_specs
-from store import EventLog
+from agentcast.actors import ConfigError, agent_specs
+from agentcast.store import EventLog
 from support import HANDSHAKE, Client, connect, handshake, running_server, scaled
 from test_connection import Harness
-from transport import protocol as p
-from transport._auth import (
+from agentcast.transport import protocol as p
+from agentcast.transport._auth import (
     MIN_SECRET_BYTES,
     Authenticator,
     TokenError,
@@ -46,16 +46,16 @@ from transport._auth import (
     secret_from_env,
     verify,
 )
-from transport._config import load_config, server_settings
-from transport._connection import POLICY_VIOLATION, Connection
-from transport.cli import token_user
-from transport.server import Server, ServerSettings
+from agentcast.transport._config import load_config, server_settings
+from agentcast.transport._connection import POLICY_VIOLATION, Connection
+from agentcast.transport.cli import token_user
+from agentcast.transport.server import Server, ServerSettings
 
 SECRET = b"k" * 40
 OTHER_SECRET = b"o" * 40
 SECRET_ENV = "AGENTCAST_TEST_AUTH_SECRET"
 NOW = 1_800_000_000
-CLI = [sys.executable, "-m", "transport.cli"]
+CLI = [sys.executable, "-m", "agentcast.transport.cli"]
 #: Bound on one-shot commands and on a server starting.
 PROCESS_TIMEOUT = scaled(15)
 

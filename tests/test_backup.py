@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import store._backup
-from store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserMessage, backup, verify
+from agentcast.store import _backup as store_backup
+from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserMessage, backup, verify
 from support import scaled
 from test_cli import (
     FOREIGN_FILES,
@@ -202,11 +202,11 @@ def test_a_failed_backup_leaves_no_partial_copy_and_the_target_as_it_was(tmp_pat
 
 
 def test_backup_prints_progress_for_a_big_log(tmp_path, monkeypatch, capsys):
-    from transport import cli as cli_module
+    from agentcast.transport import cli as cli_module
 
     prefill(tmp_path / "a.db", 3000)
     monkeypatch.setattr(cli_module, "BACKUP_PROGRESS_FROM_BYTES", 100_000)  # "big" for this test
-    monkeypatch.setattr(store._backup, "PAGES_PER_STEP", 8)
+    monkeypatch.setattr(store_backup, "PAGES_PER_STEP", 8)
     assert cli_module.main(["backup", "--db", str(tmp_path / "a.db"), "--to", str(tmp_path / "b.db")]) == 0
     out, err = capsys.readouterr()
     lines = err.splitlines()

@@ -13,10 +13,10 @@ from types import SimpleNamespace
 import pytest
 import trio
 
-from actors import AgentSpec, EchoBrain
+from agentcast.actors import AgentSpec, EchoBrain
 from fake_openai import error, text, tool_calls
 from support import LLM_AGENT, connect, llm_server, running_server, scaled, token_for
-from transport.server import Server, ServerSettings
+from agentcast.transport.server import Server, ServerSettings
 
 try:
     from playwright.sync_api import expect, sync_playwright

@@ -435,7 +435,7 @@ def test_a_chat_without_a_token_on_a_server_with_auth_says_to_pass_token_env(ser
 
 
 def test_visible_keeps_text_and_shows_controls():
-    from transport._chat import visible
+    from agentcast.transport.client._chat import visible
 
     assert visible("plain, ünïcode ✓\n\tindented") == "plain, ünïcode ✓\n\tindented"
     assert visible("a\r\nb") == "a\nb"

@@ -29,7 +29,7 @@ from support import scaled
 # Helpers: the real `agentcast` process, and a websockets (asyncio) client driven by asyncio.run
 # ---------------------------------------------------------------------------------------------
 
-CLI = [sys.executable, "-m", "transport.cli"]
+CLI = [sys.executable, "-m", "agentcast.transport.cli"]
 #: Bound on waiting for the "listening" line, and on one-shot commands.
 START_TIMEOUT = scaled(15.0)
 #: Bound on waiting for a server to exit after a signal.

@@ -12,11 +12,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
-from actors import AgentSpec, EchoBrain
+from agentcast.actors import AgentSpec, EchoBrain
 from fake_openai import error, text, tool_calls
-from store import EventLog
+from agentcast.store import EventLog
 from support import LLM_AGENT, GatedBrain, connect, llm_server, running_server
-from transport.client import (
+from agentcast.transport.client import (
     AgentError,
     CannotConnect,
     ConnectionLost,
@@ -25,7 +25,7 @@ from transport.client import (
     frame_type,
     open_agent_client,
 )
-from transport.protocol import (
+from agentcast.transport.protocol import (
     AgentDone,
     AgentInfo,
     AgentThinking,

@@ -12,9 +12,9 @@ import tomllib
 
 import pytest
 
-from store import EventLog
+from agentcast.store import EventLog
 from test_cli import assert_one_line_error, cli
-from transport.cli import COMMANDS, FLAGS, command_parser, main
+from agentcast.transport.cli import COMMANDS, FLAGS, command_parser, main
 
 pytestmark = pytest.mark.process
 
@@ -127,7 +127,7 @@ def cli_env(cwd, env, *args: str):
 
     from test_cli import START_TIMEOUT
 
-    return subprocess.run([sys.executable, "-m", "transport.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+    return subprocess.run([sys.executable, "-m", "agentcast.transport.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=START_TIMEOUT)
 
 
@@ -165,7 +165,7 @@ def test_replay_and_config_check_do_not_warn_about_unset_api_keys(tmp_path):
 
 
 async def test_serve_warns_naming_the_agent_when_its_key_is_unset(db_path, caplog, monkeypatch):
-    from actors import agent_specs
+    from agentcast.actors import agent_specs
     from support import running_server
 
     monkeypatch.delenv("AGENTCAST_TEST_UNSET_KEY", raising=False)
@@ -236,7 +236,7 @@ def test_a_reader_that_went_away_is_no_traceback(tmp_path, args):
     read_end, write_end = os.pipe()
     os.close(read_end)  # like `agentcast ... | head -1` once head has exited: every write fails with EPIPE
     try:
-        result = subprocess.run([sys.executable, "-m", "transport.cli", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
+        result = subprocess.run([sys.executable, "-m", "agentcast.transport.cli", *args], cwd=tmp_path, stdin=subprocess.DEVNULL,
                                 stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=START_TIMEOUT)
     finally:
         os.close(write_end)

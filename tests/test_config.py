@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from actors import ConfigError, LaneBudget
-from transport._config import load_config, server_settings
-from transport._settings import ServerSettings
+from agentcast.actors import ConfigError, LaneBudget
+from agentcast.transport._config import load_config, server_settings
+from agentcast.transport._settings import ServerSettings
 
 
 def test_timeouts_must_be_finite(tmp_path):

@@ -10,12 +10,12 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from actors import (AgentSpec, Agents, Audience, EchoBrain, Journal, TurnChunk, TurnDone, TurnResponse, TurnStarted,
+from agentcast.actors import (AgentSpec, Agents, Audience, EchoBrain, Journal, TurnChunk, TurnDone, TurnResponse, TurnStarted,
                     agent_specs)
-from store import EventLog
-from transport import protocol as p
-from transport._connection import FRAME_OVERHEAD, TRY_AGAIN_LATER, Connection, OutboxBudget
-from transport.server import ServerSettings
+from agentcast.store import EventLog
+from agentcast.transport import protocol as p
+from agentcast.transport._connection import FRAME_OVERHEAD, TRY_AGAIN_LATER, Connection, OutboxBudget
+from agentcast.transport.server import ServerSettings
 
 
 class Harness:

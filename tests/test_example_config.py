@@ -14,11 +14,11 @@ import attrs
 import pytest
 from trio_websocket import ConnectionClosed
 
-from actors import AgentSpec, EchoBrain, OpenAIBrain
+from agentcast.actors import AgentSpec, EchoBrain, OpenAIBrain
 from support import connect, running_server
 from test_cli import cli
-from transport._config import effective_settings, example_config, load_config
-from transport._settings import ServerSettings
+from agentcast.transport._config import effective_settings, example_config, load_config
+from agentcast.transport._settings import ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "transport" / "agentcast.example.toml"
@@ -91,7 +91,7 @@ def test_agents_for_openai_ollama_and_vllm():
 
 def test_the_package_ships_it():
     package_data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
-    assert EXAMPLE.name in package_data["transport"]
+    assert EXAMPLE.name in package_data["agentcast.transport"]
     assert example_config() == TEXT
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-import store._log
-import store._schema
-from store import AgentMessage, EventLog, FactRemembered, MemoryCleared, ToolCalled, ToolReturned, TurnEnded, UserMessage, verify
+from agentcast.store import _log as store_log
+from agentcast.store import _schema as store_schema
+from agentcast.store import AgentMessage, EventLog, FactRemembered, MemoryCleared, ToolCalled, ToolReturned, TurnEnded, UserMessage, verify
 from support import connect, on_disk, running_server, scaled
 from test_cli import cli
 
@@ -32,10 +32,10 @@ def fill(log: EventLog, user: str, mark: str, n: int) -> None:
 
 @pytest.fixture(params=[True, False], ids=["fts5-secure-delete", "fts5-optimize-fallback"])
 def fts_mode(request, monkeypatch):
-    if request.param and not store._schema.FTS5_SECURE_DELETE:
+    if request.param and not store_schema.FTS5_SECURE_DELETE:
         pytest.skip("this SQLite has no FTS5 secure-delete (needs 3.42; pysqlite3-binary brings it)")
-    monkeypatch.setattr(store._schema, "FTS5_SECURE_DELETE", request.param)
-    monkeypatch.setattr(store._log, "FTS5_SECURE_DELETE", request.param)
+    monkeypatch.setattr(store_schema, "FTS5_SECURE_DELETE", request.param)
+    monkeypatch.setattr(store_log, "FTS5_SECURE_DELETE", request.param)
     return request.param
 
 
@@ -100,7 +100,7 @@ def test_a_long_term_clear_erases_facts_tool_arguments_results_and_partial_answe
         assert {h.role for h in log.search("a", "B", fact_b, 5)} == {"fact"}  # B's are intact
         # the index holds nothing of A's any more (its rows were deleted with their own terms)
         assert log._conn.execute("SELECT count(*) FROM memory_index WHERE memory_index MATCH ?",
-                                 (f'"{store._log.scope_token("a", "A")}"',)).fetchone() == (0,)
+                                 (f'"{store_log.scope_token("a", "A")}"',)).fetchone() == (0,)
         report = verify(log)
         assert report.ok, report.as_json()
         log.append([a_real_turn("A", 99)])  # remembering again after the clear
@@ -217,8 +217,8 @@ def test_ids_left_by_forgetting_before_this_version_are_erased_when_the_log_is_o
     from sqlite_utils import Database
     from sqlite_utils.utils import sqlite3
 
-    from store._events import REDACTED
-    from store._schema import APPLICATION_ID, migrations
+    from agentcast.store._events import REDACTED
+    from agentcast.store._schema import APPLICATION_ID, migrations
 
     db = tmp_path / "m004.db"
     conn = sqlite3.connect(str(db), isolation_level=None)
@@ -236,7 +236,7 @@ def test_ids_left_by_forgetting_before_this_version_are_erased_when_the_log_is_o
     conn.executemany("INSERT INTO events (seq, at, type, agent_id, user, payload, command_id) "
                      "VALUES (?, 't', ?, 'a', ?, ?, ?)", rows)
     conn.execute("INSERT INTO memory_index (rowid, terms) VALUES (5, ?)",
-                 (store._log.index_terms(store._log.scope_token("a", "B"), "hi"),))
+                 (store_log.index_terms(store_log.scope_token("a", "B"), "hi"),))
     conn.close()
     with EventLog.open(db) as log:
         assert [(seq, cmd) for seq, cmd in log._conn.execute("SELECT seq, command_id FROM events")] == [

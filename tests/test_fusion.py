@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from store import EventLog, UserMessage
-from store._fusion import DEFAULT_K, content_terms, exact_terms, lexical_query, reciprocal_rank_fusion
+from agentcast.store import EventLog, UserMessage
+from agentcast.store._fusion import DEFAULT_K, content_terms, exact_terms, lexical_query, reciprocal_rank_fusion
 
 
 def test_rrf_scores_are_the_sum_of_weight_over_k_plus_rank():

@@ -8,9 +8,9 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from actors import AgentSpec, EchoBrain, Journal
-from store import EventLog
-from store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses
+from agentcast.actors import AgentSpec, EchoBrain, Journal
+from agentcast.store import EventLog
+from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses
 from support import GatedBrain, connect, running_server
 from test_http import get
 

@@ -12,10 +12,10 @@ import pytest
 import trio
 import trio.testing
 
-from actors import agent_specs
+from agentcast.actors import agent_specs
 from support import HANDSHAKE, connect, handshake, running_server
 from test_abuse import assert_healthy
-from transport._http import (
+from agentcast.transport._http import (
     MAX_HEAD_BYTES,
     PAGE_CSP,
     BadRequest,
@@ -25,7 +25,7 @@ from transport._http import (
     package_static_dir,
     read_request_head,
 )
-from transport.server import Server, ServerSettings
+from agentcast.transport.server import Server, ServerSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,8 +179,8 @@ async def test_no_request_path_reaches_outside_the_listed_files(tmp_path):
 def test_the_package_ships_every_static_file():
     """`pip install .` (not editable) installs transport/static/* only if package-data names it."""
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    assert "transport" in config["packages"]
-    patterns = config["package-data"]["transport"]
+    assert "agentcast.transport" in config["packages"]
+    patterns = config["package-data"]["agentcast.transport"]
     static = ROOT / "transport" / "static"
     assert package_static_dir() == static
     names = sorted(p.name for p in static.iterdir())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 
-from actors import AgentSpec, BrainError
-from store import EventLog
+from agentcast.actors import AgentSpec, BrainError
+from agentcast.store import EventLog
 from support import connect, running_server
 
 AGENT = "my_agent"

@@ -8,7 +8,7 @@ import threading
 
 import trio
 
-from actors import Journal
+from agentcast.actors import Journal
 
 
 class _StuckWriter:
@@ -54,7 +54,7 @@ async def test_check_writable_can_be_timed_out_while_a_commit_is_stuck():
 async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_its_commit(tmp_path):
     """Group commit puts many lanes' appends in one transaction; one that SQLite refuses (here text with a
     lone surrogate, which it cannot bind) must not take the others down with it."""
-    from store import AgentMessage, EventLog, UserMessage
+    from agentcast.store import AgentMessage, EventLog, UserMessage
 
     path = tmp_path / "a.db"
     log = EventLog.open(path)
@@ -86,7 +86,7 @@ async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_it
 async def test_failing_holds_the_stores_reason_from_a_failed_append_until_one_succeeds(tmp_path):
     """What /healthz reports: set by a commit that logged nothing, cleared by one that logged something
     (a commit where one append failed alone and others were logged clears it: the database takes writes)."""
-    from store import EventLog, UserMessage
+    from agentcast.store import EventLog, UserMessage
 
     path = tmp_path / "a.db"
     log = EventLog.open(path)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from actors import AgentSpec, EchoBrain
-from store import EventLog
+from agentcast.actors import AgentSpec, EchoBrain
+from agentcast.store import EventLog
 from support import GatedBrain, connect, running_server, scaled, token_for
 
 CLIENT = Path(__file__).resolve().parent.parent / "transport" / "static" / "agentcast.js"

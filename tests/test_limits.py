@@ -11,7 +11,7 @@ from trio_websocket import ConnectionClosed
 
 from support import connect, handshake, running_server
 from test_connection import Harness, recv
-from transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
+from agentcast.transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ async def test_the_connection_cap_holds_under_concurrent_handshakes(db_path):
 
 
 def test_heartbeat_timeout_must_be_positive_while_heartbeats_are_on():
-    from transport.server import ServerSettings
+    from agentcast.transport.server import ServerSettings
 
     with pytest.raises(ValueError, match="heartbeat_timeout"):
         ServerSettings(heartbeat_interval=20, heartbeat_timeout=0)

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from actors import AgentSpec, EchoBrain
+from agentcast.actors import AgentSpec, EchoBrain
 from support import connect, running_server
 from test_auth import SECRET, SECRET_ENV, authenticate, token_for
-from transport.protocol import AgentInfo, AgentList, ListAgents, ProtocolError, decode, encode
+from agentcast.transport.protocol import AgentInfo, AgentList, ListAgents, ProtocolError, decode, encode
 
 
 @pytest.fixture

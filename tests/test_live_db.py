@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import dbguard
-from store import EventLog, NotAnEventLog, UserMessage
+from agentcast.store import EventLog, NotAnEventLog, UserMessage
 from support import scaled
 from test_cli import cli, connect, replay_json
 

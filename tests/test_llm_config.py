@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from actors import ConfigError, OpenAIBrain, ToolContext, Toolbox
-from transport._config import load_config
+from agentcast.actors import ConfigError, OpenAIBrain, ToolContext, Toolbox
+from agentcast.transport._config import load_config
 
 SIX_LINES = """
 [agents.gpt]

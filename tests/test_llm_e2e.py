@@ -10,11 +10,11 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from actors import AgentSpec, OpenAIBrain
+from agentcast.actors import AgentSpec, OpenAIBrain
 from fake_openai import chunk, error, text, tool_calls
-from store import EventLog, activity_at
+from agentcast.store import EventLog, activity_at
 from support import LLM_AGENT, connect, llm_server, running_server
-from transport.cli import main as cli_main
+from agentcast.transport.cli import main as cli_main
 
 AGENT = LLM_AGENT
 

@@ -11,16 +11,16 @@ import httpx
 import pytest
 import trio
 
-from actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone,
+from agentcast.actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone,
                     TurnResponse, agent_specs)
-from actors._brain import BrainError
-from actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
+from agentcast.actors._brain import BrainError
+from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
 from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
 from support import running_server
 from test_actors import Recorder, chat as actor_chat, logged, running
 from test_llm_e2e import AGENT, chat, llm_server, user
 from test_openai_brain import brain_for, items_of, turn_for
-from transport.cli import setup_logging
+from agentcast.transport.cli import setup_logging
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from support import connect, running_server
 from test_http import exchange
-from transport.protocol import SHOWN_CHARS, ProtocolError, decode, shown
+from agentcast.transport.protocol import SHOWN_CHARS, ProtocolError, decode, shown
 
 AGENT = "my_agent"
 #: A line a client would like to see in the server's log.

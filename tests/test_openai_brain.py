@@ -7,9 +7,9 @@ import json
 import pytest
 import trio
 
-from actors import BrainError, OpenAIBrain, ToolCall, ToolContext, Toolbox, ToolResult, Turn, Usage
+from agentcast.actors import BrainError, OpenAIBrain, ToolCall, ToolContext, Toolbox, ToolResult, Turn, Usage
 from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
-from store import Hit, Memory, Message
+from agentcast.store import Hit, Memory, Message
 
 
 class FakeMemory:
@@ -307,7 +307,7 @@ def test_bad_brain_settings_are_refused_saying_which_and_why(options, says):
 def test_an_unusual_usage_chunk_is_ignored_not_fatal():
     # usage with non-integer counts (some servers) is ignored rather than failing the turn
     brain = OpenAIBrain(model="m")
-    from actors._openai import _Round
+    from agentcast.actors._openai import _Round
 
     result = _Round()
     assert brain._chunk(json.dumps(usage_chunk(1, 2) | {"usage": {"prompt_tokens": "x"}}), result, None) == []

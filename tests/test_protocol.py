@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from transport.protocol import (
+from agentcast.transport.protocol import (
     SHOWN_CHARS,
     Auth,
     Cancel,

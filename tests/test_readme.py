@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from support import scaled
 
-from transport._config import load_config, server_settings
+from agentcast.transport._config import load_config, server_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -75,7 +75,7 @@ def test_the_documented_config_is_valid(tmp_path):
 
 
 def test_the_real_model_example_is_a_valid_openai_agent(tmp_path):
-    from actors import OpenAIBrain
+    from agentcast.actors import OpenAIBrain
 
     (toml,) = [b for b in code_blocks("toml") if 'kind = "openai"' in b]
     path = tmp_path / "agentcast.toml"

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from store import AgentMessage, Cut, EventLog, MemoryCleared, UserMessage, memory_at, parse_instant, verify
-from store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
-from store._terms import index_terms, scope_token
+from agentcast.store import AgentMessage, Cut, EventLog, MemoryCleared, UserMessage, memory_at, parse_instant, verify
+from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
+from agentcast.store._terms import index_terms, scope_token
 from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
-from transport.cli import main
+from agentcast.transport.cli import main
 
 
 def at(second: float) -> str:

@@ -10,9 +10,9 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import actors._agent
-from actors import AgentSpec, EchoBrain
-from store import (
+from agentcast.actors import _agent as actors_agent
+from agentcast.actors import AgentSpec, EchoBrain
+from agentcast.store import (
     AgentMessage,
     Clear,
     EventLog,
@@ -82,7 +82,7 @@ def test_forgetting_removes_the_snapshots_that_hold_the_text(tmp_path):
 
 
 async def test_lanes_save_snapshots_and_start_from_them(db_path, monkeypatch):
-    monkeypatch.setattr(actors._agent, "SNAPSHOT_EVERY", 6)
+    monkeypatch.setattr(actors_agent, "SNAPSHOT_EVERY", 6)
     specs = [AgentSpec("my_agent", EchoBrain(), lane_idle_seconds=0.05)]
     async with running_server(db_path, specs) as server, connect(server.port) as c:
         await c.request({"type": "set_user", "user_id": "s"}, "user_set")
@@ -150,7 +150,7 @@ def test_a_snapshot_that_lists_every_clear_is_read_and_written_anew(tmp_path):
 
 
 async def test_a_lane_replaces_a_snapshot_that_lists_every_clear(db_path, monkeypatch):
-    monkeypatch.setattr(actors._agent, "SNAPSHOT_EVERY", 6)
+    monkeypatch.setattr(actors_agent, "SNAPSHOT_EVERY", 6)
     with EventLog.open(db_path) as log:
         for step in [("chat", "one"), ("clear", False), ("clear", False), ("clear", True), ("chat", "two")]:
             log.append([events_for(step, user="s")])

@@ -9,7 +9,7 @@ import sqlite3 as stdlib_sqlite3
 import pytest
 from sqlite_utils.utils import sqlite3  # the module the store itself uses
 
-from store import (
+from agentcast.store import (
     AgentMessage,
     Clear,
     EventLog,
@@ -24,7 +24,7 @@ from store import (
     match_expression,
     rebuild,
 )
-from store._terms import scope_token, words
+from agentcast.store._terms import scope_token, words
 
 AGENT = "echo"
 USER = "u1"
@@ -178,7 +178,7 @@ def test_a_long_term_clear_inside_one_append_forgets_what_came_before_it_in_that
 def test_payload_is_the_compact_json_of_the_event(event):
     import json
 
-    from store._events import payload_of
+    from agentcast.store._events import payload_of
 
     body = {"long_term": event.long_term} if isinstance(event, MemoryCleared) else {"content": event.content}
     if event.request_id is not None:
@@ -190,7 +190,7 @@ def test_payload_is_the_compact_json_of_the_event(event):
 
 def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
     """One of each event type a log may hold (a real model's turn included), with awkward text."""
-    from store import FactRemembered, ToolCalled, ToolReturned, TurnEnded
+    from agentcast.store import FactRemembered, ToolCalled, ToolReturned, TurnEnded
 
     return [
         UserMessage(AGENT, user, at(1), f'I like {mark} "quoted" caf\u00e9 \U0001f600 \u2028', "r1", "c1"),
@@ -213,7 +213,7 @@ def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
 def test_payload_of_every_event_type_is_what_json_dumps_makes(event):
     """Messages (facts included) and clears are spelled out; the others go through json.dumps.
     Either way the bytes are those of the general dict + json.dumps builder."""
-    from store._events import _payload_by_dumps, event_from_row, payload_of
+    from agentcast.store._events import _payload_by_dumps, event_from_row, payload_of
 
     assert payload_of(event) == _payload_by_dumps(event)
     assert event_from_row(event.TYPE, event.agent_id, event.user, event.at, payload_of(event)) == event
@@ -616,7 +616,7 @@ def test_words_of_ascii_text_are_what_the_word_pattern_finds_in_the_casefolded_t
     # as the regex on the case-folded text does, for every ASCII character (controls, `_`, digits).
     import random
 
-    from store._terms import _WORD
+    from agentcast.store._terms import _WORD
 
     rng = random.Random(5)
     samples = ["", " ", "_", "a_b", "A1b2_C3", "\x1c\x1d\x1e\x1fx\x0b\x0cy", "don't STOP-me now!", "".join(map(chr, range(128)))]
@@ -653,7 +653,7 @@ def old_schema_log(path):
     """A log as agentcast wrote it before migration m004: the `memory_fts` index with its text."""
     from sqlite_utils import Database
 
-    from store._schema import APPLICATION_ID, migrations
+    from agentcast.store._schema import APPLICATION_ID, migrations
 
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
@@ -674,7 +674,7 @@ def old_schema_log(path):
 
 
 def test_an_old_log_is_reindexed_and_memory_fts_dropped(tmp_path):
-    from store import verify
+    from agentcast.store import verify
 
     path = tmp_path / "old.db"
     old_schema_log(path)
@@ -695,8 +695,8 @@ def m003_log_as_main_wrote_it(path) -> list:
     user whose memory, a fact included, was forgotten (payloads redacted, index rows deleted)."""
     from sqlite_utils import Database
 
-    from store._events import ROLE_OF_TYPE, payload_of, redacted_payload
-    from store._schema import APPLICATION_ID, migrations
+    from agentcast.store._events import ROLE_OF_TYPE, payload_of, redacted_payload
+    from agentcast.store._schema import APPLICATION_ID, migrations
 
     conn = sqlite3.connect(str(path), isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
@@ -722,7 +722,7 @@ def m003_log_as_main_wrote_it(path) -> list:
 
 
 def test_a_main_m003_log_with_facts_and_turn_activity_migrates_to_memory_index(tmp_path):
-    from store import rebuild, verify
+    from agentcast.store import rebuild, verify
 
     path = tmp_path / "m003.db"
     events = m003_log_as_main_wrote_it(path)
@@ -751,7 +751,7 @@ def test_a_main_m003_log_with_facts_and_turn_activity_migrates_to_memory_index(t
 
 
 def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
-    from store import verify
+    from agentcast.store import verify
 
     path = tmp_path / "log.db"
     with EventLog.open(path) as log:
@@ -766,7 +766,7 @@ def test_an_index_made_with_another_unicode_version_is_rebuilt(tmp_path):
 
 @pytest.mark.parametrize("text", ["", "...", "plain words here", "Café au lait", "東京 and Tokyo", "a_b-c"])
 def test_index_terms_are_the_scope_then_the_term_of_each_word(text):
-    from store._terms import index_terms, term
+    from agentcast.store._terms import index_terms, term
 
     scope = scope_token(AGENT, USER)
     assert index_terms(scope, text) == " ".join([scope, *(term(scope, w) for w in words(text))])

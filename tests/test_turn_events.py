@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from store import (
+from agentcast.store import (
     AgentMessage,
     EventLog,
     FactRemembered,
@@ -22,7 +22,7 @@ from store import (
     rebuild,
     verify,
 )
-from store._events import event_from_row, payload_of
+from agentcast.store._events import event_from_row, payload_of
 from support import on_disk
 
 A, U = "agent", "alice"
@@ -95,7 +95,7 @@ def test_a_fact_is_remembered_and_searchable_and_activity_is_not_memory(log):
 
 def test_fold_of_an_activity_event_only_advances_the_version():
     before = Memory(A, U, short_term=(), long_term_count=2, last_seq=4, version=4)
-    from store import Recorded
+    from agentcast.store import Recorded
 
     after = fold(before, Recorded(9, ToolCalled(A, U, "t", "c", "current_time", {})))
     assert (after.last_seq, after.version, after.long_term_count, after.short_term) == (9, 5, 2, ())
@@ -125,13 +125,13 @@ def test_a_long_term_clear_erases_tool_arguments_results_and_partial_answers(tmp
 
 def test_a_cut_shows_the_activity_as_it_was(log):
     log.append([turn_events()])
-    from store import Cut
+    from agentcast.store import Cut
 
     assert [r.seq for r in activity_at(log, A, U, cut=Cut(until_seq=4))] == [2, 4]
 
 
 def test_replay_prints_tool_calls_and_cancelled_and_failed_turns_from_the_log(tmp_path, capsys):
-    from transport.cli import main
+    from agentcast.transport.cli import main
 
     db = tmp_path / "events.db"
     with EventLog.open(db) as log:

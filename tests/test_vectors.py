@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from store import _vectors
-from store._vectors import HEADER_SIZE, MAGIC, VectorBlock, append, count, dimensions_of, mean_vector, pack
-from store._vectors import quantise, record_size, top_k, unpack, without
+from agentcast.store import _vectors
+from agentcast.store._vectors import HEADER_SIZE, MAGIC, VectorBlock, append, count, dimensions_of, mean_vector, pack
+from agentcast.store._vectors import quantise, record_size, top_k, unpack, without
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -216,8 +216,8 @@ def test_centring_ranks_by_what_sets_a_message_apart():
 
 
 def test_the_vector_and_fusion_modules_import_without_numpy():
-    code = ("import sys; sys.modules['numpy'] = None; import store._vectors, store._fusion; "
-            "print(store._fusion.reciprocal_rank_fusion([[1, 2]]))")
+    code = ("import sys; sys.modules['numpy'] = None; import agentcast.store._vectors, agentcast.store._fusion; "
+            "print(agentcast.store._fusion.reciprocal_rank_fusion([[1, 2]]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
     assert out.strip() == "[(1, 0.01639344262295082), (2, 0.016129032258064516)]"
 

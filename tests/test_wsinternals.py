@@ -23,10 +23,10 @@ from wsproto.utilities import LocalProtocolError
 import pytest
 
 from support import running_server
-from transport import protocol as p
-from transport._http import PrefixedStream
-from transport._settings import ServerSettings
-from transport._wsinternals import (
+from agentcast.transport import protocol as p
+from agentcast.transport._http import PrefixedStream
+from agentcast.transport._settings import ServerSettings
+from agentcast.transport._wsinternals import (
     _receive,
     abort,
     _socket_fd,
@@ -569,7 +569,7 @@ async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_
     closes TCP. trio-websocket's reader, used where its internals differ, drops TCP without the frame: wsproto
     reports the violation as a CloseConnection event, which trio-websocket handles as a close it received."""
     if reader != "own":
-        monkeypatch.setattr("transport._wsinternals.reader_supported", lambda: False)
+        monkeypatch.setattr("agentcast.transport._wsinternals.reader_supported", lambda: False)
     frame, code = VIOLATIONS[violation]
     async with running_server(db_path) as server:
         client = await RawClient.open(server.port)
@@ -787,8 +787,8 @@ async def test_the_direct_read_never_reads_a_descriptor_reused_after_its_socket_
 async def served_connection(nursery, wrap, server_stream, client_stream, **settings):
     """A `Connection` (no agents) served by `wrap` over the given streams, its handshake done; returns the
     Connection and whatever the server wrote after its handshake answer's head with it."""
-    from actors import Audience
-    from transport._connection import Connection
+    from agentcast.actors import Audience
+    from agentcast.transport._connection import Connection
 
     got = {}
     ready = trio.Event()

@@ -1,8 +1,10 @@
-"""The transport: agentcast's WebSocket server (`transport.server`), its sans-IO wire protocol
-(`transport.protocol`), a trio client (`transport.client`) and the `agentcast` command line (`transport.cli`).
+"""The transport: agentcast's WebSocket server (`agentcast.transport.server`), its sans-IO wire protocol
+(`agentcast.transport.protocol`), the client side (`agentcast.transport.client`: a trio client and the
+terminal chat, sharing only the protocol with the server) and the `agentcast` command line
+(`agentcast.transport.cli`).
 
-This package imports nothing itself, so that `transport.protocol` can be used without trio:
-`from transport import open_agent_client` loads `transport.client` only when asked for.
+This package imports nothing itself, so that the protocol can be used without trio and the client side
+without the server: `from agentcast.transport import open_agent_client` loads the client only when asked for.
 """
 
 __all__ = ["open_agent_client"]
@@ -13,4 +15,4 @@ def __getattr__(name: str):
         from .client import open_agent_client
 
         return open_agent_client
-    raise AttributeError(f"module 'transport' has no attribute {name!r}")
+    raise AttributeError(f"module 'agentcast.transport' has no attribute {name!r}")

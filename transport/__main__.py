@@ -1,6 +1,6 @@
-"""`python -m transport` runs the `agentcast` command line (for when the script is not on PATH).
+"""`python -m agentcast.transport` runs the `agentcast` command line (for when the script is not on PATH).
 
-Imports only `transport.cli`.
+Imports only `agentcast.transport.cli`.
 """
 import sys
 

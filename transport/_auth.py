@@ -25,7 +25,7 @@ from datetime import datetime, timezone
 
 from attrs import frozen
 
-from actors import ConfigError
+from ..actors import ConfigError
 
 #: The shortest secret accepted, in bytes (the length of an HMAC-SHA256 key's block of security).
 MIN_SECRET_BYTES = 32

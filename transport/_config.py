@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from actors import BRAINS, AgentSpec, Brain, ConfigError, agent_specs
+from ..actors import BRAINS, AgentSpec, Brain, ConfigError, agent_specs
 
 from ._settings import ServerSettings
 

@@ -14,8 +14,8 @@ import outcome
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-import actors
-from actors import Agent, Audience, Busy, NothingToCancel, Output
+from .. import actors
+from ..actors import Agent, Audience, Busy, NothingToCancel, Output
 
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError

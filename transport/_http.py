@@ -264,8 +264,8 @@ class StaticFile:
 
 
 def package_static_dir() -> Path:
-    """transport/static/ of the installed package."""
-    return Path(str(resources.files("transport") / "static"))
+    """The static/ folder of the installed `agentcast.transport` package."""
+    return Path(str(resources.files(__package__) / "static"))
 
 
 def load_static_files(directory: str | os.PathLike | None) -> dict[str, StaticFile]:

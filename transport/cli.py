@@ -1,6 +1,6 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in `transport._chat`); `config check`
+`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in `agentcast.transport.client._chat`); `config check`
 validates a config file and prints the effective settings, `config example` prints the commented example.
 
 One vocabulary: a flag that several commands take (--db, --config, --agent, --user, --json, --auth-secret-env,
@@ -28,8 +28,8 @@ from typing import Any
 import trio
 from sqlite_utils.utils import sqlite3
 
-from actors import ConfigError
-from store import (
+from ..actors import ConfigError
+from ..store import (
     DEFAULT_WINDOW,
     Clear,
     Cut,
@@ -720,7 +720,7 @@ def _replay_events_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from ._chat import run_chat  # the client side: loaded only for this command
+    from .client._chat import run_chat  # the client side: loaded only for this command
 
     return run_chat(args)
 
@@ -737,7 +737,7 @@ def _backup_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _backup(args: argparse.Namespace) -> int:
-    from store import BackupError, TargetExists, backup
+    from ..store import BackupError, TargetExists, backup
 
     shown = [0]  # the last tenth of the copy reported
 

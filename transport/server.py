@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from actors import Agents, AgentSpec, Audience, ConfigError, Journal, LaneBudget, utc_now
-from store import EventLog
+from ..actors import Agents, AgentSpec, Audience, ConfigError, Journal, LaneBudget, utc_now
+from ..store import EventLog
 
 from ._auth import Authenticator, Claims, TokenError, bearer_token, origin_allowed
 from ._connection import GOING_AWAY, Connection, OutboxBudget

@@ -42,10 +42,10 @@ sys.path.insert(0, str(HERE.parent.parent))  # run from a source tree without in
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's scan on one core, as in the server's worker
 
-from actors._embedders import LocalEmbedder  # noqa: E402
-from store import EventLog, UserMessage  # noqa: E402
-from store._fusion import content_terms, exact_terms, lexical_query, reciprocal_rank_fusion  # noqa: E402
-from store import _vectors  # noqa: E402
+from agentcast.actors._embedders import LocalEmbedder  # noqa: E402
+from agentcast.store import EventLog, UserMessage  # noqa: E402
+from agentcast.store._fusion import content_terms, exact_terms, lexical_query, reciprocal_rank_fusion  # noqa: E402
+from agentcast.store import _vectors  # noqa: E402
 
 AGENT = "bench_agent"
 DEPTH = 50  # how many results each leg gives the fusion

@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # run fr
 
 import numpy as np  # noqa: E402
 
-from store import _vectors  # noqa: E402
-from store._schema import sqlite3  # noqa: E402
+from agentcast.store import _vectors  # noqa: E402
+from agentcast.store._schema import sqlite3  # noqa: E402
 
 SCHEMA = "CREATE TABLE vector_blocks (agent TEXT, user TEXT, block INTEGER, vectors BLOB, PRIMARY KEY (agent, user, block))"
 

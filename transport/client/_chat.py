@@ -1,9 +1,9 @@
-"""`agentcast chat`: an interactive terminal chat built on `transport.client` — answers and tool calls stream as they
+"""`agentcast chat`: an interactive terminal chat built on `agentcast.transport.client` — answers and tool calls stream as they
 arrive, Ctrl-C cancels an answer; /agents, /search, /clear, /clear-all, /agent, /user, /help, /quit; reconnects.
 In a terminal, lines are edited with readline (arrow keys, history of the session); whatever the server sends
 is printed with its control characters made visible, never passed raw to the terminal.
 
-Imports `transport.client` and `transport.protocol` only: never the server side, `actors` or `store`.
+Imports `agentcast.transport.client` and `agentcast.transport.protocol` only: never the server side, `actors` or `store`.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import trio
 
-from .client import (
+from ._client import (
     AgentClient,
     AgentError,
     CannotConnect,
@@ -27,7 +27,7 @@ from .client import (
     Reconnected,
     open_agent_client,
 )
-from .protocol import Cancelled, Error, MemoryCleared, Response, ToolCall, ToolResult, UnknownFrame, UserMessage
+from ..protocol import Cancelled, Error, MemoryCleared, Response, ToolCall, ToolResult, UnknownFrame, UserMessage
 
 HELP = """Commands:
   /agents         the agents of the server, with their descriptions

@@ -1,8 +1,8 @@
 """A trio client for agentcast: `open_agent_client(url)` yields an `AgentClient` that chats (streaming chunks, tool
 activity, usage, cancellation), lists agents, searches and clears memory, with typed frames and reconnection.
 
-Imports trio, trio_websocket and `transport.protocol` only: never the server side (`transport.server`,
-`_connection`, ...), `actors` or `store`.
+Imports trio, trio_websocket and `agentcast.transport.protocol` only: never the server side
+(`agentcast.transport.server`, `_connection`, ...), `actors` or `store`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import trio
 from attrs import frozen
 from trio_websocket import ConnectionClosed, HandshakeError, open_websocket_url
 
-from .protocol import (
+from ..protocol import (
     AgentDone,
     AgentInfo,
     AgentList,
