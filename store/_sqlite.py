@@ -116,7 +116,8 @@ class EventLog:
         Returns the recorded events batch by batch. When this returns, all of them are
         committed; when it raises, none is. A long-term `UserClearedMemory` also erases the text
         it clears (see `_forget`) before this returns. `snapshots` are saved in the same
-        transaction (each replaces the previous snapshot of its agent, user and window).
+        transaction (each replaces the previous snapshot of its agent, user and window), before the
+        events: a long-term clear among them forgets the snapshots of its stream, these included.
         """
         if fences is not None and len(fences) != len(batches):
             raise ValueError(f"{len(fences)} fences for {len(batches)} batches")
@@ -129,6 +130,12 @@ class EventLog:
             # SQLite would pick (seq is the rowid; nothing else writes during this transaction), so
             # that the rows go in with one executemany per table instead of two statements per event.
             (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
+            # Snapshots first: a long-term clear of their stream later in this transaction forgets them too.
+            for memory in snapshots:
+                conn.execute(
+                    "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
+                    (memory.agent_id, memory.user, memory.window, memory.last_seq, memory_to_json(memory)),
+                )
             rows: list[tuple] = []
             indexed: list[tuple[int, str]] = []
             add_row, add_terms = rows.append, indexed.append
@@ -151,11 +158,6 @@ class EventLog:
                     recorded.append(Recorded(seq, event))
                 out.append(recorded)
             self._write_rows(rows, indexed)
-            for memory in snapshots:
-                conn.execute(
-                    "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
-                    (memory.agent_id, memory.user, memory.window, memory.last_seq, memory_to_json(memory)),
-                )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)

@@ -224,6 +224,16 @@ class RecorderContract:
         assert len(reader.search(A, "bob", "teal", 10)) == 4
         assert reader.find_turn(A, "bob", "c1") is not None
 
+    def test_a_snapshot_saved_with_a_long_term_clear_of_its_stream_is_forgotten_with_it(self, recorder):
+        """The clear forgets every snapshot of its stream, also one saved in the same append (a group commit
+        may carry a lane's snapshot with a clear): no forgotten text survives in a snapshot."""
+        (recorded,) = recorder.append([[said("secret teal"), answered("noted teal")]])
+        before = fold_all(Memory(A, "alice"), recorded)
+        recorder.append([[said("bob's", "bob")], [cleared(True)]], [before, fold_all(Memory(A, "bob"), [])])
+        memory, folded = recorder.restore(A, "alice")
+        assert folded == memory.version == 3  # folded from the log: no snapshot is left
+        assert memory == recorder.memory(A, "alice") and "teal" not in repr(memory)
+
     def test_a_short_term_clear_forgets_nothing(self, recorder):
         recorder.append([[said("keep teal", command_id="c1"), cleared(False)]])
         assert [h.content for h in recorder.search(A, "alice", "teal", 10)] == ["keep teal"]
