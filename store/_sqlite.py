@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Collection, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ._events import (
     ACTIVITY_TYPES,
@@ -24,7 +25,7 @@ from ._events import (
     redacted_payload,
 )
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_to_json, read_snapshot
-from ._recorder import AppendConflict, Fence, FoundTurn, Hit, SavedSnapshot, StoredEvent
+from ._recorder import AppendConflict, Fence, FoundTurn, Hit, RecorderInspection, SavedSnapshot, StoredEvent
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable, sqlite3
 from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
@@ -452,3 +453,9 @@ class EventLog:
         """What SQLite's `PRAGMA integrity_check` finds wrong (an empty list for "ok")."""
         rows = [row[0] for row in self._conn.execute("PRAGMA integrity_check")]
         return [] if rows == ["ok"] else rows
+
+
+if TYPE_CHECKING:  # type checking proves that EventLog is what the interfaces say (tests/test_types.py)
+
+    def _a_recorder(log: EventLog) -> RecorderInspection:
+        return log
