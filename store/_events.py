@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import typing
 from json.encoder import encode_basestring as _quote  # the string encoder of ensure_ascii=False
-from typing import Any, ClassVar, Union
+from typing import Any, ClassVar, NamedTuple, Union
 
 import attrs
 from attrs import frozen
@@ -40,10 +40,9 @@ class UndecodableEvent(ValueError):
     """A row of the log whose type or payload this version cannot read."""
 
 
-@frozen
-class PayloadField:
+class PayloadField(NamedTuple):
     """One field of an event's payload: its name, the JSON types a stored value may have (None: any),
-    and its default (`required` when the payload must hold it)."""
+    and its default (`required` when the payload must hold it). A tuple: every row read unpacks them."""
 
     name: str
     #: the Python types of the JSON values it may hold, or None for any JSON value
@@ -97,20 +96,26 @@ class BaseEvent:
     def decode(cls, agent_id: str, user: str, at: str, body: object) -> Any:
         """The event of this type with these columns and payload `body` (parsed JSON); raises
         `KeyError`/`TypeError` for a payload it cannot be (see `event_from_row`)."""
+        return cls(agent_id, user, at, *cls.payload_values(body))
+
+    @classmethod
+    def payload_values(cls, body: object) -> list[object]:
+        """The values of the payload fields in `body` (parsed JSON), checked, defaults filled in; raises
+        `KeyError`/`TypeError` for a payload this type cannot have."""
         if type(body) is not dict:
             raise TypeError("the payload is not a JSON object")
         values = []
         get = body.get
-        for f in cls.PAYLOAD_FIELDS:
-            value = get(f.name, _ABSENT)
+        for name, types, expected, required, default in cls.PAYLOAD_FIELDS:
+            value = get(name, _ABSENT)
             if value is _ABSENT:
-                if f.required:
-                    raise KeyError(f.name)
-                value = f.default
-            elif f.types is not None and type(value) not in f.types:
-                raise TypeError(f"{f.name} is not {f.expected}")
+                if required:
+                    raise KeyError(name)
+                value = default
+            elif types is not None and type(value) not in types:
+                raise TypeError(f"{name} is not {expected}")
             values.append(value)
-        return cls(agent_id, user, at, *values)
+        return values
 
     @classmethod
     def redacted_payload(cls, payload: str) -> str:
@@ -419,6 +424,18 @@ def is_redacted(type_: str, payload: str) -> bool:
     """True if the stored event (`type_`, `payload`) is one whose text a long-term clear erased."""
     cls = EVENT_TYPES.get(type_)
     return cls is not None and cls.is_redacted(payload)
+
+
+def check_payload(type_: str, payload: str) -> None:
+    """Raise `UndecodableEvent` unless `event_from_row` can read a row of `type_` with `payload` (cheaper:
+    no event is made; for passes that must know that every row is readable, and need few of the events)."""
+    cls = EVENT_TYPES.get(type_)
+    if cls is None:
+        raise UndecodableEvent(f"unknown event type {type_!r}")
+    try:
+        cls.payload_values(json.loads(payload))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UndecodableEvent(f"undecodable {type_} payload: {exc}") from None
 
 
 def event_from_row(type_: str, agent_id: str, user: str, at: str, payload: str) -> Event:

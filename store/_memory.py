@@ -6,6 +6,7 @@ Pure code over immutable records. Must not import trio, `actors`, `transport` or
 """
 from __future__ import annotations
 
+import collections
 import json
 from collections.abc import Iterable
 from typing import assert_never
@@ -106,8 +107,8 @@ class Projection:
         self.agent_id = memory.agent_id
         self.user = memory.user
         self.window = memory.window
-        #: the short-term window's messages (and stored rows of messages), perhaps with older ones in front
-        self._recent: list[Message | _Row] = list(memory.short_term)
+        #: the short-term window: its messages (and stored rows of messages, while `_raw`)
+        self._recent: collections.deque[Message | _Row] = collections.deque(memory.short_term, memory.window)
         self._raw = False  # whether `_recent` may hold stored rows
         self.since = memory.long_term_since
         self.count = memory.long_term_count
@@ -134,7 +135,8 @@ class Projection:
         step = _ROW_STEP.get(type_)
         if step is _KEPT_RAW:
             self._raw = True
-            self._remember((seq, type_, at, payload))
+            self._recent.append((seq, type_, at, payload))
+            self.count += 1
         elif step is _DECODED:
             self.apply(seq, event_from_row(type_, self.agent_id, self.user, at, payload))
             return
@@ -143,11 +145,34 @@ class Projection:
         self.last_seq = seq
         self.version += 1
 
+    def apply_rows(self, rows: Iterable[_Row]) -> None:
+        """Fold in stored events (seq, type, at, payload) of this (agent, user), in seq order: what `apply_row`
+        does for each, in one loop with the state in locals (a lane's start folds up to SNAPSHOT_EVERY rows,
+        a rebuild without a snapshot all of its stream's)."""
+        keep = self._recent.append  # a deque as long as the window: what falls out was never decoded
+        step_of, kept_raw, decoded = _ROW_STEP.get, _KEPT_RAW, _DECODED
+        count, last_seq, version = self.count, self.last_seq, self.version
+        self._raw = True
+        for row in rows:
+            seq, type_ = row[0], row[1]
+            step = step_of(type_)
+            if step is kept_raw:
+                keep(row)
+                count += 1
+            elif step is decoded:
+                self.count, self.last_seq, self.version = count, last_seq, version
+                self.apply(seq, event_from_row(type_, self.agent_id, self.user, row[2], row[3]))
+                count, last_seq, version = self.count, self.last_seq, self.version
+                continue
+            elif step is None:
+                self.count, self.last_seq, self.version = count, last_seq, version
+                raise UndecodableEvent(f"unknown event type {type_!r} at seq {seq}")
+            last_seq = seq
+            version += 1
+        self.count, self.last_seq, self.version = count, last_seq, version
+
     def _remember(self, message: Message | _Row) -> None:
-        recent = self._recent
-        recent.append(message)
-        if len(recent) > 2 * self.window + 16:  # trimmed now and then rather than at every message
-            del recent[: len(recent) - self.window]
+        self._recent.append(message)
         self.count += 1
 
     def _clear(self, clear: Clear) -> None:
@@ -159,8 +184,6 @@ class Projection:
     def memory(self) -> Memory:
         """The memory as of the events applied so far."""
         recent = self._recent
-        if len(recent) > self.window:
-            del recent[: len(recent) - self.window]
         if self._raw:
             window = tuple(item if type(item) is Message else self._decoded(item) for item in recent)
         else:
@@ -202,9 +225,7 @@ def fold_rows(memory: Memory, rows: Iterable[tuple[int, str, str, str]]) -> Memo
     """`memory` with the stored events `rows` (seq, type, at, payload) of its (agent, user) folded in
     (`Projection.apply_row`): only the messages that end up in the short-term window are decoded."""
     projection = Projection(memory)
-    apply_row = projection.apply_row
-    for seq, type_, at, payload in rows:
-        apply_row(seq, type_, at, payload)
+    projection.apply_rows(rows)
     return projection.memory()
 
 

@@ -5,13 +5,14 @@ Reads through `RecorderInspection` only. Must not import trio, `actors` or `tran
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 
 import attrs
 from attrs import define, field, frozen
 
-from ._events import EVENT_TYPES, RememberedMessage, UndecodableEvent, event_from_row
+from ._events import EVENT_TYPES, ROLE_OF_TYPE, UndecodableEvent, check_payload
 from ._memory import DEFAULT_WINDOW, Memory, Projection, memory_from_json
 from ._recorder import RecorderInspection
 from ._schema import sqlite3
@@ -50,10 +51,11 @@ class Rebuilt:
 
 
 def rebuild_all(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> Rebuilt:
-    """Fold every event of the log, in one pass in seq order, into every stream's memory (`Projection.apply`
-    on each decoded event: the fold a lane's live turns use).
+    """Fold every event of the log, in one pass in seq order, into every stream's memory (`Projection`'s
+    row path, one projection per stream).
 
-    Checks on the way that seqs run 1, 2, 3… without holes, and that every row decodes.
+    Checks on the way that seqs run 1, 2, 3… without holes, and that every row decodes (without making
+    the events: `check_payload`).
     Call inside `log.snapshot()` for a consistent result while a server writes.
     """
     out = Rebuilt()
@@ -61,6 +63,9 @@ def rebuild_all(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> Reb
     streams: dict[tuple[str, str], Projection] = {}
     messages: dict[tuple[str, str], list[int]] = {}  # per stream, the seqs of its messages
     tainted = out.tainted
+    # each type's check of a stored payload (`check_payload` without its lookups: this runs for every row)
+    checks = {type_: cls.payload_values for type_, cls in EVENT_TYPES.items()}
+    loads = json.loads
     previous = count = 0
     for seq, type_, agent_id, user, at, payload in log.rows():
         count += 1
@@ -71,22 +76,26 @@ def rebuild_all(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> Reb
                 out.gaps.append((previous + 1, seq - 1))
             previous = seq
         key = (agent_id, user)
-        if type_ not in EVENT_TYPES:
+        check = checks.get(type_)
+        if check is None:
             out.unknown_types.append((seq, type_))
             tainted.add(key)
             continue
         try:
-            event = event_from_row(type_, agent_id, user, at, payload)
-        except UndecodableEvent as exc:
-            out.undecodable.append((seq, str(exc)))
+            check(loads(payload))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            try:
+                check_payload(type_, payload)  # the same check, for its message
+            except UndecodableEvent as exc:
+                out.undecodable.append((seq, str(exc)))
             tainted.add(key)
             continue
         projection = streams.get(key)
         if projection is None:
             projection = streams[key] = Projection(Memory(agent_id, user, window))
             messages[key] = []
-        projection.apply(seq, event)
-        if isinstance(event, RememberedMessage):
+        projection.apply_row(seq, type_, at, payload)
+        if type_ in ROLE_OF_TYPE:
             messages[key].append(seq)
     for key, projection in streams.items():
         memory = out.memories[key] = projection.memory()
@@ -187,9 +196,8 @@ def verify(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> VerifyRe
     """Check the whole log, as of one moment; never raises for what it finds (see `VerifyReport`).
 
     Checks: seqs run 1..last without holes; every event type is known and every payload decodes;
-    folding the log twice (once in one pass over all of it, each event decoded and applied to its
-    stream's `Projection`, once stream by stream from the stored rows as `Recorder.memory` does)
-    gives the same memory for every
+    folding the log twice (once in one pass over all of it, each row checked and applied to its
+    stream's `Projection`, once stream by stream as `Recorder.memory` does) gives the same memory for every
     (agent, user); the search index holds exactly the long-term messages of every (agent, user)
     and nothing else; every saved snapshot equals the memory at its seq; SQLite's integrity_check.
     A query that fails on a damaged file is reported as a problem of the check that ran it.
