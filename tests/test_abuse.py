@@ -14,6 +14,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from support import HANDSHAKE, connect, handshake, running_server, scaled
 from agentcast.transport._connection import Connection, OutboxBudget
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 async def assert_healthy(server) -> None:
     """A fresh client chats, finds its own words, and nobody else does."""

@@ -51,6 +51,8 @@ from agentcast.transport._connection import POLICY_VIOLATION, Connection
 from agentcast.transport.cli import token_user
 from agentcast.transport.server import Server, ServerSettings
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 SECRET = b"k" * 40
 OTHER_SECRET = b"o" * 40
 SECRET_ENV = "AGENTCAST_TEST_AUTH_SECRET"

@@ -16,6 +16,8 @@ from agentcast.store import EventLog, activity_at
 from support import LLM_AGENT, connect, llm_server, running_server
 from agentcast.transport.cli import main as cli_main
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = LLM_AGENT
 
 

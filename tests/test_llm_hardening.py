@@ -22,6 +22,8 @@ from test_llm_e2e import AGENT, chat, llm_server, user
 from test_openai_brain import brain_for, items_of, turn_for
 from agentcast.transport.cli import setup_logging
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 @pytest.fixture
 async def fake(nursery):
