@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import trio
 
 from agentcast.actors import Journal
+from support import scaled
 
 
 class _StuckWriter:
@@ -20,13 +22,14 @@ class _StuckWriter:
 
     def append(self, batches, snapshots=()):
         self.in_commit.set()
-        self.release.wait(10)
+        self.release.wait(scaled(10))
         return [[] for _ in batches]
 
     def check_writable(self, wait=0.25):
         return None
 
 
+@pytest.mark.process
 async def test_check_writable_can_be_timed_out_while_a_commit_is_stuck():
     """/healthz bounds its check with a timeout ("the database did not answer in time"): the wait for
     the writer thread, behind a commit that hangs, must give way to it (the check is abandoned)."""
@@ -38,7 +41,7 @@ async def test_check_writable_can_be_timed_out_while_a_commit_is_stuck():
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
             nursery.start_soon(journal.append, [])
-            await trio.to_thread.run_sync(writer.in_commit.wait, 5)
+            await trio.to_thread.run_sync(writer.in_commit.wait, scaled(5))
             start = trio.current_time()
             with trio.move_on_after(0.2):
                 await journal.check_writable(0.01)

@@ -15,12 +15,11 @@ from agentcast.actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolC
                     TurnResponse, agent_specs)
 from agentcast.actors._brain import BrainError
 from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
-from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
-from support import running_server
-from test_actors import Recorder, chat as actor_chat, logged, running
-from test_llm_e2e import AGENT, chat, llm_server, user
-from test_openai_brain import brain_for, items_of, turn_for
 from agentcast.transport.cli import setup_logging
+from support import llm_server, running_server, scaled
+from support.actors import Recorder, chat as actor_chat, logged, running
+from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
+from support.llm import AGENT, brain_for, chat, items_of, turn_for, user
 
 
 @pytest.fixture
@@ -134,7 +133,7 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
     async with running(tmp_path, AgentSpec("a", brain)) as w:
         agent, asker, phone = w.agents["a"], Recorder("asker"), Recorder("phone")
         agent.submit(actor_chat("u", "hi", asker, "r1"))
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             await brain.in_cleanup.wait()
         agent.cancel("u", None, phone)  # accepted: no NothingToCancel
         brain.release.set()
@@ -193,6 +192,7 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
 # -- the event loop --------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch):
     spent: list[float] = []
     original_init = httpx.AsyncClient.__init__
