@@ -146,21 +146,19 @@ def test_signal_finishes_the_running_turn_then_closes_with_1001_and_exits_0(tmp_
             await c.send({"type": "chat", "agent_id": "my_agent", "message": message})
             assert (await c.recv())["type"] == "agent_thinking"
             server.signal(sig)  # the turn is running (it takes ~0.6 s)
-            signalled = time.monotonic()
             frames = []
             while True:
                 try:
                     frames.append(await c.recv())
                 except websockets.ConnectionClosed as exc:
-                    return c.hello["client_id"], frames, exc.rcvd, signalled
+                    return c.hello["client_id"], frames, exc.rcvd
 
-    client_id, frames, close, signalled = asyncio.run(scenario())
+    client_id, frames, close = asyncio.run(scenario())
     types = [f["type"] for f in frames]
     assert "response" in types and types[-1] == "agent_done", types
     response = frames[types.index("response")]
     assert close is not None and close.code == 1001, close
-    assert server.wait() == 0
-    assert time.monotonic() - signalled < 5, "graceful shutdown took too long"
+    assert server.wait() == 0  # on its own, within EXIT_TIMEOUT
 
     wal = Path(f"{db}-wal")
     assert not wal.exists() or wal.stat().st_size == 0, "the WAL was not checkpointed on shutdown"
@@ -176,26 +174,26 @@ def test_signal_finishes_the_running_turn_then_closes_with_1001_and_exits_0(tmp_
 def test_second_signal_stops_without_waiting_for_the_turn(tmp_path, serve):
     config = """
 [server]
-shutdown_grace = 60.0
+shutdown_grace = 600.0
 
 [agents.my_agent]
-brain = { kind = "echo", delay = 5.0, chunks = 4 }
+brain = { kind = "echo", delay = 300.0, chunks = 4 }
 """
     server = serve(tmp_path / "agentcast.db", "--config", write_config(tmp_path / "slower.toml", config))
 
     async def scenario():
         async with connect(server.url) as c:
-            await c.send({"type": "chat", "agent_id": "my_agent", "message": "a twenty second turn"})
+            await c.send({"type": "chat", "agent_id": "my_agent", "message": "a twenty minute turn"})
             assert (await c.recv())["type"] == "agent_thinking"
             server.signal(signal.SIGTERM)
             server.wait_for_log("SIGTERM: shutting down gracefully")  # trio coalesces a signal not yet read
             server.signal(signal.SIGTERM)
-            started = time.monotonic()
+            # Exits within EXIT_TIMEOUT, far less than the turn (20 minutes) or the grace (10 minutes) would take.
             assert server.wait() == 0
-            return time.monotonic() - started
 
-    assert asyncio.run(scenario()) < 5
+    asyncio.run(scenario())
     assert "SIGTERM again: stopping now" in server.stderr
+    assert replay_json(tmp_path / "agentcast.db")["last_seq"] == 0  # the turn never ended, so nothing of it was logged
 
 
 # ---------------------------------------------------------------------------------------------

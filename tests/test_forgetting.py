@@ -145,17 +145,14 @@ async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_pa
 
 
 def test_a_reader_holding_an_old_snapshot_delays_the_wal_truncation_not_the_writer(tmp_path):
-    import time
-
     db = tmp_path / "r.db"
     log = EventLog.open(db)
     fill(log, "A", A_MARK, 5)
     reader = EventLog.open(db, readonly=True)
     with reader.snapshot():
         list(reader.read())  # holds a read transaction on the current snapshot
-        t = time.monotonic()
+        # One thread: the append returns while the reader still holds its snapshot (a stall would hang here).
         log.append([[MemoryCleared("a", "A", "t", True)]])
-        assert time.monotonic() - t < 3  # bounded wait, not a stall
         assert log._checkpoint_due
     log.append([[UserMessage("a", "B", "t", "later")]])  # the next commit completes the truncation
     assert not log._checkpoint_due

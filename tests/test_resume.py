@@ -400,7 +400,7 @@ async def test_a_resume_withdrawn_before_it_starts_delivers_nothing(db_path):
 
 # -- pacing, over in-memory streams where the server's writes wait for the client's reads --------
 
-from agentcast.transport._connection import TRY_AGAIN_LATER  # noqa: E402
+from agentcast.transport._connection import TRY_AGAIN_LATER, Connection  # noqa: E402
 from support.harness import Harness  # noqa: E402
 
 
@@ -437,15 +437,26 @@ async def test_a_client_that_reads_slowly_gets_a_backlog_many_times_its_queue_wh
 
 
 @pytest.mark.process
-async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_lane_goes_on(h):
+async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_lane_goes_on(h, monkeypatch):
     await log_turns(h, "stalled", 600)
     ws, conn = await lockstep_client(h, "stalled", outbox_size=32)
-    start = trio.current_time()
+    waits = []  # the backlog's waits for room that found the queue crowded: (closing before, closing after)
+    room = Connection.room
+
+    async def counted_room(self):
+        crowded, closing = self is conn and self._crowded(), self._closing
+        await room(self)
+        if crowded:
+            waits.append((closing, self._closing))
+
+    monkeypatch.setattr(Connection, "room", counted_room)
     await ws.send_message(json.dumps(resume(0)))  # and never reads again
     await h.wait_finished(conn)
     assert conn._closing[0] == TRY_AGAIN_LATER
-    # one close_timeout (0.5 s) without room, then one to give up on the stuck write; not one per frame
-    assert trio.current_time() - start < 3
+    # Waits end as the writer takes frames, until one lasts a close_timeout without room and closes it; once
+    # closing, the backlog waits no more (not a close_timeout per frame).
+    assert [after is not None for _, after in waits].count(True) == 1 and waits[-1][1] is not None, waits
+    assert all(before is None for before, _ in waits), waits
     other, _ = await h.client()  # the same user's next command is carried out
     with trio.fail_after(scaled(10)):
         assert json.loads(await other.get_message())["type"] == "connected"
