@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from support import connect, running_server
-from test_http import exchange
+from support.http import exchange
 from agentcast.transport.protocol import SHOWN_CHARS, ProtocolError, decode, shown
 
 pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)

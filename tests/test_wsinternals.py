@@ -32,7 +32,7 @@ from wsproto.utilities import LocalProtocolError
 
 import pytest
 
-from support import running_server
+from support import clock_bound, running_server, scaled
 from agentcast.transport import protocol as p
 from agentcast.transport._http import PrefixedStream
 from agentcast.transport._settings import ServerSettings
@@ -161,7 +161,7 @@ async def test_over_tcp_a_batch_is_written_to_the_socket_directly_and_a_full_soc
             sent.set()
 
         nursery.start_soon(send_big)
-        with trio.fail_after(60):  # a generous bound against a hang, not a timing assertion
+        with trio.fail_after(scaled(60)):  # a generous bound against a hang, not a timing assertion
             assert [await client_ws.get_message() for _ in big] == big
             await sent.wait()
         assert waited
@@ -175,7 +175,7 @@ async def test_over_tcp_writing_to_a_connection_the_client_reset_raises_connecti
         client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await trio.aclose_forcefully(client_ws._stream)  # RST
         with pytest.raises(ConnectionClosed):
-            with trio.fail_after(30):
+            with trio.fail_after(scaled(30)):
                 while True:  # until the server side has seen the reset
                     await send_text_batch(server_ws, ["late"])
                     await trio.sleep(0.01)
@@ -514,7 +514,7 @@ class RawClient:
     async def until(self, done, timeout: float = 10) -> list:
         """The server's events up to the first for which `done` is true (or the connection's end)."""
         events = []
-        with trio.fail_after(timeout):  # a bound against a hang, not a timing assertion
+        with trio.fail_after(clock_bound(timeout)):  # a bound against a hang, not a timing assertion
             while True:
                 for event in self.proto.events():
                     events.append(event)
@@ -610,7 +610,7 @@ async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_
             assert events == []
         assert conn._ws.closed.code == code
         await client.stream.aclose()
-        with trio.fail_after(10):
+        with trio.fail_after(scaled(10)):
             while server.connections:
                 await trio.sleep(0.01)
 
@@ -667,9 +667,9 @@ async def test_over_tcp_the_close_handshake(server):
     await client.stream.send_all(client_frame(8, (4000).to_bytes(2, "big") + b"bye"))
     events = await client.until(lambda e: isinstance(e, CloseConnection))
     assert [(e.code, e.reason) for e in events] == [(4000, "bye")]  # the server answers the client's close
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         assert await client.stream.receive_some() == b""  # and then hangs up
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         while server.connections:
             await trio.sleep(0.01)
 
@@ -681,7 +681,7 @@ async def test_over_tcp_a_client_that_resets_mid_session_ends_its_connection_qui
     await client.frames(1)
     client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await trio.aclose_forcefully(client.stream)  # RST: the server's read fails with ECONNRESET
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         while server.connections:
             await trio.sleep(0.01)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
