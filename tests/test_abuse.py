@@ -15,6 +15,8 @@ from support import HANDSHAKE, assert_healthy, connect, handshake, running_serve
 from support.auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, token_for
 from agentcast.transport._connection import Connection, OutboxBudget
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 def random_frame(rng: random.Random) -> str | bytes:
     kind = rng.randrange(8)

@@ -52,6 +52,8 @@ from agentcast.transport._connection import POLICY_VIOLATION, Connection
 from agentcast.transport.cli import token_user
 from agentcast.transport.server import Server, ServerSettings
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 NOW = 1_800_000_000
 CLI = [sys.executable, "-m", "agentcast.transport.cli"]
 #: Bound on one-shot commands and on a server starting.

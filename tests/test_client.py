@@ -41,6 +41,8 @@ from agentcast.transport.protocol import (
     decode_server_frame,
 )
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = "my_agent"
 #: Bound on anything a test waits for.
 WAIT = scaled(10)

@@ -13,6 +13,8 @@ from trio_websocket import ConnectionClosed
 from agentcast.actors import AgentSpec, EchoBrain, split_chunks
 from support import HANDSHAKE, GatedBrain, connect, handshake, running_server, scaled
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = "my_agent"
 
 

@@ -14,6 +14,8 @@ from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the s
 from support import GatedBrain, connect, running_server
 from support.http import get
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = "my_agent"
 
 

@@ -27,6 +27,8 @@ from agentcast.transport._http import (
 )
 from agentcast.transport.server import Server, ServerSettings
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

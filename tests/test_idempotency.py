@@ -9,6 +9,8 @@ from agentcast.actors import AgentSpec, BrainError
 from agentcast.store import EventLog
 from support import connect, running_server, scaled
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = "my_agent"
 
 

@@ -13,6 +13,8 @@ from support import connect, handshake, running_server
 from support.harness import Harness, recv
 from agentcast.transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 @pytest.fixture
 async def h(nursery, tmp_path):

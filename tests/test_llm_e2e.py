@@ -16,6 +16,9 @@ from support import llm_server, running_server, scaled
 from support.fake_openai import chunk, error, text, tool_calls
 from support.llm import AGENT, chat, user
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
+
 def events_of(db_path, user_id="alice"):
     with EventLog.open(db_path, readonly=True) as log:
         return list(log.read(agent_id=AGENT, user=user_id))

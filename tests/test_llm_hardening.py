@@ -22,6 +22,8 @@ from support.actors import Recorder, chat as actor_chat, logged, running
 from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
 from support.llm import AGENT, brain_for, chat, items_of, turn_for, user
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 @pytest.fixture
 async def fake(nursery):

@@ -403,6 +403,8 @@ async def test_a_resume_withdrawn_before_it_starts_delivers_nothing(db_path):
 from agentcast.transport._connection import TRY_AGAIN_LATER, Connection  # noqa: E402
 from support.harness import Harness  # noqa: E402
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 @pytest.fixture
 async def h(nursery, tmp_path):

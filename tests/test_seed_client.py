@@ -13,6 +13,8 @@ import pytest
 
 from support import scaled
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 SEED_DOC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "websocket-communication.md"
 SEED_CLIENT = Path(__file__).resolve().parent / "seed_client.py"
