@@ -4,7 +4,7 @@
 restore a lane's memory, search, find a retried turn, snapshots, streams, the last seq, health);
 `RecorderInspection` is the read side that `agentcast replay` and `replay verify` need beyond it (raw
 rows, the search index, saved snapshots, the database's own integrity check). `store.EventLog` is the
-SQLite implementation of both; a new backend implements them and passes tests/recorder_contract.py.
+SQLite implementation of both; a new backend implements them and passes tests/support/recorder_contract.py.
 Only the recorder's own module touches its database connection.
 
 Typing only (Protocols and the records they exchange). Must not import trio, `actors` or `transport`.
@@ -103,7 +103,7 @@ class Recorder(Protocol):
 
     Synchronous; used by one thread at a time. Sequence numbers are 1, 2, 3, … in commit order, with
     no gaps, never reused. A reader opened on the same log sees every append committed before its read
-    began. `tests/recorder_contract.py` is the contract every implementation passes.
+    began. `tests/support/recorder_contract.py` is the contract every implementation passes.
     """
 
     def append(

@@ -14,7 +14,7 @@ import pytest
 from agentcast.store import _backup as store_backup
 from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserSaid, backup, verify
 from support import scaled
-from test_cli import (
+from support.process import (
     FOREIGN_FILES,
     assert_one_line_error,
     cli,
@@ -144,6 +144,7 @@ def test_the_backup_command_copies_a_live_log_and_refuses_to_overwrite(tmp_path,
         assert log.last_seq() > events  # the forced copy is the newer one
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", [*FOREIGN_FILES, "missing"])
 def test_backup_refuses_a_source_that_is_not_a_log_and_touches_nothing(tmp_path, kind):
     source = tmp_path / "precious.db"
@@ -158,6 +159,7 @@ def test_backup_refuses_a_source_that_is_not_a_log_and_touches_nothing(tmp_path,
     assert replay.stderr == result.stderr
 
 
+@pytest.mark.process
 def test_backup_reads_agentcast_db_by_default_and_reports_a_bad_target(tmp_path):
     prefill(tmp_path / "agentcast.db", 10)
     ok = cli("backup", "--to", "copy.db", cwd=tmp_path)

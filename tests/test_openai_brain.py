@@ -1,4 +1,4 @@
-"""The `openai` brain against the fake OpenAI-compatible server (tests/fake_openai.py): the prompt, streaming,
+"""The `openai` brain against the fake OpenAI-compatible server (support/fake_openai.py): the prompt, streaming,
 tool calls, usage, every failure, retries (autojump clock) and cancellation closing the HTTP stream."""
 from __future__ import annotations
 
@@ -7,45 +7,16 @@ import json
 import pytest
 import trio
 
-from agentcast.actors import BrainError, OpenAIBrain, ToolCallItem, ToolContext, Toolbox, ToolResultItem, Turn, UsageItem
-from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
+from agentcast.actors import BrainError, OpenAIBrain, ToolCallItem, ToolResultItem, UsageItem
 from agentcast.store import Hit, Memory, Message
-
-
-class FakeMemory:
-    """`MemoryAccess` for brain tests: remembers facts in a list, finds them by word."""
-
-    def __init__(self):
-        self.facts: list[str] = []
-
-    async def search(self, query, limit):
-        words = set(query.lower().split())
-        found = [f for f in self.facts if words & set(f.lower().split())]
-        return [Hit(i + 1, "fact", f, "2026-01-01T00:00:00.000Z", 1.0) for i, f in enumerate(found[:limit])]
-
-    async def remember(self, fact):
-        self.facts.append(fact)
-        return len(self.facts)
-
-
-def turn_for(brain, message="Hi there", memory=None, recalled=(), memory_access=None):
-    memory = memory or Memory("a", "u")
-    toolbox = Toolbox(brain.tools, ToolContext("a", "u", memory_access or FakeMemory()))
-    return Turn("a", "u", message, memory, recalled, toolbox)
-
-
-async def items_of(brain, turn):
-    return [item async for item in brain.reply(turn)]
+from support import scaled
+from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
+from support.llm import FakeMemory, brain_for, items_of, turn_for
 
 
 @pytest.fixture
 async def fake(nursery):
     return await FakeOpenAI().start(nursery)
-
-
-def brain_for(fake, **options):
-    options.setdefault("retry_backoff", 0.5)
-    return OpenAIBrain(model="fake-model", base_url=fake.base_url, **options)
 
 
 # -- the happy path --------------------------------------------------------------------------
@@ -272,7 +243,7 @@ async def test_cancelling_the_turn_closes_the_http_stream_at_once(fake):
             await fake.stalled.wait()
             scope.cancel()
     assert got == ["Hel"] and scope.cancelled_caught
-    with trio.fail_after(1):
+    with trio.fail_after(scaled(1)):
         await fake.disconnected.wait()
 
 

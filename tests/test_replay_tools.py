@@ -1,7 +1,7 @@
 """`agentcast replay` at a point in time, `replay events` (and `--follow`), and `replay verify`.
 
 Most tests build a small log with `EventLog.append` and call the command in-process (fast); the
-process tests run the real command next to a real `agentcast serve` (helpers from test_cli.py).
+process tests run the real command next to a real `agentcast serve` (helpers from support/process.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import pytest
 from agentcast.store import AgentAnswered, Cut, EventLog, UserClearedMemory, UserSaid, memory_at, parse_instant, verify
 from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
 from agentcast.store._terms import index_terms, scope_token
-from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
+from support.process import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
 from agentcast.transport.cli import main
 
 
@@ -242,6 +242,7 @@ def test_bad_cut_values_are_one_line_errors(capsys, sample, args, expected):
     one_line_error(err, expected)
 
 
+@pytest.mark.process
 def test_bad_value_from_the_real_command(sample):
     result = cli("replay", "--db", str(sample), "--until-seq", "-3", cwd=sample.parent)
     assert result.returncode != 0 and result.stdout == ""
@@ -482,6 +483,7 @@ def reap(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+@pytest.mark.process
 def test_follow_sees_a_live_servers_chats_and_verify_is_clean(tmp_path, serve):
     db = tmp_path / "agentcast.db"
     server = serve(db)
@@ -534,6 +536,7 @@ def test_follow_sees_a_live_servers_chats_and_verify_is_clean(tmp_path, serve):
     assert after.returncode == 0 and json.loads(after.stdout)["ok"] is True
 
 
+@pytest.mark.process
 def test_follow_stops_on_sigint(sample):
     follower = follow(sample)
     try:
@@ -547,6 +550,7 @@ def test_follow_stops_on_sigint(sample):
             follower.wait(EXIT_TIMEOUT)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args", [("events", "--follow"), ("events",), ("--json",)], ids=["events-follow", "events", "replay-json"]
 )

@@ -23,7 +23,7 @@ from agentcast.store import (
     memory_to_json,
     rebuild,
 )
-from support import connect, running_server
+from support import connect, running_server, scaled
 
 STEP = st.one_of(
     st.tuples(st.just("chat"), st.text(min_size=1, max_size=20)),
@@ -92,7 +92,7 @@ async def test_lanes_save_snapshots_and_start_from_them(db_path, monkeypatch):
             memory, folded = log.restore("my_agent", "s")
             assert folded == 2 and memory.version == 8
             assert memory == log.memory("my_agent", "s")
-        with trio.fail_after(5):  # the idle lane is dropped; the next chat rebuilds it from the snapshot
+        with trio.fail_after(scaled(5)):  # the idle lane is dropped; the next chat rebuilds it from the snapshot
             while server.agents["my_agent"].lanes:
                 await trio.sleep(0.01)
         frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "after"}, "agent_done")

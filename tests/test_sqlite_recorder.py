@@ -1,8 +1,8 @@
-"""The SQLite recorder (`store.EventLog`) passes the recorder contract (tests/recorder_contract.py): a fresh
+"""The SQLite recorder (`store.EventLog`) passes the recorder contract (tests/support/recorder_contract.py): a fresh
 database file per test, a second read-only connection as the reader."""
 from __future__ import annotations
 
-from recorder_contract import InspectionContract, RecorderContract
+from support.recorder_contract import InspectionContract, RecorderContract
 
 from agentcast.store import EventLog
 

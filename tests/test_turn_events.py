@@ -101,12 +101,13 @@ def test_fold_of_an_activity_event_only_advances_the_version():
     assert (after.last_seq, after.version, after.long_term_count, after.short_term) == (9, 5, 2, ())
 
 
+@pytest.mark.process
 def test_a_long_term_clear_erases_tool_arguments_results_and_partial_answers(tmp_path):
     db = tmp_path / "f.db"
     with EventLog.open(db) as log:
         log.append([turn_events(MARK, U)])
         log.append([turn_events("zqxothermarker", "bob")])
-        assert on_disk(db, MARK)[MARK]  # read by another process (see tests/dbguard.py)
+        assert on_disk(db, MARK)[MARK]  # read by another process (see support/dbguard.py)
         log.append([[UserClearedMemory(A, U, "t12", True)]])
         found = on_disk(db, MARK, "zqxothermarker")
         assert found[MARK] == 0 and found["zqxothermarker"] > 0  # another user's text is untouched

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from attrs import frozen
 
+from support import scaled
+
 from agentcast.store import _events
 from agentcast.store._events import BaseEvent, RememberedMessage, TurnActivity
 
@@ -28,7 +30,7 @@ def mypy(package_root: Path, cache: Path) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "mypy", *CHECKED, "--follow-imports=silent", "--cache-dir", str(cache),
          "--no-error-summary", "--hide-error-context"],
         capture_output=True, text=True, cwd=package_root, env={"MYPYPATH": str(package_root), "PATH": "/usr/bin:/bin"},
-        timeout=300,
+        timeout=scaled(300),
     )
 
 
@@ -39,6 +41,7 @@ def as_package(where: Path, source: Path = ROOT) -> Path:
     return where
 
 
+@pytest.mark.process
 def test_the_store_and_the_dispatching_modules_type_check(tmp_path):
     result = mypy(as_package(tmp_path / "pkg"), tmp_path / "cache")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -84,6 +87,7 @@ class ProbeOutput:
 Output = Union[ProbeOutput, '''
 
 
+@pytest.mark.process
 def test_an_event_type_or_output_left_unhandled_fails_type_checking(tmp_path):
     copy = tmp_path / "src"
     shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns("tests", "bench", "docs", ".git", "*.egg-info",

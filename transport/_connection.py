@@ -31,6 +31,7 @@ GOING_AWAY = 1001
 #: Never sent: the code of a connection that ended without a close handshake.
 ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
@@ -479,13 +480,19 @@ class Connection:
         """Take the client's messages until the connection ends.
 
         Each message is handled (`_take`) in the WebSocket's reader task as it arrives; this task then
-        only waits for the end. Where trio-websocket's internals differ, it receives them here."""
+        only waits for the end. Without the fast paths (`_wsinternals.FAST_PATHS`) it receives them here,
+        and a text message over `max_message_size` bytes of UTF-8 closes the connection with 1009 (the
+        limit trio-websocket's reader applies counts characters)."""
         take_messages(self._ws, self._take)
+        limit = self._settings.max_message_size
         while True:
             try:
                 data = await self._ws.get_message()
             except ConnectionClosed:
                 return
+            if type(data) is str and len(data) > limit // 4 and len(data.encode("utf-8")) > limit:
+                self.close(MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes", drain=False)
+                continue
             self._take(data)
 
     def _take(self, data: str | bytes) -> None:

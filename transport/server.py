@@ -38,7 +38,7 @@ from ._http import (
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
 from .protocol import shown
-from ._wsinternals import drop_handshake_parser, reject, serve_stream
+from ._wsinternals import drop_handshake_parser, log_fast_paths, reject, serve_stream
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -187,6 +187,7 @@ class Server:
                 self._serve_connection, served, handler_nursery=clients, task_status=task_status))
             self._accepting = True
             port = sockets[0].getsockname()[1]
+            log_fast_paths()  # which path serves the WebSocket connections (the installed versions, the switch)
             logger.info("listening on %s://%s:%d%s (authentication %s); HTTP on the same port: / (%d static files), "
                         "/healthz, /metrics", self.scheme, s.host, port, WS_PATH,
                         "on" if self.auth is not None else "off", len(self.http.files))
