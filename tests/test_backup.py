@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agentcast.store import _backup as store_backup
-from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserMessage, backup, verify
+from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserSaid, backup, verify
 from support import scaled
 from support.process import (
     FOREIGN_FILES,
@@ -30,7 +30,7 @@ def prefill(db: Path, events: int) -> None:
     """A log of `events` messages of 20 users (enough pages for many small backup steps)."""
     with EventLog.open(db) as log:
         for start in range(0, events, 500):
-            log.append([[UserMessage("my_agent", f"user{i % 20}", "2026-01-01T00:00:00.000Z", f"message {i} " + "x" * 100)
+            log.append([[UserSaid("my_agent", f"user{i % 20}", "2026-01-01T00:00:00.000Z", f"message {i} " + "x" * 100)
                          for i in range(start, min(events, start + 500))]])
 
 

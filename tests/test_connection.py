@@ -10,7 +10,7 @@ import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, wrap_client_stream, wrap_server_stream
 
-from agentcast.actors import AgentSpec, EchoBrain, TurnChunk, TurnDone, TurnResponse, TurnStarted
+from agentcast.actors import AgentSpec, EchoBrain, TurnChunkOutput, TurnDoneOutput, TurnResponseOutput, TurnStartedOutput
 from agentcast.transport import protocol as p
 from agentcast.transport._connection import FRAME_OVERHEAD, TRY_AGAIN_LATER, Connection, OutboxBudget
 from agentcast.transport.server import ServerSettings
@@ -57,7 +57,7 @@ async def test_deliveries_after_the_client_left_are_ignored(h):
     assert (await recv(ws))["type"] == "connected"
     await ws.aclose()
     await h.wait_finished(conn)
-    conn.deliver(TurnDone("my_agent", None))  # must neither raise nor block
+    conn.deliver(TurnDoneOutput("my_agent", None))  # must neither raise nor block
 
 
 async def test_a_slow_client_that_reads_again_in_time_sees_the_1013_close(h):
@@ -163,8 +163,8 @@ async def test_held_frames_wait_for_a_release_and_a_close_does_not_wait(h):
     assert (await recv(ws))["type"] == "connected"
     before = len(writes)
     conn.hold()
-    conn.deliver(TurnChunk("my_agent", "one", "r1"))
-    conn.deliver(TurnChunk("my_agent", "two", "r1"))
+    conn.deliver(TurnChunkOutput("my_agent", "one", "r1"))
+    conn.deliver(TurnChunkOutput("my_agent", "two", "r1"))
     await trio.testing.wait_all_tasks_blocked()
     assert len(writes) == before  # held: the writer leaves them queued
     conn.release()
@@ -172,7 +172,7 @@ async def test_held_frames_wait_for_a_release_and_a_close_does_not_wait(h):
     assert (frame["type"], frame["delta"]) == ("response_chunk", "onetwo")  # one write, chunks merged
     assert len(writes) == before + 1
     conn.hold()
-    conn.deliver(TurnChunk("my_agent", "three", "r2"))
+    conn.deliver(TurnChunkOutput("my_agent", "three", "r2"))
     conn.close(1000, "bye")  # never released: the close drains the queue anyway
     assert (await recv(ws))["delta"] == "three"
     with pytest.raises(ConnectionClosed):
@@ -188,7 +188,7 @@ async def test_holds_taken_in_turn_never_starve_the_writer(h):
     assert (await recv(ws))["type"] == "connected"
     conn.hold()  # lane a
     for n in range(5):
-        conn.deliver(TurnChunk("my_agent", f"chunk{n}", f"r{n}"))
+        conn.deliver(TurnChunkOutput("my_agent", f"chunk{n}", f"r{n}"))
         conn.hold()  # the other lane holds before this one releases
         await trio.testing.wait_all_tasks_blocked()
         conn.release()
@@ -205,11 +205,11 @@ async def test_frames_queued_before_a_hold_wait_for_its_release(h):
     ws, conn = await h.client(writes=writes)
     assert (await recv(ws))["type"] == "connected"
     before = len(writes)
-    conn.deliver(TurnChunk("my_agent", "a", "r1"))  # wakes the writer...
+    conn.deliver(TurnChunkOutput("my_agent", "a", "r1"))  # wakes the writer...
     conn.hold()  # ... which runs only after this
     await trio.testing.wait_all_tasks_blocked()
     assert len(writes) == before
-    conn.deliver(TurnChunk("my_agent", "b", "r1"))
+    conn.deliver(TurnChunkOutput("my_agent", "b", "r1"))
     conn.release()
     assert (await recv(ws))["delta"] == "ab"
     assert len(writes) == before + 1
@@ -255,7 +255,7 @@ async def test_many_tiny_frames_count_too(h):
     await trio.testing.wait_all_tasks_blocked()
     conn.hold()
     for n in range(1024):
-        conn.deliver(TurnDone("a", None))  # {"type":"agent_done","agent_id":"a"}: 37 bytes of JSON
+        conn.deliver(TurnDoneOutput("a", None))  # {"type":"agent_done","agent_id":"a"}: 37 bytes of JSON
         if conn._closing is not None:
             break
     assert conn._closing[0] == TRY_AGAIN_LATER and n < 1024
@@ -271,9 +271,9 @@ async def test_adjacent_chunks_of_a_turn_are_one_frame_counted_as_it_is_sent(h):
     await trio.testing.wait_all_tasks_blocked()
     conn.hold()
     for output in [
-        TurnStarted("a", "r"), TurnChunk("a", "Hel", "r"), TurnChunk("a", "lo \x00 ☕", "r"),
-        TurnChunk("b", "other agent", "r"), TurnChunk("a", " there", "r2"), TurnChunk("a", "!", "r2"),
-        TurnResponse("a", "Hello", 3, "r"), TurnChunk("a", "after", "r"),
+        TurnStartedOutput("a", "r"), TurnChunkOutput("a", "Hel", "r"), TurnChunkOutput("a", "lo \x00 ☕", "r"),
+        TurnChunkOutput("b", "other agent", "r"), TurnChunkOutput("a", " there", "r2"), TurnChunkOutput("a", "!", "r2"),
+        TurnResponseOutput("a", "Hello", 3, "r"), TurnChunkOutput("a", "after", "r"),
     ]:
         conn.deliver(output)
     expected = [

@@ -26,7 +26,7 @@ from agentcast.actors._embedders import (
 )
 from support import scaled
 from support.fake_openai import FakeOpenAI, Reply, error
-from agentcast.store import EventLog, UserMessage
+from agentcast.store import EventLog, UserSaid
 from agentcast.store import _vectors
 from agentcast.store._fusion import lexical_query, reciprocal_rank_fusion
 
@@ -393,7 +393,7 @@ def test_end_to_end_hybrid_search_with_the_real_model(local, tmp_path):
         "I'm allergic to penicillin; I came out in hives as a teenager.",
     ]
     with EventLog.open(tmp_path / "memory.db") as log:
-        recorded = log.append([[UserMessage("agent", "nadia", "2026-12-01T00:00:00.000Z", t) for t in said]])[0]
+        recorded = log.append([[UserSaid("agent", "nadia", "2026-12-01T00:00:00.000Z", t) for t in said]])[0]
         seqs = [r.seq for r in recorded]
         block = _vectors.pack(seqs, local.embed_sync(said))
         center = _vectors.mean_vector([block])

@@ -59,7 +59,7 @@ async def test_check_writable_can_be_timed_out_while_a_commit_is_stuck():
 async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_its_commit(tmp_path):
     """Group commit puts many lanes' appends in one transaction; one that SQLite refuses (here text with a
     lone surrogate, which it cannot bind) must not take the others down with it."""
-    from agentcast.store import AgentMessage, EventLog, UserMessage
+    from agentcast.store import AgentAnswered, EventLog, UserSaid
 
     path = tmp_path / "a.db"
     log = EventLog.open(path)
@@ -77,9 +77,9 @@ async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_it
         async with trio.open_nursery() as nursery:
             await nursery.start(journal.run)
             async with trio.open_nursery() as lanes:  # queued in the same pass: one commit
-                lanes.start_soon(append, "alice", [UserMessage("agent", "alice", "2024-01-01T00:00:00Z", "hello")])
-                lanes.start_soon(append, "bob", [AgentMessage("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")])
-                lanes.start_soon(append, "carol", [UserMessage("agent", "carol", "2024-01-01T00:00:00Z", "hi")])
+                lanes.start_soon(append, "alice", [UserSaid("agent", "alice", "2024-01-01T00:00:00Z", "hello")])
+                lanes.start_soon(append, "bob", [AgentAnswered("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")])
+                lanes.start_soon(append, "carol", [UserSaid("agent", "carol", "2024-01-01T00:00:00Z", "hi")])
             nursery.cancel_scope.cancel()
         assert outcome == {"alice": "ok", "bob": "UnicodeEncodeError", "carol": "ok"}
         logged = list(log.read())  # trio starts the three in no fixed order
@@ -91,12 +91,12 @@ async def test_an_append_the_store_cannot_write_fails_alone_not_the_others_in_it
 async def test_failing_holds_the_stores_reason_from_a_failed_append_until_one_succeeds(tmp_path):
     """What /healthz reports: set by a commit that logged nothing, cleared by one that logged something
     (a commit where one append failed alone and others were logged clears it: the database takes writes)."""
-    from agentcast.store import EventLog, UserMessage
+    from agentcast.store import EventLog, UserSaid
 
     path = tmp_path / "a.db"
     log = EventLog.open(path)
-    good = [UserMessage("agent", "alice", "2024-01-01T00:00:00Z", "hello")]
-    bad = [UserMessage("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")]
+    good = [UserSaid("agent", "alice", "2024-01-01T00:00:00Z", "hello")]
+    bad = [UserSaid("agent", "bob", "2024-01-01T00:00:00Z", "bad \ud800")]
 
     async def append(events):
         try:

@@ -150,3 +150,18 @@ def test_every_module_opens_with_a_docstring_of_at_least_two_lines():
             assert doc and len(doc.strip().splitlines()) >= 2, f"{path.relative_to(ROOT)} needs a two-line docstring"
     doc = ast.get_docstring(ast.parse((ROOT / "__init__.py").read_text()))
     assert doc and len(doc.strip().splitlines()) >= 2
+
+
+@pytest.mark.process
+def test_the_command_line_loads_the_server_only_to_serve():
+    """`agentcast replay`, `replay events`, `replay verify` and `backup` read a log with the store alone: importing
+    the command line loads neither the server, nor a connection, nor the actors' machinery, nor trio."""
+    code = (
+        "import sys, agentcast.transport.cli; "
+        "print(sorted(m for m in sys.modules if m in ('agentcast.transport.server', 'agentcast.transport._connection', "
+        "'agentcast.transport._frames', 'agentcast.transport._config', 'agentcast.transport._auth', 'trio', "
+        "'trio_websocket') or m.split('.')[:2] == ['agentcast', 'actors']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent,
+                         timeout=scaled(60)).stdout
+    assert out.strip() == "[]"

@@ -410,3 +410,22 @@ async def test_a_resumed_backlog_replays_tool_frames_and_cancelled_and_failed_tu
         f.pop("seq", None)
     assert replayed == [f for f in live if f != answered[-1]]  # an answered turn's response stands alone
     assert [f["type"] for f in backlog if f["type"] == "user_message"] == ["user_message"] * 3
+
+
+async def test_a_remembered_fact_is_replayed_as_the_live_turn_showed_it_the_remember_tools_call_and_result(db_path):
+    """The `fact_remembered` event adds no frame: live, the turn showed the fact as the `remember` tool's
+    `tool_call` and `tool_result`, and a resumed backlog replays exactly those (docs/protocol.md)."""
+    replies = (tool_calls(("c1", "remember", {"fact": "Alice drinks green tea"})), text("Noted."))
+    async with llm_server(db_path, *replies, brain={"tools": ["remember"]}) as server:
+        async with user(server) as alice:
+            live = await alice.request(chat("I drink green tea", "t1"), "agent_done")
+        async with user(server) as laptop:
+            await laptop.send({"type": "subscribe", "agent_id": AGENT, "after_seq": 0})
+            backlog = await laptop.recv_until("response")
+    assert [r.event.TYPE for r in events_of(db_path)] == [
+        "user_message", "tool_called", "fact_remembered", "tool_returned", "agent_message"]
+    shown = ("tool_call", "tool_result", "response")
+    assert [f["type"] for f in backlog] == ["subscribed", "user_message", *shown]
+    assert [f for f in backlog if f["type"] in shown] == [f for f in live if f["type"] in shown]
+    assert [f for f in live if f["type"] == "tool_result"][0]["result"] == {"remembered": "Alice drinks green tea",
+                                                                            "seq": 3}

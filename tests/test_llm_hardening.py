@@ -12,8 +12,8 @@ import httpx
 import pytest
 import trio
 
-from agentcast.actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone,
-                    TurnResponse, agent_specs)
+from agentcast.actors import (AgentSpec, ConfigError, FailedOutput, OpenAIBrain, ToolCallItem, ToolResultItem, TurnCancelledOutput, TurnDoneOutput,
+                    TurnResponseOutput, agent_specs)
 from agentcast.actors._brain import BrainError
 from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
 from agentcast.transport.cli import setup_logging
@@ -53,8 +53,8 @@ async def test_too_deeply_nested_tool_arguments_are_a_tool_error_the_model_sees(
     fake.script(tool_calls(("c1", "current_time", deep)), text("Sorry."))
     brain = brain_for(fake, tools=["current_time"])
     items = await items_of(brain, turn_for(brain))
-    assert items[0] == ToolCall("c1", "current_time", deep)  # the raw text: shown and logged as it came
-    assert items[1] == ToolResult("c1", "current_time", None, "the arguments are nested more than 32 levels deep")
+    assert items[0] == ToolCallItem("c1", "current_time", deep)  # the raw text: shown and logged as it came
+    assert items[1] == ToolResultItem("c1", "current_time", None, "the arguments are nested more than 32 levels deep")
     assert items[-1] == "Sorry."
     assert "nested more than 32" in fake.requests[1]["messages"][-1]["content"]
 
@@ -64,7 +64,7 @@ async def test_tool_arguments_nested_up_to_the_limit_are_parsed(fake):
     fake.script(tool_calls(("c1", "current_time", arguments)), text("Ok."))
     brain = brain_for(fake, tools=["current_time"])
     items = await items_of(brain, turn_for(brain))
-    assert items[0] == ToolCall("c1", "current_time", arguments)
+    assert items[0] == ToolCallItem("c1", "current_time", arguments)
     assert "nested" not in (items[1].error or "")  # current_time itself refuses the unknown field
 
 
@@ -95,8 +95,8 @@ class DeepArgumentsBrain:
     recall = 0
 
     async def reply(self, turn):
-        yield ToolCall("c1", "deep", {"x": json.loads("[" * 500 + "]" * 500)})
-        yield ToolResult("c1", "deep", "ok")
+        yield ToolCallItem("c1", "deep", {"x": json.loads("[" * 500 + "]" * 500)})
+        yield ToolResultItem("c1", "deep", "ok")
         yield "Done."
 
 
@@ -140,11 +140,11 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
             await brain.in_cleanup.wait()
         agent.cancel("u", None, phone)  # accepted: no NothingToCancel
         brain.release.set()
-        await asker.wait_for(TurnDone)
+        await asker.wait_for(TurnDoneOutput)
         await agent.wait_idle()
         # the phone's cancel was accepted, so the turn ends cancelled (with all it said) for everyone
-        assert [type(o) for o in phone.outputs] == [TurnCancelled, TurnDone], phone.outputs
-        assert asker.of(TurnCancelled)[0].partial == "partial" and not asker.of(TurnResponse)
+        assert [type(o) for o in phone.outputs] == [TurnCancelledOutput, TurnDoneOutput], phone.outputs
+        assert asker.of(TurnCancelledOutput)[0].partial == "partial" and not asker.of(TurnResponseOutput)
 
 
 async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
@@ -167,7 +167,7 @@ class ToolFirstBrain:
     recall = 0
 
     async def reply(self, turn):
-        yield ToolCall("c1", "current_time", {})
+        yield ToolCallItem("c1", "current_time", {})
         yield "answer"
 
 
@@ -185,7 +185,7 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
         writer.append = flaky_append
         out = Recorder()
         w.agents["a"].submit(actor_chat("u", "hello", out, "r1"))
-        await out.wait_for(TurnDone)
+        await out.wait_for(TurnDoneOutput)
         await w.agents["a"].wait_idle()
     types = [r.event.TYPE for r in logged(w.path)]
     # "nothing of a turn is ever logged before the message that caused it" (_TurnLog's docstring)
@@ -313,8 +313,8 @@ async def test_turn_timeout_ends_the_turn_as_a_brain_error_with_its_partial_logg
     async with running(tmp_path, AgentSpec("a", brain_for(fake, turn_timeout=60))) as w:
         out = Recorder()
         w.agents["a"].submit(actor_chat("u", "go", out, "r1"))
-        await out.wait_for(TurnDone, timeout=None)  # the journal's threads let an autojump clock race a fail_after
-    (failed,) = out.of(Failed)
+        await out.wait_for(TurnDoneOutput, timeout=None)  # the journal's threads let an autojump clock race a fail_after
+    (failed,) = out.of(FailedOutput)
     assert failed.code == "brain_error" and "turn_timeout" in failed.message
     ended = logged(w.path)[-1].event
     assert (ended.TYPE, ended.outcome, ended.partial) == ("turn_ended", "failed", "Thinking")

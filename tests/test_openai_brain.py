@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 
-from agentcast.actors import BrainError, OpenAIBrain, ToolCall, ToolResult, Usage
+from agentcast.actors import BrainError, OpenAIBrain, ToolCallItem, ToolResultItem, UsageItem
 from agentcast.store import Hit, Memory, Message
 from support import scaled
 from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
@@ -25,7 +25,7 @@ async def fake(nursery):
 async def test_tokens_stream_as_deltas_and_usage_comes_last(fake):
     fake.script(text("Hel", "lo", " world", usage=(12, 3)))
     items = await items_of(brain_for(fake), turn_for(brain_for(fake)))
-    assert items == ["Hel", "lo", " world", Usage(12, 3)]
+    assert items == ["Hel", "lo", " world", UsageItem(12, 3)]
     request = fake.requests[0]
     assert request["model"] == "fake-model" and request["stream"] is True
     assert request["stream_options"] == {"include_usage": True}
@@ -93,12 +93,12 @@ async def test_several_tool_calls_in_one_round_run_in_order_and_the_model_contin
     brain = brain_for(fake, tools=["remember", "current_time"])
     memory = FakeMemory()
     items = await items_of(brain, turn_for(brain, memory_access=memory))
-    assert [type(i).__name__ for i in items] == ["ToolCall", "ToolResult", "ToolCall", "ToolResult", "str", "Usage"]
-    assert items[0] == ToolCall("call_a", "remember", {"fact": "likes green tea"})
-    assert items[1] == ToolResult("call_a", "remember", {"remembered": "likes green tea", "seq": 1})
-    assert items[2] == ToolCall("call_b", "current_time", {})
+    assert [type(i).__name__ for i in items] == ["ToolCallItem", "ToolResultItem", "ToolCallItem", "ToolResultItem", "str", "UsageItem"]
+    assert items[0] == ToolCallItem("call_a", "remember", {"fact": "likes green tea"})
+    assert items[1] == ToolResultItem("call_a", "remember", {"remembered": "likes green tea", "seq": 1})
+    assert items[2] == ToolCallItem("call_b", "current_time", {})
     assert items[3].error is None and items[3].result["utc"].endswith("Z")
-    assert items[4:] == ["Noted!", Usage(60, 7)]  # usage summed over both requests
+    assert items[4:] == ["Noted!", UsageItem(60, 7)]  # usage summed over both requests
     assert memory.facts == ["likes green tea"]
     first, second = fake.requests
     assert [t["function"]["name"] for t in first["tools"]] == ["remember", "current_time"]
@@ -119,10 +119,10 @@ async def test_bad_tool_calls_become_tool_errors_the_model_sees(fake):
     )
     brain = brain_for(fake, tools=["search_memory"])
     items = await items_of(brain, turn_for(brain))
-    results = [i for i in items if isinstance(i, ToolResult)]
+    results = [i for i in items if isinstance(i, ToolResultItem)]
     assert [r.call_id for r in results] == ["c1", "c2", "c3"]
     assert results[0].error == "the arguments are not valid JSON"
-    assert items[0] == ToolCall("c1", "search_memory", "{not json")  # the raw text, as the model sent it
+    assert items[0] == ToolCallItem("c1", "search_memory", "{not json")  # the raw text, as the model sent it
     assert "no tool 'no_such_tool'" in results[1].error
     assert "invalid arguments for search_memory" in results[2].error
     sent = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"]

@@ -11,7 +11,7 @@ import trio.testing
 
 from agentcast.actors import _agent as actors_agent
 from agentcast.actors import AgentSpec, BrainError, EchoBrain
-from agentcast.store import AgentMessage, EventLog, UserMessage
+from agentcast.store import AgentAnswered, EventLog, UserSaid
 from support import GatedBrain, connect, running_server, scaled
 
 AGENT = "my_agent"
@@ -287,8 +287,8 @@ def write_history(db_path, user, turns, *, other="someone else"):
     with EventLog.open(db_path) as log:
         batches = []
         for i in range(turns):
-            batches.append([UserMessage(AGENT, user, AT, f"question {i}", f"q{i}"), AgentMessage(AGENT, user, AT, f"answer {i}")])
-            batches.append([UserMessage(AGENT, other, AT, f"not yours {i}")])
+            batches.append([UserSaid(AGENT, user, AT, f"question {i}", f"q{i}"), AgentAnswered(AGENT, user, AT, f"answer {i}")])
+            batches.append([UserSaid(AGENT, other, AT, f"not yours {i}")])
         log.append(batches)
 
 
@@ -423,8 +423,8 @@ async def lockstep_client(h, user, *, outbox_size):
 
 
 async def log_turns(h, user, turns):
-    await h.journal.append([e for i in range(turns) for e in (UserMessage(AGENT, user, AT, f"question {i}"),
-                                                              AgentMessage(AGENT, user, AT, f"answer {i}"))])
+    await h.journal.append([e for i in range(turns) for e in (UserSaid(AGENT, user, AT, f"question {i}"),
+                                                              AgentAnswered(AGENT, user, AT, f"answer {i}"))])
 
 
 async def test_a_client_that_reads_slowly_gets_a_backlog_many_times_its_queue_whole(h):

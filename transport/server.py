@@ -100,7 +100,7 @@ class Server:
         self.audience = Audience()
         self.agents: Agents | None = None
         self.journal: Journal | None = None
-        self._db_bytes = 0  # measured (in a worker thread) at each scrape of /metrics
+        self._db_bytes = 0  # measured (by the recorder, in a worker thread) at each scrape of /metrics
         self.metrics = Metrics(ScrapeState(
             connections=lambda: len(self.connections),
             agents=lambda: [(a.agent_id, a.in_flight, a.lanes) for a in (self.agents or {}).values()],
@@ -288,7 +288,8 @@ class Server:
 
     async def _scrape(self) -> HttpResponse:
         """GET /metrics: the Prometheus text format."""
-        self._db_bytes = await trio.to_thread.run_sync(_file_sizes, os.fspath(self.settings.db))
+        if self.journal is not None:  # the recorder says what it takes (a reader, in a worker thread)
+            self._db_bytes = await self.journal.read(lambda log: log.storage_bytes())
         return HttpResponse(200, METRICS_CONTENT_TYPE, self.metrics.render())
 
     async def _accept(self, request: WebSocketRequest) -> tuple[WebSocketConnection, Claims | None] | None:
@@ -375,17 +376,6 @@ async def _upgrade_required() -> HttpResponse:
     """A plain GET of the WebSocket endpoint."""
     return text_response(426, f"{WS_PATH} is the WebSocket endpoint: connect with a WebSocket client\n",
                          extra=(("Upgrade", "websocket"),))
-
-
-def _file_sizes(db: str) -> int:
-    """Bytes of the database file and its WAL (0 for a file that is missing)."""
-    total = 0
-    for path in (db, db + "-wal"):
-        try:
-            total += os.stat(path).st_size
-        except OSError:
-            pass
-    return total
 
 
 def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:

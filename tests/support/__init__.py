@@ -13,6 +13,8 @@ by what they are:
 - `support.actors`: agents without a transport (`running`, `Recorder`, `logged`).
 - `support.llm`: the `openai` agent's users and the `openai` brain on its own (`brain_for`, `turn_for`).
 - `support.fake_openai`: the fake OpenAI-compatible server.
+- `support.recorder_contract`: the contract of a store recorder (`RecorderContract`, `InspectionContract`),
+  subclassed per backend (tests/test_sqlite_recorder.py).
 - `support.dbguard`: the guard against opening a live database file behind SQLite's back.
 - `support.timeouts`: `scaled(seconds)`, real-clock bounds scaled by AGENTCAST_TEST_TIMEOUT_SCALE
   (`clock_bound` in helpers that may run under a trio `MockClock`).

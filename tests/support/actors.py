@@ -1,5 +1,5 @@
 """Agents without a transport, for actor units: `running` starts a journal on a fresh log and one `Agent`
-per spec, `Recorder` is an outbox a test can wait on, `logged` reads the log back, `chat` makes a `ChatTurn`."""
+per spec, `Recorder` is an outbox a test can wait on, `logged` reads the log back, `chat` makes a `ChatCommand`."""
 from __future__ import annotations
 
 from contextlib import asynccontextmanager, nullcontext
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import trio
 
-from agentcast.actors import Agent, AgentSpec, Audience, ChatTurn, Journal, LaneBudget
+from agentcast.actors import Agent, AgentSpec, Audience, ChatCommand, Journal, LaneBudget
 from agentcast.store import EventLog
 
 from .timeouts import clock_bound
@@ -73,5 +73,5 @@ def logged(path) -> list:
         return list(reader.read())
 
 
-def chat(user, message, origin, request_id=None) -> ChatTurn:
-    return ChatTurn(user, message, AT, origin, request_id)
+def chat(user, message, origin, request_id=None) -> ChatCommand:
+    return ChatCommand(user, message, AT, origin, request_id)
