@@ -20,20 +20,23 @@ from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import trio
 from attrs import frozen
 
-from ._openai import (
-    MAX_ERROR_BODY,
+from ._endpoint import (
     MAX_RETRY_DELAY,
     RETRYABLE_STATUSES,
-    _number,
-    _reason_of_body,
-    _retry_after,
-    _shared_ssl_context,
+    Endpoint,
+    api_key,
+    error_body,
+    http_failure,
+    is_number,
+    looks_like_a_key,
+    reason_of_body,
+    retry_after,
+    shared_ssl_context,
 )
 
 logger = logging.getLogger("agentcast.actors.embedders")
@@ -419,12 +422,12 @@ class OpenAIEmbedder:
         _check(kind, api_key_env is None or (isinstance(api_key_env, str) and api_key_env.strip() != ""),
                "api_key_env", "the NAME of the environment variable that holds the key (the key itself never goes "
                "in config)")
-        if isinstance(api_key_env, str) and api_key_env.startswith(("sk-", "Bearer ")):
+        if looks_like_a_key(api_key_env):
             raise ValueError(f"{kind} embedder: api_key_env looks like an API key; give the NAME of the environment "
                              "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
-        _check(kind, _number(timeout) and 0 < timeout <= 3600, "timeout", "a number of seconds above 0 (at most 3600)")
+        _check(kind, is_number(timeout) and 0 < timeout <= 3600, "timeout", "a number of seconds above 0 (at most 3600)")
         _check(kind, type(retries) is int and 0 <= retries <= 10, "retries", "an integer from 0 to 10")
-        _check(kind, _number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY, "retry_backoff",
+        _check(kind, is_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY, "retry_backoff",
                f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}")
         _check(kind, type(batch_size) is int and 1 <= batch_size <= 2048, "batch_size", "an integer from 1 to 2048")
         _check(kind, type(send_dimensions) is bool, "send_dimensions", "true or false")
@@ -432,21 +435,18 @@ class OpenAIEmbedder:
         self.dimensions = dimensions
         #: The model and the length of its vectors (the server's address is not part of it).
         self.name = f"openai:{model}:{dimensions}"
-        parts = urlsplit(base_url)
-        path = parts.path.rstrip("/")
-        self.base_url = urlunsplit(parts._replace(path=path))  # credentials and query included: never shown
-        self.url = urlunsplit(parts._replace(path=path + "/embeddings"))
+        self._endpoint = Endpoint(base_url, "/embeddings")
+        self.base_url = self._endpoint.base_url  # credentials and query included: never shown
+        self.url = self._endpoint.url
         #: `base_url` without credentials or query: what errors, logs and repr show.
-        self.shown_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
-        secrets = [parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password or ""]
-        self._url_secrets = tuple(sorted({x for x in secrets if len(x) >= 3}, key=len, reverse=True))
+        self.shown_url = self._endpoint.shown_url
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.batch_size = batch_size
         self.send_dimensions = send_dimensions
-        self._ssl_context = _shared_ssl_context()
+        self._ssl_context = shared_ssl_context()
         if api_key_env and not os.environ.get(api_key_env):
             logger.warning("openai embedder (model %s): the environment variable %s (api_key_env) is not set; "
                            "embedding will fail until it is", model, api_key_env)
@@ -465,23 +465,10 @@ class OpenAIEmbedder:
         return f"OpenAIEmbedder(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"
 
     def _scrub(self, text: str, key: str | None) -> str:
-        text = text.replace(self.base_url, self.shown_url)
-        for secret in (key, *self._url_secrets):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return self._endpoint.scrub(text, key)
 
     def _api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = (os.environ.get(self.api_key_env) or "").strip()
-        if not key:
-            raise EmbedderError(f"the API key is missing: the environment variable {self.api_key_env} "
-                                "(api_key_env) is not set on the server")
-        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-            raise EmbedderError(f"the API key in the environment variable {self.api_key_env} (api_key_env) is not "
-                                "usable: it holds spaces, control or non-ASCII characters")
-        return key
+        return api_key(self.api_key_env, EmbedderError)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         """The vectors of `texts`, in order (lists of `dimensions` floats), `batch_size` texts a request."""
@@ -555,22 +542,12 @@ class OpenAIEmbedder:
 
     async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
         """The exception for a non-200 answer: `_Retry` for the retryable ones, else `EmbedderError`."""
-        body = b""
-        async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) >= MAX_ERROR_BODY:
-                break
-        reason = self._scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        reason = self._scrub(reason_of_body(await error_body(response)), key)
         status = response.status_code
-        what = {
-            401: "the embeddings server refused the API key",
-            403: "the embeddings server refused access",
-            404: f"not found: is the embedding model {self.model!r} served at {self.shown_url}?",
-            429: "the embeddings server is rate limiting us",
-        }.get(status, "the embeddings server failed" if status >= 500 else "the embeddings server refused the request")
-        text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
+        text = http_failure(status, reason, server="the embeddings server",
+                            missing=f"is the embedding model {self.model!r} served at {self.shown_url}?")
         if status in RETRYABLE_STATUSES:
-            return _Retry(text, _retry_after(response))
+            return _Retry(text, retry_after(response))
         return EmbedderError(text)
 
     def _vectors_of(self, answer: bytes, count: int, key: str | None) -> list[list[float]]:
@@ -587,7 +564,7 @@ class OpenAIEmbedder:
             raise malformed("not a JSON object")
         if obj.get("error") is not None:
             raise EmbedderError(f"the embeddings server reported an error: "
-                                f"{self._scrub(_reason_of_body(answer), key)}")
+                                f"{self._scrub(reason_of_body(answer), key)}")
         data = obj.get("data")
         if not isinstance(data, list):
             raise malformed("'data' is not a list")
@@ -606,7 +583,7 @@ class OpenAIEmbedder:
             if len(embedding) != self.dimensions:
                 raise EmbedderError(f"the embeddings server sent vectors of {len(embedding)} dimensions, but "
                                     f"dimensions is {self.dimensions}: is the model {self.model!r} the one configured?")
-            if not all(_number(x) for x in embedding):
+            if not all(is_number(x) for x in embedding):
                 raise malformed("an embedding holds something other than finite numbers")
             if not any(embedding):
                 raise malformed("an embedding is all zeros (it has no direction)")
