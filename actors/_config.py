@@ -10,6 +10,7 @@ from typing import Any
 
 from ._agent import ON_BUSY, AgentSpec
 from ._brain import BRAINS, Brain
+from ._embedders import EmbedderChoice, embedder_choice
 from ._openai import OpenAIBrain  # noqa: F401  (registers the "openai" brain in BRAINS)
 
 
@@ -58,8 +59,9 @@ def _brain(agent_id: str, value: Any) -> Brain:
         raise ConfigError(f"agents.{agent_id}.brain: {exc}") from None
 
 
-def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
-    """The agents described by the `[agents]` table (the defaults when it is None)."""
+def agent_specs(table: Mapping[str, Any] | None, *, embedder: EmbedderChoice | None = None) -> list[AgentSpec]:
+    """The agents described by the `[agents]` table (the defaults when it is None); `embedder` is the server's
+    (`[server] embedder`), which an agent's own `embedder` setting replaces."""
     if table is None:
         table = DEFAULT_AGENTS
     if not isinstance(table, Mapping) or not table:
@@ -70,7 +72,7 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
             raise ConfigError(f"agent id {agent_id!r} must be 1 to 256 characters")
         if not isinstance(body, Mapping):
             raise ConfigError(f"agents.{agent_id} must be a table")
-        unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", *_SPEC_KEYS}
+        unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", "embedder", *_SPEC_KEYS}
         if unknown:
             raise ConfigError(f"agents.{agent_id}: unknown setting(s) {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {}
@@ -92,6 +94,13 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
                 raise ConfigError(f"agents.{agent_id}.on_busy must be one of {', '.join(map(repr, ON_BUSY))} "
                                   f"(got {body['on_busy']!r})")
             kwargs["on_busy"] = body["on_busy"]
+        kwargs["embedder"] = embedder
+        if "embedder" in body:
+            try:
+                kwargs["embedder"] = embedder_choice(body["embedder"])
+            except ValueError as exc:
+                raise ConfigError(f"agents.{agent_id}.{exc}" if str(exc).startswith("embedder") else
+                                  f"agents.{agent_id}.embedder: {exc}") from None
         try:
             specs.append(AgentSpec(agent_id, _brain(agent_id, body.get("brain", "echo")), description, **kwargs))
         except ValueError as exc:

@@ -272,7 +272,8 @@ class Recorder(Protocol):
         """The `limit` messages of (agent_id, user) whose `model` vectors are closest to `vector` by cosine
         (the score), best first, with seq >= `since_seq`. With `centred`, the cosines are taken after the mean
         of the (agent, user)'s vectors is subtracted from each and from `vector` (what all of a memory shares
-        then stops counting). Never another (agent, user)'s."""
+        then stops counting), if it has at least `store._vectors.CENTRE_FROM` vectors. Never another (agent,
+        user)'s. A vector of zeros (a message its embedder refused) is never among them."""
         ...
 
 

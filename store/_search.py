@@ -7,9 +7,11 @@ vector is made by the caller (an embedder lives in `actors`).
 A hybrid search fuses three rankings of the (agent, user)'s memory with RRF (`store._fusion`):
 
 - the semantic leg: the messages nearest the query's vector (centred on the memory's mean), where a remembered
-  question is demoted when the query is a question itself (`store._fusion.demoted`);
-- the lexical leg over the whole memory, given only the query's exact tokens (names, numbers, codes:
-  `store._fusion.lexical_query`), so that everyday words never outrank meaning and exact matches stay on top;
+  question is demoted when the query is a question itself (`store._fusion.demoted`); it goes first, so that
+  equal fused scores are decided by meaning (a fact and a near miss that both hold the name asked for);
+- the lexical leg over the whole memory, given only the query's exact tokens (names, numbers, codes, quoted
+  words: `store._fusion.lexical_query`), so that everyday words never outrank meaning and exact matches stay in
+  the top ranks;
 - the lexical leg with the whole query over the messages not embedded yet (after the embedding cursor), so
   that what was said a moment ago, or a history still being embedded, is found as a lexical search finds it.
 """
@@ -63,7 +65,7 @@ def search_memory(log: Recorder, agent_id: str, user: str, query: str, limit: in
                                    since_seq=since_seq, centred=True), query, QUESTION_DEMOTION)
         if not lexical:
             return SearchResult(tuple(near[:limit]), (SEMANTIC,))
-        rankings: list[list[Hit]] = [near]
+        rankings: list[list[Hit]] = [near]  # first: equal fused scores go by meaning
         exact = lexical_query(query)
         if exact:
             rankings.append(log.search(agent_id, user, exact, DEPTH, since_seq=since_seq))

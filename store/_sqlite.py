@@ -627,7 +627,8 @@ class EventLog:
         if not blocks:
             return []
         unpacked = [_vectors.VectorBlock(block) for block in blocks]
-        center = _vectors.mean_vector(unpacked) if centred else None
+        center = (_vectors.mean_vector(unpacked) if centred and sum(map(len, unpacked)) >= _vectors.CENTRE_FROM
+                  else None)
         ranked = _vectors.top_k(vector, unpacked, limit, center=center, since_seq=since_seq)
         if not ranked:
             return []

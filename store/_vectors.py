@@ -34,6 +34,10 @@ RECORD_OVERHEAD = 12
 #: The most dimensions a block holds (the header keeps them in a uint16).
 MAX_DIMENSIONS = 65_535
 
+#: The fewest vectors a memory needs for a centred search (`top_k(center=)`): the mean of fewer is not
+#: what everyday chat shares, only those few messages (a centred ranking is then worse than a plain one).
+CENTRE_FROM = 20
+
 MISSING_NUMPY = ("semantic search needs numpy, a dependency of agentcast that is missing here: "
                  "pip install 'numpy>=1.24' (or reinstall agentcast with its dependencies)")
 

@@ -679,9 +679,10 @@ class Connection:
             case p.ListAgents(rid):
                 infos = [p.AgentInfo(agent.agent_id, agent.spec.description) for agent in self._agents.values()]
                 self._queue(p.AgentList(infos, rid))
-            case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
+            case p.SearchMemory(agent_id, query, limit, use_long_term, rid, legs):
                 self._check_length("query", query, self._settings.max_query_chars, rid)
-                self._submit(self._agent(agent_id, rid), actors.SearchCommand(self.user, query, limit, use_long_term, self, rid))
+                self._submit(self._agent(agent_id, rid), actors.SearchCommand(
+                    self.user, query, limit, use_long_term, self, rid, None if legs is None else tuple(legs)))
             case p.ClearMemory(agent_id, long_term, rid):
                 self._submit(self._agent(agent_id, rid), actors.ClearCommand(self.user, long_term, self._clock(), self, rid))
             case p.Cancel(agent_id, rid):

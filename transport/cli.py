@@ -585,7 +585,7 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from ._config import effective_settings, load_config
+    from ._config import effective_settings, load_config, search_of
 
     config = load_config(args.config)  # a file that is not valid is a ConfigError: one line, exit 1
     effective = effective_settings(config)
@@ -598,8 +598,10 @@ def _config_check(args: argparse.Namespace) -> int:
     for key, value in effective["server"].items():
         note = _secret_env_note(value) if key == "auth_secret_env" and value else ""
         print(_toml_line(key, value, note))
+    searches = {spec.agent_id: search_of(spec) for spec in config.agents}
     for agent_id, agent in effective["agents"].items():
         print(f"\n[agents.{_toml_key(agent_id)}]")
+        print(f"# search: {searches[agent_id]}")
         for key, value in agent.items():
             if key != "brain":
                 print(_toml_line(key, value))
@@ -626,7 +628,14 @@ def _toml_line(key: str, value: object, note: str = "") -> str:
     if value is None:
         means = _UNSET_MEANS.get(key)
         return f"# {key}: not set" + (f" ({means})" if means else "")
-    return f"{key} = {json.dumps(value, ensure_ascii=False)}" + (f"  # {note}" if note else "")
+    return f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else "")
+
+
+def _toml_value(value: object) -> str:
+    """`value` in TOML: a table inline (`{ key = value, ... }`); strings, numbers, booleans and arrays as in JSON."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _env_note(name: str) -> str:

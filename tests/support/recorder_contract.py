@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from agentcast.store._vectors import CENTRE_FROM
+
 from agentcast.store import (
     LEXICAL,
     SEMANTIC,
@@ -464,13 +466,17 @@ class VectorContract:
 
     def test_centred_ranks_by_what_sets_a_message_apart(self, recorder):
         # everyday chat around one direction, one message that differs; the query is mostly the everyday direction
-        vectors = {"a": [1.0, 0.1, 0.0, 0.0], "b": [1.0, 0.0, 0.1, 0.0], "c": [1.0, -0.1, 0.0, 0.0],
-                   "d": [1.0, 0.0, -0.1, 0.0], "e": [0.5, 1.0, 0.0, 0.0]}
+        everyday = [[1.0, 0.0, 0.1, 0.0], [1.0, 0.0, 0.0, 0.1], [1.0, 0.0, -0.1, 0.0], [1.0, 0.0, 0.0, -0.1]] * 5
+        vectors = {f"everyday {i}": v for i, v in enumerate(everyday[:CENTRE_FROM - 1])} | {"apart": [0.5, 1.0, 0.0, 0.0]}
         recorder.append([[said(name) for name in vectors]])
         embed_all(recorder, vector_of=vectors.get)
         query = [1.0, 0.3, 0.0, 0.0]
-        assert recorder.nearest(A, "alice", "m1", query, 5)[-1].content == "e"
-        assert recorder.nearest(A, "alice", "m1", query, 5, centred=True)[0].content == "e"
+        assert recorder.nearest(A, "alice", "m1", query, 20)[-1].content == "apart"
+        assert recorder.nearest(A, "alice", "m1", query, 20, centred=True)[0].content == "apart"
+        recorder.append([[said("everyday 20", "bob")] * 3 + [said("apart", "bob")]])
+        embed_all(recorder, vector_of=lambda text: vectors.get(text, everyday[0]))
+        # fewer than CENTRE_FROM vectors: their mean says little, the ranking is the plain one
+        assert [h.content for h in recorder.nearest(A, "bob", "m1", query, 4, centred=True)][-1] == "apart"
 
     def test_the_hybrid_search_fuses_meaning_exact_tokens_and_what_is_not_embedded_yet(self, recorder):
         recorder.append([[said("tea is my favourite drink"), said("bus 152 to work"), said("cat called Mia")]])
