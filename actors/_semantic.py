@@ -142,6 +142,11 @@ class EmbeddingWorker:
         while len(expected) > EXPECTED_MAX:
             expected.popitem(last=False)
 
+    @property
+    def cursor(self) -> int:
+        """The seq up to which every message of its agents has its vector (0 before it has read its cursors)."""
+        return min(self._cursors.values()) if self._cursors else 0
+
     async def caught_up(self) -> None:
         """Return once the worker has embedded every message committed so far (that it was told of)."""
         await self._idle.wait()

@@ -80,14 +80,19 @@ class WordEmbedder:
 
 
 class FakeEmbeddings:
-    """`WordEmbedder`'s vectors served as an OpenAI-compatible `POST /v1/embeddings` on loopback. `inputs` holds each
-    request's texts; `statuses` (a deque) makes the next requests answer with those HTTP statuses instead."""
+    """`WordEmbedder`'s vectors served as an OpenAI-compatible `POST /v1/embeddings` on loopback. `inputs` holds the
+    texts of each request answered; `statuses` (a deque) makes the next requests answer with those HTTP statuses
+    instead; with `stall_after` = N, the request after N answered ones gets no answer (`stalled` is set) until its
+    client goes."""
 
-    def __init__(self, dimensions: int = DIMENSIONS, vector_of: Callable[[str], list[float]] | None = None) -> None:
+    def __init__(self, dimensions: int = DIMENSIONS, vector_of: Callable[[str], list[float]] | None = None, *,
+                 stall_after: int | None = None) -> None:
         self.dimensions = dimensions
         self.vector_of = vector_of or functools.partial(word_vector, dimensions=dimensions)
         self.inputs: list[list[str]] = []
         self.statuses: deque[int] = deque()
+        self.stall_after = stall_after
+        self.stalled = trio.Event()
         self.port = 0
 
     @property
@@ -110,6 +115,11 @@ class FakeEmbeddings:
             while True:
                 body = await self._read(conn, stream)
                 if body is None:
+                    return
+                if self.stall_after is not None and len(self.inputs) >= self.stall_after:
+                    self.stalled.set()
+                    while await stream.receive_some(65536):  # no answer, until the client goes
+                        pass
                     return
                 status, answer = self._answer(body)
                 data = json.dumps(answer).encode()
