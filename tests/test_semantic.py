@@ -434,3 +434,39 @@ async def test_a_server_with_an_openai_embedder_searches_by_meaning(db_path, nur
                              "messages of our conversation.)"] * 2])
     with EventLog.open(db_path, readonly=True) as log:
         checked(log)
+
+
+# -- end to end with the real local model (the semantic extra, installed in CI with the test extra) ---------
+
+
+async def test_end_to_end_with_the_real_local_model(db_path, nursery):
+    """A server with the local embedder (all-MiniLM-L6-v2, int8, from the extra): facts said in chats are embedded
+    by the worker; a reworded question finds its fact through search_memory and through an openai agent's recall,
+    whose message is embedded once for both."""
+    fake = await FakeOpenAI(text("Noted."), text("Noted."), text("Noted."), text("You drive a bus.")).start(nursery)
+    local = EmbedderChoice("local")
+    brain = OpenAIBrain(model="fake-model", base_url=fake.base_url, retries=0, recall=1, memory_window=0)
+    facts = ["I drive the number 152 bus from Olivos to La Boca.", "My daughter Valentina plays the violin.",
+             "Which is the best way to learn a new language?"]
+    async with running_server(db_path, [AgentSpec("llm", brain, embedder=local)]) as server, \
+            connect(server.port) as client:
+        (worker,) = server.embedding
+        assert worker.dimensions == 384 and worker.model.startswith("local:")
+        await client.request({"type": "set_user", "user_id": "juan"}, "user_set")
+        for fact in facts:
+            await client.request({"type": "chat", "agent_id": "llm", "message": fact}, "agent_done")
+        await worker.caught_up()
+        (found,) = await client.request({"type": "search_memory", "agent_id": "llm", "query": "What is my job?",
+                                         "limit": 1}, "memory_results")
+        assert found["legs"] == ["lexical", "semantic"]
+        assert found["results"][0]["content"] == facts[0]  # no word in common with the question
+        (exact,) = await client.request({"type": "search_memory", "agent_id": "llm", "query": "How is Valentina?",
+                                         "limit": 1}, "memory_results")
+        assert exact["results"][0]["content"] == facts[1]
+        await client.request({"type": "chat", "agent_id": "llm", "message": "Which instrument does my kid practise?"},
+                             "agent_done")
+        await worker.caught_up()
+        assert facts[1] in json.dumps(fake.requests[-1]["messages"])  # recalled for the model
+        assert worker.embedded == 8  # four messages and four answers: the question's vector made once, for its recall
+    with EventLog.open(db_path, readonly=True) as log:
+        checked(log)
