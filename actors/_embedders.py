@@ -17,6 +17,9 @@ import importlib.util
 import json
 import logging
 import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
@@ -203,6 +206,21 @@ def _import_local_modules():
     return modules
 
 
+#: The CPU priority (nice) of the thread that embeds a worker's batches: the lowest, so that the event loop, the
+#: journal's writer and the other processes go first and embedding takes the CPU they leave (Linux; elsewhere
+#: the thread keeps the process's priority).
+BACKGROUND_NICENESS = 19
+
+
+def _lower_this_threads_priority() -> None:
+    """Give the calling thread the priority `BACKGROUND_NICENESS` (on Linux, nice is per thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        except OSError:  # not permitted here: the thread keeps its priority
+            pass
+
+
 class LocalEmbedder:
     """Embeds on this machine's CPU with an ONNX sentence-embedding model: tokenized with `tokenizers`,
     run with onnxruntime, mean-pooled over the tokens and normalised to unit length.
@@ -289,6 +307,8 @@ class LocalEmbedder:
         self._token_types = "token_type_ids" in inputs
         self._limiter: trio.CapacityLimiter | None = None  # batches: one at a time
         self._urgent_limiter: trio.CapacityLimiter | None = None  # queries: one at a time, beside a batch
+        #: The thread that runs the batches (made at the first), at the priority `BACKGROUND_NICENESS`.
+        self._background: ThreadPoolExecutor | None = None
         probe = self.embed_sync(["dimensions"])
         #: The length of every vector.
         self.dimensions: int = int(probe.shape[1])
@@ -380,18 +400,30 @@ class LocalEmbedder:
     async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> Any:
         """The vectors of `texts` (a float32 numpy array, one unit-length row per text), computed in a
         worker thread a batch at a time (cancelling waits for the running batch only); calls on one
-        embedder take turns batch by batch, so it uses `threads` cores at most. An `urgent` call (a
-        search's query) takes turns with the other urgent calls only: it runs beside a batch in its own
-        thread (onnxruntime sessions run concurrently), so a search never waits for the worker's batch."""
+        embedder take turns batch by batch, so it uses `threads` cores at most, on one thread of the
+        lowest CPU priority (`BACKGROUND_NICENESS`): the turns go first. An `urgent` call (a search's query)
+        takes turns with the other urgent calls only: it runs beside a batch in a thread of the process's
+        own priority (onnxruntime sessions run concurrently), so a search never waits for the worker's batch."""
         texts = _texts(texts)
         if self._limiter is None:
             self._limiter, self._urgent_limiter = trio.CapacityLimiter(1), trio.CapacityLimiter(1)
         limiter = self._urgent_limiter if urgent else self._limiter
-        encodings, batches = await trio.to_thread.run_sync(self._batches, texts, limiter=limiter)
+        run = self._now if urgent else self._in_background
+        encodings, batches = await trio.to_thread.run_sync(run, self._batches, texts, limiter=limiter)
         results = []
         for batch in batches:
-            results.append(await trio.to_thread.run_sync(self._run_batch, encodings, batch, limiter=limiter))
+            results.append(await trio.to_thread.run_sync(run, self._run_batch, encodings, batch, limiter=limiter))
         return self._gather(len(texts), batches, results)
+
+    @staticmethod
+    def _now(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def _in_background(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` on the embedder's low-priority thread, waited for by the calling (worker) thread."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, "agentcast embedding", _lower_this_threads_priority)
+        return self._background.submit(fn, *args).result()
 
     def settings(self) -> dict[str, object]:
         """Every setting as configured (defaults included), for `agentcast config check`."""
