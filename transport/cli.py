@@ -50,7 +50,7 @@ from ..store import (
     verify,
 )
 
-from ._auth import Authenticator, exposure_warning, parse_ttl, secret_from_env, valid_user_id
+from ._auth import MAX_USER_ID_BYTES, Authenticator, exposure_warning, parse_ttl, secret_from_env, valid_user_id
 from ._config import Config, effective_settings, example_config, load_config, server_settings
 from .server import WS_PATH, Server
 
@@ -321,7 +321,8 @@ def token_user(text: str, *, as_string: bool = False) -> int | str:
     is a JSON integer, unless `as_string`; anything else is a string."""
     user: int | str = int(text) if not as_string and _INTEGER.fullmatch(text) else text
     if not valid_user_id(user):
-        raise BadArgument("--user needs an integer or a non-empty string of at most 256 characters")
+        raise BadArgument(f"--user needs an integer of at most {MAX_USER_ID_BYTES} digits (a minus sign counts as one) "
+                          f"or a non-empty string of at most {MAX_USER_ID_BYTES} bytes (UTF-8)")
     return user
 
 
