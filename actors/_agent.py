@@ -6,13 +6,13 @@ Must not import `transport`.
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import math
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime, timezone
+from typing import Any, assert_never
 
 import trio
 from attrs import define, field, frozen
@@ -20,44 +20,45 @@ from attrs import define, field, frozen
 from ..store import (
     CANCELLED,
     FAILED,
-    AgentMessage,
+    AgentAnswered,
     Event,
-    EventLog,
     FactRemembered,
     Hit,
     Memory,
-    MemoryCleared,
     Recorded,
+    Recorder,
     ToolCalled,
     ToolReturned,
     TurnEnded,
-    UserMessage,
+    UserClearedMemory,
+    UserSaid,
     fold,
+    fold_all,
 )
 
-from ._brain import Brain, BrainError, ToolCall, ToolResult, Turn, Usage
+from ._brain import Brain, BrainError, ToolCallItem, ToolResultItem, Turn, UsageItem
 from ._journal import Journal
 from ._messages import (
     AgentCommand,
-    ChatTurn,
-    ClearMemory,
-    Failed,
+    ChatCommand,
+    ClearCommand,
+    FailedOutput,
     Found,
-    MemoryWasCleared,
+    MemoryClearedOutput,
     Outbox,
     Output,
-    Resume,
-    Resumed,
-    SearchMemory,
-    SearchResults,
-    TurnCancelled,
-    TurnChunk,
-    TurnDone,
-    TurnResponse,
-    TurnStarted,
-    TurnToolCall,
-    TurnToolResult,
-    UserSaid,
+    ResumeCommand,
+    ResumedOutput,
+    SearchCommand,
+    SearchResultsOutput,
+    TurnCancelledOutput,
+    TurnChunkOutput,
+    TurnDoneOutput,
+    TurnResponseOutput,
+    TurnStartedOutput,
+    ToolCallOutput,
+    ToolResultOutput,
+    UserMessageOutput,
 )
 from ._tools import ToolContext, Toolbox
 
@@ -143,7 +144,7 @@ class _TurnLog:
     append (a tool call, a remembered fact, or the end of the turn), so nothing of a turn is
     ever logged before the message that caused it."""
 
-    def __init__(self, agent: "Agent", recipients: "Recipients", said: UserMessage | None) -> None:
+    def __init__(self, agent: "Agent", recipients: "Recipients", said: UserSaid | None) -> None:
         self._agent = agent
         self._recipients = recipients
         self._said = said
@@ -188,7 +189,7 @@ class Audience:
     """Who hears an agent's turns: the outboxes subscribed per (agent, user).
 
     A subscription is *live* (`subscribe`), *held* (`subscribe(held=True)`: registered for a
-    `Resume` that has not delivered its backlog yet; hears nothing) or a *tail* (a resume made
+    `ResumeCommand` that has not delivered its backlog yet; hears nothing) or a *tail* (a resume made
     it live: it also hears each user message as it is committed, so it sees every logged event).
     """
 
@@ -198,7 +199,7 @@ class Audience:
         self._backlogs: dict[tuple[str, str, Outbox], Backlog] = {}
 
     def subscribe(self, agent_id: str, user: str, outbox: Outbox, *, held: bool = False) -> None:
-        """Subscribe `outbox` (live). With `held`, register it for a pending `Resume` instead; an
+        """Subscribe `outbox` (live). With `held`, register it for a pending `ResumeCommand` instead; an
         existing subscription then stays as it is until the resume has delivered its backlog."""
         subs = self._subscribers.setdefault((agent_id, user), {})
         if held:
@@ -299,10 +300,10 @@ class Recipients:
             if not self.reaches(outbox):
                 outbox.deliver(output)
 
-    def hold(self) -> list[Outbox]:
+    def hold(self) -> list[Any]:
         """Ask the recipients that can (see `Outbox`) to keep what they are given until `release`:
         what was delivered so far and what comes next then go out together. Returns them, for `release`."""
-        held = [self._origin] if hasattr(self._origin, "hold") else []
+        held: list[Any] = [self._origin] if hasattr(self._origin, "hold") else []
         for outbox in self._others:
             if hasattr(outbox, "hold") and self._audience.hears(self._agent_id, self._user, outbox):
                 held.append(outbox)
@@ -311,7 +312,7 @@ class Recipients:
         return held
 
     @staticmethod
-    def release(held: Sequence[Outbox]) -> None:
+    def release(held: Sequence[Any]) -> None:
         """End the `hold` that returned `held`."""
         for outbox in held:
             outbox.release()
@@ -419,13 +420,13 @@ class _Chat:
 
     __slots__ = ("cmd", "recipients", "running", "log", "deltas", "usage", "failure")
 
-    def __init__(self, cmd: ChatTurn, recipients: Recipients, running: RunningTurn, log: _TurnLog) -> None:
+    def __init__(self, cmd: ChatCommand, recipients: Recipients, running: RunningTurn, log: _TurnLog) -> None:
         self.cmd = cmd
         self.recipients = recipients
         self.running = running
         self.log = log
         self.deltas: list[str] = []
-        self.usage: Usage | None = None
+        self.usage: UsageItem | None = None
         self.failure: str | None = None
 
 
@@ -478,7 +479,7 @@ class Agent:
         if from_origin >= self.spec.connection_size:
             raise Busy(f"Agent '{self.agent_id}' has {self.spec.connection_size} commands of this connection "
                        "queued; wait for their answers")
-        is_chat = isinstance(command, ChatTurn)
+        is_chat = isinstance(command, ChatCommand)
         if is_chat and self.spec.on_busy == "reject" and self._chats.get(command.user):
             raise Busy(f"Agent '{self.agent_id}' is still answering your previous message; wait for its "
                        "agent_done (or cancel it) and send again")
@@ -497,7 +498,7 @@ class Agent:
     def cancel(self, user: str, request_id: str | None, canceller: Outbox) -> None:
         """Cancel `user`'s running turn (the one with `request_id`, if given) at once: the brain is
         stopped where it is, its partial answer is logged as a cancelled turn, and its recipients (and
-        `canceller`, whoever it is) get `TurnCancelled` then `TurnDone`. Raises `NothingToCancel` if
+        `canceller`, whoever it is) get `TurnCancelledOutput` then `TurnDoneOutput`. Raises `NothingToCancel` if
         there is none.
 
         A cancel that did not raise is always answered so: the turn ends cancelled even if the brain
@@ -609,7 +610,7 @@ class Agent:
             self._per_origin[origin] = left
         else:
             del self._per_origin[origin]
-        if isinstance(command, ChatTurn):
+        if isinstance(command, ChatCommand):
             left = self._chats[user] - 1
             if left:
                 self._chats[user] = left
@@ -641,6 +642,7 @@ class Agent:
                 chat = lane.interrupted
                 if chat is not None:
                     try:
+                        assert lane.memory is not None  # a chat ran on it
                         lane.memory = await self._end_chat(lane.memory, chat)
                         await self._snapshot_if_due(lane)
                     except Exception:
@@ -659,14 +661,16 @@ class Agent:
         window = self.spec.short_term_window
         async for command in lane.receive:  # until `_drop_idle_lanes` closes it
             try:
-                if lane.memory is None:
-                    lane.memory, folded = await self._journal.read(
+                memory = lane.memory
+                if memory is None:
+                    restored: tuple[Memory, int] = await self._journal.read(
                         lambda log: log.restore(self.agent_id, user, window=window))
-                    lane.saved = lane.memory.version - folded
-                if type(command) is ChatTurn:
+                    memory, folded = restored
+                    lane.memory, lane.saved = memory, memory.version - folded
+                if type(command) is ChatCommand:
                     lane.memory = await self._chat(lane, command, scope)
                 else:
-                    lane.memory = await self._carry_out(lane.memory, command)
+                    lane.memory = await self._carry_out(memory, command)
                 await self._snapshot_if_due(lane)
             except Exception:
                 self._lane_failed(lane, command, "command")
@@ -718,35 +722,39 @@ class Agent:
 
     def _fail(self, command: AgentCommand, code: str, message: str) -> None:
         recipients = self._recipients(command)
-        recipients.deliver(Failed(self.agent_id, code, message, command.request_id))
-        if isinstance(command, ChatTurn):
-            recipients.deliver(TurnDone(self.agent_id, command.request_id))
+        recipients.deliver(FailedOutput(self.agent_id, code, message, command.request_id))
+        if isinstance(command, ChatCommand):
+            recipients.deliver(TurnDoneOutput(self.agent_id, command.request_id))
 
     def _recipients(self, command: AgentCommand) -> Recipients:
-        if isinstance(command, (SearchMemory, Resume)):
+        if isinstance(command, (SearchCommand, ResumeCommand)):
             return Recipients(self._audience, self.agent_id, command.user, command.origin, [])
         return self._audience.recipients(self.agent_id, command.user, command.origin)
 
-    async def _carry_out(self, memory: Memory, command: AgentCommand) -> Memory:
+    async def _carry_out(self, memory: Memory, command: SearchCommand | ClearCommand | ResumeCommand) -> Memory:
         """Carry out a command other than a chat (`_chat`)."""
-        if isinstance(command, SearchMemory):
-            if not getattr(command.origin, "gone", False):  # nobody left to read the results
-                await self._search(memory, command)
-            return memory
-        if isinstance(command, Resume):
-            await self._resume(command)
-            return memory
-        return await self._clear(memory, command)
+        match command:
+            case SearchCommand():
+                if not getattr(command.origin, "gone", False):  # nobody left to read the results
+                    await self._search(memory, command)
+                return memory
+            case ResumeCommand():
+                await self._resume(command)
+                return memory
+            case ClearCommand():
+                return await self._clear(memory, command)
+            case _:
+                assert_never(command)
 
     async def _append(self, recipients: Recipients, events: list) -> list[Recorded]:
         """Append `events`; once they are committed, tell tail subscribers the user's messages among them."""
         recorded = await self._journal.append(events)
         for rec in recorded:
-            if isinstance(rec.event, UserMessage):
-                recipients.deliver_to_tails(UserSaid(self.agent_id, rec.event.content, rec.seq, rec.event.request_id))
+            if isinstance(rec.event, UserSaid):
+                recipients.deliver_to_tails(UserMessageOutput(self.agent_id, rec.event.content, rec.seq, rec.event.request_id))
         return recorded
 
-    async def _chat(self, lane: _Lane, cmd: ChatTurn, scope: trio.CancelScope) -> Memory:
+    async def _chat(self, lane: _Lane, cmd: ChatCommand, scope: trio.CancelScope) -> Memory:
         """Carry out a chat turn in `lane` (whose cancel scope is `scope`); returns the memory after it.
 
         A cancel (of `scope`) stops the brain: then this raises `Cancelled` with the chat in
@@ -755,10 +763,11 @@ class Agent:
         assert memory is not None
         agent_id, rid = self.agent_id, cmd.request_id
         recipients = self._recipients(cmd)
-        recipients.deliver(TurnStarted(agent_id, rid))
+        recipients.deliver(TurnStartedOutput(agent_id, rid))
         logged = None  # a retry: the turn of this command_id as the log has it
-        if cmd.command_id is not None:
-            logged = await self._journal.read(lambda log: log.find_turn(agent_id, cmd.user, cmd.command_id))
+        command_id = cmd.command_id
+        if command_id is not None:
+            logged = await self._journal.read(lambda log: log.find_turn(agent_id, cmd.user, command_id))
             ending = logged[1] if logged is not None else None
             if ending is not None and _answered_from_log(agent_id, ending, rid, recipients):
                 return memory
@@ -766,7 +775,7 @@ class Agent:
         if self.spec.cancel_on_disconnect and getattr(cmd.origin, "gone", False):
             scope.cancel()  # its asker left while it was queued
         # The user's message is logged once, even if the turn fails, is cancelled or is retried.
-        said = None if logged is not None else UserMessage(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)
+        said = None if logged is not None else UserSaid(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)
         chat = _Chat(cmd, recipients, running, _TurnLog(self, recipients, said))
         self._running[cmd.user] = running
         try:
@@ -791,7 +800,7 @@ class Agent:
         agent_id, rid = self.agent_id, cmd.request_id
         brain = self.spec.brain
         try:
-            recalled = ()
+            recalled: Sequence[Hit] = ()
             if brain.recall and memory.long_term_count:
                 recalled = await self._journal.read(
                     lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
@@ -806,18 +815,18 @@ class Agent:
                     if isinstance(item, str):
                         if item:
                             chat.deltas.append(item)
-                            recipients.deliver(TurnChunk(agent_id, item, rid))
-                    elif isinstance(item, ToolCall):
+                            recipients.deliver(TurnChunkOutput(agent_id, item, rid))
+                    elif isinstance(item, ToolCallItem):
                         await turn_log.append([ToolCalled(
                             agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.arguments, rid)])
-                        recipients.deliver(TurnToolCall(agent_id, item.call_id, item.tool, item.arguments, rid))
-                    elif isinstance(item, ToolResult):
+                        recipients.deliver(ToolCallOutput(agent_id, item.call_id, item.tool, item.arguments, rid))
+                    elif isinstance(item, ToolResultItem):
                         await turn_log.append([ToolReturned(
                             agent_id, cmd.user, self._clock(), item.call_id, item.tool, item.result,
                             item.error, rid)])
-                        recipients.deliver(TurnToolResult(
+                        recipients.deliver(ToolResultOutput(
                             agent_id, item.call_id, item.tool, item.result, item.error, rid))
-                    elif isinstance(item, Usage):
+                    elif isinstance(item, UsageItem):
                         chat.usage = item
             if not chat.deltas:
                 chat.failure = "The agent gave an empty answer"
@@ -846,42 +855,40 @@ class Agent:
             if running.scope.cancel_called:  # accepted cancels are answered so even if the brain finished meanwhile
                 await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), CANCELLED, partial, "", rid,
                                                  cmd.command_id)])
-                for output in (TurnCancelled(agent_id, partial, rid), TurnDone(agent_id, rid)):
+                for output in (TurnCancelledOutput(agent_id, partial, rid), TurnDoneOutput(agent_id, rid)):
                     recipients.deliver(output, also=running.cancellers)
             elif chat.failure is not None:
                 await turn_log.append([TurnEnded(agent_id, cmd.user, self._clock(), FAILED, partial, chat.failure,
                                                  rid, cmd.command_id)])
-                recipients.deliver(Failed(agent_id, "brain_error", chat.failure, rid))
-                recipients.deliver(TurnDone(agent_id, rid))
+                recipients.deliver(FailedOutput(agent_id, "brain_error", chat.failure, rid))
+                recipients.deliver(TurnDoneOutput(agent_id, rid))
             else:
-                answer = AgentMessage(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
+                answer = AgentAnswered(agent_id, cmd.user, self._clock(), partial, rid, cmd.command_id)
                 (answer_rec,) = await turn_log.append([answer])
-                recipients.deliver(TurnResponse(agent_id, answer.content, answer_rec.seq, rid, chat.usage))
-                recipients.deliver(TurnDone(agent_id, rid))
+                recipients.deliver(TurnResponseOutput(agent_id, answer.content, answer_rec.seq, rid, chat.usage))
+                recipients.deliver(TurnDoneOutput(agent_id, rid))
         finally:
             recipients.release(held)
-        for rec in turn_log.recorded:
-            memory = fold(memory, rec)
-        return memory
+        return fold_all(memory, turn_log.recorded)
 
-    async def _search(self, memory: Memory, cmd: SearchMemory) -> None:
+    async def _search(self, memory: Memory, cmd: SearchCommand) -> None:
         since = 0 if cmd.use_long_term else memory.short_term_since
         hits = await self._journal.read(
             lambda log: log.search(self.agent_id, cmd.user, cmd.query, cmd.limit, since_seq=since)
         )
         window_start = memory.short_term_since
         found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in hits]
-        cmd.origin.deliver(SearchResults(self.agent_id, cmd.query, found, cmd.request_id))
+        cmd.origin.deliver(SearchResultsOutput(self.agent_id, cmd.query, found, cmd.request_id))
 
-    async def _clear(self, memory: Memory, cmd: ClearMemory) -> Memory:
-        (rec,) = await self._journal.append([MemoryCleared(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
+    async def _clear(self, memory: Memory, cmd: ClearCommand) -> Memory:
+        (rec,) = await self._journal.append([UserClearedMemory(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
         forgotten = memory.long_term_count if cmd.long_term else 0
-        self._recipients(cmd).deliver(MemoryWasCleared(self.agent_id, cmd.long_term, forgotten, rec.seq, cmd.request_id))
+        self._recipients(cmd).deliver(MemoryClearedOutput(self.agent_id, cmd.long_term, forgotten, rec.seq, cmd.request_id))
         return fold(memory, rec)
 
 
-    async def _resume(self, cmd: Resume) -> None:
-        """Deliver to the origin `Resumed`, then the (agent, user)'s logged events after
+    async def _resume(self, cmd: ResumeCommand) -> None:
+        """Deliver to the origin `ResumedOutput`, then the (agent, user)'s logged events after
         `cmd.after_seq` in seq order, then make its held subscription a tail.
 
         This runs in the user's lane, and the lane is the only writer of the user's events: until
@@ -902,15 +909,16 @@ class Agent:
         window = self.spec.short_term_window
         backlog = audience.backlog(agent_id, user, origin)
         try:
-            origin.deliver(Resumed(agent_id, cmd.after_seq, cmd.request_id))
+            origin.deliver(ResumedOutput(agent_id, cmd.after_seq, cmd.request_id))
             after = cmd.after_seq
             while True:
-                page = await self._journal.read(lambda log, after=after: _read_page(log, agent_id, user, after))
+                page = await self._journal.read(lambda log: _read_page(log, agent_id, user, after))  # awaited at once
                 for rec in page:
                     event = rec.event
-                    if isinstance(event, MemoryCleared) and event.long_term and memory is None:
-                        memory = await self._journal.read(
-                            lambda log, before=rec.seq - 1: log.memory(agent_id, user, window=window, until_seq=before)
+                    if isinstance(event, UserClearedMemory) and event.long_term and memory is None:
+                        before = rec.seq - 1
+                        memory = await self._journal.read(  # awaited at once: `before` is this event's
+                            lambda log: log.memory(agent_id, user, window=window, until_seq=before)
                         )
                     outputs = _replayed(agent_id, rec, memory)
                     if memory is not None:
@@ -935,58 +943,57 @@ class Agent:
 
 def _answered_from_log(agent_id: str, ending: Recorded, rid: str | None, recipients: Recipients) -> bool:
     """Answer a retried chat from how its logged turn ended, if that settles it: an answer is given
-    again (same seq), a cancellation again (`TurnCancelled`, never re-run: that would pay for the
+    again (same seq), a cancellation again (`TurnCancelledOutput`, never re-run: that would pay for the
     answer the user stopped). False for a failed turn: that one is run again."""
     event = ending.event
-    if isinstance(event, AgentMessage):
-        recipients.deliver(TurnChunk(agent_id, event.content, rid))
-        recipients.deliver(TurnResponse(agent_id, event.content, ending.seq, rid))
+    if isinstance(event, AgentAnswered):
+        recipients.deliver(TurnChunkOutput(agent_id, event.content, rid))
+        recipients.deliver(TurnResponseOutput(agent_id, event.content, ending.seq, rid))
     elif isinstance(event, TurnEnded) and event.outcome == CANCELLED:
-        recipients.deliver(TurnCancelled(agent_id, event.partial, rid))
+        recipients.deliver(TurnCancelledOutput(agent_id, event.partial, rid))
     else:
         return False
-    recipients.deliver(TurnDone(agent_id, rid))
+    recipients.deliver(TurnDoneOutput(agent_id, rid))
     return True
 
 
-def _read_page(log: EventLog, agent_id: str, user: str, after_seq: int) -> list[Recorded]:
+def _read_page(log: Recorder, agent_id: str, user: str, after_seq: int) -> list[Recorded]:
     """Up to BACKLOG_PAGE events of (agent_id, user) after `after_seq`; the read ends with the call."""
-    events = log.read(agent_id=agent_id, user=user, after_seq=after_seq)
-    try:
-        return list(itertools.islice(events, BACKLOG_PAGE))
-    finally:
-        close = getattr(events, "close", None)
-        if close is not None:
-            close()  # finishes the SQLite statement: no read transaction outlives the page
+    return list(log.read(agent_id=agent_id, user=user, after_seq=after_seq, limit=BACKLOG_PAGE))
 
 
 def _replayed(agent_id: str, rec: Recorded, memory: Memory | None) -> tuple[Output, ...]:
-    """The outputs that replay one logged event in a backlog, as its live frames carried it: a
-    user message, an answer, a clear, a tool call or result, and a turn that ended without an
-    answer (`TurnCancelled` or `Failed` `brain_error`, then `TurnDone`). None for a message whose
-    text a later long-term clear erased (the clear itself is replayed; a tool call's arguments, a
-    result or a partial answer it erased are replayed empty), or an event type this version does
-    not replay."""
+    """The outputs that replay one logged event in a backlog, as the live turn's frames carried it.
+
+    A user message, an answer, a clear, a tool call or result, and a turn that ended without an answer
+    (`TurnCancelledOutput`, or `FailedOutput` `brain_error`, then `TurnDoneOutput`). A remembered fact gives
+    none: live, a client saw it as the `remember` tool's call and result, which are replayed from their
+    own events (docs/protocol.md). A message whose text a later long-term clear erased gives none (the
+    clear itself is replayed); a tool call's arguments, a result or a partial answer it erased are
+    replayed empty. `memory` is the memory before `rec`, when known (a long-term clear's `forgotten`)."""
     event, rid = rec.event, rec.event.request_id
-    if isinstance(event, MemoryCleared):
-        forgotten = memory.long_term_count if event.long_term and memory is not None else 0
-        return (MemoryWasCleared(agent_id=agent_id, long_term=event.long_term, forgotten=forgotten, seq=rec.seq,
-                                 request_id=rid),)
-    if isinstance(event, ToolCalled):
-        return (TurnToolCall(agent_id, event.call_id, event.tool, event.arguments, rid),)
-    if isinstance(event, ToolReturned):
-        return (TurnToolResult(agent_id, event.call_id, event.tool, event.result, event.error, rid),)
-    if isinstance(event, TurnEnded):
-        if event.outcome == CANCELLED:
-            return TurnCancelled(agent_id, event.partial, rid), TurnDone(agent_id, rid)
-        return Failed(agent_id, "brain_error", event.reason or "The agent could not answer", rid), TurnDone(agent_id, rid)
-    if not getattr(event, "content", None):  # erased: a message's text is never empty otherwise
-        return ()
-    if isinstance(event, UserMessage):
-        return (UserSaid(agent_id, event.content, rec.seq, rid),)
-    if isinstance(event, AgentMessage):
-        return (TurnResponse(agent_id, event.content, rec.seq, rid),)
-    return ()
+    match event:
+        case UserSaid():
+            return (UserMessageOutput(agent_id, event.content, rec.seq, rid),) if event.content else ()
+        case AgentAnswered():
+            return (TurnResponseOutput(agent_id, event.content, rec.seq, rid),) if event.content else ()
+        case FactRemembered():
+            return ()
+        case UserClearedMemory():
+            forgotten = memory.long_term_count if event.long_term and memory is not None else 0
+            return (MemoryClearedOutput(agent_id=agent_id, long_term=event.long_term, forgotten=forgotten,
+                                        seq=rec.seq, request_id=rid),)
+        case ToolCalled():
+            return (ToolCallOutput(agent_id, event.call_id, event.tool, event.arguments, rid),)
+        case ToolReturned():
+            return (ToolResultOutput(agent_id, event.call_id, event.tool, event.result, event.error, rid),)
+        case TurnEnded():
+            if event.outcome == CANCELLED:
+                return TurnCancelledOutput(agent_id, event.partial, rid), TurnDoneOutput(agent_id, rid)
+            return (FailedOutput(agent_id, "brain_error", event.reason or "The agent could not answer", rid),
+                    TurnDoneOutput(agent_id, rid))
+        case _:
+            assert_never(event)
 
 
 class Agents(Mapping[str, Agent]):

@@ -5,7 +5,7 @@ A brain is asynchronous text generation (plus tool calls through `Turn.tools`); 
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING, Protocol, Union
 
 import trio
@@ -33,7 +33,7 @@ class Turn:
 
 
 @frozen
-class ToolCall:
+class ToolCallItem:
     """Yielded by a brain when the model calls a tool, BEFORE the brain runs it: the agent logs the
     call and tells the clients, then the brain goes on (runs it with `turn.tools`)."""
 
@@ -44,7 +44,7 @@ class ToolCall:
 
 
 @frozen
-class ToolResult:
+class ToolResultItem:
     """Yielded by a brain once a tool call has returned `result` (any JSON value) or failed with `error`."""
 
     call_id: str
@@ -54,7 +54,7 @@ class ToolResult:
 
 
 @frozen
-class Usage:
+class UsageItem:
     """Tokens the provider counted for a whole turn (all its requests); yielded at most once, last."""
 
     prompt_tokens: int
@@ -62,7 +62,7 @@ class Usage:
 
 
 #: What a brain's `reply` yields: text deltas of the answer, tool calls and results, usage.
-BrainItem = Union[str, ToolCall, ToolResult, Usage]
+BrainItem = Union[str, ToolCallItem, ToolResultItem, UsageItem]
 
 
 class BrainError(Exception):
@@ -73,8 +73,8 @@ class Brain(Protocol):
     """The async interface an agent answers with.
 
     `reply` yields the answer as text chunks (deltas) as they are produced; the answer is
-    their concatenation. A brain that runs tools also yields a `ToolCall` before it runs each one
-    and a `ToolResult` after, and may yield one `Usage` last. `recall` is how many long-term
+    their concatenation. A brain that runs tools also yields a `ToolCallItem` before it runs each one
+    and a `ToolResultItem` after, and may yield one `UsageItem` last. `recall` is how many long-term
     matches the brain wants in `Turn`. Raise `BrainError` for a failure the user should see.
     A turn can be cancelled at any await: the brain must then stop (and close its connections).
 
@@ -85,7 +85,7 @@ class Brain(Protocol):
 
     recall: int
 
-    def reply(self, turn: Turn) -> AsyncIterator[BrainItem]: ...
+    def reply(self, turn: Turn) -> AsyncGenerator[BrainItem, None]: ...
 
 
 class EchoBrain:
@@ -113,7 +113,7 @@ class EchoBrain:
         remembered = f"I remember {n} earlier message{'' if n == 1 else 's'} of our conversation."
         return f"You said: {turn.message}\n({remembered})"
 
-    async def reply(self, turn: Turn) -> AsyncIterator[str]:
+    async def reply(self, turn: Turn) -> AsyncGenerator[str, None]:
         for piece in split_chunks(self.answer(turn), self.chunks):
             if self.delay:
                 await trio.sleep(self.delay)

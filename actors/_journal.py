@@ -1,4 +1,4 @@
-"""`Journal`: the trio front of the event log. Group commit for appends, a pool of reader threads.
+"""`Journal`: the trio front of the recorder (`store.Recorder`). Group commit for appends, a pool of reader threads.
 
 SQLite work runs in worker threads, never on the event loop. Must not import `transport`.
 """
@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from ..store import Event, EventLog, Memory, Recorded
+from ..store import Event, Memory, Recorded, Recorder
 
 T = TypeVar("T")
 
@@ -123,10 +123,10 @@ class Journal:
     in a nursery for appends to complete.
     """
 
-    def __init__(self, writer: EventLog, open_reader: Callable[[], EventLog], readers: int = 2) -> None:
+    def __init__(self, writer: Recorder, open_reader: Callable[[], Recorder], readers: int = 2) -> None:
         self._writer = writer
         self._open_reader = open_reader
-        self._readers: list[EventLog] = []
+        self._readers: list[Recorder] = []
         self._reader_slots = trio.CapacityLimiter(readers)
         self._queue: list[_Pending] = []
         self._wakeup = trio.Event()
@@ -152,7 +152,7 @@ class Journal:
         await self._enqueue((), memory)
 
     async def check_writable(self, wait: float = 0.25) -> None:
-        """Raise unless the writer can take the database's write lock (see `EventLog.check_writable`).
+        """Raise unless the writer can take the database's write lock (see `Recorder.check_writable`).
 
         Runs in a worker thread between group commits (it waits for one in flight), never on the event loop.
         """
@@ -209,7 +209,7 @@ class Journal:
         self._in_flight = True
         self._thread.submit(_Job(self._commit, (batch,), self._committed, batch))
 
-    def _commit(self, batch: list[_Pending]) -> list[list[Recorded] | Exception]:
+    def _commit(self, batch: list[_Pending]) -> Sequence[list[Recorded] | Exception]:
         """In the writer thread: `batch` as one transaction. If that fails and it held several appends,
         each is tried again in a transaction of its own, so that an append the store cannot write (text
         SQLite cannot bind, say) fails alone instead of failing every lane's append in its commit."""
@@ -254,7 +254,7 @@ class Journal:
         if self._settled is not None:
             self._settled.set()
 
-    async def read(self, fn: Callable[[EventLog], T]) -> T:
+    async def read(self, fn: Callable[[Recorder], T]) -> T:
         """Run `fn(reader)` on a read-only connection in a worker thread; returns its result."""
         async with self._reader_slots:
             reader = self._readers.pop() if self._readers else None

@@ -1,6 +1,8 @@
 """What an agent is asked (commands) and what it says back (outputs), as immutable records.
 
-No I/O here; must not import `transport`.
+Names say the layer: a command's name ends in `Command`, an output's in `Output` (the events they
+lead to are the store's, named as facts: `UserSaid`; the wire frames that carry outputs are the
+transport's, named after their wire type: `protocol.UserMessage`). No I/O here; must not import `transport`.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from attrs import frozen
 
 from ..store import Hit
 
-from ._brain import Usage
+from ._brain import UsageItem
 
 
 class Outbox(Protocol):
@@ -34,7 +36,7 @@ class Outbox(Protocol):
 
 
 class PacedOutbox(Outbox, Protocol):
-    """An outbox that can also say when it has room: a backlog (`Resume`) waits for it before each
+    """An outbox that can also say when it has room: a backlog (`ResumeCommand`) waits for it before each
     output, so a long history flows at the pace the client reads it instead of overflowing it."""
 
     async def room(self) -> None:
@@ -45,7 +47,7 @@ class PacedOutbox(Outbox, Protocol):
 
 
 @frozen
-class ChatTurn:
+class ChatCommand:
     user: str
     message: str
     at: str
@@ -55,7 +57,7 @@ class ChatTurn:
 
 
 @frozen
-class SearchMemory:
+class SearchCommand:
     user: str
     query: str
     limit: int
@@ -65,7 +67,7 @@ class SearchMemory:
 
 
 @frozen
-class ClearMemory:
+class ClearCommand:
     user: str
     long_term: bool
     at: str
@@ -74,8 +76,8 @@ class ClearMemory:
 
 
 @frozen
-class Resume:
-    """Subscribe `origin` to the (agent, user) from the log on: `Resumed`, then every logged event
+class ResumeCommand:
+    """Subscribe `origin` to the (agent, user) from the log on: `ResumedOutput`, then every logged event
     of the (agent, user) with a seq above `after_seq` (the backlog, in seq order), then the live
     stream. Carried out in the user's lane, so that nothing of the user is committed between the
     backlog and the live stream (no gap, no duplicate). The origin must already be subscribed,
@@ -87,26 +89,26 @@ class Resume:
     request_id: str | None = None
 
 
-AgentCommand = Union[ChatTurn, SearchMemory, ClearMemory, Resume]
+AgentCommand = Union[ChatCommand, SearchCommand, ClearCommand, ResumeCommand]
 
 # -- outputs ---------------------------------------------------------------------------------
 
 
 @frozen
-class TurnStarted:
+class TurnStartedOutput:
     agent_id: str
     request_id: str | None
 
 
 @frozen
-class TurnChunk:
+class TurnChunkOutput:
     agent_id: str
     delta: str
     request_id: str | None
 
 
 @frozen
-class TurnResponse:
+class TurnResponseOutput:
     """The whole answer; `seq` is its committed event."""
 
     agent_id: str
@@ -114,12 +116,12 @@ class TurnResponse:
     seq: int
     request_id: str | None
     #: Tokens the provider counted for the turn, when it reported them.
-    usage: Usage | None = None
+    usage: UsageItem | None = None
 
 
 @frozen
-class Failed:
-    """A command that could not be carried out; a failed chat turn is still followed by `TurnDone`."""
+class FailedOutput:
+    """A command that could not be carried out; a failed chat turn is still followed by `TurnDoneOutput`."""
 
     agent_id: str
     code: str
@@ -128,7 +130,7 @@ class Failed:
 
 
 @frozen
-class TurnDone:
+class TurnDoneOutput:
     agent_id: str
     request_id: str | None
 
@@ -142,7 +144,7 @@ class Found:
 
 
 @frozen
-class SearchResults:
+class SearchResultsOutput:
     agent_id: str
     query: str
     results: Sequence[Found]
@@ -150,7 +152,7 @@ class SearchResults:
 
 
 @frozen
-class MemoryWasCleared:
+class MemoryClearedOutput:
     agent_id: str
     long_term: bool
     #: Messages whose text was erased from the log (all of long-term memory; 0 for short-term).
@@ -160,7 +162,7 @@ class MemoryWasCleared:
 
 
 @frozen
-class UserSaid:
+class UserMessageOutput:
     """A user's message, committed as event `seq`: in a backlog, and live to resumed subscribers."""
 
     agent_id: str
@@ -170,7 +172,7 @@ class UserSaid:
 
 
 @frozen
-class Resumed:
+class ResumedOutput:
     """A resumed subscription starts: its backlog (the events after `after_seq`) follows, then the live stream."""
 
     agent_id: str
@@ -182,8 +184,8 @@ class Resumed:
 
 
 @frozen
-class TurnToolCall:
-    """The model called a tool (already logged); its result follows as `TurnToolResult`."""
+class ToolCallOutput:
+    """The model called a tool (already logged); its result follows as `ToolResultOutput`."""
 
     agent_id: str
     call_id: str
@@ -193,7 +195,7 @@ class TurnToolCall:
 
 
 @frozen
-class TurnToolResult:
+class ToolResultOutput:
     """A tool call returned `result` (any JSON value) or failed with `error` (already logged)."""
 
     agent_id: str
@@ -205,8 +207,8 @@ class TurnToolResult:
 
 
 @frozen
-class TurnCancelled:
-    """A turn was cancelled; `partial` is what it had streamed (logged as a cancelled turn). `TurnDone` follows."""
+class TurnCancelledOutput:
+    """A turn was cancelled; `partial` is what it had streamed (logged as a cancelled turn). `TurnDoneOutput` follows."""
 
     agent_id: str
     partial: str
@@ -214,6 +216,6 @@ class TurnCancelled:
 
 
 Output = Union[
-    TurnStarted, TurnChunk, TurnResponse, Failed, TurnDone, SearchResults, MemoryWasCleared, UserSaid, Resumed,
-    TurnToolCall, TurnToolResult, TurnCancelled,
+    TurnStartedOutput, TurnChunkOutput, TurnResponseOutput, FailedOutput, TurnDoneOutput, SearchResultsOutput, MemoryClearedOutput, UserMessageOutput, ResumedOutput,
+    ToolCallOutput, ToolResultOutput, TurnCancelledOutput,
 ]

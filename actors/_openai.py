@@ -11,7 +11,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
 from contextlib import AsyncExitStack, aclosing
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -25,7 +25,7 @@ from typing import TypeVar
 from attrs import define, field
 from httpx_sse import SSEError, aconnect_sse
 
-from ._brain import BRAINS, BrainError, BrainItem, ToolCall, ToolResult, Turn, Usage
+from ._brain import BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
 from ._tools import Tool, ToolOutcome, resolve_tools
 
 logger = logging.getLogger("agentcast.actors.openai")
@@ -126,8 +126,8 @@ class OpenAIBrain:
     The prompt is: the system prompt; the best `recall` long-term matches for the new message
     (labelled as recalled memory); the last `memory_window` messages of the short-term window;
     the new message. Each token delta is yielded as it arrives. When the model calls tools (at
-    most `max_tool_rounds` rounds a turn), each call is yielded as a `ToolCall`, run with
-    `turn.tools`, yielded as a `ToolResult`, and the model goes on with the results.
+    most `max_tool_rounds` rounds a turn), each call is yielded as a `ToolCallItem`, run with
+    `turn.tools`, yielded as a `ToolResultItem`, and the model goes on with the results.
 
     Failures raise `BrainError` with the provider's reason. A request that fails before its first
     token (connection refused, HTTP 408/409/429/5xx) is tried again up to `retries` times, after
@@ -310,7 +310,7 @@ class OpenAIBrain:
                              "usable: it holds spaces, control or non-ASCII characters")
         return key
 
-    async def reply(self, turn: Turn) -> AsyncIterator[BrainItem]:
+    async def reply(self, turn: Turn) -> AsyncGenerator[BrainItem, None]:
         key = self._api_key()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         messages = self.prompt(turn)
@@ -361,7 +361,7 @@ class OpenAIBrain:
                 ]})
                 for call in calls:
                     arguments, problem = _arguments_of(call)
-                    yield ToolCall(call.call_id, call.name, arguments)
+                    yield ToolCallItem(call.call_id, call.name, arguments)
                     if problem is not None:
                         outcome = ToolOutcome(error=problem)
                     elif turn.tools is None:
@@ -369,12 +369,12 @@ class OpenAIBrain:
                     else:
                         outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
                         outcome = ToolOutcome(without_lone_surrogates(outcome.result), without_lone_surrogates(outcome.error))
-                    yield ToolResult(call.call_id, call.name, outcome.result, outcome.error)
+                    yield ToolResultItem(call.call_id, call.name, outcome.result, outcome.error)
                     messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
         if not answer:
             raise BrainError("the model gave an empty answer")
         if counted:
-            yield Usage(prompt_tokens, completion_tokens)
+            yield UsageItem(prompt_tokens, completion_tokens)
 
     async def _within(self, deadline: float, awaitable: Awaitable[T]) -> T:
         """`await awaitable`, or raise `BrainError` if the turn's deadline (`turn_timeout`) comes first.

@@ -26,7 +26,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout this script is in
 
-from agentcast.actors import Agents, AgentSpec, Audience, ChatTurn, EchoBrain, Journal, TurnDone  # noqa: E402
+from agentcast.actors import Agents, AgentSpec, Audience, ChatCommand, EchoBrain, Journal, TurnDoneOutput  # noqa: E402
 from agentcast.store import EventLog  # noqa: E402
 
 AT = "2026-01-01T00:00:00.000Z"
@@ -39,7 +39,7 @@ class Outbox:
         self.done = trio.Event()
 
     def deliver(self, output) -> None:
-        if type(output) is TurnDone:
+        if type(output) is TurnDoneOutput:
             self.done.set()
 
 
@@ -48,7 +48,7 @@ async def user(agents: Agents, name: str, turns: int) -> None:
     outbox = Outbox()
     for i in range(turns):
         outbox.done = trio.Event()
-        agent.submit(ChatTurn(name, f"message {i} from {name}: hello there", AT, outbox))
+        agent.submit(ChatCommand(name, f"message {i} from {name}: hello there", AT, outbox))
         await outbox.done.wait()
 
 

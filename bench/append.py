@@ -2,7 +2,7 @@
 """Sustained append throughput of the event log under concurrent lanes, through the real `Journal`
 (group commit in a worker thread), with turns appended as the agent appends them.
 
-Each lane is one user's agent lane: it appends a turn — its UserMessage and the AgentMessage
+Each lane is one user's agent lane: it appends a turn — its UserSaid and the AgentAnswered
 answering it, in one `Journal.append`, as `Agent._chat` does — waits for the commit, and appends
 the next, for --seconds. Prints, per lane count: events/s, commits, mean events per commit and the
 commit's p50/p99 latency (the store's `append` call in the writer thread), the process's CPU per
@@ -31,7 +31,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
 from agentcast.actors import Journal  # noqa: E402
-from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.store import AgentAnswered, EventLog, UserSaid  # noqa: E402
 from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENT = "my_agent"
@@ -78,8 +78,8 @@ async def run(db: Path, lanes: int, seconds: float, synchronous: str) -> dict:
             at = "2026-01-01T00:00:00.000Z"
             rid = f"r{n}-{i}"
             await journal.append([
-                UserMessage(AGENT, user, at, said[(n + i) % 1000], rid, rid),
-                AgentMessage(AGENT, user, at, answers[(n * 7 + i) % 1000], rid, rid),
+                UserSaid(AGENT, user, at, said[(n + i) % 1000], rid, rid),
+                AgentAnswered(AGENT, user, at, answers[(n * 7 + i) % 1000], rid, rid),
             ])
             turns += 1
             i += 1

@@ -8,7 +8,7 @@ chat with agent_thinking, response_chunk, response and agent_done written in ONE
 enough of the handshake and of the protocol for wsload (connected, set_user, subscribe, ping, chat).
 
 With `--db PATH` a chat is also made durable the way agentcast does it, before any frame of it is
-sent: its UserMessage and AgentMessage go through the real `actors.Journal` (group commit on the
+sent: its UserSaid and AgentAnswered go through the real `actors.Journal` (group commit on the
 writer thread) into the real `store.EventLog` (events table, its indexes, the FTS5 search index).
 That is a lower bound for agentcast: every turn must do at least this much. With `--inline` too, each
 chat is committed by itself on the event loop (no thread hand-offs, no group commit; it blocks the
@@ -37,7 +37,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
 from agentcast.actors import Journal, utc_now  # noqa: E402
-from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.store import AgentAnswered, EventLog, UserSaid  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _ids = itertools.count(1)
@@ -121,7 +121,7 @@ def serve(store: Journal | EventLog | None):
                         rid = f"r{next(_ids)}"
                         if store is not None:
                             at = utc_now()
-                            events = [UserMessage(agent, user, at, text, rid), AgentMessage(agent, user, at, text, rid)]
+                            events = [UserSaid(agent, user, at, text, rid), AgentAnswered(agent, user, at, text, rid)]
                             if isinstance(store, EventLog):  # --inline: commit on the event loop itself
                                 store.append([events])
                             else:

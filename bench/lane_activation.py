@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from agentcast.actors._agent import SNAPSHOT_EVERY
-from agentcast.store import AgentMessage, EventLog, UserMessage
+from agentcast.store import AgentAnswered, EventLog, UserSaid
 
 
 def timed(fn, runs):
@@ -39,8 +39,8 @@ def main() -> None:
         turns = args.events // 2
         t = time.perf_counter()
         for start in range(0, turns, 1000):
-            log.append([[UserMessage("a", "long", "2026-01-01T00:00:00.000Z", f"message {i} about the weather"),
-                         AgentMessage("a", "long", "2026-01-01T00:00:00.000Z", f"You said: message {i}")]
+            log.append([[UserSaid("a", "long", "2026-01-01T00:00:00.000Z", f"message {i} about the weather"),
+                         AgentAnswered("a", "long", "2026-01-01T00:00:00.000Z", f"You said: message {i}")]
                         for i in range(start, min(turns, start + 1000))])
         fill_s = time.perf_counter() - t
         reader = EventLog.open(db, readonly=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from agentcast.store import AgentMessage, EventLog, MemoryCleared, UserMessage, rebuild_all, verify  # noqa: E402
+from agentcast.store import AgentAnswered, EventLog, UserClearedMemory, UserSaid, rebuild_all, verify  # noqa: E402
 from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENTS = ("my_agent", "assistant", "multi_user_agent", "helper")
@@ -42,13 +42,13 @@ def build(path: Path, events: int) -> None:
                 second = f"2026-11-29T{(n // 3600) % 24:02d}:{(n // 60) % 60:02d}:{n % 60:02d}.{n % 1000:03d}Z"
                 text = " ".join(WORDS[(n + i) % len(WORDS)] for i in range(12)) + f" #{n}"
                 if n and n % 50_000 == 0:
-                    batch.append(MemoryCleared(agent, user, second, True))
+                    batch.append(UserClearedMemory(agent, user, second, True))
                 elif n and n % 1000 == 0:
-                    batch.append(MemoryCleared(agent, user, second, False))
+                    batch.append(UserClearedMemory(agent, user, second, False))
                 elif n % 2 == 0:
-                    batch.append(UserMessage(agent, user, second, text, f"r{n}"))
+                    batch.append(UserSaid(agent, user, second, text, f"r{n}"))
                 else:
-                    batch.append(AgentMessage(agent, user, second, "You said: " + text, f"r{n}"))
+                    batch.append(AgentAnswered(agent, user, second, "You said: " + text, f"r{n}"))
             log.append([batch])
             written += len(batch)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
-from agentcast.store import AgentMessage, EventLog, UserMessage  # noqa: E402
+from agentcast.store import AgentAnswered, EventLog, UserSaid  # noqa: E402
 from agentcast.store._schema import sqlite3  # noqa: E402
 
 AGENT = "my_agent"
@@ -87,9 +87,9 @@ def build(path: Path, messages: int, users: int, seed: int) -> float:
                 user = f"user{turn % users}"
                 at = f"2026-01-01T{(turn // 3600) % 24:02d}:{(turn // 60) % 60:02d}:{turn % 60:02d}.{i % 1000:03d}Z"
                 if i % 2 == 0:
-                    batch.append(UserMessage(AGENT, user, at, text))
+                    batch.append(UserSaid(AGENT, user, at, text))
                 else:
-                    batch.append(AgentMessage(AGENT, user, at, text))
+                    batch.append(AgentAnswered(AGENT, user, at, text))
             log.append([batch])
             written += n
             print(f"\rbuilt {written:,} messages", end="", file=sys.stderr, flush=True)

@@ -1,30 +1,48 @@
-"""The store: agentcast's append-only SQLite event log and the memory projected from it.
+"""The store: agentcast's append-only event log, the events it records and the memory projected from them.
 
+`Recorder` is the interface the rest of agentcast uses; `EventLog` is its SQLite implementation.
 Must not import trio, `actors` or `transport` (enforced by tests/test_layers.py).
 """
 from ._events import (
+    ACTIVITY_TYPES,
     CANCELLED,
+    EVENT_TYPES,
     FAILED,
-    AgentMessage,
+    AgentAnswered,
+    BaseEvent,
     Event,
     FactRemembered,
-    MemoryCleared,
     Recorded,
+    RememberedMessage,
     ToolCalled,
     ToolReturned,
+    TurnActivity,
     TurnEnded,
     UndecodableEvent,
-    UserMessage,
+    UserClearedMemory,
+    UserSaid,
 )
 from ._backup import BackupError, BackupReport, TargetExists, backup
-from ._log import MAX_QUERY_TERMS, EventLog, Hit, match_expression
-from ._memory import DEFAULT_WINDOW, Clear, Memory, Message, fold, memory_from_json, memory_to_json, rebuild
+from ._memory import (
+    DEFAULT_WINDOW,
+    Clear,
+    Memory,
+    Message,
+    Projection,
+    fold,
+    fold_all,
+    fold_rows,
+    memory_from_json,
+    memory_to_json,
+    rebuild,
+)
+from ._recorder import AppendConflict, Fence, FoundTurn, Hit, Recorder, RecorderInspection, SavedSnapshot, StoredEvent
 from ._schema import MissingEventLog, NotAnEventLog
-from ._inspect import (  # read-side tools: point-in-time replay, raw events, verify
-    Check,
+from ._sqlite import MAX_QUERY_TERMS, EventLog, match_expression
+from ._replay import (  # read-side tools: point-in-time replay, raw events
     Cut,
-    Rebuilt,
-    VerifyReport,
+    ReplayReport,
+    StreamReplay,
     activity_at,
     clears_at,
     event_fields,
@@ -32,52 +50,23 @@ from ._inspect import (  # read-side tools: point-in-time replay, raw events, ve
     last_seq_at,
     memory_at,
     parse_instant,
-    rebuild_all,
-    verify,
+    replay,
 )
+from ._verify import Check, Rebuilt, VerifyReport, rebuild_all, verify
 
 __all__ = [
-    "CANCELLED",
-    "FAILED",
-    "FactRemembered",
-    "ToolCalled",
-    "ToolReturned",
-    "TurnEnded",
-    "activity_at",
-    "clears_at",
-    "AgentMessage",
-    "BackupError",
-    "BackupReport",
-    "Clear",
-    "DEFAULT_WINDOW",
-    "Event",
-    "EventLog",
-    "Hit",
-    "MAX_QUERY_TERMS",
-    "Memory",
-    "MemoryCleared",
-    "Message",
-    "MissingEventLog",
-    "NotAnEventLog",
-    "Recorded",
-    "TargetExists",
-    "UndecodableEvent",
-    "UserMessage",
-    "backup",
-    "fold",
-    "match_expression",
-    "memory_from_json",
-    "memory_to_json",
-    "rebuild",
-    "Check",
-    "Cut",
-    "Rebuilt",
-    "VerifyReport",
-    "event_fields",
-    "events_after",
-    "last_seq_at",
-    "memory_at",
-    "parse_instant",
-    "rebuild_all",
-    "verify",
+    # the events
+    "ACTIVITY_TYPES", "AgentAnswered", "BaseEvent", "CANCELLED", "EVENT_TYPES", "Event", "FAILED", "FactRemembered",
+    "Recorded", "RememberedMessage", "ToolCalled", "ToolReturned", "TurnActivity", "TurnEnded", "UndecodableEvent",
+    "UserClearedMemory", "UserSaid",
+    # memory, the projection of the events
+    "Clear", "DEFAULT_WINDOW", "Memory", "Message", "Projection", "fold", "fold_all", "fold_rows", "memory_from_json",
+    "memory_to_json", "rebuild",
+    # the recorder interface, and its SQLite implementation
+    "AppendConflict", "EventLog", "Fence", "FoundTurn", "Hit", "MAX_QUERY_TERMS", "MissingEventLog", "NotAnEventLog",
+    "Recorder", "RecorderInspection", "SavedSnapshot", "StoredEvent", "match_expression",
+    # read-side tools: replay, raw events, verify; backup
+    "Check", "Cut", "Rebuilt", "ReplayReport", "StreamReplay", "VerifyReport", "activity_at", "clears_at",
+    "event_fields", "events_after", "last_seq_at", "memory_at", "parse_instant", "rebuild_all", "replay", "verify",
+    "BackupError", "BackupReport", "TargetExists", "backup",
 ]

@@ -1,17 +1,28 @@
-"""Per-(agent, user) memory as a projection of the event log: `fold(memory, recorded) -> memory`.
+"""Per-(agent, user) memory as a projection of the event log: `Projection`, the one fold of a stream's events.
 
-Pure functions over immutable records. Must not import trio, `actors`, `transport` or sqlite.
+Every reader folds with it: a lane's live turns (`fold`), a lane's start from a snapshot and the
+events after it (`fold_rows`), `agentcast replay`'s point in time and `replay verify`'s rebuild.
+Pure code over immutable records. Must not import trio, `actors`, `transport` or sqlite.
 """
 from __future__ import annotations
 
 import collections
-import functools
 import json
 from collections.abc import Iterable
+from typing import assert_never
 
-from attrs import evolve, frozen
+from attrs import frozen
 
-from ._events import ACTIVITY_TYPES, ROLE_OF_TYPE, MemoryCleared, Recorded, UndecodableEvent, event_from_row, is_message
+from ._events import (
+    EVENT_TYPES,
+    Event,
+    Recorded,
+    RememberedMessage,
+    TurnActivity,
+    UndecodableEvent,
+    UserClearedMemory,
+    event_from_row,
+)
 
 DEFAULT_WINDOW = 20
 
@@ -65,36 +76,162 @@ class Memory:
         return self.short_term[0].seq if self.short_term else self.last_seq + 1
 
 
+#: How the row path (`Projection.apply_row`) takes each stored type, derived from its kind: a message is
+#: kept undecoded until it is known to end in the short-term window, turn activity needs no decoding at all,
+#: and any other type is decoded and folded by `Projection.apply`.
+_KEPT_RAW, _PASSES, _DECODED = "kept raw", "passes", "decoded"
+_ROW_STEP: dict[str, str] = {
+    t: _KEPT_RAW if issubclass(cls, RememberedMessage) else _PASSES if issubclass(cls, TurnActivity) else _DECODED
+    for t, cls in EVENT_TYPES.items()
+}
+
+#: A stored message kept undecoded in the window: (seq, type, at, payload).
+_Row = tuple[int, str, str, str]
+
+
+class Projection:
+    """The fold of one (agent, user)'s events into its `Memory`, starting from `memory`: events are
+    applied in seq order (`apply`, or `apply_row` for a stored row), then `memory()` is the result.
+
+    `apply` is the fold itself, one case per kind of event; `apply_row` takes a stored row and decodes
+    only what the fold needs: a message only if it ends in the short-term window (so a rebuild of a long
+    history costs about one row fetch per event), turn activity never, anything else always. Both give
+    the memory that `apply` on the decoded events gives (tests/test_projection.py folds random logs
+    through every path).
+    """
+
+    __slots__ = ("agent_id", "user", "window", "_recent", "_raw", "since", "count", "last_clears", "last_seq",
+                 "version")
+
+    def __init__(self, memory: Memory) -> None:
+        self.agent_id = memory.agent_id
+        self.user = memory.user
+        self.window = memory.window
+        #: the short-term window: its messages (and stored rows of messages, while `_raw`)
+        self._recent: collections.deque[Message | _Row] = collections.deque(memory.short_term, memory.window)
+        self._raw = False  # whether `_recent` may hold stored rows
+        self.since = memory.long_term_since
+        self.count = memory.long_term_count
+        self.last_clears = memory.last_clears
+        self.last_seq = memory.last_seq
+        self.version = memory.version
+
+    def apply(self, seq: int, event: Event) -> None:
+        """Fold in `event`, recorded as `seq` (of this projection's (agent, user); callers check)."""
+        match event:
+            case RememberedMessage():
+                self._remember(Message(seq, event.role, event.content, event.at))
+            case UserClearedMemory():
+                self._clear(Clear(seq, event.at, event.long_term))
+            case TurnActivity():  # a tool call or result, an ended turn: logged, not remembered
+                pass
+            case _:
+                assert_never(event)
+        self.last_seq = seq
+        self.version += 1
+
+    def apply_row(self, seq: int, type_: str, at: str, payload: str) -> None:
+        """Fold in a stored event of this (agent, user): as `apply` would, decoding only what it must."""
+        step = _ROW_STEP.get(type_)
+        if step is _KEPT_RAW:
+            self._raw = True
+            self._recent.append((seq, type_, at, payload))
+            self.count += 1
+        elif step is _DECODED:
+            self.apply(seq, event_from_row(type_, self.agent_id, self.user, at, payload))
+            return
+        elif step is None:
+            raise UndecodableEvent(f"unknown event type {type_!r} at seq {seq}")
+        self.last_seq = seq
+        self.version += 1
+
+    def apply_rows(self, rows: Iterable[_Row]) -> None:
+        """Fold in stored events (seq, type, at, payload) of this (agent, user), in seq order: what `apply_row`
+        does for each, in one loop with the state in locals (a lane's start folds up to SNAPSHOT_EVERY rows,
+        a rebuild without a snapshot all of its stream's)."""
+        keep = self._recent.append  # a deque as long as the window: what falls out was never decoded
+        step_of, kept_raw, decoded = _ROW_STEP.get, _KEPT_RAW, _DECODED
+        count, last_seq, version = self.count, self.last_seq, self.version
+        self._raw = True
+        for row in rows:
+            seq, type_ = row[0], row[1]
+            step = step_of(type_)
+            if step is kept_raw:
+                keep(row)
+                count += 1
+            elif step is decoded:
+                self.count, self.last_seq, self.version = count, last_seq, version
+                self.apply(seq, event_from_row(type_, self.agent_id, self.user, row[2], row[3]))
+                count, last_seq, version = self.count, self.last_seq, self.version
+                continue
+            elif step is None:
+                self.count, self.last_seq, self.version = count, last_seq, version
+                raise UndecodableEvent(f"unknown event type {type_!r} at seq {seq}")
+            last_seq = seq
+            version += 1
+        self.count, self.last_seq, self.version = count, last_seq, version
+
+    def _remember(self, message: Message | _Row) -> None:
+        self._recent.append(message)
+        self.count += 1
+
+    def _clear(self, clear: Clear) -> None:
+        self._recent.clear()
+        self.last_clears = tuple(c for c in self.last_clears if c.long_term != clear.long_term) + (clear,)
+        if clear.long_term:
+            self.since, self.count = clear.seq, 0
+
+    def memory(self) -> Memory:
+        """The memory as of the events applied so far."""
+        recent = self._recent
+        if self._raw:
+            window = tuple(item if type(item) is Message else self._decoded(item) for item in recent)
+        else:
+            window = tuple(recent)  # type: ignore[arg-type]  # only messages: nothing was kept raw
+        return Memory(self.agent_id, self.user, self.window, window, self.since, self.count, self.last_clears,
+                      self.last_seq, self.version)
+
+    def _decoded(self, row: Message | _Row) -> Message:
+        assert not isinstance(row, Message)
+        seq, type_, at, payload = row
+        event = event_from_row(type_, self.agent_id, self.user, at, payload)
+        assert isinstance(event, RememberedMessage)
+        return Message(seq, event.role, event.content, at)
+
+
 def fold(memory: Memory, recorded: Recorded) -> Memory:
-    """Apply one recorded event of this (agent, user) to `memory`; events of others are ignored."""
+    """`memory` with one recorded event of its (agent, user) folded in; events of others are ignored."""
     event = recorded.event
     if event.agent_id != memory.agent_id or event.user != memory.user:
         return memory
-    if is_message(event):
-        message = Message(recorded.seq, event.role, event.content, event.at)
-        window = memory.short_term + (message,)
-        if len(window) > memory.window:
-            window = window[len(window) - memory.window:]
-        m = memory  # built directly rather than with attrs.evolve: this runs once per event
-        return Memory(m.agent_id, m.user, m.window, window, m.long_term_since, m.long_term_count + 1,
-                      m.last_clears, recorded.seq, m.version + 1)
-    if isinstance(event, MemoryCleared):
-        clear = Clear(recorded.seq, event.at, event.long_term)
-        last_clears = tuple(c for c in memory.last_clears if c.long_term != clear.long_term) + (clear,)
-        if event.long_term:
-            return evolve(
-                memory,
-                short_term=(),
-                long_term_since=recorded.seq,
-                long_term_count=0,
-                last_clears=last_clears,
-                last_seq=recorded.seq,
-                version=memory.version + 1,
-            )
-        return evolve(memory, short_term=(), last_clears=last_clears, last_seq=recorded.seq, version=memory.version + 1)
-    if event.TYPE in ACTIVITY_TYPES:  # a tool call or result, an ended turn: logged, not remembered
-        return evolve(memory, last_seq=recorded.seq, version=memory.version + 1)
-    raise TypeError(f"fold: not an event: {event!r}")
+    projection = Projection(memory)
+    projection.apply(recorded.seq, event)
+    return projection.memory()
+
+
+def fold_all(memory: Memory, recorded: Iterable[Recorded]) -> Memory:
+    """`memory` with `recorded` (in seq order) folded in, as `fold` one by one would."""
+    projection = Projection(memory)
+    folded = False
+    for rec in recorded:
+        event = rec.event
+        if event.agent_id == memory.agent_id and event.user == memory.user:
+            projection.apply(rec.seq, event)
+            folded = True
+    return projection.memory() if folded else memory
+
+
+def fold_rows(memory: Memory, rows: Iterable[tuple[int, str, str, str]]) -> Memory:
+    """`memory` with the stored events `rows` (seq, type, at, payload) of its (agent, user) folded in
+    (`Projection.apply_row`): only the messages that end up in the short-term window are decoded."""
+    projection = Projection(memory)
+    projection.apply_rows(rows)
+    return projection.memory()
+
+
+def rebuild(agent_id: str, user: str, events: Iterable[Recorded], window: int = DEFAULT_WINDOW) -> Memory:
+    """The memory of (agent_id, user) after `events`, folded from nothing."""
+    return fold_all(Memory(agent_id, user, window), events)
 
 
 def last_of_each_kind(clears: Iterable[Clear]) -> tuple[Clear, ...]:
@@ -150,46 +287,3 @@ def read_snapshot(agent_id: str, user: str, text: str) -> tuple[Memory, bool]:
     return memory, len(clears) > len(memory.last_clears)
 
 
-def fold_rows(memory: Memory, rows: Iterable[tuple[int, str, str, str]]) -> Memory:
-    """`memory` with the stored events `rows` (seq, type, at, payload) of its (agent, user) folded in.
-
-    Equal to folding the decoded events one by one with `fold` (tests/test_snapshots.py checks),
-    but only the messages that end up in the short-term window are decoded: rebuilding a long
-    history costs about one row fetch per event.
-    """
-    recent: collections.deque = collections.deque(memory.short_term, maxlen=memory.window)
-    since, count = memory.long_term_since, memory.long_term_count
-    last_clear = {c.long_term: c for c in memory.last_clears}  # the last clear of each kind
-    last_seq, version = memory.last_seq, memory.version
-    for row in rows:
-        seq, type_ = row[0], row[1]
-        if type_ in ROLE_OF_TYPE:
-            recent.append(row)
-            count += 1
-        elif type_ in ACTIVITY_TYPES:
-            pass
-        elif type_ == "memory_cleared":
-            event = event_from_row(type_, memory.agent_id, memory.user, row[2], row[3])
-            last_clear[event.long_term] = Clear(seq, event.at, event.long_term)
-            recent.clear()
-            if event.long_term:
-                since, count = seq, 0
-        else:
-            raise UndecodableEvent(f"unknown event type {type_!r} at seq {seq}")
-        last_seq, version = seq, version + 1
-    window = tuple(
-        item if isinstance(item, Message) else _message(memory, item) for item in recent
-    )
-    last_clears = tuple(sorted(last_clear.values(), key=lambda c: c.seq))
-    return Memory(memory.agent_id, memory.user, memory.window, window, since, count, last_clears, last_seq, version)
-
-
-def _message(memory: Memory, row: tuple[int, str, str, str]) -> Message:
-    seq, type_, at, payload = row
-    event = event_from_row(type_, memory.agent_id, memory.user, at, payload)
-    return Message(seq, event.role, event.content, at)
-
-
-def rebuild(agent_id: str, user: str, events: Iterable[Recorded], window: int = DEFAULT_WINDOW) -> Memory:
-    """The memory of (agent_id, user) after `events`, folded from nothing."""
-    return functools.reduce(fold, events, Memory(agent_id, user, window))

@@ -11,23 +11,11 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from support import HANDSHAKE, connect, handshake, running_server, scaled
+from support import HANDSHAKE, assert_healthy, connect, handshake, running_server, scaled
+from support.auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, token_for
 from agentcast.transport._connection import Connection, OutboxBudget
 
-
-async def assert_healthy(server) -> None:
-    """A fresh client chats, finds its own words, and nobody else does."""
-    word = "zq" + uuid.uuid4().hex[:10]
-    async with connect(server.port) as me, connect(server.port) as other:
-        await me.request({"type": "set_user", "user_id": f"healthy-{word}"}, "user_set")
-        await other.request({"type": "set_user", "user_id": f"other-{word}"}, "user_set")
-        frames = await me.request({"type": "chat", "agent_id": "my_agent", "message": f"remember {word}"}, "agent_done")
-        assert frames[-2]["type"] == "response" and word in frames[-2]["message"]
-        (mine,) = await me.request({"type": "search_memory", "agent_id": "my_agent", "query": word}, "memory_results")
-        assert [r["content"] for r in mine["results"]][0] == f"remember {word}"
-        (theirs,) = await other.request({"type": "search_memory", "agent_id": "my_agent", "query": word},
-                                        "memory_results")
-        assert theirs["results"] == []
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 
 def random_frame(rng: random.Random) -> str | bytes:
@@ -92,7 +80,7 @@ async def test_a_client_that_never_reads(db_path):
             for _ in range(200):  # ~800 KB answers pile up: it never reads one
                 await ws.send_message(json.dumps({"type": "search_memory", "agent_id": "my_agent", "query": "hog",
                                                   "limit": 40}))
-            with trio.fail_after(10):
+            with trio.fail_after(scaled(10)):
                 while server.connections:  # it is cut off
                     await trio.sleep(0.05)
         await assert_healthy(server)
@@ -107,7 +95,7 @@ async def test_clients_that_vanish_mid_handshake(db_path):
             streams.append(stream)
         for stream in streams[:25]:
             await stream.aclose()  # some vanish; the rest just stall
-        with trio.fail_after(10):  # the stalled ones are dropped after the handshake timeout
+        with trio.fail_after(scaled(10)):  # the stalled ones are dropped after the handshake timeout
             for stream in streams[25:]:
                 assert await stream.receive_some() == b""
         await assert_healthy(server)
@@ -124,7 +112,7 @@ async def test_connections_past_the_cap(db_path):
 
             for _ in range(4):
                 nursery.start_soon(hold)
-            with trio.fail_after(10):
+            with trio.fail_after(scaled(10)):
                 while len(server.connections) < 4:
                     await trio.sleep(0.01)
             for _ in range(20):  # one place left: none of these get in while it is taken
@@ -142,8 +130,6 @@ async def test_connections_past_the_cap(db_path):
 
 async def assert_healthy_with_auth(server) -> None:
     """As `assert_healthy`, for a server that wants tokens."""
-    from test_auth import authenticate, token_for
-
     word = "zq" + uuid.uuid4().hex[:10]
     async with connect(server.port) as me, connect(server.port) as other:
         assert (await authenticate(me, token_for(f"healthy-{word}")))["type"] == "authenticated"
@@ -158,8 +144,6 @@ async def assert_healthy_with_auth(server) -> None:
 
 
 async def test_forged_expired_and_stolen_identities(db_path, monkeypatch):
-    from test_auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, token_for
-
     monkeypatch.setenv(SECRET_ENV, SECRET.decode())
     async with running_server(db_path, auth_secret_env=SECRET_ENV, allow_origins=("https://chat.example",),
                               close_timeout=0.2) as server:
@@ -238,7 +222,6 @@ async def test_clients_that_never_read_and_flood_pings_before_auth_are_bounded_b
     request_id accepted. Three of them make the server hold no more than `outbox_bytes_total`, counted
     in encoded bytes, whatever the per-connection bounds; those holding the most are closed with 1013;
     everyone else goes on, and once they are gone the server holds nothing for them."""
-    from test_auth import SECRET, SECRET_ENV
 
     monkeypatch.setenv(SECRET_ENV, SECRET.decode())
     cap = 256 * 1024

@@ -3,8 +3,6 @@ Each test wires real agents to a real SQLite event log in tmp_path; no wall-cloc
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import asynccontextmanager, nullcontext
-from types import SimpleNamespace
 
 import pytest
 import trio
@@ -12,64 +10,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentcast.actors import (
-    Agent,
     AgentSpec,
-    Audience,
     BrainError,
     Busy,
-    ChatTurn,
-    ClearMemory,
+    ClearCommand,
     ConfigError,
     EchoBrain,
-    Failed,
-    Journal,
+    FailedOutput,
     LaneBudget,
-    MemoryWasCleared,
-    SearchMemory,
-    SearchResults,
-    TurnCancelled,
-    TurnChunk,
-    TurnDone,
-    TurnResponse,
-    TurnStarted,
+    MemoryClearedOutput,
+    SearchCommand,
+    SearchResultsOutput,
+    TurnCancelledOutput,
+    TurnChunkOutput,
+    TurnDoneOutput,
+    TurnResponseOutput,
+    TurnStartedOutput,
     agent_specs,
     split_chunks,
 )
-from agentcast.store import AgentMessage, EventLog, MemoryCleared, TurnEnded, UserMessage
-
-AT = "2026-01-01T00:00:00.000Z"
-#: A safety net for waits in tests on the real clock: a hang fails instead of blocking forever.
-WAIT = 10
-
-
-class Recorder:
-    """An outbox that records what it is given and lets a test wait for an output type."""
-
-    def __init__(self, name: str = "outbox") -> None:
-        self.name = name
-        self.outputs: list = []
-        self._arrived = trio.Event()
-
-    def __repr__(self) -> str:
-        return f"Recorder({self.name!r})"
-
-    def deliver(self, output) -> None:
-        self.outputs.append(output)
-        self._arrived.set()
-        self._arrived = trio.Event()
-
-    def of(self, type_) -> list:
-        return [o for o in self.outputs if isinstance(o, type_)]
-
-    def for_request(self, request_id) -> list:
-        return [o for o in self.outputs if o.request_id == request_id]
-
-    async def wait_for(self, type_, count: int = 1, *, timeout: float | None = WAIT) -> list:
-        """Wait until `count` outputs of `type_` have arrived; returns them."""
-        with trio.fail_after(timeout) if timeout is not None else nullcontext():
-            while len(self.of(type_)) < count:
-                await self._arrived.wait()
-        return self.of(type_)
+from agentcast.store import AgentAnswered, EventLog, UserClearedMemory, TurnEnded, UserSaid
+from support.actors import AT, WAIT, Recorder, chat, logged, running
 
 
 class GateBrain:
@@ -128,38 +89,8 @@ class FaultyBrain:
         yield EchoBrain.answer(turn)
 
 
-@asynccontextmanager
-async def running(tmp_path, *specs: AgentSpec, budget: LaneBudget | None = None):
-    """A journal on a fresh log and one running `Agent` per spec (sharing `budget`, if given), cancelled on exit."""
-    path = tmp_path / "a.db"
-    log = EventLog.open(path)
-    try:
-        journal = Journal(log, lambda: EventLog.open(path, readonly=True))
-        audience = Audience()
-        async with trio.open_nursery() as nursery:
-            await nursery.start(journal.run)
-            agents = {}
-            for spec in specs:
-                agents[spec.agent_id] = Agent(spec, journal, audience, clock=lambda: AT, budget=budget)
-                await nursery.start(agents[spec.agent_id].run)
-            yield SimpleNamespace(path=path, journal=journal, audience=audience, agents=agents)
-            nursery.cancel_scope.cancel()
-    finally:
-        log.close()
-
-
-def logged(path) -> list:
-    """Every recorded event of the log at `path`, read through a separate read-only connection."""
-    with EventLog.open(path, readonly=True) as reader:
-        return list(reader.read())
-
-
-def chat(user, message, origin, request_id=None) -> ChatTurn:
-    return ChatTurn(user, message, AT, origin, request_id)
-
-
-def search(user, query, origin, *, long_term, request_id=None, limit=50) -> SearchMemory:
-    return SearchMemory(user, query, limit, long_term, origin, request_id)
+def search(user, query, origin, *, long_term, request_id=None, limit=50) -> SearchCommand:
+    return SearchCommand(user, query, limit, long_term, origin, request_id)
 
 
 # -- chat outputs ------------------------------------------------------------------------------
@@ -170,13 +101,13 @@ async def test_chat_outputs_started_chunks_response_done_in_order(tmp_path):
         agent, out = w.agents["a"], Recorder()
 
         agent.submit(chat("u", "hello there, agent of mine", out, "r1"))
-        await out.wait_for(TurnDone)
+        await out.wait_for(TurnDoneOutput)
 
         kinds = [type(o) for o in out.outputs]
-        assert kinds[0] is TurnStarted
-        assert kinds[-2:] == [TurnResponse, TurnDone]
-        assert set(kinds[1:-2]) == {TurnChunk}
-        chunks, (response,) = out.of(TurnChunk), out.of(TurnResponse)
+        assert kinds[0] is TurnStartedOutput
+        assert kinds[-2:] == [TurnResponseOutput, TurnDoneOutput]
+        assert set(kinds[1:-2]) == {TurnChunkOutput}
+        chunks, (response,) = out.of(TurnChunkOutput), out.of(TurnResponseOutput)
         assert len(chunks) >= 2  # the echo brain streams several pieces
         assert "".join(c.delta for c in chunks) == response.message
         assert all(o.request_id == "r1" and o.agent_id == "a" for o in out.outputs)
@@ -184,7 +115,7 @@ async def test_chat_outputs_started_chunks_response_done_in_order(tmp_path):
         assert "I remember 0 earlier messages" in response.message
 
         events = logged(w.path)
-        assert [type(r.event) for r in events] == [UserMessage, AgentMessage]
+        assert [type(r.event) for r in events] == [UserSaid, AgentAnswered]
         assert response.seq == events[1].seq
         assert events[1].event.content == response.message
 
@@ -195,7 +126,7 @@ async def test_echo_brain_counts_earlier_messages_across_turns(tmp_path):
 
         agent.submit(chat("u", "first", out))
         agent.submit(chat("u", "second", out))
-        first, second = await out.wait_for(TurnResponse, 2)
+        first, second = await out.wait_for(TurnResponseOutput, 2)
 
         assert "You said: first" in first.message and "I remember 0 earlier messages" in first.message
         assert "You said: second" in second.message and "I remember 2 earlier messages" in second.message
@@ -212,15 +143,15 @@ async def test_search_right_behind_chat_sees_that_chats_messages(tmp_path):
         agent.submit(chat("u", "m0 zebra crossing", out, "c"))
         agent.submit(search("u", "zebra", out, long_term=False, request_id="short"))
         agent.submit(search("u", "zebra", out, long_term=True, request_id="long"))
-        short, long = await out.wait_for(SearchResults, 2)
+        short, long = await out.wait_for(SearchResultsOutput, 2)
 
         assert (short.request_id, long.request_id) == ("short", "long")
-        response = out.of(TurnResponse)[0]
+        response = out.of(TurnResponseOutput)[0]
         for results in (short, long):
             assert sorted(f.hit.role for f in results.results) == ["assistant", "user"]
             assert response.seq in {f.hit.seq for f in results.results}
-        # The chat's TurnDone came before either search result.
-        assert out.outputs.index(out.of(TurnDone)[0]) < out.outputs.index(short)
+        # The chat's TurnDoneOutput came before either search result.
+        assert out.outputs.index(out.of(TurnDoneOutput)[0]) < out.outputs.index(short)
 
 
 async def test_chats_of_one_user_complete_in_submit_order(tmp_path):
@@ -230,14 +161,14 @@ async def test_chats_of_one_user_complete_in_submit_order(tmp_path):
         for i in range(6):  # m0 is the slowest to answer, m5 the fastest
             agent.submit(chat("alice", f"m{i} from alice", out_a, f"a{i}"))
             agent.submit(chat("bob", f"m{i} from bob", out_b, f"b{i}"))
-        await out_a.wait_for(TurnDone, 6)
-        await out_b.wait_for(TurnDone, 6)
+        await out_a.wait_for(TurnDoneOutput, 6)
+        await out_b.wait_for(TurnDoneOutput, 6)
 
-        assert [d.request_id for d in out_a.of(TurnDone)] == [f"a{i}" for i in range(6)]
-        assert [d.request_id for d in out_b.of(TurnDone)] == [f"b{i}" for i in range(6)]
-        assert [r.seq for r in out_a.of(TurnResponse)] == sorted(r.seq for r in out_a.of(TurnResponse))
+        assert [d.request_id for d in out_a.of(TurnDoneOutput)] == [f"a{i}" for i in range(6)]
+        assert [d.request_id for d in out_b.of(TurnDoneOutput)] == [f"b{i}" for i in range(6)]
+        assert [r.seq for r in out_a.of(TurnResponseOutput)] == sorted(r.seq for r in out_a.of(TurnResponseOutput))
         # Each turn ran after the previous one of that user had been remembered.
-        for i, response in enumerate(out_a.of(TurnResponse)):
+        for i, response in enumerate(out_a.of(TurnResponseOutput)):
             assert f"I remember {2 * i} earlier messages" in response.message
 
 
@@ -250,15 +181,15 @@ async def test_slow_turn_of_one_user_does_not_stall_another_user(tmp_path):
         with trio.fail_after(WAIT):
             await brain.all_entered.wait()
         agent.submit(chat("fast", "quick one", fast, "f"))
-        await fast.wait_for(TurnDone)
+        await fast.wait_for(TurnDoneOutput)
 
-        assert fast.of(TurnResponse)[0].message == "re: quick one"
-        assert [type(o) for o in slow.outputs] == [TurnStarted]  # still thinking
+        assert fast.of(TurnResponseOutput)[0].message == "re: quick one"
+        assert [type(o) for o in slow.outputs] == [TurnStartedOutput]  # still thinking
         assert agent.in_flight == 1
 
         brain.release.set()
-        await slow.wait_for(TurnDone)
-        assert slow.of(TurnResponse)[0].message == "re: take your time"
+        await slow.wait_for(TurnDoneOutput)
+        assert slow.of(TurnResponseOutput)[0].message == "re: take your time"
 
 
 # -- mailbox limits -----------------------------------------------------------------------------
@@ -286,15 +217,15 @@ async def test_full_mailbox_and_full_lane_answer_busy_and_drop_nothing(tmp_path)
 
         with trio.fail_after(WAIT):
             await brain.all_entered.wait()
-        await out.wait_for(SearchResults)  # bob's lane is not held up by alice's
+        await out.wait_for(SearchResultsOutput)  # bob's lane is not held up by alice's
         brain.release.set()
         with trio.fail_after(WAIT):
             await agent.wait_idle()
 
         assert agent.in_flight == 0
         for rid in ("alice-1", "alice-2", "carol-first"):
-            assert [type(o) for o in out.for_request(rid)] == [TurnStarted, TurnChunk, TurnResponse, TurnDone]
-        assert [type(o) for o in out.for_request("bob-search")] == [SearchResults]
+            assert [type(o) for o in out.for_request(rid)] == [TurnStartedOutput, TurnChunkOutput, TurnResponseOutput, TurnDoneOutput]
+        assert [type(o) for o in out.for_request("bob-search")] == [SearchResultsOutput]
         for rid in ("alice-refused", "carol-refused", "bob-refused"):
             assert out.for_request(rid) == []
 
@@ -302,8 +233,8 @@ async def test_full_mailbox_and_full_lane_answer_busy_and_drop_nothing(tmp_path)
         agent.submit(chat("alice", "three", out, "alice-3"))
         agent.submit(chat("carol", "hi", out, "carol-1"))
         agent.submit(chat("bob", "hi", out, "bob-1"))
-        await out.wait_for(TurnDone, 6)
-        assert {d.request_id for d in out.of(TurnDone)} == {"alice-1", "alice-2", "carol-first", "alice-3", "carol-1",
+        await out.wait_for(TurnDoneOutput, 6)
+        assert {d.request_id for d in out.of(TurnDoneOutput)} == {"alice-1", "alice-2", "carol-first", "alice-3", "carol-1",
                                                             "bob-1"}
 
 
@@ -325,11 +256,11 @@ async def test_busy_is_raised_while_commands_are_running_not_only_queued(tmp_pat
             agent.submit(chat("carol", "two", out))
 
         brain.release.set()
-        await out.wait_for(TurnDone, 3)
+        await out.wait_for(TurnDoneOutput, 3)
         with trio.fail_after(WAIT):
             await agent.wait_idle()
         agent.submit(chat("carol", "two", out, "c2"))
-        await out.wait_for(TurnDone, 4)
+        await out.wait_for(TurnDoneOutput, 4)
 
 
 # -- brain failures -----------------------------------------------------------------------------
@@ -350,12 +281,12 @@ async def test_brain_failure_becomes_failed_then_done_and_lane_keeps_working(tmp
 
         agent.submit(chat("u", message, out, "bad"))
         agent.submit(chat("u", "are you still there", out, "good"))
-        await out.wait_for(TurnDone, 2)
+        await out.wait_for(TurnDoneOutput, 2)
 
         bad = out.for_request("bad")
-        assert [type(o) for o in bad] == [TurnStarted, Failed, TurnDone]
+        assert [type(o) for o in bad] == [TurnStartedOutput, FailedOutput, TurnDoneOutput]
         assert (bad[1].code, bad[1].message) == ("brain_error", text)
-        (response,) = out.of(TurnResponse)
+        (response,) = out.of(TurnResponseOutput)
         assert response.request_id == "good"
         # The failed turn's user message is remembered: one earlier message.
         assert "I remember 1 earlier message of" in response.message
@@ -363,10 +294,10 @@ async def test_brain_failure_becomes_failed_then_done_and_lane_keeps_working(tmp
         # ... and the failed turn is logged as such, with the reason the client was given.
         events = logged(w.path)
         assert [(type(r.event), getattr(r.event, "content", None) or r.event.reason) for r in events] == [
-            (UserMessage, message),
+            (UserSaid, message),
             (TurnEnded, text),
-            (UserMessage, "are you still there"),
-            (AgentMessage, response.message),
+            (UserSaid, "are you still there"),
+            (AgentAnswered, response.message),
         ]
         assert events[1].event.outcome == "failed"
 
@@ -382,12 +313,12 @@ async def test_brain_failure_after_a_chunk_still_ends_with_failed_and_done(tmp_p
     async with running(tmp_path, AgentSpec("a", HalfBrain())) as w:
         out = Recorder()
         w.agents["a"].submit(chat("u", "go on", out, "r"))
-        await out.wait_for(TurnDone)
+        await out.wait_for(TurnDoneOutput)
 
-        assert [type(o) for o in out.outputs] == [TurnStarted, TurnChunk, Failed, TurnDone]
-        assert out.of(Failed)[0].message == "lost my train of thought"
+        assert [type(o) for o in out.outputs] == [TurnStartedOutput, TurnChunkOutput, FailedOutput, TurnDoneOutput]
+        assert out.of(FailedOutput)[0].message == "lost my train of thought"
         events = logged(w.path)
-        assert [type(r.event) for r in events] == [UserMessage, TurnEnded]
+        assert [type(r.event) for r in events] == [UserSaid, TurnEnded]
         assert (events[1].event.outcome, events[1].event.partial) == ("failed", "I was about to say")
 
 
@@ -406,16 +337,16 @@ async def test_chat_fans_out_to_same_user_subscribers_exactly_once(tmp_path):
         audience.subscribe("b", "u", other_agent)
 
         agent.submit(chat("u", "hello everyone", origin, "r1"))
-        await origin.wait_for(TurnDone)
+        await origin.wait_for(TurnDoneOutput)
 
-        assert [type(o) for o in origin.outputs][0] is TurnStarted
+        assert [type(o) for o in origin.outputs][0] is TurnStartedOutput
         assert tab.outputs == origin.outputs  # same outputs, same order, none duplicated
-        assert len(origin.of(TurnDone)) == len(origin.of(TurnStarted)) == len(origin.of(TurnResponse)) == 1
+        assert len(origin.of(TurnDoneOutput)) == len(origin.of(TurnStartedOutput)) == len(origin.of(TurnResponseOutput)) == 1
         assert other_user.outputs == other_agent.outputs == bystander.outputs == []
 
         # An origin that is not subscribed itself still hears its turn, and so do the subscribers.
         agent.submit(chat("u", "from a fresh tab", bystander, "r2"))
-        await bystander.wait_for(TurnDone)
+        await bystander.wait_for(TurnDoneOutput)
         for outbox in (origin, tab):
             assert outbox.for_request("r2") == bystander.outputs
         assert other_user.outputs == other_agent.outputs == []
@@ -424,7 +355,7 @@ async def test_chat_fans_out_to_same_user_subscribers_exactly_once(tmp_path):
         audience.unsubscribe("a", "u", tab)
         heard = len(tab.outputs)
         agent.submit(chat("u", "only for me", origin, "r3"))
-        await origin.wait_for(TurnDone, 3)
+        await origin.wait_for(TurnDoneOutput, 3)
         assert len(tab.outputs) == heard
 
 
@@ -436,13 +367,13 @@ async def test_search_results_go_only_to_origin_and_clear_fans_out(tmp_path):
 
         agent.submit(chat("u", "remember the lighthouse", origin, "c"))
         agent.submit(search("u", "lighthouse", origin, long_term=True, request_id="s"))
-        agent.submit(ClearMemory("u", False, AT, origin, "x"))
-        await origin.wait_for(MemoryWasCleared)
+        agent.submit(ClearCommand("u", False, AT, origin, "x"))
+        await origin.wait_for(MemoryClearedOutput)
 
-        assert len(origin.of(SearchResults)) == 1 and origin.of(SearchResults)[0].results
-        assert tab.of(SearchResults) == []
-        assert tab.of(MemoryWasCleared) == origin.of(MemoryWasCleared)
-        assert tab.of(TurnResponse) == origin.of(TurnResponse)
+        assert len(origin.of(SearchResultsOutput)) == 1 and origin.of(SearchResultsOutput)[0].results
+        assert tab.of(SearchResultsOutput) == []
+        assert tab.of(MemoryClearedOutput) == origin.of(MemoryClearedOutput)
+        assert tab.of(TurnResponseOutput) == origin.of(TurnResponseOutput)
 
 
 # -- memory -------------------------------------------------------------------------------------
@@ -455,7 +386,7 @@ async def test_short_term_search_only_returns_the_window_and_sources_are_labelle
             agent.submit(chat("u", f"apple {word}", out))
         agent.submit(search("u", "apple", out, long_term=False, request_id="short"))
         agent.submit(search("u", "apple", out, long_term=True, request_id="long"))
-        short, long = await out.wait_for(SearchResults, 2)
+        short, long = await out.wait_for(SearchResultsOutput, 2)
 
         messages = logged(w.path)
         assert len(messages) == 6
@@ -474,24 +405,24 @@ async def test_clear_short_term_then_long_term(tmp_path):
         agent, out = w.agents["a"], Recorder()
         agent.submit(chat("u", "banana split", out))
         agent.submit(chat("u", "banana bread", out))
-        agent.submit(ClearMemory("u", False, AT, out, "clear-short"))
+        agent.submit(ClearCommand("u", False, AT, out, "clear-short"))
         agent.submit(search("u", "banana", out, long_term=False, request_id="s1"))
         agent.submit(search("u", "banana", out, long_term=True, request_id="l1"))
-        agent.submit(ClearMemory("u", True, AT, out, "clear-all"))
+        agent.submit(ClearCommand("u", True, AT, out, "clear-all"))
         agent.submit(search("u", "banana", out, long_term=False, request_id="s2"))
         agent.submit(search("u", "banana", out, long_term=True, request_id="l2"))
         agent.submit(chat("u", "what do you remember", out, "after"))
-        await out.wait_for(TurnDone, 3)
+        await out.wait_for(TurnDoneOutput, 3)
 
-        results = {r.request_id: r.results for r in out.of(SearchResults)}
+        results = {r.request_id: r.results for r in out.of(SearchResultsOutput)}
         assert results["s1"] == []
         assert len(results["l1"]) == 4
         assert {f.source for f in results["l1"]} == {"long_term"}
         assert results["s2"] == [] and results["l2"] == []
 
-        cleared = out.of(MemoryWasCleared)
+        cleared = out.of(MemoryClearedOutput)
         assert [(c.request_id, c.long_term) for c in cleared] == [("clear-short", False), ("clear-all", True)]
-        clears = [r for r in logged(w.path) if isinstance(r.event, MemoryCleared)]
+        clears = [r for r in logged(w.path) if isinstance(r.event, UserClearedMemory)]
         assert [(r.seq, r.event.long_term) for r in clears] == [(c.seq, c.long_term) for c in cleared]
         assert "I remember 0 earlier messages" in out.for_request("after")[-2].message
 
@@ -502,7 +433,7 @@ async def test_memory_is_per_user(tmp_path):
         agent.submit(chat("alice", "my secret is tangerine", out))
         agent.submit(chat("bob", "hello", out, "bob-chat"))
         agent.submit(search("bob", "tangerine secret", out, long_term=True, request_id="bob-search"))
-        (found,) = await out.wait_for(SearchResults)
+        (found,) = await out.wait_for(SearchResultsOutput)
 
         assert found.results == []
         assert "I remember 0 earlier messages" in out.for_request("bob-chat")[-2].message
@@ -515,7 +446,7 @@ async def test_idle_lane_is_dropped_and_rebuilt_from_the_log(tmp_path, autojump_
         # No deadlines while SQLite runs in threads: the autojump clock would jump to them.
         agent.submit(chat("u", "kiwi one", out))
         agent.submit(chat("u", "kiwi two", out))
-        await out.wait_for(TurnDone, 2, timeout=None)
+        await out.wait_for(TurnDoneOutput, 2, timeout=None)
         assert agent.lanes == 1
 
         await trio.sleep(59)
@@ -525,10 +456,10 @@ async def test_idle_lane_is_dropped_and_rebuilt_from_the_log(tmp_path, autojump_
 
         agent.submit(chat("u", "kiwi three", out))
         agent.submit(search("u", "kiwi", out, long_term=False, request_id="short"))
-        (short,) = await out.wait_for(SearchResults, timeout=None)
+        (short,) = await out.wait_for(SearchResultsOutput, timeout=None)
         assert agent.lanes == 1
 
-        third = out.of(TurnResponse)[2]
+        third = out.of(TurnResponseOutput)[2]
         assert "I remember 4 earlier messages" in third.message
         assert {f.hit.seq for f in short.results} == {r.seq for r in logged(w.path)[-2:]}
 
@@ -538,10 +469,10 @@ async def test_a_lane_used_again_is_dropped_only_lane_idle_seconds_after_its_las
     async with running(tmp_path, spec) as w:
         agent, out = w.agents["a"], Recorder()
         agent.submit(chat("u", "one", out))
-        await out.wait_for(TurnDone, 1, timeout=None)
+        await out.wait_for(TurnDoneOutput, 1, timeout=None)
         await trio.sleep(40)
         agent.submit(chat("u", "two", out))  # idle again from t=40: due at t=100, not t=60
-        await out.wait_for(TurnDone, 2, timeout=None)
+        await out.wait_for(TurnDoneOutput, 2, timeout=None)
         await trio.sleep(59)
         assert agent.lanes == 1
         await trio.sleep(2)
@@ -562,7 +493,7 @@ async def test_a_turn_longer_than_lane_idle_seconds_keeps_its_lane(tmp_path, aut
         agent.submit(chat("u", "one", out))
         await trio.sleep(200)
         assert agent.lanes == 1
-        (answer,) = await out.wait_for(TurnResponse, timeout=None)
+        (answer,) = await out.wait_for(TurnResponseOutput, timeout=None)
         assert answer.message == "done thinking"
         await trio.sleep(61)
         assert agent.lanes == 0
@@ -594,7 +525,7 @@ async def test_resident_lanes_and_their_window_bytes_stay_within_the_budget_leas
         for i in range(40):
             key = ("a" if i % 3 else "b", f"user{i}")
             w.agents[key[0]].submit(chat(key[1], big if i % 2 else f"small {i}", out))
-            await out.wait_for(TurnDone, i + 1)
+            await out.wait_for(TurnDoneOutput, i + 1)
             await w.agents[key[0]].wait_idle()
             mock_clock.jump(1)
             used.append(key)
@@ -609,7 +540,7 @@ async def test_resident_lanes_and_their_window_bytes_stay_within_the_budget_leas
             assert key not in resident(w.agents)
             agent = w.agents[key[0]]
             agent.submit(search(key[1], "small", out, long_term=True, request_id=f"s-{key[1]}"))
-            await out.wait_for(SearchResults, len(out.of(SearchResults)) + 1)
+            await out.wait_for(SearchResultsOutput, len(out.of(SearchResultsOutput)) + 1)
             memory = agent._lanes[key[1]].memory
             assert memory is not None and memory.version == 2
             assert memory == memories[key] == logged_memory(w.path, key)  # as it was before it was dropped
@@ -617,7 +548,7 @@ async def test_resident_lanes_and_their_window_bytes_stay_within_the_budget_leas
         # and a chat finds what it remembered
         agent = w.agents[used[0][0]]
         agent.submit(chat(used[0][1], "again", out, "again"))
-        (answer,) = [o for o in await out.wait_for(TurnResponse, 41) if o.request_id == "again"]
+        (answer,) = [o for o in await out.wait_for(TurnResponseOutput, 41) if o.request_id == "again"]
         assert "I remember 2 earlier messages" in answer.message
 
 
@@ -640,7 +571,7 @@ async def test_a_busy_lane_is_never_dropped_and_the_bound_holds_again_once_it_is
         brain.release.set()
         await agent.wait_idle()
         assert agent.lanes == budget.lanes == 2
-        assert len(out.of(TurnDone)) == 3 and len(out.of(SearchResults)) == 1
+        assert len(out.of(TurnDoneOutput)) == 3 and len(out.of(SearchResultsOutput)) == 1
 
 
 async def test_a_window_larger_than_the_whole_budget_is_dropped_once_idle_and_rebuilt_on_next_use(tmp_path):
@@ -648,15 +579,15 @@ async def test_a_window_larger_than_the_whole_budget_is_dropped_once_idle_and_re
     async with running(tmp_path, AgentSpec("a", EchoBrain()), budget=budget) as w:
         agent, out = w.agents["a"], Recorder()
         agent.submit(chat("small", "hi", out))
-        await out.wait_for(TurnDone)
+        await out.wait_for(TurnDoneOutput)
         await agent.wait_idle()
         assert agent.lanes == 1 and 0 < budget.window_bytes < 1_000
         agent.submit(chat("huge", "é" * 600, out))  # 1,200 bytes (600 characters), and its echo
-        await out.wait_for(TurnDone, 2)
+        await out.wait_for(TurnDoneOutput, 2)
         await agent.wait_idle()
         assert budget.lanes == agent.lanes == 0 and budget.window_bytes == 0  # "small" went first, then "huge"
         agent.submit(chat("huge", "still there?", out, "again"))
-        (answer,) = [o for o in await out.wait_for(TurnResponse, 3) if o.request_id == "again"]
+        (answer,) = [o for o in await out.wait_for(TurnResponseOutput, 3) if o.request_id == "again"]
         assert "I remember 2 earlier messages" in answer.message
 
 
@@ -665,16 +596,16 @@ def test_window_bytes_follow_the_window_turn_by_turn_and_through_clears():
     from agentcast.store import fold, Memory, Recorded
 
     memory, counted = Memory("a", "u", window=3), 0
-    steps = [UserMessage("a", "u", AT, "ab"), AgentMessage("a", "u", AT, "\N{GRINNING FACE}é"),
-             UserMessage("a", "u", AT, "c" * 10), AgentMessage("a", "u", AT, "d"), MemoryCleared("a", "u", AT, False),
-             UserMessage("a", "u", AT, "after the clear"), MemoryCleared("a", "u", AT, True)]
+    steps = [UserSaid("a", "u", AT, "ab"), AgentAnswered("a", "u", AT, "\N{GRINNING FACE}é"),
+             UserSaid("a", "u", AT, "c" * 10), AgentAnswered("a", "u", AT, "d"), UserClearedMemory("a", "u", AT, False),
+             UserSaid("a", "u", AT, "after the clear"), UserClearedMemory("a", "u", AT, True)]
     for seq, event in enumerate(steps, start=1):
         before = memory
         memory = fold(memory, Recorded(seq, event))
         counted = _window_bytes(before, counted, memory)
         assert counted == sum(len(m.content.encode()) for m in memory.short_term), seq
     # several events at once (a turn with a tool call and a fact), and from nothing
-    turn = [UserMessage("a", "u", AT, "x" * 7), AgentMessage("a", "u", AT, "y" * 9), UserMessage("a", "u", AT, "zz")]
+    turn = [UserSaid("a", "u", AT, "x" * 7), AgentAnswered("a", "u", AT, "y" * 9), UserSaid("a", "u", AT, "zz")]
     before = memory
     for seq, event in enumerate(turn, start=len(steps) + 1):
         memory = fold(memory, Recorded(seq, event))
@@ -693,16 +624,16 @@ async def test_a_lane_cancelled_twice_answers_each_cancel_and_goes_on_serving(tm
             with trio.fail_after(WAIT):
                 await brain.all_entered.wait()
             agent.cancel("u", f"slow{n}", out)
-            await out.wait_for(TurnDone, n)
+            await out.wait_for(TurnDoneOutput, n)
         agent.submit(chat("u", "quick", out, "quick"))
-        (answer,) = await out.wait_for(TurnResponse)
+        (answer,) = await out.wait_for(TurnResponseOutput)
         await agent.wait_idle()
 
         assert answer.message == "re: quick"
-        assert [type(o) for o in out.for_request("slow2")] == [TurnStarted, TurnCancelled, TurnDone]
+        assert [type(o) for o in out.for_request("slow2")] == [TurnStartedOutput, TurnCancelledOutput, TurnDoneOutput]
         events = [r.event for r in logged(w.path)]
         assert [type(e).__name__ for e in events] == [
-            "UserMessage", "TurnEnded", "UserMessage", "TurnEnded", "UserMessage", "AgentMessage"]
+            "UserSaid", "TurnEnded", "UserSaid", "TurnEnded", "UserSaid", "AgentAnswered"]
         assert [e.outcome for e in events if isinstance(e, TurnEnded)] == ["cancelled", "cancelled"]
 
 
@@ -741,14 +672,14 @@ async def test_a_cancelled_brain_that_runs_a_nursery_still_ends_cancelled_and_th
             await brain.entered.wait()
         agent.cancel("u", "slow", out)
         agent.submit(chat("u", "quick", out, "quick"))
-        await out.wait_for(TurnDone, 2)
+        await out.wait_for(TurnDoneOutput, 2)
         with trio.fail_after(WAIT):
             await agent.wait_idle()
 
-        assert [type(o) for o in out.for_request("slow")] == [TurnStarted, TurnCancelled, TurnDone]
-        assert out.of(TurnResponse)[0].message == "re: quick"
+        assert [type(o) for o in out.for_request("slow")] == [TurnStartedOutput, TurnCancelledOutput, TurnDoneOutput]
+        assert out.of(TurnResponseOutput)[0].message == "re: quick"
         events = [r.event for r in logged(w.path)]
-        assert [type(e).__name__ for e in events] == ["UserMessage", "TurnEnded", "UserMessage", "AgentMessage"]
+        assert [type(e).__name__ for e in events] == ["UserSaid", "TurnEnded", "UserSaid", "AgentAnswered"]
         assert events[1].outcome == "cancelled"
 
 
@@ -770,7 +701,7 @@ async def test_group_commit_many_lanes_share_commits_and_log_each_event_once(tmp
         assert agent.lanes == users
         assert journal.commits == 0
         brain.release.set()
-        await out.wait_for(TurnDone, turns)
+        await out.wait_for(TurnDoneOutput, turns)
 
         assert journal.events_appended == 2 * turns
         assert 0 < journal.commits < turns
@@ -784,9 +715,9 @@ async def test_group_commit_many_lanes_share_commits_and_log_each_event_once(tmp
                 expected[("user_message", f"user{u}", f"user{u} turn {i}")] += 1
                 expected[("agent_message", f"user{u}", f"re: user{u} turn {i}")] += 1
         assert Counter((r.event.TYPE, r.event.user, r.event.content) for r in events) == expected
-        # Each turn's answer is the event its TurnResponse names.
+        # Each turn's answer is the event its TurnResponseOutput names.
         by_seq = {r.seq: r.event for r in events}
-        for response in out.of(TurnResponse):
+        for response in out.of(TurnResponseOutput):
             assert by_seq[response.seq].content == response.message
             assert by_seq[response.seq].request_id == response.request_id
 

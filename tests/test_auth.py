@@ -31,7 +31,8 @@ from trio_websocket import (
 from agentcast.actors import ConfigError, agent_specs
 from agentcast.store import EventLog
 from support import HANDSHAKE, Client, connect, handshake, running_server, scaled
-from test_connection import Harness
+from support.auth import OTHER_SECRET, SECRET, SECRET_ENV, authenticate, token_for
+from support.harness import Harness
 from agentcast.transport import protocol as p
 from agentcast.transport._auth import (
     MIN_SECRET_BYTES,
@@ -51,9 +52,8 @@ from agentcast.transport._connection import POLICY_VIOLATION, Connection
 from agentcast.transport.cli import BadArgument, token_user
 from agentcast.transport.server import Server, ServerSettings
 
-SECRET = b"k" * 40
-OTHER_SECRET = b"o" * 40
-SECRET_ENV = "AGENTCAST_TEST_AUTH_SECRET"
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 NOW = 1_800_000_000
 CLI = [sys.executable, "-m", "agentcast.transport.cli"]
 #: Bound on one-shot commands and on a server starting.
@@ -62,10 +62,6 @@ PROCESS_TIMEOUT = scaled(15)
 
 def b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def token_for(user, ttl=3600, secret=SECRET) -> str:
-    return mint(secret, user, int(time.time()) + ttl)
 
 
 def chat(message, rid=None, agent="my_agent"):
@@ -77,11 +73,6 @@ def chat(message, rid=None, agent="my_agent"):
 def secret_env(monkeypatch):
     monkeypatch.setenv(SECRET_ENV, SECRET.decode())
     return SECRET_ENV
-
-
-async def authenticate(client: Client, token: str, rid=None) -> dict:
-    await client.send({"type": "auth", "token": token, **({"request_id": rid} if rid else {})})
-    return await client.recv()
 
 
 # -- tokens ----------------------------------------------------------------------------------
@@ -540,6 +531,7 @@ async def test_a_header_authenticated_connection_expires_too_and_counts_for_the_
 # -- the command line ------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_agentcast_token_mints_a_token_the_server_accepts(db_path, secret_env):
     env = {**os.environ, "AGENTCAST_AUTH_SECRET": SECRET.decode()}
     minted = {}
@@ -564,6 +556,7 @@ async def test_agentcast_token_mints_a_token_the_server_accepts(db_path, secret_
         assert result.returncode != 0 and result.stdout == b"" and result.stderr.count(b"\n") == 1
 
 
+@pytest.mark.process
 def test_serve_refuses_a_missing_or_short_secret(tmp_path):
     db = tmp_path / "agentcast.db"
     env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
@@ -578,6 +571,7 @@ def test_serve_refuses_a_missing_or_short_secret(tmp_path):
     assert not db.exists()
 
 
+@pytest.mark.process
 def test_serving_beyond_loopback_without_auth_warns_at_start(tmp_path):
     proc = subprocess.Popen(CLI + ["serve", "--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "a.db")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -595,6 +589,7 @@ def test_serving_beyond_loopback_without_auth_warns_at_start(tmp_path):
 # -- TLS ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.process
 async def test_wss_with_a_self_signed_certificate(tmp_path, secret_env):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agentcast.store import _backup as store_backup
-from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserMessage, backup, verify
+from agentcast.store import BackupError, EventLog, MissingEventLog, NotAnEventLog, TargetExists, UserSaid, backup, verify
 from support import scaled
-from test_cli import (
+from support.process import (
     FOREIGN_FILES,
     assert_one_line_error,
     cli,
@@ -30,7 +30,7 @@ def prefill(db: Path, events: int) -> None:
     """A log of `events` messages of 20 users (enough pages for many small backup steps)."""
     with EventLog.open(db) as log:
         for start in range(0, events, 500):
-            log.append([[UserMessage("my_agent", f"user{i % 20}", "2026-01-01T00:00:00.000Z", f"message {i} " + "x" * 100)
+            log.append([[UserSaid("my_agent", f"user{i % 20}", "2026-01-01T00:00:00.000Z", f"message {i} " + "x" * 100)
                          for i in range(start, min(events, start + 500))]])
 
 
@@ -144,6 +144,7 @@ def test_the_backup_command_copies_a_live_log_and_refuses_to_overwrite(tmp_path,
         assert log.last_seq() > events  # the forced copy is the newer one
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("kind", [*FOREIGN_FILES, "missing"])
 def test_backup_refuses_a_source_that_is_not_a_log_and_touches_nothing(tmp_path, kind):
     source = tmp_path / "precious.db"
@@ -158,6 +159,7 @@ def test_backup_refuses_a_source_that_is_not_a_log_and_touches_nothing(tmp_path,
     assert replay.stderr == result.stderr
 
 
+@pytest.mark.process
 def test_backup_reads_agentcast_db_by_default_and_reports_a_bad_target(tmp_path):
     prefill(tmp_path / "agentcast.db", 10)
     ok = cli("backup", "--to", "copy.db", cwd=tmp_path)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from agentcast.actors import AgentSpec, EchoBrain
-from fake_openai import error, text, tool_calls
+from support.fake_openai import error, text, tool_calls
 from support import LLM_AGENT, connect, llm_server, running_server, scaled, token_for
 from agentcast.transport.server import Server, ServerSettings
 

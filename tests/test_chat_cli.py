@@ -1,6 +1,6 @@
 """`agentcast chat` end to end: the real command in a pseudo-terminal (and with piped stdin) against a real
 `agentcast serve` subprocess on a loopback port with a temporary SQLite file; its `openai` agent talks to the
-fake OpenAI-compatible server of tests/fake_openai.py (served from a thread).
+fake OpenAI-compatible server of tests/support/fake_openai.py (served from a thread).
 
 Output is read with a deadline until the expected text appears; there are no fixed sleeps.
 """
@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai import fake_openai_in_thread, text, tool_calls
-from test_cli import CLI, EXIT_TIMEOUT
+
+from support import scaled
+from support.fake_openai import fake_openai_in_thread, text, tool_calls
+from support.process import CLI, EXIT_TIMEOUT
 
 #: Bound on waiting for one piece of output.
-DEADLINE = 15.0
+DEADLINE = scaled(15.0)
 
 CONFIG = """
 [agents.my_agent]
@@ -134,6 +136,7 @@ def server(serve, tmp_path):
     return serve(tmp_path / "agentcast.db", "--config", str(config))
 
 
+@pytest.mark.process
 def test_a_whole_session_in_a_terminal(server, chat):
     c = chat("--url", server.url, "--user", "1")
     c.expect(r"Connected to .* as user 1, talking to my_agent\. /help lists the commands\.\nyou> ")
@@ -169,6 +172,7 @@ def test_a_whole_session_in_a_terminal(server, chat):
     assert "Traceback" not in c.output
 
 
+@pytest.mark.process
 def test_answers_stream_as_they_arrive(server, chat):
     c = chat("--url", server.url, "--agent", "slow")
     c.expect(r"talking to slow\..*you> ")
@@ -179,6 +183,7 @@ def test_answers_stream_as_they_arrive(server, chat):
     c.expect(r"\(I remember 0 earlier messages of our conversation\.\)\nyou> ")
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("key", ["\x04", "\x03"], ids=["ctrl-d", "ctrl-c"])
 def test_ctrl_d_and_ctrl_c_leave_cleanly(server, chat, key):
     c = chat("--url", server.url)
@@ -189,6 +194,7 @@ def test_ctrl_d_and_ctrl_c_leave_cleanly(server, chat, key):
     assert "Traceback" not in c.output and "KeyboardInterrupt" not in c.output
 
 
+@pytest.mark.process
 def test_ctrl_c_while_an_answer_streams_cancels_it_and_at_the_prompt_leaves(server, chat):
     c = chat("--url", server.url, "--agent", "slow")
     c.expect(r"you> ")
@@ -204,6 +210,7 @@ def test_ctrl_c_while_an_answer_streams_cancels_it_and_at_the_prompt_leaves(serv
     assert "Traceback" not in c.output
 
 
+@pytest.mark.process
 def test_piped_input_is_read_to_the_end(server):
     script = "hello pipe\n/search pipe\n/agent assistant\n/user 9\nsecond line\n"
     result = subprocess.run(
@@ -219,6 +226,7 @@ def test_piped_input_is_read_to_the_end(server):
     assert result.stderr == ""
 
 
+@pytest.mark.process
 def test_the_server_going_away_and_coming_back(serve, tmp_path, chat):
     db = tmp_path / "agentcast.db"
     first = serve(db)
@@ -235,6 +243,7 @@ def test_the_server_going_away_and_coming_back(serve, tmp_path, chat):
     second.stop()
 
 
+@pytest.mark.process
 def test_a_bad_address_or_agent_is_one_clear_line(server, tmp_path):
     import socket
 
@@ -262,6 +271,7 @@ if sys.platform != "linux":  # pragma: no cover
     pytestmark = pytest.mark.skip("pseudo-terminal tests run on Linux")
 
 
+@pytest.mark.process
 def test_the_documented_python_client_example_runs(server, tmp_path):
     doc = (Path(__file__).resolve().parent.parent / "docs" / "clients.md").read_text()
     (example,) = re.findall(r"```python\n(.*?)```", doc, re.S)
@@ -289,6 +299,7 @@ description = "The echo agent"
 """
 
 
+@pytest.mark.process
 def test_a_model_in_the_terminal_tool_calls_usage_cancel_and_agents(serve, tmp_path, chat):
     replies = (
         tool_calls(("call_1", "remember", {"fact": "Alice drinks green tea"})),
@@ -376,7 +387,7 @@ def test_text_from_an_agent_is_printed_with_its_control_characters_visible(serve
 def test_what_arrives_at_the_prompt_is_printed_visible_in_a_terminal(server, chat):
     import asyncio
 
-    from test_cli import connect as ws_connect
+    from support.process import connect as ws_connect
 
     c = chat("--url", server.url, "--user", "6")
     c.expect(r"you> ")

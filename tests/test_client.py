@@ -1,6 +1,6 @@
 """The trio client (`transport.client`) against a real server over loopback with a real SQLite file:
 streaming chat, search, clear, errors, request correlation, pushed events, unknown frames, reconnection, and
-turns of a real model (tests/fake_openai.py): usage, tool activity, cancel, brain_error; list_agents.
+turns of a real model (support/fake_openai.py): usage, tool activity, cancel, brain_error; list_agents.
 
 Connections are cut, held and frozen by a TCP relay (`Relay`) between the client and the server.
 """
@@ -13,9 +13,9 @@ import trio
 from trio_websocket import ConnectionClosed, serve_websocket
 
 from agentcast.actors import AgentSpec, EchoBrain
-from fake_openai import error, text, tool_calls
+from support.fake_openai import error, text, tool_calls
 from agentcast.store import EventLog
-from support import LLM_AGENT, GatedBrain, connect, llm_server, running_server
+from support import LLM_AGENT, GatedBrain, connect, llm_server, running_server, scaled
 from agentcast.transport.client import (
     AgentError,
     CannotConnect,
@@ -41,9 +41,11 @@ from agentcast.transport.protocol import (
     decode_server_frame,
 )
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 AGENT = "my_agent"
 #: Bound on anything a test waits for.
-WAIT = 10
+WAIT = scaled(10)
 
 
 def url(port: int) -> str:

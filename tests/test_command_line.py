@@ -1,7 +1,7 @@
 """One command line: the same flag is spelled, shown and parsed the same in every command (a shared vocabulary,
 `transport.cli.FLAGS`), `agentcast` alone prints the help, every --help has a clean usage line, `config check`
 validates a file and prints the effective settings with secrets masked, and nothing that calls no model warns
-about unset API keys. The real command in a subprocess (helpers from test_cli.py); the exhaustive loops over every
+about unset API keys. The real command in a subprocess (helpers from support/process.py); the exhaustive loops over every
 command parse in this process.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tomllib
 import pytest
 
 from agentcast.store import EventLog
-from test_cli import assert_one_line_error, cli
+from support.process import assert_one_line_error, cli
 from agentcast.transport.cli import COMMANDS, FLAGS, command_parser, main
 
 pytestmark = pytest.mark.process
@@ -125,7 +125,7 @@ def cli_env(cwd, env, *args: str):
     import subprocess
     import sys
 
-    from test_cli import START_TIMEOUT
+    from support.process import START_TIMEOUT
 
     return subprocess.run([sys.executable, "-m", "agentcast.transport.cli", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=START_TIMEOUT)
@@ -231,7 +231,7 @@ def test_a_reader_that_went_away_is_no_traceback(tmp_path, args):
     import subprocess
     import sys
 
-    from test_cli import START_TIMEOUT
+    from support.process import START_TIMEOUT
 
     read_end, write_end = os.pipe()
     os.close(read_end)  # like `agentcast ... | head -1` once head has exited: every write fails with EPIPE

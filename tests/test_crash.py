@@ -12,11 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
+import pytest
 from websockets.exceptions import WebSocketException
 
 from agentcast.store import EventLog, verify
 from support import scaled
-from test_cli import cli, connect, write_config
+from support.process import cli, connect, write_config
+
+#: Every test here runs a real process (see support/process.py).
+pytestmark = pytest.mark.process
 
 #: Kill-and-restart rounds; a last, clean round then retries what is left and stops the server gracefully.
 ROUNDS = 4

@@ -11,7 +11,9 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from agentcast.actors import AgentSpec, EchoBrain, split_chunks
-from support import HANDSHAKE, GatedBrain, connect, handshake, running_server
+from support import HANDSHAKE, GatedBrain, connect, handshake, running_server, scaled
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 AGENT = "my_agent"
 
@@ -325,7 +327,7 @@ async def test_graceful_stop_finishes_the_running_turn_then_closes_with_1001(db_
             with pytest.raises(ConnectionClosed) as info:
                 await c.recv(timeout=10)
             assert info.value.reason.code == 1001
-        with trio.fail_after(10):
+        with trio.fail_after(scaled(10)):
             await server.stopped.wait()
 
 
@@ -394,7 +396,7 @@ async def test_a_refused_handshake_is_hung_up_on_even_if_the_client_stays(server
     async with await trio.open_tcp_stream("127.0.0.1", server.port) as stream:
         await stream.send_all(HANDSHAKE.format(path="/nope").encode())
         data = b""
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             while chunk := await stream.receive_some():  # b"" once the server has closed it
                 data += chunk
         assert data.startswith(b"HTTP/1.1 404")

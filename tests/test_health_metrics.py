@@ -12,7 +12,9 @@ from agentcast.actors import AgentSpec, EchoBrain, Journal
 from agentcast.store import EventLog
 from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses
 from support import GatedBrain, connect, running_server
-from test_http import get
+from support.http import get
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 AGENT = "my_agent"
 

@@ -13,8 +13,8 @@ import trio
 import trio.testing
 
 from agentcast.actors import agent_specs
-from support import HANDSHAKE, connect, handshake, running_server
-from test_abuse import assert_healthy
+from support import HANDSHAKE, assert_healthy, connect, handshake, running_server, scaled
+from support.http import Reply, exchange, get
 from agentcast.transport._http import (
     MAX_HEAD_BYTES,
     PAGE_CSP,
@@ -27,42 +27,9 @@ from agentcast.transport._http import (
 )
 from agentcast.transport.server import Server, ServerSettings
 
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class Reply:
-    """An HTTP response as read off the wire."""
-
-    def __init__(self, raw: bytes) -> None:
-        self.raw = raw
-        head, _, self.body = raw.partition(b"\r\n\r\n")
-        status_line, *lines = head.decode("latin-1").split("\r\n")
-        self.status = int(status_line.split(" ")[1]) if status_line.startswith("HTTP/1.1 ") else 0
-        self.headers: dict[str, str] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            assert name.lower() not in self.headers, f"header {name} twice"
-            self.headers[name.lower()] = value.strip()
-
-
-async def exchange(port: int, request: bytes, *, context: ssl.SSLContext | None = None) -> Reply:
-    """Send `request` as is and read everything until the server closes the connection."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    if context is not None:
-        # like browsers, no close_notify expected (the server's TLS is https_compatible)
-        stream = trio.SSLStream(stream, context, server_hostname="127.0.0.1", https_compatible=True)
-    async with stream:
-        await stream.send_all(request)
-        data = b""
-        with trio.fail_after(5):
-            while chunk := await stream.receive_some():
-                data += chunk
-    return Reply(data)
-
-
-async def get(port: int, path: str, method: str = "GET", *headers: str, **kwargs) -> Reply:
-    extra = "".join(f"{h}\r\n" for h in headers)
-    return await exchange(port, f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}\r\n".encode(), **kwargs)
 
 
 def assert_common_headers(reply: Reply) -> None:
@@ -261,7 +228,7 @@ async def test_hostile_requests_get_a_clear_answer_and_the_server_goes_on(db_pat
         # slowloris: a head that never ends is dropped after handshake_timeout, answered nothing
         async with await trio.open_tcp_stream("127.0.0.1", server.port) as slow:
             await slow.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            with trio.fail_after(5):
+            with trio.fail_after(scaled(5)):
                 for _ in range(3):
                     await trio.sleep(0.1)
                     await slow.send_all(b"X-Drip: 1\r\n")
@@ -279,6 +246,7 @@ async def test_websocket_handshakes_that_are_not_quite(server):
     await assert_healthy(server)
 
 
+@pytest.mark.process
 async def test_plain_http_over_tls(tmp_path):
     trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
@@ -314,6 +282,6 @@ async def test_a_stop_does_not_wait_for_half_sent_requests(db_path):
             await stalled.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # and nothing more
             assert (await get(server.port, "/healthz")).status == 200
             server.stop()
-            with trio.fail_after(5):  # not the 60 s of handshake_timeout
+            with trio.fail_after(scaled(5)):  # not the 60 s of handshake_timeout
                 await server.stopped.wait()
                 assert await stalled.receive_some() == b""

@@ -7,7 +7,9 @@ import trio
 
 from agentcast.actors import AgentSpec, BrainError
 from agentcast.store import EventLog
-from support import connect, running_server
+from support import connect, running_server, scaled
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 AGENT = "my_agent"
 
@@ -93,7 +95,7 @@ async def test_a_retry_sent_while_the_first_is_running_gets_the_same_answer(db_p
     async with running_server(db_path, [AgentSpec(AGENT, brain)]) as server, connect(server.port) as c:
         await c.send(chat("steady", "cmd-s", request_id="1"))
         await c.send(chat("steady", "cmd-s", request_id="2"))
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             while server.agents[AGENT].in_flight < 2:  # both queued in the lane, the first running
                 await trio.sleep(0.001)
         brain.gate.set()

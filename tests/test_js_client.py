@@ -35,6 +35,7 @@ def node_command() -> list[str] | None:
 NODE = node_command()
 pytestmark = [
     pytest.mark.process,
+    pytest.mark.transport,  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
     pytest.mark.skipif(NODE is None, reason="needs Node.js 20.10+ on PATH (global WebSocket, or --experimental-websocket)"),
 ]
 #: Bound on waiting for one event of a Node script (and for it to end).

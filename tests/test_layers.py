@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from support import scaled
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "agentcast"
 
@@ -110,6 +112,7 @@ def test_the_checker_resolves_relative_and_absolute_imports(tmp_path):
     assert {"actors", "transport.protocol"} <= layers(connection)
 
 
+@pytest.mark.process
 def test_importing_the_client_loads_no_server_side():
     code = (
         "import sys, agentcast.transport.client, agentcast.transport.client._chat; "
@@ -118,7 +121,8 @@ def test_importing_the_client_loads_no_server_side():
         "or m in ('agentcast.transport.server', 'agentcast.transport._connection', 'agentcast.transport._auth', "
         "'agentcast.transport._config')))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent,
+                         timeout=scaled(60)).stdout
     assert out.strip() == "[]"
 
 
@@ -126,6 +130,7 @@ def test_rules_cover_every_module():
     assert len(RULES[0][0]) >= 4 and len(RULES[2][0]) >= 5 and len(CLIENT_MODULES) >= 3
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "module, forbidden",
     [("agentcast.store", ["trio", "trio_websocket", "agentcast.transport", "agentcast.actors"]),
@@ -133,7 +138,8 @@ def test_rules_cover_every_module():
 )
 def test_importing_does_not_load_forbidden_modules(module, forbidden):
     code = f"import sys, {module}; print([m for m in {forbidden!r} if m in sys.modules])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent,
+                         timeout=scaled(60)).stdout
     assert out.strip() == "[]"
 
 
@@ -144,3 +150,18 @@ def test_every_module_opens_with_a_docstring_of_at_least_two_lines():
             assert doc and len(doc.strip().splitlines()) >= 2, f"{path.relative_to(ROOT)} needs a two-line docstring"
     doc = ast.get_docstring(ast.parse((ROOT / "__init__.py").read_text()))
     assert doc and len(doc.strip().splitlines()) >= 2
+
+
+@pytest.mark.process
+def test_the_command_line_loads_the_server_only_to_serve():
+    """`agentcast replay`, `replay events`, `replay verify` and `backup` read a log with the store alone: importing
+    the command line loads neither the server, nor a connection, nor the actors' machinery, nor trio."""
+    code = (
+        "import sys, agentcast.transport.cli; "
+        "print(sorted(m for m in sys.modules if m in ('agentcast.transport.server', 'agentcast.transport._connection', "
+        "'agentcast.transport._frames', 'agentcast.transport._config', 'agentcast.transport._auth', 'trio', "
+        "'trio_websocket') or m.split('.')[:2] == ['agentcast', 'actors']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT.parent,
+                         timeout=scaled(60)).stdout
+    assert out.strip() == "[]"

@@ -10,8 +10,10 @@ import trio
 from trio_websocket import ConnectionClosed
 
 from support import connect, handshake, running_server
-from test_connection import Harness, recv
+from support.harness import Harness, recv
 from agentcast.transport._connection import GOING_AWAY, INTERNAL_ERROR, TRY_AGAIN_LATER
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 
 @pytest.fixture
@@ -146,6 +148,7 @@ async def test_past_the_connection_cap_the_handshake_is_refused_with_503(db_path
             assert c.hello["type"] == "connected"
 
 
+@pytest.mark.process
 async def test_the_connection_cap_holds_under_concurrent_handshakes(db_path):
     async with running_server(db_path, max_connections=2) as server:
         opened = []

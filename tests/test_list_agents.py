@@ -7,7 +7,7 @@ import pytest
 
 from agentcast.actors import AgentSpec, EchoBrain
 from support import connect, running_server
-from test_auth import SECRET, SECRET_ENV, authenticate, token_for
+from support.auth import SECRET, SECRET_ENV, authenticate, token_for
 from agentcast.transport.protocol import AgentInfo, AgentList, ListAgents, ProtocolError, decode, encode
 
 

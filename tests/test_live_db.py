@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import dbguard
-from agentcast.store import EventLog, NotAnEventLog, UserMessage
-from support import scaled
-from test_cli import cli, connect, replay_json
+from agentcast.store import EventLog, NotAnEventLog, UserSaid
+from support import dbguard, scaled
+from support.process import cli, connect, replay_json
 
 #: Chat rounds (a turn of each of two users per round) while an outside process reads the log.
 ROUNDS = 6
@@ -37,7 +36,7 @@ while not stop.is_set():
 def test_the_guard_refuses_a_python_open_of_a_live_database_file(tmp_path):
     db = tmp_path / "g.db"
     log = EventLog.open(db)
-    log.append([[UserMessage("a", "u", "t", "hello")]])
+    log.append([[UserSaid("a", "u", "t", "hello")]])
     try:
         for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
             with pytest.raises(dbguard.DatabaseFileOpened):
@@ -53,12 +52,12 @@ def test_readers_opened_beside_the_writer_never_open_the_file_outside_sqlite(tmp
     the header and schema of each reader's file are checked through SQLite alone."""
     db = tmp_path / "r.db"
     with EventLog.open(db) as writer:
-        writer.append([[UserMessage("a", "u", "t", "hello")]])
+        writer.append([[UserSaid("a", "u", "t", "hello")]])
         readers = [EventLog.open(db, readonly=True) for _ in range(3)]
         for reader in readers:
             assert [r.event.content for r in reader.read()] == ["hello"]
             reader.close()
-        writer.append([[UserMessage("a", "u", "t", "again")]])
+        writer.append([[UserSaid("a", "u", "t", "again")]])
     assert dbguard.take_violations() == []
 
 

@@ -1,38 +1,22 @@
 """Real agents end to end: a real server with `openai` agents talking to the fake OpenAI-compatible server
-(tests/fake_openai.py), real WebSocket clients, a real SQLite log: streaming, usage, tool calls, errors,
+(support/fake_openai.py), real WebSocket clients, a real SQLite log: streaming, usage, tool calls, errors,
 cancellation, busy agents, disconnects, and what the log (and `agentcast replay`) holds afterwards."""
 from __future__ import annotations
 
 import asyncio
 import json
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from agentcast.actors import AgentSpec, OpenAIBrain
-from fake_openai import chunk, error, text, tool_calls
 from agentcast.store import EventLog, activity_at
-from support import LLM_AGENT, connect, llm_server, running_server
 from agentcast.transport.cli import main as cli_main
+from support import llm_server, running_server, scaled
+from support.fake_openai import chunk, error, text, tool_calls
+from support.llm import AGENT, chat, user
 
-AGENT = LLM_AGENT
-
-
-@asynccontextmanager
-async def user(server, user_id="alice", subscribe=False):
-    async with connect(server.port) as client:
-        await client.request({"type": "set_user", "user_id": user_id}, "user_set")
-        if subscribe:
-            await client.request({"type": "subscribe", "agent_id": AGENT}, "subscribed")
-        yield client
-
-
-def chat(message, request_id=None, **extra):
-    frame = {"type": "chat", "agent_id": AGENT, "message": message, **extra}
-    if request_id is not None:
-        frame["request_id"] = request_id
-    return frame
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 
 def events_of(db_path, user_id="alice"):
@@ -176,7 +160,7 @@ async def test_cancel_stops_the_stream_at_once_logs_the_partial_and_queued_turns
             ended = await alice.recv_until("agent_done")
             assert [f["type"] for f in ended] == ["cancelled", "agent_done"]
             assert ended[0] == {"type": "cancelled", "agent_id": AGENT, "partial": "Once upon", "request_id": "long"}
-            with trio.fail_after(5):
+            with trio.fail_after(scaled(5)):
                 await server.fake.disconnected.wait()  # the HTTP stream to the provider was closed
             short = await alice.recv_until("agent_done")
             assert short[-2]["message"] == "Short answer." and short[-2]["request_id"] == "short"
@@ -249,7 +233,7 @@ async def test_on_busy_interrupt_cancels_the_running_turn_and_answers_the_new_on
             assert [f["type"] for f in first] == ["cancelled", "agent_done"] and first[0]["request_id"] == "1"
             second = await alice.recv_until("agent_done")
             assert second[-2]["message"] == "New answer." and second[-2]["request_id"] == "2"
-            with trio.fail_after(5):
+            with trio.fail_after(scaled(5)):
                 await server.fake.disconnected.wait()
 
 
@@ -278,7 +262,7 @@ async def test_a_turn_whose_client_disconnects_still_completes_and_is_logged(db_
         async with user(server) as alice:
             await alice.send(chat("Are you there?", "r"))
             await frame_of_type(alice, "agent_thinking")
-            with trio.fail_after(5):
+            with trio.fail_after(scaled(5)):
                 while not fake.requests:
                     await trio.sleep(0.001)
         gate.set()  # the client is gone; the model answers now
@@ -295,7 +279,7 @@ async def test_cancel_on_disconnect_cancels_the_turn_and_its_queued_chats_and_cl
             await alice.send(chat("Go on", "r"))
             await alice.send(chat("And then?", "q"))  # queued behind: cancelled too, the model never asked
             await frame_of_type(alice, "response_chunk")
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             await server.fake.disconnected.wait()
         await server.agents.wait_idle()
     events = events_of(db_path)
@@ -330,7 +314,7 @@ async def test_the_seed_documents_python_client_chats_with_a_real_model_unchange
             assert await client.connect()
             await client.subscribe_to_agent(AGENT)
             await client.send_chat_message("Hello model", AGENT)
-            await asyncio.wait_for(done.wait(), 10)
+            await asyncio.wait_for(done.wait(), scaled(10))
             await client.close()
             return responses
 
@@ -343,7 +327,7 @@ async def test_the_seed_documents_python_client_chats_with_a_real_model_unchange
 
 
 async def test_a_malformed_stream_mid_answer_is_a_brain_error_with_the_partial_logged(db_path):
-    from fake_openai import Reply
+    from support.fake_openai import Reply
 
     async with llm_server(db_path, Reply(chunks=[chunk("Half"), "{broken"])) as server:
         async with user(server) as alice:
@@ -354,7 +338,7 @@ async def test_a_malformed_stream_mid_answer_is_a_brain_error_with_the_partial_l
 
 
 async def test_a_lone_surrogate_from_the_model_becomes_a_replacement_character_not_a_lost_turn(db_path):
-    from fake_openai import Reply
+    from support.fake_openai import Reply
 
     # JSON may escape a lone UTF-16 surrogate, which no UTF-8 frame or log row can hold.
     raw = '{"choices": [{"index": 0, "delta": {"content": "bad \\ud800 text \\ud83d\\ude00"}, "finish_reason": null}]}'
@@ -426,3 +410,22 @@ async def test_a_resumed_backlog_replays_tool_frames_and_cancelled_and_failed_tu
         f.pop("seq", None)
     assert replayed == [f for f in live if f != answered[-1]]  # an answered turn's response stands alone
     assert [f["type"] for f in backlog if f["type"] == "user_message"] == ["user_message"] * 3
+
+
+async def test_a_remembered_fact_is_replayed_as_the_live_turn_showed_it_the_remember_tools_call_and_result(db_path):
+    """The `fact_remembered` event adds no frame: live, the turn showed the fact as the `remember` tool's
+    `tool_call` and `tool_result`, and a resumed backlog replays exactly those (docs/protocol.md)."""
+    replies = (tool_calls(("c1", "remember", {"fact": "Alice drinks green tea"})), text("Noted."))
+    async with llm_server(db_path, *replies, brain={"tools": ["remember"]}) as server:
+        async with user(server) as alice:
+            live = await alice.request(chat("I drink green tea", "t1"), "agent_done")
+        async with user(server) as laptop:
+            await laptop.send({"type": "subscribe", "agent_id": AGENT, "after_seq": 0})
+            backlog = await laptop.recv_until("response")
+    assert [r.event.TYPE for r in events_of(db_path)] == [
+        "user_message", "tool_called", "fact_remembered", "tool_returned", "agent_message"]
+    shown = ("tool_call", "tool_result", "response")
+    assert [f["type"] for f in backlog] == ["subscribed", "user_message", *shown]
+    assert [f for f in backlog if f["type"] in shown] == [f for f in live if f["type"] in shown]
+    assert [f for f in live if f["type"] == "tool_result"][0]["result"] == {"remembered": "Alice drinks green tea",
+                                                                            "seq": 3}

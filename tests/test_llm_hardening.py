@@ -5,22 +5,24 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
+import ssl
+import sys
 
 import httpx
 import pytest
 import trio
 
-from agentcast.actors import (AgentSpec, ConfigError, Failed, OpenAIBrain, ToolCall, ToolResult, TurnCancelled, TurnDone,
-                    TurnResponse, agent_specs)
+from agentcast.actors import (AgentSpec, ConfigError, FailedOutput, OpenAIBrain, ToolCallItem, ToolResultItem, TurnCancelledOutput, TurnDoneOutput,
+                    TurnResponseOutput, agent_specs)
 from agentcast.actors._brain import BrainError
 from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
-from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
-from support import running_server
-from test_actors import Recorder, chat as actor_chat, logged, running
-from test_llm_e2e import AGENT, chat, llm_server, user
-from test_openai_brain import brain_for, items_of, turn_for
 from agentcast.transport.cli import setup_logging
+from support import llm_server, running_server, scaled
+from support.actors import Recorder, chat as actor_chat, logged, running
+from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls
+from support.llm import AGENT, brain_for, chat, items_of, turn_for, user
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 
 @pytest.fixture
@@ -51,8 +53,8 @@ async def test_too_deeply_nested_tool_arguments_are_a_tool_error_the_model_sees(
     fake.script(tool_calls(("c1", "current_time", deep)), text("Sorry."))
     brain = brain_for(fake, tools=["current_time"])
     items = await items_of(brain, turn_for(brain))
-    assert items[0] == ToolCall("c1", "current_time", deep)  # the raw text: shown and logged as it came
-    assert items[1] == ToolResult("c1", "current_time", None, "the arguments are nested more than 32 levels deep")
+    assert items[0] == ToolCallItem("c1", "current_time", deep)  # the raw text: shown and logged as it came
+    assert items[1] == ToolResultItem("c1", "current_time", None, "the arguments are nested more than 32 levels deep")
     assert items[-1] == "Sorry."
     assert "nested more than 32" in fake.requests[1]["messages"][-1]["content"]
 
@@ -62,7 +64,7 @@ async def test_tool_arguments_nested_up_to_the_limit_are_parsed(fake):
     fake.script(tool_calls(("c1", "current_time", arguments)), text("Ok."))
     brain = brain_for(fake, tools=["current_time"])
     items = await items_of(brain, turn_for(brain))
-    assert items[0] == ToolCall("c1", "current_time", arguments)
+    assert items[0] == ToolCallItem("c1", "current_time", arguments)
     assert "nested" not in (items[1].error or "")  # current_time itself refuses the unknown field
 
 
@@ -93,8 +95,8 @@ class DeepArgumentsBrain:
     recall = 0
 
     async def reply(self, turn):
-        yield ToolCall("c1", "deep", {"x": json.loads("[" * 500 + "]" * 500)})
-        yield ToolResult("c1", "deep", "ok")
+        yield ToolCallItem("c1", "deep", {"x": json.loads("[" * 500 + "]" * 500)})
+        yield ToolResultItem("c1", "deep", "ok")
         yield "Done."
 
 
@@ -134,15 +136,15 @@ async def test_an_accepted_cancel_is_always_answered(tmp_path):
     async with running(tmp_path, AgentSpec("a", brain)) as w:
         agent, asker, phone = w.agents["a"], Recorder("asker"), Recorder("phone")
         agent.submit(actor_chat("u", "hi", asker, "r1"))
-        with trio.fail_after(5):
+        with trio.fail_after(scaled(5)):
             await brain.in_cleanup.wait()
         agent.cancel("u", None, phone)  # accepted: no NothingToCancel
         brain.release.set()
-        await asker.wait_for(TurnDone)
+        await asker.wait_for(TurnDoneOutput)
         await agent.wait_idle()
         # the phone's cancel was accepted, so the turn ends cancelled (with all it said) for everyone
-        assert [type(o) for o in phone.outputs] == [TurnCancelled, TurnDone], phone.outputs
-        assert asker.of(TurnCancelled)[0].partial == "partial" and not asker.of(TurnResponse)
+        assert [type(o) for o in phone.outputs] == [TurnCancelledOutput, TurnDoneOutput], phone.outputs
+        assert asker.of(TurnCancelledOutput)[0].partial == "partial" and not asker.of(TurnResponseOutput)
 
 
 async def test_a_canceller_subscribed_after_the_turn_began_hears_its_end(db_path):
@@ -165,7 +167,7 @@ class ToolFirstBrain:
     recall = 0
 
     async def reply(self, turn):
-        yield ToolCall("c1", "current_time", {})
+        yield ToolCallItem("c1", "current_time", {})
         yield "answer"
 
 
@@ -183,7 +185,7 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
         writer.append = flaky_append
         out = Recorder()
         w.agents["a"].submit(actor_chat("u", "hello", out, "r1"))
-        await out.wait_for(TurnDone)
+        await out.wait_for(TurnDoneOutput)
         await w.agents["a"].wait_idle()
     types = [r.event.TYPE for r in logged(w.path)]
     # "nothing of a turn is ever logged before the message that caused it" (_TurnLog's docstring)
@@ -193,23 +195,25 @@ async def test_a_failed_first_append_never_leaves_turn_events_without_their_mess
 # -- the event loop --------------------------------------------------------------------------------------
 
 
-async def test_starting_turns_does_not_block_the_event_loop(db_path, monkeypatch):
-    spent: list[float] = []
-    original_init = httpx.AsyncClient.__init__
+async def test_starting_turns_loads_no_tls_settings_and_imports_nothing_on_the_event_loop(db_path, monkeypatch):
+    # A turn's HTTP client is made on the event loop: loading a CA bundle (or importing httpcore) there would
+    # stall every connection and agent of the server, so the TLS settings are made once, beforehand.
+    loads: list[str] = []
+    original_load = ssl.SSLContext.load_verify_locations
 
-    def timed_init(self, *args, **kwargs):
-        started = time.perf_counter()
-        original_init(self, *args, **kwargs)
-        spent.append(time.perf_counter() - started)
+    def counted_load(self, *args, **kwargs):
+        loads.append("load_verify_locations")
+        return original_load(self, *args, **kwargs)
 
-    monkeypatch.setattr(httpx.AsyncClient, "__init__", timed_init)
     async with llm_server(db_path, text("One."), text("Two."), text("Three.")) as server:
         async with user(server) as alice:
-            for n in range(3):
+            await alice.request(chat("m0", "r0"), "agent_done")  # whatever a first turn imports, once
+            monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted_load)
+            modules = set(sys.modules)
+            for n in (1, 2):
                 await alice.request(chat(f"m{n}", f"r{n}"), "agent_done")
-    # a turn's client is made on the event loop: loading a CA bundle (or importing httpcore) there would
-    # stall every connection and agent of the server, so the TLS settings are made once, beforehand
-    assert sum(spent) < 0.02, f"{len(spent)} clients built, {sum(spent) * 1000:.0f} ms on the event loop"
+            imported = sorted(set(sys.modules) - modules)
+    assert loads == [] and imported == [], (loads, imported)
 
 
 # -- configuration ---------------------------------------------------------------------------------------
@@ -309,8 +313,8 @@ async def test_turn_timeout_ends_the_turn_as_a_brain_error_with_its_partial_logg
     async with running(tmp_path, AgentSpec("a", brain_for(fake, turn_timeout=60))) as w:
         out = Recorder()
         w.agents["a"].submit(actor_chat("u", "go", out, "r1"))
-        await out.wait_for(TurnDone, timeout=None)  # the journal's threads let an autojump clock race a fail_after
-    (failed,) = out.of(Failed)
+        await out.wait_for(TurnDoneOutput, timeout=None)  # the journal's threads let an autojump clock race a fail_after
+    (failed,) = out.of(FailedOutput)
     assert failed.code == "brain_error" and "turn_timeout" in failed.message
     ended = logged(w.path)[-1].event
     assert (ended.TYPE, ended.outcome, ended.partial) == ("turn_ended", "failed", "Thinking")

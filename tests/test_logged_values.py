@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from support import connect, running_server
-from test_http import exchange
+from support.http import exchange
 from agentcast.transport.protocol import SHOWN_CHARS, ProtocolError, decode, shown
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
 
 AGENT = "my_agent"
 #: A line a client would like to see in the server's log.

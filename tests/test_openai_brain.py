@@ -1,4 +1,4 @@
-"""The `openai` brain against the fake OpenAI-compatible server (tests/fake_openai.py): the prompt, streaming,
+"""The `openai` brain against the fake OpenAI-compatible server (support/fake_openai.py): the prompt, streaming,
 tool calls, usage, every failure, retries (autojump clock) and cancellation closing the HTTP stream."""
 from __future__ import annotations
 
@@ -7,45 +7,16 @@ import json
 import pytest
 import trio
 
-from agentcast.actors import BrainError, OpenAIBrain, ToolCall, ToolContext, Toolbox, ToolResult, Turn, Usage
-from fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
+from agentcast.actors import BrainError, OpenAIBrain, ToolCallItem, ToolResultItem, UsageItem
 from agentcast.store import Hit, Memory, Message
-
-
-class FakeMemory:
-    """`MemoryAccess` for brain tests: remembers facts in a list, finds them by word."""
-
-    def __init__(self):
-        self.facts: list[str] = []
-
-    async def search(self, query, limit):
-        words = set(query.lower().split())
-        found = [f for f in self.facts if words & set(f.lower().split())]
-        return [Hit(i + 1, "fact", f, "2026-01-01T00:00:00.000Z", 1.0) for i, f in enumerate(found[:limit])]
-
-    async def remember(self, fact):
-        self.facts.append(fact)
-        return len(self.facts)
-
-
-def turn_for(brain, message="Hi there", memory=None, recalled=(), memory_access=None):
-    memory = memory or Memory("a", "u")
-    toolbox = Toolbox(brain.tools, ToolContext("a", "u", memory_access or FakeMemory()))
-    return Turn("a", "u", message, memory, recalled, toolbox)
-
-
-async def items_of(brain, turn):
-    return [item async for item in brain.reply(turn)]
+from support import scaled
+from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
+from support.llm import FakeMemory, brain_for, items_of, turn_for
 
 
 @pytest.fixture
 async def fake(nursery):
     return await FakeOpenAI().start(nursery)
-
-
-def brain_for(fake, **options):
-    options.setdefault("retry_backoff", 0.5)
-    return OpenAIBrain(model="fake-model", base_url=fake.base_url, **options)
 
 
 # -- the happy path --------------------------------------------------------------------------
@@ -54,7 +25,7 @@ def brain_for(fake, **options):
 async def test_tokens_stream_as_deltas_and_usage_comes_last(fake):
     fake.script(text("Hel", "lo", " world", usage=(12, 3)))
     items = await items_of(brain_for(fake), turn_for(brain_for(fake)))
-    assert items == ["Hel", "lo", " world", Usage(12, 3)]
+    assert items == ["Hel", "lo", " world", UsageItem(12, 3)]
     request = fake.requests[0]
     assert request["model"] == "fake-model" and request["stream"] is True
     assert request["stream_options"] == {"include_usage": True}
@@ -122,12 +93,12 @@ async def test_several_tool_calls_in_one_round_run_in_order_and_the_model_contin
     brain = brain_for(fake, tools=["remember", "current_time"])
     memory = FakeMemory()
     items = await items_of(brain, turn_for(brain, memory_access=memory))
-    assert [type(i).__name__ for i in items] == ["ToolCall", "ToolResult", "ToolCall", "ToolResult", "str", "Usage"]
-    assert items[0] == ToolCall("call_a", "remember", {"fact": "likes green tea"})
-    assert items[1] == ToolResult("call_a", "remember", {"remembered": "likes green tea", "seq": 1})
-    assert items[2] == ToolCall("call_b", "current_time", {})
+    assert [type(i).__name__ for i in items] == ["ToolCallItem", "ToolResultItem", "ToolCallItem", "ToolResultItem", "str", "UsageItem"]
+    assert items[0] == ToolCallItem("call_a", "remember", {"fact": "likes green tea"})
+    assert items[1] == ToolResultItem("call_a", "remember", {"remembered": "likes green tea", "seq": 1})
+    assert items[2] == ToolCallItem("call_b", "current_time", {})
     assert items[3].error is None and items[3].result["utc"].endswith("Z")
-    assert items[4:] == ["Noted!", Usage(60, 7)]  # usage summed over both requests
+    assert items[4:] == ["Noted!", UsageItem(60, 7)]  # usage summed over both requests
     assert memory.facts == ["likes green tea"]
     first, second = fake.requests
     assert [t["function"]["name"] for t in first["tools"]] == ["remember", "current_time"]
@@ -148,10 +119,10 @@ async def test_bad_tool_calls_become_tool_errors_the_model_sees(fake):
     )
     brain = brain_for(fake, tools=["search_memory"])
     items = await items_of(brain, turn_for(brain))
-    results = [i for i in items if isinstance(i, ToolResult)]
+    results = [i for i in items if isinstance(i, ToolResultItem)]
     assert [r.call_id for r in results] == ["c1", "c2", "c3"]
     assert results[0].error == "the arguments are not valid JSON"
-    assert items[0] == ToolCall("c1", "search_memory", "{not json")  # the raw text, as the model sent it
+    assert items[0] == ToolCallItem("c1", "search_memory", "{not json")  # the raw text, as the model sent it
     assert "no tool 'no_such_tool'" in results[1].error
     assert "invalid arguments for search_memory" in results[2].error
     sent = [m for m in fake.requests[1]["messages"] if m["role"] == "tool"]
@@ -272,7 +243,7 @@ async def test_cancelling_the_turn_closes_the_http_stream_at_once(fake):
             await fake.stalled.wait()
             scope.cancel()
     assert got == ["Hel"] and scope.cancelled_caught
-    with trio.fail_after(1):
+    with trio.fail_after(scaled(1)):
         await fake.disconnected.wait()
 
 

@@ -1,7 +1,7 @@
 """`agentcast replay` at a point in time, `replay events` (and `--follow`), and `replay verify`.
 
 Most tests build a small log with `EventLog.append` and call the command in-process (fast); the
-process tests run the real command next to a real `agentcast serve` (helpers from test_cli.py).
+process tests run the real command next to a real `agentcast serve` (helpers from support/process.py).
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from agentcast.store import AgentMessage, Cut, EventLog, MemoryCleared, UserMessage, memory_at, parse_instant, verify
+from agentcast.store import AgentAnswered, Cut, EventLog, UserClearedMemory, UserSaid, memory_at, parse_instant, verify
 from agentcast.store._schema import sqlite3 as store_sqlite3  # the SQLite the store uses (see `damage`)
 from agentcast.store._terms import index_terms, scope_token
-from test_cli import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
+from support.process import CLI, EXIT_TIMEOUT, FRAME_TIMEOUT, START_TIMEOUT, cli, connect, unique  # noqa: F401
 from agentcast.transport.cli import main
 
 
@@ -30,15 +30,15 @@ def at(second: float) -> str:
 
 #: seq 1..9 of the sample log; at(n) = 2026-11-29T02:00:0n.000Z
 SAMPLE = [
-    UserMessage("my_agent", "u1", at(1), "alpha apples", "r1"),
-    AgentMessage("my_agent", "u1", at(2), "You said: alpha apples", "r1"),
-    UserMessage("my_agent", "u2", at(3), "bravo bananas", "r2"),
-    MemoryCleared("my_agent", "u1", at(4), False, "r3"),  # u1: short-term clear
-    UserMessage("my_agent", "u1", at(5), "charlie cherries"),
-    AgentMessage("my_agent", "u1", at(6), "You said: charlie cherries"),
-    MemoryCleared("my_agent", "u2", at(7), True),  # u2: long-term clear; erases seq 3's text
-    UserMessage("my_agent", "u2", at(8), "delta dates"),
-    UserMessage("assistant", "u1", at(9), "echo eggs"),
+    UserSaid("my_agent", "u1", at(1), "alpha apples", "r1"),
+    AgentAnswered("my_agent", "u1", at(2), "You said: alpha apples", "r1"),
+    UserSaid("my_agent", "u2", at(3), "bravo bananas", "r2"),
+    UserClearedMemory("my_agent", "u1", at(4), False, "r3"),  # u1: short-term clear
+    UserSaid("my_agent", "u1", at(5), "charlie cherries"),
+    AgentAnswered("my_agent", "u1", at(6), "You said: charlie cherries"),
+    UserClearedMemory("my_agent", "u2", at(7), True),  # u2: long-term clear; erases seq 3's text
+    UserSaid("my_agent", "u2", at(8), "delta dates"),
+    UserSaid("assistant", "u1", at(9), "echo eggs"),
 ]
 
 
@@ -185,8 +185,8 @@ def test_until_time_compares_instants(capsys, sample, instant, same_as_seq):
 def test_until_time_selects_events_by_their_own_time(tmp_path):
     """Timestamps need not grow with seq (a command is stamped when it arrives); the cut follows `at`."""
     db = write_log(tmp_path / "skewed.db", [
-        UserMessage("a", "u", at(10), "first, stamped late"),
-        UserMessage("a", "u", at(5), "second, stamped early"),
+        UserSaid("a", "u", at(10), "first, stamped late"),
+        UserSaid("a", "u", at(5), "second, stamped early"),
     ])
     with EventLog.open(db, readonly=True) as log:
         memory, long_term, _ = memory_at(log, "a", "u", cut=Cut(until_time=parse_instant(at(7))))
@@ -197,15 +197,15 @@ def test_until_time_selects_events_by_their_own_time(tmp_path):
 def test_replay_lists_every_clear_of_the_stream_from_the_log_up_to_the_cut(capsys, tmp_path):
     """The memory keeps only the last clear of each kind; replay still shows every clear, read from the log."""
     db = write_log(tmp_path / "clears.db", [
-        UserMessage("a", "u", at(1), "one"),
-        MemoryCleared("a", "u", at(2), False),
-        MemoryCleared("a", "u", at(3), True),
-        UserMessage("a", "u", at(4), "two"),
-        MemoryCleared("a", "u", at(5), False),
-        MemoryCleared("a", "u", at(6), False),
-        MemoryCleared("a", "other", at(7), True),  # another user's clear is not this stream's
-        MemoryCleared("b", "u", at(8), False),  # nor another agent's
-        MemoryCleared("a", "u", at(9), True),
+        UserSaid("a", "u", at(1), "one"),
+        UserClearedMemory("a", "u", at(2), False),
+        UserClearedMemory("a", "u", at(3), True),
+        UserSaid("a", "u", at(4), "two"),
+        UserClearedMemory("a", "u", at(5), False),
+        UserClearedMemory("a", "u", at(6), False),
+        UserClearedMemory("a", "other", at(7), True),  # another user's clear is not this stream's
+        UserClearedMemory("b", "u", at(8), False),  # nor another agent's
+        UserClearedMemory("a", "u", at(9), True),
     ])
 
     def clears(*args):
@@ -242,6 +242,7 @@ def test_bad_cut_values_are_one_line_errors(capsys, sample, args, expected):
     one_line_error(err, expected)
 
 
+@pytest.mark.process
 def test_bad_value_from_the_real_command(sample):
     result = cli("replay", "--db", str(sample), "--until-seq", "-3", cwd=sample.parent)
     assert result.returncode != 0 and result.stdout == ""
@@ -299,7 +300,7 @@ def test_events_filters(capsys, sample, args, seqs):
 
 
 def test_events_reads_in_batches_and_stops_at_the_last_event_committed_when_it_started(capsys, tmp_path):
-    db = write_log(tmp_path / "many.db", [UserMessage("a", f"u{i % 3}", at(i), f"m{i}") for i in range(2500)], batch=500)
+    db = write_log(tmp_path / "many.db", [UserSaid("a", f"u{i % 3}", at(i), f"m{i}") for i in range(2500)], batch=500)
     assert [e["seq"] for e in events(capsys, db)] == list(range(1, 2501))
     assert [e["content"] for e in events(capsys, db, "--user", "u1", "--after-seq", "2490")] == ["m2491", "m2494", "m2497"]
 
@@ -421,7 +422,7 @@ def test_verify_compares_the_two_rebuilds(tmp_path, sample):
 
 
 def test_verify_of_a_scribbled_file_is_a_report_not_a_traceback(capsys, tmp_path):
-    db = write_log(tmp_path / "big.db", [UserMessage("a", f"u{i % 7}", at(i), f"message number {i} " * 20) for i in range(600)],
+    db = write_log(tmp_path / "big.db", [UserSaid("a", f"u{i % 7}", at(i), f"message number {i} " * 20) for i in range(600)],
                    batch=100)
     data = bytearray(db.read_bytes())
     page = int.from_bytes(data[16:18], "big")
@@ -482,6 +483,7 @@ def reap(proc: subprocess.Popen) -> tuple[int, str]:
     return proc.returncode, err.decode()
 
 
+@pytest.mark.process
 def test_follow_sees_a_live_servers_chats_and_verify_is_clean(tmp_path, serve):
     db = tmp_path / "agentcast.db"
     server = serve(db)
@@ -534,6 +536,7 @@ def test_follow_sees_a_live_servers_chats_and_verify_is_clean(tmp_path, serve):
     assert after.returncode == 0 and json.loads(after.stdout)["ok"] is True
 
 
+@pytest.mark.process
 def test_follow_stops_on_sigint(sample):
     follower = follow(sample)
     try:
@@ -547,11 +550,12 @@ def test_follow_stops_on_sigint(sample):
             follower.wait(EXIT_TIMEOUT)
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(
     "args", [("events", "--follow"), ("events",), ("--json",)], ids=["events-follow", "events", "replay-json"]
 )
 def test_a_closed_stdout_ends_replay_quietly(tmp_path, args):
-    db = write_log(tmp_path / "long.db", [UserMessage("a", "u", at(i), f"line {i} " + "x" * 200) for i in range(2000)],
+    db = write_log(tmp_path / "long.db", [UserSaid("a", "u", at(i), f"line {i} " + "x" * 200) for i in range(2000)],
                    batch=500)  # ~500 kB of output: more than a pipe holds
     tool, options = (args[0], args[1:]) if args[0] == "events" else ((), args)
     proc = subprocess.Popen(

@@ -11,10 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from support import scaled
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
 
 SEED_DOC = Path(__file__).resolve().parents[2] / "shared" / "seed" / "websocket-communication.md"
 SEED_CLIENT = Path(__file__).resolve().parent / "seed_client.py"
-WAIT = 10.0
+WAIT = scaled(10.0)
 
 
 def _python_client_section(doc: str) -> str:
@@ -44,6 +48,7 @@ def test_seed_client_is_a_verbatim_copy_of_the_documents_python_client():
     assert inspect.getsource(AgentWebSocketClient) in section
 
 
+@pytest.mark.process
 def test_seed_client_chats_with_the_real_server(tmp_path, serve):  # noqa: F811
     from seed_client import AgentWebSocketClient
 

@@ -13,17 +13,17 @@ from hypothesis import strategies as st
 from agentcast.actors import _agent as actors_agent
 from agentcast.actors import AgentSpec, EchoBrain
 from agentcast.store import (
-    AgentMessage,
+    AgentAnswered,
     Clear,
     EventLog,
-    MemoryCleared,
+    UserClearedMemory,
     Recorded,
-    UserMessage,
+    UserSaid,
     memory_from_json,
     memory_to_json,
     rebuild,
 )
-from support import connect, running_server
+from support import connect, running_server, scaled
 
 STEP = st.one_of(
     st.tuples(st.just("chat"), st.text(min_size=1, max_size=20)),
@@ -34,8 +34,8 @@ STEP = st.one_of(
 def events_for(step, user="u"):
     kind, arg = step
     if kind == "chat":
-        return [UserMessage("a", user, "t", arg), AgentMessage("a", user, "t", "re: " + arg)]
-    return [MemoryCleared("a", user, "t", arg)]
+        return [UserSaid("a", user, "t", arg), AgentAnswered("a", user, "t", "re: " + arg)]
+    return [UserClearedMemory("a", user, "t", arg)]
 
 
 @settings(max_examples=25, deadline=None)
@@ -74,7 +74,7 @@ def test_forgetting_removes_the_snapshots_that_hold_the_text(tmp_path):
     with EventLog.open(db) as log:
         log.append([events_for(("chat", "zqxsnapshotmarker"))])
         log.append([], snapshots=[log.memory("a", "u")])
-        log.append([[MemoryCleared("a", "u", "t", True)]])
+        log.append([[UserClearedMemory("a", "u", "t", True)]])
         memory, folded = log.restore("a", "u")
         assert memory.short_term == () and memory.long_term_count == 0 and folded == 3
     data = b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
@@ -92,7 +92,7 @@ async def test_lanes_save_snapshots_and_start_from_them(db_path, monkeypatch):
             memory, folded = log.restore("my_agent", "s")
             assert folded == 2 and memory.version == 8
             assert memory == log.memory("my_agent", "s")
-        with trio.fail_after(5):  # the idle lane is dropped; the next chat rebuilds it from the snapshot
+        with trio.fail_after(scaled(5)):  # the idle lane is dropped; the next chat rebuilds it from the snapshot
             while server.agents["my_agent"].lanes:
                 await trio.sleep(0.01)
         frames = await c.request({"type": "chat", "agent_id": "my_agent", "message": "after"}, "agent_done")
@@ -104,9 +104,9 @@ def test_a_memory_with_100000_clears_stays_the_size_of_its_window(tmp_path):
     log of 100,000 clears, and its snapshot, are as small as with two (replay reads clears from the log)."""
     clears = 100_000
     long_term_at = {clears // 2, clears - 2}  # two long-term clears; forgetting scans the stream, so not more
-    events = [UserMessage("a", "u", "t0", "before")]
-    events += [MemoryCleared("a", "u", f"t{i + 1}", i in long_term_at) for i in range(clears)]
-    events += [UserMessage("a", "u", "t-end", "after")]
+    events = [UserSaid("a", "u", "t0", "before")]
+    events += [UserClearedMemory("a", "u", f"t{i + 1}", i in long_term_at) for i in range(clears)]
+    events += [UserSaid("a", "u", "t-end", "after")]
     last_long, last_short = clears - 2 + 2, clears + 1  # their seqs (the first message is seq 1)
     expected = (Clear(last_long, f"t{last_long - 1}", True), Clear(last_short, f"t{last_short - 1}", False))
     with EventLog.open(tmp_path / "c.db") as log:
@@ -122,7 +122,7 @@ def test_a_memory_with_100000_clears_stays_the_size_of_its_window(tmp_path):
         recorded = list(log.read())
     assert rebuild("a", "u", recorded) == memory  # the pure fold agrees
     # one more clear onto such a memory (what a lane does per clear) keeps it as small
-    more = rebuild("a", "u", [Recorded(clears + 3, MemoryCleared("a", "u", "t-more", True))])
+    more = rebuild("a", "u", [Recorded(clears + 3, UserClearedMemory("a", "u", "t-more", True))])
     assert len(more.last_clears) == 1
 
 
@@ -136,7 +136,7 @@ def test_a_snapshot_that_lists_every_clear_is_read_and_written_anew(tmp_path):
         for step in steps:
             log.append([events_for(step)])
         memory = log.memory("a", "u")
-        every_clear = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, MemoryCleared)]
+        every_clear = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, UserClearedMemory)]
         assert len(every_clear) == 4 and len(memory.last_clears) == 2
         old = json.loads(memory_to_json(memory))
         old["clears"] = every_clear
@@ -156,7 +156,7 @@ async def test_a_lane_replaces_a_snapshot_that_lists_every_clear(db_path, monkey
             log.append([events_for(step, user="s")])
         memory = log.memory("a", "s")
         old = json.loads(memory_to_json(memory))
-        old["clears"] = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, MemoryCleared)]
+        old["clears"] = [[r.seq, r.event.at, r.event.long_term] for r in log.read() if isinstance(r.event, UserClearedMemory)]
         with log._conn:
             log._conn.execute("INSERT INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
                               ("a", "s", memory.window, memory.last_seq, json.dumps(old)))

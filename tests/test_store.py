@@ -10,16 +10,16 @@ import pytest
 from sqlite_utils.utils import sqlite3  # the module the store itself uses
 
 from agentcast.store import (
-    AgentMessage,
+    AgentAnswered,
     Clear,
     EventLog,
     Memory,
-    MemoryCleared,
+    UserClearedMemory,
     Message,
     MissingEventLog,
     NotAnEventLog,
     Recorded,
-    UserMessage,
+    UserSaid,
     fold,
     match_expression,
     rebuild,
@@ -34,16 +34,16 @@ def at(i: int) -> str:
     return f"2024-01-01T00:00:{i:02d}Z"
 
 
-def user_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> UserMessage:
-    return UserMessage(agent, user, at(i), content)
+def user_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> UserSaid:
+    return UserSaid(agent, user, at(i), content)
 
 
-def agent_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> AgentMessage:
-    return AgentMessage(agent, user, at(i), content)
+def agent_msg(content: str, *, agent: str = AGENT, user: str = USER, i: int = 0) -> AgentAnswered:
+    return AgentAnswered(agent, user, at(i), content)
 
 
-def cleared(long_term: bool, *, agent: str = AGENT, user: str = USER, i: int = 0) -> MemoryCleared:
-    return MemoryCleared(agent, user, at(i), long_term)
+def cleared(long_term: bool, *, agent: str = AGENT, user: str = USER, i: int = 0) -> UserClearedMemory:
+    return UserClearedMemory(agent, user, at(i), long_term)
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def test_read_returns_stored_events_filtered_by_agent_user_and_seq(log):
 
 
 def test_request_id_is_stored_with_the_event(log):
-    event = UserMessage(AGENT, USER, at(1), "hi", "req-1")
+    event = UserSaid(AGENT, USER, at(1), "hi", "req-1")
     append_one(log, event)
     assert [r.event for r in log.read()] == [event]
 
@@ -168,11 +168,11 @@ def test_a_long_term_clear_inside_one_append_forgets_what_came_before_it_in_that
 @pytest.mark.parametrize(
     "event",
     [
-        UserMessage(AGENT, USER, at(1), 'quotes " and \\ back\nslash, caf\u00e9 \U0001f600 \x00 \u2028', "r1", "c1"),
-        AgentMessage(AGENT, USER, at(1), "", None, "c2"),
-        AgentMessage(AGENT, USER, at(1), "plain", "r3"),
-        MemoryCleared(AGENT, USER, at(1), True, "r4"),
-        MemoryCleared(AGENT, USER, at(1), False),
+        UserSaid(AGENT, USER, at(1), 'quotes " and \\ back\nslash, caf\u00e9 \U0001f600 \x00 \u2028', "r1", "c1"),
+        AgentAnswered(AGENT, USER, at(1), "", None, "c2"),
+        AgentAnswered(AGENT, USER, at(1), "plain", "r3"),
+        UserClearedMemory(AGENT, USER, at(1), True, "r4"),
+        UserClearedMemory(AGENT, USER, at(1), False),
     ],
 )
 def test_payload_is_the_compact_json_of_the_event(event):
@@ -180,7 +180,7 @@ def test_payload_is_the_compact_json_of_the_event(event):
 
     from agentcast.store._events import payload_of
 
-    body = {"long_term": event.long_term} if isinstance(event, MemoryCleared) else {"content": event.content}
+    body = {"long_term": event.long_term} if isinstance(event, UserClearedMemory) else {"content": event.content}
     if event.request_id is not None:
         body["request_id"] = event.request_id
     if getattr(event, "command_id", None) is not None:
@@ -193,7 +193,7 @@ def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
     from agentcast.store import FactRemembered, ToolCalled, ToolReturned, TurnEnded
 
     return [
-        UserMessage(AGENT, user, at(1), f'I like {mark} "quoted" caf\u00e9 \U0001f600 \u2028', "r1", "c1"),
+        UserSaid(AGENT, user, at(1), f'I like {mark} "quoted" caf\u00e9 \U0001f600 \u2028', "r1", "c1"),
         ToolCalled(AGENT, user, at(2), "call_1", "remember", {"fact": f"likes {mark}", "n": [1, 2.5, None, True]}, "r1"),
         FactRemembered(AGENT, user, at(3), f"likes {mark} \u00e0 la caf\u00e9", "r1"),
         FactRemembered(AGENT, user, at(3), "no request id"),
@@ -201,11 +201,11 @@ def every_kind_of_event(user: str = USER, mark: str = "teal") -> list:
         ToolCalled(AGENT, user, at(5), "call_2", "search_memory", "{not json \x00", "r1"),
         ToolReturned(AGENT, user, at(6), "call_2", "search_memory", None, "bad \"arguments\"", "r1"),
         ToolReturned(AGENT, user, at(6), "call_3", "current_time", "12:00", None),
-        AgentMessage(AGENT, user, at(7), "Noted \u00e9.", "r1", "c1"),
+        AgentAnswered(AGENT, user, at(7), "Noted \u00e9.", "r1", "c1"),
         TurnEnded(AGENT, user, at(8), "cancelled", f"Once upon a {mark}", "", "r2"),
         TurnEnded(AGENT, user, at(9), "failed", "", "the model server failed (HTTP 503)"),
         TurnEnded(AGENT, user, at(9), "cancelled", "half an \u00e9", "", "r4", "c4"),  # with its chat's command_id
-        MemoryCleared(AGENT, user, at(10), False, "r3"),
+        UserClearedMemory(AGENT, user, at(10), False, "r3"),
     ]
 
 

@@ -6,16 +6,16 @@ from __future__ import annotations
 import pytest
 
 from agentcast.store import (
-    AgentMessage,
+    AgentAnswered,
     EventLog,
     FactRemembered,
     Memory,
-    MemoryCleared,
+    UserClearedMemory,
     ToolCalled,
     ToolReturned,
     TurnEnded,
     UndecodableEvent,
-    UserMessage,
+    UserSaid,
     activity_at,
     events_after,
     fold,
@@ -31,16 +31,16 @@ MARK = "zqxteamarker"
 
 def turn_events(mark: str = MARK, user: str = U) -> list:
     return [
-        UserMessage(A, user, "t1", f"I drink {mark}", "r1"),
+        UserSaid(A, user, "t1", f"I drink {mark}", "r1"),
         ToolCalled(A, user, "t2", "call_1", "remember", {"fact": f"drinks {mark}"}, "r1"),
         FactRemembered(A, user, "t3", f"drinks {mark}", "r1"),
         ToolReturned(A, user, "t4", "call_1", "remember", {"remembered": f"drinks {mark}", "seq": 3}, None, "r1"),
         ToolCalled(A, user, "t5", "call_2", "search_memory", "{not json", "r1"),
         ToolReturned(A, user, "t6", "call_2", "search_memory", None, "the arguments are not valid JSON", "r1"),
-        AgentMessage(A, user, "t7", "Noted.", "r1"),
-        UserMessage(A, user, "t8", "Tell me a story", "r2"),
+        AgentAnswered(A, user, "t7", "Noted.", "r1"),
+        UserSaid(A, user, "t8", "Tell me a story", "r2"),
         TurnEnded(A, user, "t9", "cancelled", f"Once upon a {mark}", "", "r2"),
-        UserMessage(A, user, "t10", "Again?", "r3"),
+        UserSaid(A, user, "t10", "Again?", "r3"),
         TurnEnded(A, user, "t11", "failed", "", "the model server failed (HTTP 503)", "r3"),
     ]
 
@@ -101,13 +101,14 @@ def test_fold_of_an_activity_event_only_advances_the_version():
     assert (after.last_seq, after.version, after.long_term_count, after.short_term) == (9, 5, 2, ())
 
 
+@pytest.mark.process
 def test_a_long_term_clear_erases_tool_arguments_results_and_partial_answers(tmp_path):
     db = tmp_path / "f.db"
     with EventLog.open(db) as log:
         log.append([turn_events(MARK, U)])
         log.append([turn_events("zqxothermarker", "bob")])
-        assert on_disk(db, MARK)[MARK]  # read by another process (see tests/dbguard.py)
-        log.append([[MemoryCleared(A, U, "t12", True)]])
+        assert on_disk(db, MARK)[MARK]  # read by another process (see support/dbguard.py)
+        log.append([[UserClearedMemory(A, U, "t12", True)]])
         found = on_disk(db, MARK, "zqxothermarker")
         assert found[MARK] == 0 and found["zqxothermarker"] > 0  # another user's text is untouched
         activity = activity_at(log, A, U)

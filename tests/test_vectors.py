@@ -12,6 +12,7 @@ import pytest
 from agentcast.store import _vectors
 from agentcast.store._vectors import HEADER_SIZE, MAGIC, VectorBlock, append, count, dimensions_of, mean_vector, pack
 from agentcast.store._vectors import quantise, record_size, top_k, unpack, without
+from support import scaled
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -215,10 +216,12 @@ def test_centring_ranks_by_what_sets_a_message_apart():
     assert mean_vector([]) is None
 
 
+@pytest.mark.process
 def test_the_vector_and_fusion_modules_import_without_numpy():
     code = ("import sys; sys.modules['numpy'] = None; import agentcast.store._vectors, agentcast.store._fusion; "
             "print(agentcast.store._fusion.reciprocal_rank_fusion([[1, 2]]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT,
+                         timeout=scaled(60)).stdout
     assert out.strip() == "[(1, 0.01639344262295082), (2, 0.016129032258064516)]"
 
 

@@ -1,17 +1,27 @@
 """transport._wsinternals, the one place that uses trio-websocket internals: several messages in one
 socket write, each still arriving as its own message; the own reader task and its frame parser (receiving
-exactly what trio-websocket receives); taking messages as they arrive."""
+exactly what trio-websocket receives); taking messages as they arrive; the list of internals it uses, the
+versions they were verified for, and the switch (AGENTCAST_WS_FAST_PATHS=0) to trio-websocket's public API.
+
+The tests of a fast path itself are skipped when the switch is off (CI's second run, `-m transport`); the
+others hold on either path."""
 from __future__ import annotations
 
+import ast
 import functools
 import json
 import logging
 import os
+import re
 import socket
 import struct
+import tomllib
+from pathlib import Path
 
 import trio
 import trio.testing
+import trio_websocket
+import wsproto
 from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_client_stream, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from hypothesis import HealthCheck, given, settings
@@ -22,24 +32,33 @@ from wsproto.utilities import LocalProtocolError
 
 import pytest
 
-from support import running_server
+from support import clock_bound, running_server, scaled
 from agentcast.transport import protocol as p
 from agentcast.transport._http import PrefixedStream
 from agentcast.transport._settings import ServerSettings
+from agentcast.transport import _wsinternals
 from agentcast.transport._wsinternals import (
     FRAME_COST,
     PASS_WORK,
     _receive,
     abort,
     _socket_fd,
-    batching_supported,
+    FAST_PATHS,
     drop_handshake_parser,
     parse_text_frames,
     plain_framing,
+    reject,
     send_text_batch,
     serve_stream,
     take_messages,
 )
+
+pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
+
+
+def fast_path_only(why: str):
+    """Skip a test of a fast path's own behaviour where the fast paths are off (`why`: what the public API does)."""
+    return pytest.mark.skipif(not FAST_PATHS, reason=f"{_wsinternals.FAST_PATHS_LINE}: {why}")
 
 
 async def pair(nursery):
@@ -57,11 +76,10 @@ async def pair(nursery):
     return server_ws, client_ws
 
 
-async def test_the_installed_trio_websocket_has_the_internals():
-    async with trio.open_nursery() as nursery:
-        server_ws, _ = await pair(nursery)
-        assert batching_supported(server_ws)
-        nursery.cancel_scope.cancel()
+def test_the_installed_trio_websocket_and_wsproto_have_the_internals():
+    fast, line, _ = _wsinternals._decide({})
+    assert fast, line
+    assert line == f"websocket fast paths on (trio-websocket {trio_websocket.__version__}, wsproto {wsproto.__version__})"
 
 
 def record_writes(ws) -> list[bytes]:
@@ -78,6 +96,7 @@ def record_writes(ws) -> list[bytes]:
     return writes
 
 
+@fast_path_only("trio-websocket writes each message with its own send_all")
 async def test_a_batch_is_one_socket_write_and_arrives_as_separate_messages():
     async with trio.open_nursery() as nursery:
         server_ws, client_ws = await pair(nursery)
@@ -144,7 +163,7 @@ async def test_over_tcp_a_batch_is_written_to_the_socket_directly_and_a_full_soc
             sent.set()
 
         nursery.start_soon(send_big)
-        with trio.fail_after(60):  # a generous bound against a hang, not a timing assertion
+        with trio.fail_after(scaled(60)):  # a generous bound against a hang, not a timing assertion
             assert [await client_ws.get_message() for _ in big] == big
             await sent.wait()
         assert waited
@@ -158,7 +177,7 @@ async def test_over_tcp_writing_to_a_connection_the_client_reset_raises_connecti
         client_ws._stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         await trio.aclose_forcefully(client_ws._stream)  # RST
         with pytest.raises(ConnectionClosed):
-            with trio.fail_after(30):
+            with trio.fail_after(scaled(30)):
                 while True:  # until the server side has seen the reset
                     await send_text_batch(server_ws, ["late"])
                     await trio.sleep(0.01)
@@ -188,6 +207,7 @@ async def test_frames_built_here_are_the_bytes_wsproto_makes():
         nursery.cancel_scope.cancel()
 
 
+@fast_path_only("drop_handshake_parser does nothing")
 async def test_dropping_the_handshake_parser_leaves_the_connection_working():
     async with trio.open_nursery() as nursery:
         server_ws, client_ws = await pair(nursery)
@@ -375,6 +395,7 @@ def frame_sequences(draw):
     return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True) if data[a:b]]
 
 
+@fast_path_only("serve_stream is trio-websocket's wrap_server_stream: nothing to compare")
 @settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(chunks=frame_sequences(), max_size=st.sampled_from([100, 5000, 2**20]), sink=st.booleans())
 def test_serve_stream_receives_exactly_what_trio_websocket_receives(chunks, max_size, sink):
@@ -416,6 +437,7 @@ def test_parse_text_frames_takes_whole_plain_text_frames_only():
     assert parse_text_frames(b"", 10) == ([], 0)
 
 
+@fast_path_only("take_messages takes nothing: the connection receives with get_message")
 def test_take_messages_hands_over_what_was_queued_first_then_each_message_as_it_arrives():
     async def main():
         async with trio.open_nursery() as nursery:
@@ -444,6 +466,7 @@ def test_take_messages_hands_over_what_was_queued_first_then_each_message_as_it_
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
+@fast_path_only("trio-websocket's reader hands each message through its channel to the connection's task")
 def test_a_read_full_of_messages_lets_other_tasks_run_after_each_pass_of_work():
     """One read can hold hundreds of tiny frames, each handled in the reader task: it yields between them,
     each time its work (the read's bytes, FRAME_COST a frame) reaches PASS_WORK."""
@@ -497,7 +520,7 @@ class RawClient:
     async def until(self, done, timeout: float = 10) -> list:
         """The server's events up to the first for which `done` is true (or the connection's end)."""
         events = []
-        with trio.fail_after(timeout):  # a bound against a hang, not a timing assertion
+        with trio.fail_after(clock_bound(timeout)):  # a bound against a hang, not a timing assertion
             while True:
                 for event in self.proto.events():
                     events.append(event)
@@ -574,8 +597,10 @@ async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_
     """RFC 6455 7.1.7: the server fails the connection with a close frame (1002; 1007 for invalid UTF-8), then
     closes TCP. trio-websocket's reader, used where its internals differ, drops TCP without the frame: wsproto
     reports the violation as a CloseConnection event, which trio-websocket handles as a close it received."""
-    if reader != "own":
-        monkeypatch.setattr("agentcast.transport._wsinternals.reader_supported", lambda: False)
+    if reader == "own" and not FAST_PATHS:
+        pytest.skip(f"{_wsinternals.FAST_PATHS_LINE}: the own reader is not used")
+    if reader != "own":  # trio-websocket's public API throughout, as with AGENTCAST_WS_FAST_PATHS=0
+        monkeypatch.setattr(_wsinternals, "FAST_PATHS", False)
     frame, code = VIOLATIONS[violation]
     async with running_server(db_path) as server:
         client = await RawClient.open(server.port)
@@ -591,7 +616,7 @@ async def test_over_tcp_a_protocol_violation_gets_a_close_frame_then_the_server_
             assert events == []
         assert conn._ws.closed.code == code
         await client.stream.aclose()
-        with trio.fail_after(10):
+        with trio.fail_after(scaled(10)):
             while server.connections:
                 await trio.sleep(0.01)
 
@@ -648,9 +673,9 @@ async def test_over_tcp_the_close_handshake(server):
     await client.stream.send_all(client_frame(8, (4000).to_bytes(2, "big") + b"bye"))
     events = await client.until(lambda e: isinstance(e, CloseConnection))
     assert [(e.code, e.reason) for e in events] == [(4000, "bye")]  # the server answers the client's close
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         assert await client.stream.receive_some() == b""  # and then hangs up
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         while server.connections:
             await trio.sleep(0.01)
 
@@ -662,12 +687,13 @@ async def test_over_tcp_a_client_that_resets_mid_session_ends_its_connection_qui
     await client.frames(1)
     client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await trio.aclose_forcefully(client.stream)  # RST: the server's read fails with ECONNRESET
-    with trio.fail_after(10):
+    with trio.fail_after(scaled(10)):
         while server.connections:
             await trio.sleep(0.01)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+@fast_path_only("take_messages takes nothing: the connection receives with get_message")
 def test_take_messages_still_hands_over_what_was_queued_before_the_client_closed():
     async def main():
         server_stream, client_stream = trio.testing.memory_stream_pair()
@@ -706,6 +732,7 @@ async def closed_by_the_server(nursery, wrap, *, max_message_size):
     return ws, client_stream
 
 
+@fast_path_only("trio-websocket's reader fails there, as the test shows")
 def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_handshake_completes():
     """trio-websocket's reader fails there (no pong may follow a close frame: LocalProtocolError)."""
     async def main(wrap):
@@ -723,6 +750,7 @@ def test_a_ping_that_crosses_the_servers_close_frame_is_ignored_and_the_close_ha
     assert failed.group_contains(LocalProtocolError)
 
 
+@fast_path_only("trio-websocket's reader fails there with LocalProtocolError")
 def test_a_too_big_message_that_crosses_the_servers_close_frame_is_dropped_and_the_close_handshake_completes():
     """It can no longer be answered with 1009 (no close frame may follow ours): trio-websocket's reader fails
     there with LocalProtocolError, which ended the connection's handler with a traceback instead of a close."""
@@ -804,7 +832,10 @@ async def served_connection(nursery, wrap, server_stream, client_stream, **setti
         got["conn"] = Connection(ws, {}, Audience(), clock=lambda: "2026-01-01T00:00:00.000Z",
                                  settings=ServerSettings(**settings))
         ready.set()
-        await got["conn"].run()
+        try:
+            await got["conn"].run()
+        finally:  # as the server's connection handler ends (Server._serve_connection)
+            await trio.aclose_forcefully(server_stream)
 
     nursery.start_soon(serve)
     await client_stream.send_all(HANDSHAKE_REQUEST)
@@ -844,6 +875,9 @@ def test_the_answers_queued_when_the_client_half_closes_are_written_before_the_c
 
     trio-websocket's own reader (the fallback where its internals differ) aborts at the EOF, after which
     nothing can be written: the queued answers are dropped and the connection ends at once."""
+    if wrap is serve_stream and not FAST_PATHS:
+        pytest.skip(f"{_wsinternals.FAST_PATHS_LINE}: the own reader is not used")
+
     async def main():
         server_stream, client_stream = trio.testing.lockstep_stream_pair()
         async with trio.open_nursery() as nursery:
@@ -871,7 +905,8 @@ def test_the_answers_queued_when_the_client_half_closes_are_written_before_the_c
 async def test_over_tcp_a_command_sent_just_before_a_half_close_is_always_answered(server):
     """The raw-socket case: a command frame and the client's SHUT_WR back to back (no await between them),
     then read until the server hangs up; 20 times. Before, the reader could see the EOF before the writer had
-    written the answer, and aborted the connection under it."""
+    written the answer, and aborted the connection under it. (With the fast paths off, trio-websocket's reader
+    still does: the answer may be lost, but the server hangs up all the same.)"""
     answered = 0
     for i in range(20):
         client = await RawClient.open(server.port)
@@ -886,4 +921,187 @@ async def test_over_tcp_a_command_sent_just_before_a_half_close_is_always_answer
         texts = [json.loads(e.data) for e in events if isinstance(e, TextMessage)]
         answered += {"type": "ping", "request_id": f"r{i}"} in texts
         await client.stream.aclose()
-    assert answered == 20
+    assert answered == 20 or not FAST_PATHS
+
+
+# -- the internals used, the versions verified, the switch to trio-websocket's public API ---------------------
+
+
+#: Underscored attribute names in _wsinternals.py that are agentcast's own (PrefixedStream's).
+OWN_PRIVATE_NAMES = {"_prefix"}
+
+
+def private_names_used(source: str) -> set[str]:
+    """The underscored names the module reads or writes on other objects: attributes (`ws._stream`) and the
+    names given to getattr, hasattr and setattr as strings; the lists of internals themselves left out."""
+    tree = ast.parse(source)
+    lists = {"TRIO_WEBSOCKET_INTERNALS", "WSPROTO_INTERNALS", "_READ_WITH_A_DEFAULT"}
+    skipped = {id(node) for stmt in tree.body if isinstance(stmt, (ast.Assign, ast.AnnAssign))
+               and {getattr(t, "id", None) for t in (stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target])} & lists
+               for node in ast.walk(stmt)}
+    names = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Attribute):
+            name = node.attr
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.isidentifier():
+            name = node.value
+        else:
+            continue
+        if name.startswith("_") and not name.startswith("__"):
+            names.add(name)
+    return names - OWN_PRIVATE_NAMES
+
+
+def test_every_private_name_the_module_uses_is_listed_and_every_listed_name_is_used():
+    """A new use of trio-websocket's or wsproto's internals must be added to the lists, which the start-up
+    probe checks on the installed versions (and a name no longer used taken off)."""
+    listed = {name for internals in (_wsinternals.TRIO_WEBSOCKET_INTERNALS, _wsinternals.WSPROTO_INTERNALS)
+              for names in internals.values() for name in names if name.startswith("_")}
+    used = private_names_used(Path(_wsinternals.__file__).read_text(encoding="utf-8"))
+    assert used == listed, f"used but not listed: {sorted(used - listed)}; listed but not used: {sorted(listed - used)}"
+    # and the scan sees a new one, in either form
+    assert private_names_used("ws._new_internal\ngetattr(ws, '_another', None)\n") == {"_new_internal", "_another"}
+
+
+def test_the_verified_version_ranges_are_the_pins_of_pyproject():
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    pins = {re.split(r"[<>=!~;\s]", spec, maxsplit=1)[0]: spec for spec in pyproject["project"]["dependencies"]}
+    for package, (low, high) in _wsinternals.VERIFIED_VERSIONS.items():
+        dotted = ".".join
+        assert pins[package] == f"{package}>={dotted(map(str, low))},<{dotted(map(str, high))}"
+
+
+def test_a_version_outside_the_verified_range_or_a_missing_internal_turns_the_fast_paths_off(monkeypatch):
+    decide = _wsinternals._decide
+    installed = f"trio-websocket {trio_websocket.__version__}, wsproto {wsproto.__version__}"
+    assert decide({}) == (True, f"websocket fast paths on ({installed})", logging.INFO)
+    assert decide({"AGENTCAST_WS_FAST_PATHS": "1"})[:2] == decide({})[:2]
+    assert decide({"AGENTCAST_WS_FAST_PATHS": "0"}) == (
+        False, f"websocket fast paths off (AGENTCAST_WS_FAST_PATHS=0): trio-websocket's public API only ({installed})",
+        logging.INFO)
+    fast, line, level = decide({"AGENTCAST_WS_FAST_PATHS": "off"})  # not understood: said so, and left on
+    assert fast and level == logging.WARNING
+    assert line.endswith("AGENTCAST_WS_FAST_PATHS='off' ignored: 0 switches them off, 1 or unset leaves them on")
+
+    def off_because(reason: str) -> bool:
+        fast, line, level = decide({})
+        assert not fast and level == logging.WARNING
+        assert line.startswith(f"websocket fast paths off ({reason}): trio-websocket's public API only (trio-websocket ")
+        return True
+
+    with monkeypatch.context() as m:
+        m.setattr(trio_websocket, "__version__", "0.13.0")
+        assert off_because("trio-websocket 0.13.0 is not in the verified range >=0.11,<0.13")
+    with monkeypatch.context() as m:
+        m.setattr(wsproto, "__version__", "1.1.0")
+        assert off_because("wsproto 1.1.0 is not in the verified range >=1.2,<1.4")
+    with monkeypatch.context() as m:
+        m.delattr(WebSocketConnection, "_handle_ping_event")
+        assert off_because(f"trio-websocket {trio_websocket.__version__} lacks WebSocketConnection._handle_ping_event")
+    with monkeypatch.context() as m:  # an attribute set in __init__ (the probe looks at a connection it made)
+        m.setitem(_wsinternals.TRIO_WEBSOCKET_INTERNALS, "WebSocketConnection",
+                  (*_wsinternals.TRIO_WEBSOCKET_INTERNALS["WebSocketConnection"], "_not_there"))
+        assert off_because(f"trio-websocket {trio_websocket.__version__} lacks WebSocketConnection._not_there")
+    with monkeypatch.context() as m:  # on the frame protocol of a connection whose handshake was accepted
+        m.setitem(_wsinternals.WSPROTO_INTERNALS, "FrameDecoder", ("header", "buffer", "_not_there"))
+        assert off_because(f"wsproto {wsproto.__version__} lacks FrameDecoder._not_there")
+    assert decide({})[0]
+
+
+needs_the_internals = pytest.mark.skipif(not _wsinternals._decide({})[0], reason="the installed versions lack the internals")
+
+
+@pytest.mark.parametrize("fast", [pytest.param(True, marks=needs_the_internals), False], ids=["on", "off"])
+def test_the_switch_picks_the_fast_paths_or_trio_websockets_public_api(monkeypatch, fast):
+    """The same calls, made with FAST_PATHS on and off: the own reader or trio-websocket's, messages taken as
+    they arrive or left to get_message, one socket write per batch or a send_message per message, the
+    handshake parser dropped or kept, the socket of a refused handshake closed at once or left open."""
+    monkeypatch.setattr(_wsinternals, "FAST_PATHS", fast)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            server_stream, client_stream = trio.testing.memory_stream_pair()
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            request = await serve_stream(nursery, server_stream, message_queue_size=8, max_message_size=100)
+            (reader,) = nursery.child_tasks
+            assert reader.name.endswith("._read" if fast else "._reader_task"), reader.name
+            ws = await request.accept()
+            drop_handshake_parser(ws)
+            assert (ws._wsproto.handshake._h11_connection is None) is fast
+            taken: list = []
+            assert take_messages(ws, taken.append) is fast
+            sent, writes = [], record_writes(ws)
+            real_send_message = ws.send_message
+
+            async def send_message(message):
+                sent.append(message)
+                await real_send_message(message)
+
+            monkeypatch.setattr(ws, "send_message", send_message)
+            await send_text_batch(ws, ["one", b"two", "three"])
+            assert (sent, len(writes)) == (([], 1) if fast else (["one", "two", "three"], 3))
+            nursery.cancel_scope.cancel()
+
+        # a refused handshake: the socket is closed at once, or left for the handler's end to close
+        async with trio.open_nursery() as nursery:
+            server_stream, client_stream = trio.testing.memory_stream_pair()
+            await client_stream.send_all(HANDSHAKE_REQUEST)
+            request = await serve_stream(nursery, server_stream, message_queue_size=8, max_message_size=100)
+            await reject(request, 403, b"no\n")
+            await trio.testing.wait_all_tasks_blocked()
+            received = b""
+            with trio.move_on_after(1):  # mock clock
+                while data := await client_stream.receive_some():
+                    received += data
+            assert received.startswith(b"HTTP/1.1 403 ") and received.endswith(b"\r\n\r\nno\n")
+            assert (data == b"") is fast  # EOF: the server hung up
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("setting", [None, "1", "0"])
+def test_agentcast_serve_logs_the_path_it_takes_and_why(serve, tmp_path, monkeypatch, setting):
+    """The environment variable is read by the process (once, at import), and the start line says what it
+    decided: the installed versions, and the public API when switched off; the connections work either way."""
+    if setting is None:
+        monkeypatch.delenv("AGENTCAST_WS_FAST_PATHS", raising=False)
+    else:
+        monkeypatch.setenv("AGENTCAST_WS_FAST_PATHS", setting)
+    server = serve(tmp_path / "agentcast.db")
+    installed = f"trio-websocket {trio_websocket.__version__}, wsproto {wsproto.__version__}"
+    if setting == "0":
+        expected = f"websocket fast paths off (AGENTCAST_WS_FAST_PATHS=0): trio-websocket's public API only ({installed})"
+    else:
+        expected = f"websocket fast paths on ({installed})"
+    server.wait_for_log(f"INFO agentcast.transport: {expected}\n")
+    assert server.stderr.count("websocket fast paths") == 1
+
+    async def ping():
+        async with trio_websocket.open_websocket_url(server.url) as ws:
+            assert json.loads(await ws.get_message())["type"] == "connected"
+            await ws.send_message(json.dumps({"type": "ping", "request_id": "p"}))
+            return json.loads(await ws.get_message())
+
+    assert trio.run(ping) == {"type": "ping", "request_id": "p"}
+    assert server.stop() == 0
+
+
+async def test_the_server_logs_the_path_in_use_when_it_starts(db_path, caplog):
+    caplog.set_level(logging.INFO, logger="agentcast.transport")
+    async with running_server(db_path):
+        pass
+    lines = [r for r in caplog.records if "websocket fast paths" in r.getMessage()]
+    assert [r.getMessage() for r in lines] == [_wsinternals.FAST_PATHS_LINE]
+    assert lines[0].getMessage().startswith("websocket fast paths on" if FAST_PATHS else "websocket fast paths off")
+
+
+def test_ci_runs_the_transport_tests_again_with_the_fast_paths_off():
+    root = Path(__file__).parent.parent
+    ci = (root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert "AGENTCAST_WS_FAST_PATHS=0 python3 -m pytest -m transport" in ci
+    markers = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"]["markers"]
+    assert any(m.startswith("transport: ") for m in markers)

@@ -19,6 +19,7 @@ from ..actors import Agent, Audience, Busy, NothingToCancel, Output
 
 from . import protocol as p
 from ._auth import Authenticator, Claims, TokenError
+from ._frames import COUNTED, frame_of
 from ._metrics import Metrics
 from ._settings import ServerSettings
 from ._wsinternals import WRITE_PIECE, abort, send_text_batch, take_messages
@@ -30,50 +31,10 @@ GOING_AWAY = 1001
 #: Never sent: the code of a connection that ended without a close handshake.
 ABNORMAL_CLOSURE = 1006
 POLICY_VIOLATION = 1008
+MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
 
-
-def frame_of(output: Output) -> p.ServerFrame:
-    """The wire frame that carries one actor output."""
-    make = _FRAME_OF.get(type(output))
-    if make is not None:  # the outputs of every chat turn, looked up by type rather than matched in turn
-        return make(output)
-    match output:  # the others
-        case actors.Failed(agent_id, code, message, rid):
-            return p.Error(code, message, agent_id, rid)
-        case actors.SearchResults(agent_id, query, found, rid):
-            results = [p.MemoryResult(f.hit.role, f.hit.content, f.hit.at, f.hit.score, f.source) for f in found]
-            return p.MemoryResults(agent_id, query, results, rid)
-        case actors.MemoryWasCleared(agent_id, long_term, forgotten, seq, rid):
-            return p.MemoryCleared(agent_id, long_term, forgotten, seq, rid)
-        case actors.UserSaid(agent_id, message, seq, rid):
-            return p.UserMessage(agent_id, message, seq, rid)
-        case actors.Resumed(agent_id, after_seq, rid):
-            return p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid, after_seq)
-        case actors.TurnToolCall(agent_id, call_id, tool, arguments, rid):
-            return p.ToolCall(agent_id, call_id, tool, arguments, rid)
-        case actors.TurnToolResult(agent_id, call_id, tool, result, error, rid):
-            return p.ToolResult(agent_id, call_id, tool, result, error, rid)
-        case actors.TurnCancelled(agent_id, partial, rid):
-            return p.Cancelled(agent_id, partial, rid)
-    raise TypeError(f"not an actor output: {output!r}")
-
-
-def _response_of(o: actors.TurnResponse) -> p.Response:
-    usage = o.usage
-    tokens = None if usage is None else p.Usage(usage.prompt_tokens, usage.completion_tokens)
-    return p.Response(o.agent_id, o.message, o.seq, o.request_id, tokens)
-
-
-_FRAME_OF: dict[type, Callable[..., p.ServerFrame]] = {
-    actors.TurnChunk: lambda o: p.ResponseChunk(o.agent_id, o.delta, o.request_id),
-    actors.TurnStarted: lambda o: p.AgentThinking(o.agent_id, o.request_id),
-    actors.TurnResponse: _response_of,
-    actors.TurnDone: lambda o: p.AgentDone(o.agent_id, o.request_id),
-}
-#: The outputs counted in the metrics (`Connection._count`).
-_COUNTED = (actors.TurnDone, actors.Failed)
 
 #: Bytes counted for each queued frame beyond its encoded JSON: what holding it costs (a bytes object's
 #: header, the queue's slot) and its WebSocket header; so that many tiny frames count too.
@@ -218,7 +179,7 @@ class Connection:
         return self._ended
 
     def deliver(self, output: Output) -> None:
-        if self._metrics is not None and type(output) in _COUNTED:
+        if self._metrics is not None and type(output) in COUNTED:
             self._count(output)
         self._queue(frame_of(output), count_error=False)
 
@@ -236,12 +197,12 @@ class Connection:
             self._writer = None
             trio.lowlevel.reschedule(writer, outcome.Value(True))  # others wake it with None
 
-    def _count(self, output: actors.TurnDone | actors.Failed) -> None:
+    def _count(self, output: actors.TurnDoneOutput | actors.FailedOutput) -> None:
         """Count a finished turn (and time it) or a failure, once: on its delivery to the command's sender."""
         assert self._metrics is not None
         if not self._metrics.first_delivery(output):
             return  # a copy for a subscriber; the sender's connection counted it
-        if type(output) is actors.Failed:
+        if type(output) is actors.FailedOutput:
             self._metrics.errors.labels(output.code).inc()
             return
         seconds = None
@@ -519,13 +480,19 @@ class Connection:
         """Take the client's messages until the connection ends.
 
         Each message is handled (`_take`) in the WebSocket's reader task as it arrives; this task then
-        only waits for the end. Where trio-websocket's internals differ, it receives them here."""
+        only waits for the end. Without the fast paths (`_wsinternals.FAST_PATHS`) it receives them here,
+        and a text message over `max_message_size` bytes of UTF-8 closes the connection with 1009 (the
+        limit trio-websocket's reader applies counts characters)."""
         take_messages(self._ws, self._take)
+        limit = self._settings.max_message_size
         while True:
             try:
                 data = await self._ws.get_message()
             except ConnectionClosed:
                 return
+            if type(data) is str and len(data) > limit // 4 and len(data.encode("utf-8")) > limit:
+                self.close(MESSAGE_TOO_BIG, f"Exceeded maximum message size: {limit} bytes", drain=False)
+                continue
             self._take(data)
 
     def _take(self, data: str | bytes) -> None:
@@ -700,7 +667,7 @@ class Connection:
         match cmd:
             case p.Chat(agent_id, message, rid, command_id):
                 self._check_length("message", message, self._settings.max_chat_chars, rid)
-                turn = actors.ChatTurn(self.user, message, self._clock(), self, rid, command_id)
+                turn = actors.ChatCommand(self.user, message, self._clock(), self, rid, command_id)
                 self._submit(self._agent(agent_id, rid), turn)
                 if self._metrics is not None:
                     waiting = self._chats_waiting.get(agent_id)
@@ -714,9 +681,9 @@ class Connection:
                 self._queue(p.AgentList(infos, rid))
             case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
                 self._check_length("query", query, self._settings.max_query_chars, rid)
-                self._submit(self._agent(agent_id, rid), actors.SearchMemory(self.user, query, limit, use_long_term, self, rid))
+                self._submit(self._agent(agent_id, rid), actors.SearchCommand(self.user, query, limit, use_long_term, self, rid))
             case p.ClearMemory(agent_id, long_term, rid):
-                self._submit(self._agent(agent_id, rid), actors.ClearMemory(self.user, long_term, self._clock(), self, rid))
+                self._submit(self._agent(agent_id, rid), actors.ClearCommand(self.user, long_term, self._clock(), self, rid))
             case p.Cancel(agent_id, rid):
                 # Not through the mailbox: the lane is busy with the very turn to cancel.
                 try:
@@ -742,8 +709,8 @@ class Connection:
                 self._queue(p.Subscribed(agent_id, f"Successfully subscribed to agent {agent_id}", rid))
             case p.Subscribe(agent_id, rid, after_seq):
                 # Resume: the agent sends `subscribed` and the backlog from this user's lane, then
-                # makes the held subscription live (see actors.Resume); until then it hears nothing new.
-                self._submit(self._agent(agent_id, rid), actors.Resume(self.user, after_seq, self, rid))
+                # makes the held subscription live (see actors.ResumeCommand); until then it hears nothing new.
+                self._submit(self._agent(agent_id, rid), actors.ResumeCommand(self.user, after_seq, self, rid))
                 self.subscriptions.add(agent_id)
                 self._audience.subscribe(agent_id, self.user, self, held=True)
             case p.Unsubscribe(agent_id, rid):

@@ -1,4 +1,4 @@
-"""The only code that touches trio-websocket internals: batched writes, a reader that parses plain text
+"""The only code that touches trio-websocket and wsproto internals: batched writes, a reader that parses plain text
 frames itself and hands each message over as it arrives, hanging up on a rejected handshake.
 
 trio-websocket writes each message with its own `send_all`, which dominates its cost, hands each
@@ -6,9 +6,15 @@ received message through wsproto's frame parser and a channel to a second task, 
 socket of a rejected handshake open until the client closes it. Its reader also drops TCP without a
 close frame on a client's protocol violation, and aborts at a client's EOF so that nothing queued can
 be written any more; this module's reader sends the close frame (1002, 1007) and, at an EOF, only
-ends the input (the owner writes what it queued, then closes). Pinned by pyproject
-(trio-websocket >=0.11,<0.13) and checked by tests/test_wsinternals.py; where the internals are
-missing, each function falls back to the public API.
+ends the input (the owner writes what it queued, then closes).
+
+These fast paths use the private names of trio-websocket and wsproto listed in `TRIO_WEBSOCKET_INTERNALS`
+and `WSPROTO_INTERNALS`, verified for the versions in `VERIFIED_VERSIONS` (pyproject pins the same ranges).
+Whether they are used is decided once, at import (`FAST_PATHS`): off when the environment variable
+`AGENTCAST_WS_FAST_PATHS` is 0, or when an installed version is outside its range or lacks one of the
+names; then every function here falls back to trio-websocket's public API. The server logs the
+decision when it starts (`log_fast_paths`). Imports nothing of the server but `_http.PrefixedStream`
+and `protocol`.
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ import logging
 import math
 import os
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import trio
+import trio_websocket
+import wsproto
 from trio_websocket import CloseReason, ConnectionClosed, WebSocketConnection, WebSocketRequest, wrap_server_stream
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
@@ -44,18 +52,147 @@ logger = logging.getLogger("agentcast.transport")
 
 _POSIX = os.name == "posix"  # os.write on a socket's descriptor
 
-_INTERNALS = ("_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket")
+# -- the decision: fast paths, or trio-websocket's public API -------------------------------------
+
+#: The environment variable that switches every fast path off at once (`0`), so that trio-websocket's
+#: public API serves every connection, as where the internals differ. Read once, at import.
+SWITCH = "AGENTCAST_WS_FAST_PATHS"
+
+#: Every private name of trio-websocket this module uses, by the class that has it (tests/test_wsinternals.py
+#: checks that the module uses no other).
+TRIO_WEBSOCKET_INTERNALS: dict[str, tuple[str, ...]] = {
+    "WebSocketConnection": (
+        # the writer: batched writes, the direct socket write, abort
+        "_wsproto", "_stream", "_stream_lock", "_close_reason", "_abort_web_socket",
+        # take_messages
+        "_send_channel", "_recv_channel",
+        # serve_stream's reader (`_read`, a copy of trio-websocket's `_reader_task` that calls its handlers)
+        "_get_request", "_close_stream", "_close_web_socket", "_send",
+        "_handle_accept_connection_event", "_handle_message_event", "_handle_close_connection_event",
+        "_handle_ping_event", "_handle_pong_event", "_handle_reject_connection_event",
+        "_handle_reject_data_event", "_handle_request_event",
+        "_reader_running", "_message_parts", "_message_size", "_max_message_size", "_close_handshake",
+        "_receive_buffer_size",  # read with a default: 0.11 lacks it
+        # drop_handshake_parser
+        "_open_handshake", "_for_testing_peer_closed_connection",
+    ),
+    "WebSocketRequest": ("_connection",),  # reject: the socket to hang up
+}
+
+#: Every name of wsproto's internals this module uses: its private names, and the undocumented
+#: attributes of its internal objects (the server's frame protocol, frame and message decoders, the
+#: handshake's h11 state), by the class that has them.
+WSPROTO_INTERNALS: dict[str, tuple[str, ...]] = {
+    "WSConnection": ("connection", "handshake"),
+    "Connection": ("_proto", "_events", "_state"),
+    "FrameProtocol": ("client", "extensions", "_outbound_opcode", "_frame_decoder", "_message_decoder"),
+    "FrameDecoder": ("header", "buffer"),
+    "Buffer": ("buffer",),
+    "MessageDecoder": ("opcode",),
+    "H11Handshake": ("_h11_connection", "_events", "_initiating_request"),
+}
+
+#: The releases whose internals were read and tested with this module, [lowest, first excluded); the
+#: same ranges as pyproject's pins (tests/test_wsinternals.py keeps them in step).
+VERIFIED_VERSIONS: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    "trio-websocket": ((0, 11), (0, 13)),
+    "wsproto": ((1, 2), (1, 4)),
+}
 
 
-def batching_supported(ws: WebSocketConnection) -> bool:
-    """True when `ws` has the internals `send_text_batch` relies on."""
-    supported = _SUPPORTED.get(type(ws))
-    if supported is None:  # the attributes are set in __init__: look at an instance, once per class
-        supported = _SUPPORTED[type(ws)] = all(hasattr(ws, name) for name in _INTERNALS)
-    return supported
+def _release(version: str) -> tuple[int, ...]:
+    """The leading numbers of a version string: "0.12.2" and "0.12.2.dev1" are (0, 12, 2)."""
+    numbers = []
+    for part in version.split("."):
+        digits = part[:len(part) - len(part.lstrip("0123456789"))]
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if digits != part:
+            break
+    return tuple(numbers)
 
 
-_SUPPORTED: dict[type, bool] = {}
+def _dotted(release: tuple[int, ...]) -> str:
+    return ".".join(map(str, release))
+
+
+_READ_WITH_A_DEFAULT = frozenset({"_receive_buffer_size"})
+
+_PROBE_REQUEST = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+def _missing_internal(versions: dict[str, str]) -> str | None:
+    """Why the installed trio-websocket and wsproto cannot take the fast paths ("trio-websocket 0.13.0 is not in
+    the verified range >=0.11,<0.13", "wsproto 1.4.0 lacks FrameProtocol._frame_decoder"), or None. The names are
+    looked for on the objects of a server connection just accepted (most are set in `__init__`)."""
+    for package, version in versions.items():
+        low, high = VERIFIED_VERSIONS[package]
+        if not low <= _release(version) < high:
+            return f"{package} {version} is not in the verified range >={_dotted(low)},<{_dotted(high)}"
+    server = WSConnection(ConnectionType.SERVER)
+    server.receive_data(_PROBE_REQUEST)
+    request = next(iter(server.events()), None)
+    if not isinstance(request, Request):
+        return f"wsproto {versions['wsproto']} does not parse a handshake request as before"
+    server.send(AcceptConnection())
+    # (the stream is only kept by __init__; the probe never reads or writes)
+    ws = WebSocketConnection(None, server, message_queue_size=1, max_message_size=1)  # type: ignore[arg-type]
+    found: dict[str, object] = {"WSConnection": server, "WebSocketConnection": ws}
+    try:
+        found["WebSocketRequest"] = WebSocketRequest(ws, request)
+    except TypeError:
+        return f"trio-websocket {versions['trio-websocket']}: WebSocketRequest(connection, event) differs"
+    path = (("Connection", "WSConnection", "connection"), ("FrameProtocol", "Connection", "_proto"),
+            ("FrameDecoder", "FrameProtocol", "_frame_decoder"), ("Buffer", "FrameDecoder", "buffer"),
+            ("MessageDecoder", "FrameProtocol", "_message_decoder"), ("H11Handshake", "WSConnection", "handshake"))
+    for cls, owner, name in path:
+        found[cls] = getattr(found[owner], name, None)
+    for package, internals in (("trio-websocket", TRIO_WEBSOCKET_INTERNALS), ("wsproto", WSPROTO_INTERNALS)):
+        for cls, names in internals.items():
+            for name in names:
+                if name in _READ_WITH_A_DEFAULT:
+                    continue
+                if found[cls] is None or not hasattr(found[cls], name):
+                    return f"{package} {versions[package]} lacks {cls}.{name}"
+    if type(found["Buffer"].buffer) is not bytearray or type(found["H11Handshake"]._events) is not collections.deque:
+        return f"wsproto {versions['wsproto']}: its frame buffer or handshake events differ"
+    if not (isinstance(ws._send_channel, trio.MemorySendChannel) and isinstance(ws._recv_channel, trio.MemoryReceiveChannel)
+            and isinstance(ws._stream_lock, trio.StrictFIFOLock)):
+        return f"trio-websocket {versions['trio-websocket']}: its message channel or stream lock differ"
+    return None
+
+
+def _decide(environ: Mapping[str, str]) -> tuple[bool, str, int]:
+    """Whether to take the fast paths; the start log's line saying so and why, and its level (a warning when
+    they are off for want of the internals, or the switch's value is not understood)."""
+    versions = {"trio-websocket": getattr(trio_websocket, "__version__", "?"),
+                "wsproto": getattr(wsproto, "__version__", "?")}
+    installed = f"trio-websocket {versions['trio-websocket']}, wsproto {versions['wsproto']}"
+    off = "websocket fast paths off ({}): trio-websocket's public API only (" + installed + ")"
+    setting = (environ.get(SWITCH) or "").strip()
+    if setting == "0":
+        return False, off.format(f"{SWITCH}=0"), logging.INFO
+    try:
+        missing = _missing_internal(versions)
+    except Exception as exc:  # pragma: no cover - a version that fails otherwise: the public API is safe
+        missing = f"looking for the internals failed: {exc!r}"
+    if missing is not None:
+        return False, off.format(missing), logging.WARNING
+    if setting not in ("", "1"):
+        return True, (f"websocket fast paths on ({installed}); {SWITCH}={setting!r} ignored: "
+                      "0 switches them off, 1 or unset leaves them on"), logging.WARNING
+    return True, f"websocket fast paths on ({installed})", logging.INFO
+
+
+#: Whether this process takes the fast paths (else trio-websocket's public API only): decided once, at import.
+FAST_PATHS, FAST_PATHS_LINE, _LINE_LEVEL = _decide(os.environ)
+
+
+def log_fast_paths() -> None:
+    """Log which path serves the connections, and why (at the server's start)."""
+    logger.log(_LINE_LEVEL, "%s", FAST_PATHS_LINE)
 
 
 _SHORT = struct.Struct("!BB").pack
@@ -91,9 +228,14 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
     Raises `ConnectionClosed` like `send_message` does. Cancelled midway, the stream may hold
     part of a message: then call `abort`, nothing more may be written to it.
     """
-    if not batching_supported(ws):  # pragma: no cover - another trio-websocket version
+    if not FAST_PATHS:  # one send_message, and so one socket write, per message
         for text in texts:
-            await ws.send_message(text.decode("utf-8") if type(text) is bytes else text)
+            if type(text) is bytes:
+                text = text.decode("utf-8")
+            try:
+                await ws.send_message(text)
+            except UnicodeEncodeError:  # raised by wsproto before it sends anything
+                await ws.send_message(without_surrogates(text))
         return
     if ws._close_reason:
         raise ConnectionClosed(ws._close_reason)
@@ -184,8 +326,10 @@ async def _write(ws: WebSocketConnection, data: bytes) -> None:
 
 
 async def abort(ws: WebSocketConnection) -> None:
-    """Drop the connection without a close frame: after a cut-off write, one would corrupt the stream."""
-    if batching_supported(ws):
+    """Drop the connection without a close frame: after a cut-off write, one would corrupt the stream. Without
+    the fast paths, nothing: trio-websocket's public API cannot drop TCP, which the server's handler of the
+    connection then closes when it ends (`Server._serve_connection`)."""
+    if FAST_PATHS:
         await trio.aclose_forcefully(ws._stream)
         if not ws._close_reason:
             await ws._abort_web_socket()
@@ -194,6 +338,8 @@ async def abort(ws: WebSocketConnection) -> None:
 async def reject(request: WebSocketRequest, status: int, body: bytes, extra_headers=None) -> None:
     """Refuse a handshake with an HTTP `status`, then close the socket (without waiting for the client)."""
     await request.reject(status, extra_headers=extra_headers, body=body)
+    if not FAST_PATHS:  # the socket stays open until the client closes it, or its handler ends
+        return
     stream = getattr(getattr(request, "_connection", None), "_stream", None)
     if stream is not None:
         await trio.aclose_forcefully(stream)
@@ -211,7 +357,9 @@ def drop_handshake_parser(ws: WebSocketConnection) -> None:
     queue (once the WebSocket is open wsproto routes all data to its frame protocol) and the handshake
     request it keeps; trio-websocket's open-handshake Event (set at the accept, only waited on by a
     client's connect) and its testing hook Event, for one shared Event that is already set.
-    Does nothing where the internals differ."""
+    Does nothing without the fast paths."""
+    if not FAST_PATHS:
+        return
     wsproto = getattr(ws, "_wsproto", None)
     handshake = getattr(wsproto, "handshake", None)
     if getattr(wsproto, "connection", None) is None:
@@ -268,7 +416,9 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
     """From now on, call `take(message)` (synchronous, must not raise) in `ws`'s reader task for each
     message received, the ones already queued first (now). `get_message` then returns nothing more; it
     raises ConnectionClosed once the connection has ended. False (and nothing done) where trio-websocket's
-    internals differ: then receive with `get_message` as usual."""
+    internals differ (`FAST_PATHS`): then receive with `get_message` as usual."""
+    if not FAST_PATHS:
+        return False
     channel = getattr(ws, "_send_channel", None)
     receive = getattr(ws, "_recv_channel", None)
     if type(channel) is _MessageSink:
@@ -291,23 +441,6 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
 
 # -- receiving -----------------------------------------------------------------------------------
 
-#: The methods of trio-websocket's WebSocketConnection that `serve_stream`'s reader calls (0.12's
-#: `_reader_task` calls them too), and the attributes of a connection it reads.
-_READER_METHODS = (
-    "_reader_task", "_get_request", "_abort_web_socket", "_close_stream", "_close_web_socket", "_send",
-    "_handle_accept_connection_event", "_handle_message_event", "_handle_close_connection_event",
-    "_handle_ping_event", "_handle_pong_event", "_handle_reject_connection_event", "_handle_reject_data_event",
-    "_handle_request_event",
-)
-_READER_STATE = ("_wsproto", "_stream", "_send_channel", "_reader_running", "_message_parts", "_message_size",
-                 "_max_message_size", "_close_reason", "_close_handshake")
-
-
-def reader_supported() -> bool:
-    """True when the installed trio-websocket has the methods `serve_stream`'s own reader task calls."""
-    return all(hasattr(WebSocketConnection, name) for name in _READER_METHODS)
-
-
 async def serve_stream(
     nursery: trio.Nursery, stream: trio.abc.Stream, *, message_queue_size: int, max_message_size: int,
     input_rate: int = 0, input_burst: int = 0,
@@ -317,17 +450,14 @@ async def serve_stream(
     frame (the client's usual message) is parsed here, without wsproto; a protocol violation gets its close
     frame (`_handle_close`) and a client's EOF ends only the input (`_end_input`); and the connection's
     input is paced (`InputPace`: `input_rate` bytes a second with bursts of `input_burst`; 0: unpaced).
-    Where the internals differ, it is `wrap_server_stream` itself (unpaced)."""
-    if not reader_supported():  # pragma: no cover - another trio-websocket version
+    Where the internals differ (`FAST_PATHS`), it is `wrap_server_stream` itself (unpaced)."""
+    if not FAST_PATHS:
         return await wrap_server_stream(
             nursery, stream, message_queue_size=message_queue_size, max_message_size=max_message_size
         )
     ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), message_queue_size=message_queue_size,
                              max_message_size=max_message_size)
-    if all(hasattr(ws, name) for name in _READER_STATE):
-        nursery.start_soon(_read, ws, InputPace(input_rate, input_burst))
-    else:  # pragma: no cover - another trio-websocket version
-        nursery.start_soon(ws._reader_task)
+    nursery.start_soon(_read, ws, InputPace(input_rate, input_burst))
     return await ws._get_request()
 
 
@@ -500,7 +630,7 @@ class InputPace:
         """`size` bytes were read: the reader waits for the socket before each read, letting the other tasks run."""
         self.work = size
         if self.rate:
-            self._refill()
+            self.refill()
             self.tokens -= size
 
     def frame(self, cost: int = FRAME_COST) -> None:
@@ -518,14 +648,15 @@ class InputPace:
         (`PASS_WORK`, or the whole `burst` if smaller): one sleep per pass, not one per frame."""
         self.work = 0
         if self.tokens < 0:
-            self._refill()
+            self.refill()
             if self.tokens < 0:
                 await trio.sleep((min(PASS_WORK, self.burst) - self.tokens) / self.rate)
-                self._refill()
+                self.refill()
                 return
         await trio.lowlevel.checkpoint()
 
-    def _refill(self) -> None:
+    def refill(self) -> None:
+        """Add what the bucket has gained since it was last counted."""
         now = trio.current_time()
         self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
         self.at = now

@@ -7,7 +7,10 @@ One vocabulary: a flag that several commands take (--db, --config, --agent, --us
 --log-level) is defined once in `FLAGS`, and every command is an entry of `COMMANDS` naming the ones it takes.
 A new command is a function (parsed arguments -> exit status) and an entry there.
 
-Argument parsing and printing only; the work is done by `transport.server`, `transport._config` and `store`.
+Argument parsing and printing only; the work is done by `store` (the replay and verify reports: printed here),
+`transport._config` and `transport.server`. Only `serve` loads the server (and trio), only `chat` the client
+side, and only a command that reads a config file the actors (for its agents): `replay` and `backup` read a
+log with the store alone.
 """
 from __future__ import annotations
 
@@ -23,36 +26,28 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import trio
 from sqlite_utils.utils import sqlite3
 
-from ..actors import ConfigError
 from ..store import (
-    DEFAULT_WINDOW,
-    Clear,
     Cut,
     EventLog,
-    Memory,
-    Message,
     MissingEventLog,
     NotAnEventLog,
+    ReplayReport,
+    StreamReplay,
     UndecodableEvent,
     VerifyReport,
-    activity_at,
-    clears_at,
-    event_fields,
     events_after,
-    last_seq_at,
-    memory_at,
     parse_instant,
+    replay,
     verify,
 )
 
-from ._auth import MAX_USER_ID_BYTES, Authenticator, exposure_warning, parse_ttl, secret_from_env, valid_user_id
-from ._config import Config, effective_settings, example_config, load_config, server_settings
-from .server import WS_PATH, Server
+if TYPE_CHECKING:
+    from ._config import Config
+    from .server import Server
 
 logger = logging.getLogger("agentcast")
 
@@ -231,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(problem, BadArgument):
             print(f"agentcast: error: {problem}", file=sys.stderr)
             return 2
-        if isinstance(problem, (ConfigError, NotAnEventLog, MissingEventLog, UndecodableEvent)):
+        if isinstance(problem, (NotAnEventLog, MissingEventLog, UndecodableEvent)) or _is_config_error(problem):
             print(f"agentcast: error: {problem}", file=sys.stderr)
             return 1
         if isinstance(problem, sqlite3.DatabaseError):
@@ -244,13 +239,25 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def _is_config_error(exc: BaseException) -> bool:
+    """True for the actors' `ConfigError` (looked up only if the actors were loaded: nothing else raises it)."""
+    config = sys.modules.get("agentcast.actors._config")
+    return config is not None and isinstance(exc, config.ConfigError)
+
+
 def _db(args: argparse.Namespace, config: Config | None = None) -> str:
     """The event log a command uses: --db, else the config's server.db (`config`, else --config's), else agentcast.db."""
     if args.db is not None:
         return args.db
     if config is None and getattr(args, "config", None) is not None:
+        from ._config import load_config
+
         config = load_config(args.config)
-    return server_settings(config).db if config is not None else DEFAULT_DB
+    if config is None:
+        return DEFAULT_DB
+    from ._config import server_settings
+
+    return server_settings(config).db
 
 
 def _single(exc: BaseException) -> BaseException:
@@ -272,6 +279,12 @@ def setup_logging(level: str) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._auth import exposure_warning
+    from ._config import load_config, server_settings
+    from .server import Server
+
     config = load_config(args.config)
     settings = server_settings(
         config, host=args.host, port=args.port, db=args.db, auth_secret_env=args.auth_secret_env,
@@ -286,12 +299,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 async def _run_until_signalled(server: Server) -> None:
+    import trio
+
+    from .server import WS_PATH
+
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             port = await nursery.start(server.run)
             s = server.settings
             print(f"agentcast listening on {server.scheme}://{s.host}:{port}{WS_PATH} "
-                  f"(db {s.db}; agents: {', '.join(server.agents)})", flush=True)
+                  f"(db {s.db}; agents: {', '.join(server.agents or {})})", flush=True)
             web = "https" if server.scheme == "wss" else "http"
             print(f"chat page: {web}://{s.host}:{port}/  health: /healthz  metrics: /metrics", flush=True)
             nursery.start_soon(_handle_signals, signals, server, nursery.cancel_scope)
@@ -299,7 +316,7 @@ async def _run_until_signalled(server: Server) -> None:
             nursery.cancel_scope.cancel()
 
 
-async def _handle_signals(signals, server: Server, scope: trio.CancelScope) -> None:
+async def _handle_signals(signals, server: Server, scope) -> None:
     """First signal: graceful shutdown. Second: stop now."""
     async for signum in signals:
         name = signal.Signals(signum).name
@@ -319,6 +336,8 @@ _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 def token_user(text: str, *, as_string: bool = False) -> int | str:
     """The user id `agentcast token --user TEXT` means: an integer written canonically (123, -5, not 007)
     is a JSON integer, unless `as_string`; anything else is a string."""
+    from ._auth import MAX_USER_ID_BYTES, valid_user_id
+
     user: int | str = int(text) if not as_string and _INTEGER.fullmatch(text) else text
     if not valid_user_id(user):
         raise BadArgument(f"--user needs an integer of at most {MAX_USER_ID_BYTES} digits (a minus sign counts as one) "
@@ -327,6 +346,9 @@ def token_user(text: str, *, as_string: bool = False) -> int | str:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from ._auth import Authenticator, parse_ttl, secret_from_env
+    from ._config import load_config, server_settings
+
     user = token_user(args.user, as_string=args.user_string)
     try:
         ttl = parse_ttl(args.ttl)
@@ -374,112 +396,63 @@ def _cut(args: argparse.Namespace) -> Cut:
 
 def _replay(args: argparse.Namespace) -> int:
     cut = _cut(args)  # before opening anything: a bad value is a usage error
-    config = load_config(args.config) if args.config else None
+    config = None
+    if args.config:
+        from ._config import load_config
+
+        config = load_config(args.config)
     windows = {spec.agent_id: spec.short_term_window for spec in config.agents} if config else {}
     args.db = _db(args, config)
-    with EventLog.open(args.db, readonly=True) as log, log.snapshot():
-        memories = []
-        for agent_id, user in log.streams():
-            if (args.agent is not None and agent_id != args.agent) or (args.user is not None and user != args.user):
-                continue
-            memory, long_term, forgotten = memory_at(
-                log, agent_id, user, window=windows.get(agent_id, DEFAULT_WINDOW), cut=cut
-            )
-            if memory.last_seq == 0:  # nothing of this (agent, user) yet at the cut
-                continue
-            activity = [_activity(r) for r in activity_at(log, agent_id, user, cut=cut)]
-            clears = clears_at(log, agent_id, user, cut=cut)
-            memories.append((memory, [_message(m, forgotten) for m in long_term], forgotten, activity, clears))
-        last_seq = last_seq_at(log, cut)
-        log_last_seq = log.last_seq() if not cut.everything else last_seq
-    as_of = {}
-    if cut.until_seq is not None:
-        as_of = {"until_seq": cut.until_seq}
-    elif cut.until_time is not None:
-        as_of = {"until_time": args.until_time}
+    with EventLog.open(args.db, readonly=True) as log:
+        report = replay(log, cut=cut, windows=windows, agent_id=args.agent, user=args.user,
+                        until_time_text=args.until_time)
     if args.json:
-        extra = {**as_of, "log_last_seq": log_last_seq} if as_of else {}
-        print(json.dumps({"db": args.db, "last_seq": last_seq, **extra,
-                          "memories": [{**_memory_json(m, lt, forgotten, clears), "activity": activity}
-                                       for m, lt, forgotten, activity, clears in memories]},
-                         ensure_ascii=False, indent=2))
+        print(json.dumps(report.as_json(), ensure_ascii=False, indent=2))
         return 0
-    if as_of:
-        point = f"seq {cut.until_seq}" if cut.until_seq is not None else f"{args.until_time} ({_utc(cut)})"
-        print(f"{args.db} as of {point}: last seq then {last_seq} (the log's last seq is now {log_last_seq})\n")
-    if not memories:
-        print(f"{args.db}: no memory" + (" matches" if args.agent or args.user else "") + f" (last seq {last_seq})")
-    for memory, long_term, forgotten, activity, clears in memories:
-        _print_memory(memory, long_term, forgotten, activity, clears)
+    _print_replay(report, filtered=bool(args.agent or args.user))
     return 0
 
 
-def _utc(cut: Cut) -> str:
-    return cut.until_time.isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def _message(m: Message, forgotten: frozenset[int] = frozenset()) -> dict:
-    out = {"seq": m.seq, "role": m.role, "content": m.content, "timestamp": m.at}
-    if m.seq in forgotten:
-        out["forgotten"] = True  # its text was erased by a later long-term clear
-    return out
-
-
-def _memory_json(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset(),
-                 clears: list[Clear] = ()) -> dict:
-    return {
-        "agent_id": memory.agent_id,
-        "user": memory.user,
-        "window": memory.window,
-        "short_term": [_message(m, forgotten) for m in memory.short_term],
-        "long_term": long_term,
-        "clears": [{"seq": c.seq, "timestamp": c.at, "long_term": c.long_term} for c in clears],
-        "last_seq": memory.last_seq,
-    }
-
-
+#: How replay shows a message whose text a later long-term clear erased.
 FORGOTTEN = "⟨text erased by a later long-term clear⟩"
 
 
-def _activity(recorded) -> dict:
-    """A tool call or result, or an ended turn, as replay's JSON shows it (`event_fields`; `redacted`
-    when a long-term clear erased its text)."""
-    fields = event_fields(recorded)
-    del fields["agent_id"], fields["user"]
-    return fields
+def _print_replay(report: ReplayReport, *, filtered: bool) -> None:
+    cut = report.cut
+    if not cut.everything:
+        point = f"seq {cut.until_seq}" if cut.until_seq is not None else f"{report.until_time_text} ({_utc(cut)})"
+        print(f"{report.path} as of {point}: last seq then {report.last_seq} (the log's last seq is now "
+              f"{report.log_last_seq})\n")
+    if not report.streams:
+        print(f"{report.path}: no memory" + (" matches" if filtered else "") + f" (last seq {report.last_seq})")
+    for stream in report.streams:
+        _print_stream(stream)
 
 
-def _activity_line(a: dict) -> str:
-    if a["type"] == "tool_called":
-        what = ("tool call", f"{a['tool']}  {json.dumps(a['arguments'], ensure_ascii=False)}  [{a['call_id']}]")
-    elif a["type"] == "tool_returned":
-        outcome = f"error: {a['error']}" if a["error"] is not None else json.dumps(a["result"], ensure_ascii=False)
-        what = ("tool result", f"{a['tool']}  {outcome}  [{a['call_id']}]")
-    else:
-        partial = f"partial answer: {json.dumps(a['partial'], ensure_ascii=False)}"
-        what = (a["outcome"], partial if a["outcome"] != "failed" else f"{a['reason']}  ({partial})")
-    return f"    #{a['seq']:<6} {a['at']}  {what[0]:<10} {_one_line(what[1], 160)}"
+def _utc(cut: Cut) -> str:
+    assert cut.until_time is not None
+    return cut.until_time.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def _print_memory(memory: Memory, long_term: list[dict], forgotten: frozenset[int] = frozenset(),
-                  activity: list[dict] = (), clears: list[Clear] = ()) -> None:
+def _print_stream(stream: StreamReplay) -> None:
+    memory = stream.memory
     print(f"agent {memory.agent_id}  user {memory.user}  (last seq {memory.last_seq})")
     print(f"  short-term ({len(memory.short_term)} of {memory.window}):")
     for m in memory.short_term:
-        text = FORGOTTEN if m.seq in forgotten else _one_line(m.content)
+        text = FORGOTTEN if m.seq in stream.forgotten else _one_line(m.content)
         print(f"    #{m.seq:<6} {m.at}  {m.role:<9}  {text}")
-    print(f"  long-term ({len(long_term)} messages):")
-    for m in long_term:
-        text = FORGOTTEN if m.get("forgotten") else _one_line(m["content"])
-        print(f"    #{m['seq']:<6} {m['timestamp']}  {m['role']:<9}  {text}")
-    if clears:
+    print(f"  long-term ({len(stream.long_term)} messages):")
+    for m in stream.long_term:
+        text = FORGOTTEN if m.seq in stream.forgotten else _one_line(m.content)
+        print(f"    #{m.seq:<6} {m.at}  {m.role:<9}  {text}")
+    if stream.clears:
         print("  clears:")
-        for c in clears:
+        for c in stream.clears:
             print(f"    #{c.seq:<6} {c.at}  {'long-term (everything)' if c.long_term else 'short-term'}")
-    if activity:
+    if stream.activity:
         print("  turn activity (tool calls and results, cancelled and failed turns; from the log, nothing re-run):")
-        for a in activity:
-            print(_activity_line(a))
+        for seq, at, label, text in stream.activity_lines():
+            print(f"    #{seq:<6} {at}  {label:<10} {_one_line(text, 160)}")
     print()
 
 
@@ -613,6 +586,8 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    from ._config import effective_settings, load_config
+
     config = load_config(args.config)  # a file that is not valid is a ConfigError: one line, exit 1
     effective = effective_settings(config)
     if args.json:
@@ -662,6 +637,9 @@ def _env_note(name: str) -> str:
 
 def _secret_env_note(name: str) -> str:
     """Whether the auth secret in `name` would be accepted here (the message never holds the value)."""
+    from ..actors import ConfigError
+    from ._auth import secret_from_env
+
     try:
         secret_from_env(name)
     except ConfigError as exc:
@@ -670,6 +648,8 @@ def _secret_env_note(name: str) -> str:
 
 
 def _config_example(args: argparse.Namespace) -> int:
+    from ._config import example_config
+
     sys.stdout.write(example_config())
     sys.stdout.flush()
     return 0

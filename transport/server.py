@@ -38,7 +38,7 @@ from ._http import (
 from ._metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ._metrics import Metrics, ScrapeState
 from .protocol import shown
-from ._wsinternals import drop_handshake_parser, reject, serve_stream
+from ._wsinternals import drop_handshake_parser, log_fast_paths, reject, serve_stream
 from ._settings import ServerSettings
 
 logger = logging.getLogger("agentcast.transport")
@@ -100,7 +100,7 @@ class Server:
         self.audience = Audience()
         self.agents: Agents | None = None
         self.journal: Journal | None = None
-        self._db_bytes = 0  # measured (in a worker thread) at each scrape of /metrics
+        self._db_bytes = 0  # measured (by the recorder, in a worker thread) at each scrape of /metrics
         self.metrics = Metrics(ScrapeState(
             connections=lambda: len(self.connections),
             agents=lambda: [(a.agent_id, a.in_flight, a.lanes) for a in (self.agents or {}).values()],
@@ -187,6 +187,7 @@ class Server:
                 self._serve_connection, served, handler_nursery=clients, task_status=task_status))
             self._accepting = True
             port = sockets[0].getsockname()[1]
+            log_fast_paths()  # which path serves the WebSocket connections (the installed versions, the switch)
             logger.info("listening on %s://%s:%d%s (authentication %s); HTTP on the same port: / (%d static files), "
                         "/healthz, /metrics", self.scheme, s.host, port, WS_PATH,
                         "on" if self.auth is not None else "off", len(self.http.files))
@@ -288,7 +289,8 @@ class Server:
 
     async def _scrape(self) -> HttpResponse:
         """GET /metrics: the Prometheus text format."""
-        self._db_bytes = await trio.to_thread.run_sync(_file_sizes, os.fspath(self.settings.db))
+        if self.journal is not None:  # the recorder says what it takes (a reader, in a worker thread)
+            self._db_bytes = await self.journal.read(lambda log: log.storage_bytes())
         return HttpResponse(200, METRICS_CONTENT_TYPE, self.metrics.render())
 
     async def _accept(self, request: WebSocketRequest) -> tuple[WebSocketConnection, Claims | None] | None:
@@ -375,17 +377,6 @@ async def _upgrade_required() -> HttpResponse:
     """A plain GET of the WebSocket endpoint."""
     return text_response(426, f"{WS_PATH} is the WebSocket endpoint: connect with a WebSocket client\n",
                          extra=(("Upgrade", "websocket"),))
-
-
-def _file_sizes(db: str) -> int:
-    """Bytes of the database file and its WAL (0 for a file that is missing)."""
-    total = 0
-    for path in (db, db + "-wal"):
-        try:
-            total += os.stat(path).st_size
-        except OSError:
-            pass
-    return total
 
 
 def _ssl_context(settings: ServerSettings) -> ssl.SSLContext | None:

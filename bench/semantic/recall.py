@@ -5,7 +5,7 @@ vector-only and hybrid (reciprocal rank fusion), and the local embedder's throug
     python bench/semantic/recall.py [--set PATH] [--misses] [--repeat 3]
 
 Needs the semantic extra (`pip install -e '.[semantic]'`). Every user's memory (20 facts, the
-user's near misses, 50 chatter lines, in a fixed shuffled order) is appended as `UserMessage`
+user's near misses, 50 chatter lines, in a fixed shuffled order) is appended as `UserSaid`
 events to a real `EventLog` in a temporary SQLite file; the messages are embedded with the
 default `LocalEmbedder` (one onnxruntime thread) and packed per user into one vector block
 (`store._vectors`, int8). Each question is then ranked within its own user's memory by:
@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent.parent))  # run from a source tree without in
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # numpy's scan on one core, as in the server's worker
 
 from agentcast.actors._embedders import LocalEmbedder  # noqa: E402
-from agentcast.store import EventLog, UserMessage  # noqa: E402
+from agentcast.store import EventLog, UserSaid  # noqa: E402
 from agentcast.store._fusion import content_terms, exact_terms, lexical_query, reciprocal_rank_fusion  # noqa: E402
 from agentcast.store import _vectors  # noqa: E402
 
@@ -62,7 +62,7 @@ def load_memories(log: EventLog, data: dict, seed: int) -> dict[str, dict]:
                  + [("near", i, t) for i, t in enumerate(user.get("near_misses", []))]
                  + [("chatter", i, t) for i, t in enumerate(chatter)])
         rng.shuffle(items)
-        recorded = log.append([[UserMessage(AGENT, user["user"], AT, text) for _, _, text in items]])[0]
+        recorded = log.append([[UserSaid(AGENT, user["user"], AT, text) for _, _, text in items]])[0]
         memories[user["user"]] = {
             "seqs": [r.seq for r in recorded],
             "texts": [text for _, _, text in items],

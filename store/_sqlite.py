@@ -1,31 +1,33 @@
-"""`EventLog`: the append-only SQLite event log and the search index projected from it.
+"""`EventLog`: the SQLite recorder. The append-only event log in one SQLite file, with the search index and
+the snapshots kept in step with it (`store.Recorder` and `store.RecorderInspection` over SQLite).
 
-Synchronous and thread-agnostic (one caller at a time). Must not import trio, `actors` or `transport`.
+The only module that touches the database connection of a log (the schema's module opens it). Synchronous
+and thread-agnostic (one caller at a time). Must not import trio, `actors` or `transport`.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
-
-from attrs import frozen
+from collections.abc import Collection, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 from ._events import (
     ACTIVITY_TYPES,
     REDACTED,
     ROLE_OF_TYPE,
     Event,
-    MemoryCleared,
     Recorded,
+    UserClearedMemory,
     event_from_row,
-    payload_of,
     redacted_payload,
 )
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_to_json, read_snapshot
-from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable
+from ._recorder import AppendConflict, Fence, FoundTurn, Hit, RecorderInspection, SavedSnapshot, StoredEvent
+from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable, sqlite3
 from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
 logger = logging.getLogger("agentcast.store")
@@ -36,17 +38,6 @@ MAX_QUERY_TERMS = 32
 #: Seconds a writable open waits for readers of old snapshots (other processes) to let its WAL be
 #: truncated; after that the truncation is done after a later commit (see `EventLog._checkpoint`).
 OPEN_CHECKPOINT_PATIENCE = 1.0
-
-@frozen
-class Hit:
-    """A message found by a search; `score` is higher for better matches (BM25)."""
-
-    seq: int
-    role: str
-    content: str
-    at: str
-    score: float
-
 
 def match_expression(agent_id: str, user: str, query: str) -> str | None:
     """The FTS5 MATCH for `query` within one (agent, user), or None if it has no words.
@@ -68,8 +59,15 @@ def match_expression(agent_id: str, user: str, query: str) -> str | None:
     return " OR ".join(f'"{t}"' for t in terms)
 
 
+#: A row of the events table as a `StoredEvent` (made in C: a scan of every row makes one per row).
+_stored_event = functools.partial(tuple.__new__, StoredEvent)
+
+#: The stored types of the turn activity a long-term clear redacts, for SQL `type IN (...)`.
+_ACTIVITY_TYPES_SQL = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
+
+
 class EventLog:
-    """An agentcast event log in one SQLite file.
+    """An agentcast event log in one SQLite file: the SQLite `Recorder` (and `RecorderInspection`).
 
     Events are only ever appended; each gets the next sequence number. The full-text
     index of remembered messages is a projection kept in step with the log inside the
@@ -111,14 +109,23 @@ class EventLog:
 
     # -- writing -------------------------------------------------------------------
 
-    def append(self, batches: Sequence[Sequence[Event]], snapshots: Sequence[Memory] = ()) -> list[list[Recorded]]:
-        """Append every batch, in order, in one transaction (group commit).
+    def append(
+        self,
+        batches: Sequence[Sequence[Event]],
+        snapshots: Sequence[Memory] = (),
+        *,
+        fences: Sequence[Fence | None] | None = None,
+    ) -> list[list[Recorded]]:
+        """Append every batch, in order, in one transaction (group commit); see `Recorder.append`.
 
         Returns the recorded events batch by batch. When this returns, all of them are
-        committed; when it raises, none is. A long-term `MemoryCleared` also erases the text
+        committed; when it raises, none is. A long-term `UserClearedMemory` also erases the text
         it clears (see `_forget`) before this returns. `snapshots` are saved in the same
-        transaction (each replaces the previous snapshot of its agent, user and window).
+        transaction (each replaces the previous snapshot of its agent, user and window), before the
+        events: a long-term clear among them forgets the snapshots of its stream, these included.
         """
+        if fences is not None and len(fences) != len(batches):
+            raise ValueError(f"{len(fences)} fences for {len(batches)} batches")
         conn = self._conn
         out: list[list[Recorded]] = []
         forgot = False
@@ -128,30 +135,34 @@ class EventLog:
             # SQLite would pick (seq is the rowid; nothing else writes during this transaction), so
             # that the rows go in with one executemany per table instead of two statements per event.
             (seq,) = conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()
-            rows: list[tuple] = []
-            indexed: list[tuple[int, str]] = []
-            add_row, add_terms = rows.append, indexed.append
-            for batch in batches:
-                recorded = []
-                for event in batch:
-                    seq += 1
-                    type_ = event.TYPE
-                    add_row((seq, event.at, type_, event.agent_id, event.user, payload_of(event),
-                             getattr(event, "command_id", None)))
-                    if type_ in ROLE_OF_TYPE:  # a message; a turn's activity (tool calls, ended turns) is not indexed
-                        add_terms((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))
-                    elif type_ == MemoryCleared.TYPE and event.long_term:  # what it forgets must be in the tables first
-                        self._write_rows(rows, indexed)
-                        self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
-                        forgot = True
-                    recorded.append(Recorded(seq, event))
-                out.append(recorded)
-            self._write_rows(rows, indexed)
+            # Snapshots first: a long-term clear of their stream later in this transaction forgets them too.
             for memory in snapshots:
                 conn.execute(
                     "INSERT OR REPLACE INTO snapshots (agent_id, user, window, seq, state) VALUES (?, ?, ?, ?, ?)",
                     (memory.agent_id, memory.user, memory.window, memory.last_seq, memory_to_json(memory)),
                 )
+            rows: list[tuple] = []
+            indexed: list[tuple[int, str]] = []
+            add_row, add_terms = rows.append, indexed.append
+            for number, batch in enumerate(batches):
+                if fences is not None and fences[number] is not None:
+                    self._write_rows(rows, indexed)  # a stream's last seq is read from the table
+                    self._check_fence(fences[number], seq)
+                recorded = []
+                for event in batch:
+                    seq += 1
+                    type_ = event.TYPE
+                    add_row((seq, event.at, type_, event.agent_id, event.user, event.payload(),
+                             getattr(event, "command_id", None)))
+                    if type_ in ROLE_OF_TYPE:  # a message; a turn's activity (tool calls, ended turns) is not indexed
+                        add_terms((seq, index_terms(scope_token(event.agent_id, event.user), event.content)))  # type: ignore[union-attr]
+                    elif type_ == UserClearedMemory.TYPE and event.long_term:  # type: ignore[union-attr]
+                        self._write_rows(rows, indexed)  # what it forgets must be in the tables first
+                        self._forget(seq, event.agent_id, event.user, scope_token(event.agent_id, event.user))
+                        forgot = True
+                    recorded.append(Recorded(seq, event))
+                out.append(recorded)
+            self._write_rows(rows, indexed)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:  # SQLite may have rolled back already (disk full, I/O error)
@@ -162,6 +173,16 @@ class EventLog:
         elif self._checkpoint_due:
             self._checkpoint(patience=0.0)
         return out
+
+    def _check_fence(self, fence: Fence | None, last_seq: int) -> None:
+        """Raise `AppendConflict` unless `fence` holds now (`last_seq`: the log's, rows written)."""
+        assert fence is not None
+        if fence.agent_id is not None:
+            (last_seq,) = self._conn.execute(
+                "SELECT coalesce(max(seq), 0) FROM events WHERE agent_id = ? AND user = ?", (fence.agent_id, fence.user)
+            ).fetchone()
+        if last_seq != fence.last_seq:
+            raise AppendConflict(fence, last_seq)
 
     def check_writable(self, wait: float = 0.25) -> None:
         """Raise `sqlite3.OperationalError` unless this connection can take the database's write lock now
@@ -218,10 +239,9 @@ class EventLog:
             (REDACTED, agent_id, user, seq, REDACTED),
         )
         # Tool calls and results and partial answers hold the user's words too: their text goes as well.
-        activity = ", ".join(f"'{t}'" for t in sorted(ACTIVITY_TYPES))
         rows = conn.execute(
             "SELECT seq, type, payload, command_id FROM events WHERE agent_id = ? AND user = ? AND seq < ? "
-            f"AND type IN ({activity})",
+            f"AND type IN ({_ACTIVITY_TYPES_SQL})",
             (agent_id, user, seq),
         ).fetchall()
         for row_seq, type_, payload, command_id in rows:
@@ -259,12 +279,19 @@ class EventLog:
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator["EventLog"]:
-        """Within this block, every read sees the log as of one moment (one read transaction)."""
-        self._conn.execute("BEGIN")
+        """Within this block, every read sees the log as of one moment (one read transaction).
+
+        Ending it cannot fail: on a damaged file the COMMIT of a read may, and nothing was written."""
+        conn = self._conn
+        conn.execute("BEGIN")
         try:
             yield self
         finally:
-            self._conn.execute("COMMIT")
+            try:
+                conn.execute("COMMIT")
+            except sqlite3.DatabaseError:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
 
     def read(
         self,
@@ -273,10 +300,10 @@ class EventLog:
         user: str | None = None,
         after_seq: int = 0,
         until_seq: int | None = None,
+        limit: int | None = None,
     ) -> Iterator[Recorded]:
-        """The recorded events in sequence order, optionally of one agent and/or user."""
-        for seq, type_, agent, usr, at, payload in self.rows(agent_id=agent_id, user=user, after_seq=after_seq,
-                                                             until_seq=until_seq):
+        """The recorded events in sequence order, optionally of one agent and/or user (see `Recorder.read`)."""
+        for seq, type_, agent, usr, at, payload in self._select(agent_id, user, after_seq, until_seq, None, limit):
             yield Recorded(seq, event_from_row(type_, agent, usr, at, payload))
 
     def rows(
@@ -286,9 +313,16 @@ class EventLog:
         user: str | None = None,
         after_seq: int = 0,
         until_seq: int | None = None,
+        types: Collection[str] | None = None,
         limit: int | None = None,
-    ):
-        """A cursor over the stored rows (seq, type, agent_id, user, at, payload) that `read` decodes."""
+        descending: bool = False,
+    ) -> Iterator[StoredEvent]:
+        """The stored rows, undecoded (see `RecorderInspection.rows`)."""
+        return map(_stored_event, self._select(agent_id, user, after_seq, until_seq, types, limit, descending))
+
+    def _select(self, agent_id: str | None, user: str | None, after_seq: int, until_seq: int | None,
+                types: Collection[str] | None, limit: int | None, descending: bool = False):
+        """A cursor over the rows (seq, type, agent_id, user, at, payload) that `read` and `rows` give."""
         where = ["seq > ?"]
         params: list[object] = [after_seq]
         if until_seq is not None:
@@ -300,7 +334,11 @@ class EventLog:
         if user is not None:
             where.append("user = ?")
             params.append(user)
-        sql = f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE {' AND '.join(where)} ORDER BY seq"
+        if types is not None:
+            where.append(f"type IN ({', '.join('?' * len(types))})")
+            params.extend(types)
+        sql = (f"SELECT seq, type, agent_id, user, at, payload FROM events WHERE {' AND '.join(where)} "
+               f"ORDER BY seq{' DESC' if descending else ''}")
         if limit is not None:
             sql += " LIMIT ?"
             params.append(limit)
@@ -334,7 +372,7 @@ class EventLog:
         memory = fold_rows(start, rows)
         return memory, memory.version if stale else memory.version - start.version
 
-    def find_turn(self, agent_id: str, user: str, command_id: str) -> tuple[Recorded, Recorded | None] | None:
+    def find_turn(self, agent_id: str, user: str, command_id: str) -> FoundTurn | None:
         """The logged turn of the chat command `command_id`: its user message and how it ended — its
         answer (`agent_message`), else the latest `turn_ended` (a failed or cancelled try), else None
         (no try ended: the server stopped mid-turn) — or None if the log holds no such command."""
@@ -350,11 +388,26 @@ class EventLog:
 
     def streams(self) -> list[tuple[str, str]]:
         """Every (agent_id, user) that has events, sorted."""
-        return [tuple(row) for row in self._conn.execute("SELECT DISTINCT agent_id, user FROM events ORDER BY 1, 2")]
+        return [(agent_id, user) for agent_id, user in
+                self._conn.execute("SELECT DISTINCT agent_id, user FROM events ORDER BY 1, 2")]
 
     def last_seq(self) -> int:
         """The sequence number of the newest event, 0 for an empty log."""
         return self._conn.execute("SELECT coalesce(max(seq), 0) FROM events").fetchone()[0]
+
+    def first_seq(self) -> int:
+        """The sequence number of the oldest event, 0 for an empty log."""
+        return self._conn.execute("SELECT coalesce(min(seq), 0) FROM events").fetchone()[0]
+
+    def storage_bytes(self) -> int:
+        """Bytes of the database file and its WAL (what is missing counts 0). Reads no connection: any thread."""
+        total = 0
+        for path in (self.path, self.path + "-wal"):
+            try:
+                total += os.stat(path).st_size
+            except OSError:
+                pass
+        return total
 
     def search(self, agent_id: str, user: str, query: str, limit: int, *, since_seq: int = 0) -> list[Hit]:
         """The best `limit` messages of (agent_id, user)'s long-term memory for `query`, best first.
@@ -379,3 +432,34 @@ class EventLog:
             Hit(seq, ROLE_OF_TYPE.get(type_, "assistant"), content, at, score)
             for seq, type_, content, at, score in rows
         ]
+
+    # -- inspection (`RecorderInspection`): the index, the snapshots, the file -------------------
+
+    def indexed_seqs(self, agent_id: str, user: str) -> set[int]:
+        """The seqs of the messages of (agent_id, user) in the search index (its scope token's rows)."""
+        return {row[0] for row in self._conn.execute(
+            "SELECT rowid FROM memory_index WHERE memory_index MATCH ?", (f'"{scope_token(agent_id, user)}"',)
+        )}
+
+    def index_size(self) -> int:
+        """How many rows the search index holds."""
+        return self._conn.execute("SELECT count(*) FROM memory_index").fetchone()[0]
+
+    def saved_snapshots(self) -> list[SavedSnapshot] | None:
+        """Every saved snapshot; None for a log without the snapshots table (an older schema)."""
+        conn = self._conn
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone() is None:
+            return None
+        return [SavedSnapshot(*row) for row in conn.execute(
+            "SELECT agent_id, user, window, seq, state FROM snapshots ORDER BY agent_id, user, window")]
+
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's `PRAGMA integrity_check` finds wrong (an empty list for "ok")."""
+        rows = [row[0] for row in self._conn.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
+
+if TYPE_CHECKING:  # type checking proves that EventLog is what the interfaces say (tests/test_types.py)
+
+    def _a_recorder(log: EventLog) -> RecorderInspection:
+        return log

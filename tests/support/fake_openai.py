@@ -16,6 +16,8 @@ import h11
 import trio
 from attrs import define, field
 
+from .timeouts import scaled
+
 #: A reply the fake sends when a test scripted too few (the brain then fails with HTTP 500).
 UNSCRIPTED = "the fake OpenAI server has no scripted reply left"
 
@@ -230,7 +232,7 @@ class ThreadedFake:
 
     def wait(self, name: str, timeout: float = 10) -> None:
         async def wait() -> None:
-            with trio.fail_after(timeout):
+            with trio.fail_after(scaled(timeout)):  # its own trio run, on the real clock
                 await getattr(self.fake, name).wait()
 
         trio.from_thread.run(wait, trio_token=self._token)
@@ -257,10 +259,10 @@ def fake_openai_in_thread(*replies: Reply) -> Iterator[ThreadedFake]:
 
     thread = threading.Thread(target=run, name="fake-openai", daemon=True)
     thread.start()
-    started.wait(10)
+    started.wait(scaled(10))
     assert "token" in state, "the fake OpenAI server did not start"
     try:
         yield ThreadedFake(fake, state["token"])
     finally:
         trio.from_thread.run_sync(state["scope"].cancel, trio_token=state["token"])
-        thread.join(10)
+        thread.join(scaled(10))

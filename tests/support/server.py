@@ -1,5 +1,6 @@
-"""Test support: a small JSON WebSocket client, a real server on a free loopback port (with echo agents,
-or with an `openai` agent talking to the fake OpenAI-compatible server of tests/fake_openai.py), and test tokens."""
+"""In-process servers for the tests: a real `Server` on a free loopback port (with echo agents, or with an
+`openai` agent talking to the fake OpenAI-compatible server of support/fake_openai.py), a small JSON
+WebSocket client (trio-websocket), raw handshakes, test tokens, and a check that a server is still healthy."""
 from __future__ import annotations
 
 import json
@@ -7,25 +8,18 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 import trio
 from trio_websocket import open_websocket_url
 
 from agentcast.actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
-from fake_openai import FakeOpenAI
 from agentcast.transport._auth import mint
 from agentcast.transport.server import Server, ServerSettings
 
-
-#: Multiplies every real-clock timeout of the process tests (subprocesses, real sockets waited on with
-#: a wall clock): a loaded machine makes them slower, not failed. `AGENTCAST_TEST_TIMEOUT_SCALE=3 pytest`.
-TIMEOUT_SCALE = float(os.environ.get("AGENTCAST_TEST_TIMEOUT_SCALE") or 1)
-
-
-def scaled(seconds: float) -> float:
-    """`seconds` of real time, scaled for this machine (see `TIMEOUT_SCALE`)."""
-    return seconds * TIMEOUT_SCALE
+from .fake_openai import FakeOpenAI
+from .timeouts import clock_bound, scaled
 
 
 _COUNT_ON_DISK = """
@@ -39,7 +33,7 @@ print(json.dumps({n: data.count(n.encode()) for n in needles}))
 def on_disk(db, *needles: str) -> dict[str, int]:
     """How often each of `needles` (as UTF-8) occurs in the bytes SQLite keeps on disk for `db`: the
     file, its -wal and its -shm. Read by another process: this one may hold SQLite connections to the
-    file, and closing a descriptor of it here would drop their locks (see tests/dbguard.py)."""
+    file, and closing a descriptor of it here would drop their locks (see support/dbguard.py)."""
     done = subprocess.run([sys.executable, "-c", _COUNT_ON_DISK, os.fspath(db), *needles],
                           capture_output=True, text=True, timeout=scaled(30), check=True)
     return json.loads(done.stdout)
@@ -55,7 +49,8 @@ class Client:
         await self.ws.send_message(frame if isinstance(frame, (str, bytes)) else json.dumps(frame))
 
     async def recv(self, timeout: float = 5) -> dict:
-        with trio.fail_after(timeout):
+        """The next frame, within `timeout` seconds (scaled on the real clock, see `clock_bound`)."""
+        with trio.fail_after(clock_bound(timeout)):
             return json.loads(await self.ws.get_message())
 
     async def recv_until(self, type_: str, timeout: float = 5) -> list[dict]:
@@ -104,7 +99,7 @@ LLM_AGENT = "llm"
 @asynccontextmanager
 async def llm_server(db_path, *replies, brain=None, agent_id=LLM_AGENT, others=(), **spec_options):
     """A server with the agents `others` and one `openai` agent `agent_id` whose model is a fake
-    (tests/fake_openai.py) scripted with `replies` (`server.fake`: script more with `server.fake.script(...)`)."""
+    (support/fake_openai.py) scripted with `replies` (`server.fake`: script more with `server.fake.script(...)`)."""
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI(*replies).start(nursery)
         brain_options = {"model": "fake-model", "base_url": fake.base_url, "retries": 0, **(brain or {})}
@@ -129,7 +124,7 @@ async def handshake(port: int, *headers: str, path: str = "/ws") -> bytes:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(request.encode())
         head = b""
-        with trio.fail_after(5):
+        with trio.fail_after(clock_bound(5)):
             while b"\r\n\r\n" not in head:
                 chunk = await stream.receive_some()
                 if not chunk:
@@ -159,3 +154,18 @@ class GatedBrain:
         await self.gate.wait()
         for delta in self.answer(turn):
             yield delta
+
+
+async def assert_healthy(server) -> None:
+    """A fresh client chats, finds its own words, and nobody else does."""
+    word = "zq" + uuid.uuid4().hex[:10]
+    async with connect(server.port) as me, connect(server.port) as other:
+        await me.request({"type": "set_user", "user_id": f"healthy-{word}"}, "user_set")
+        await other.request({"type": "set_user", "user_id": f"other-{word}"}, "user_set")
+        frames = await me.request({"type": "chat", "agent_id": "my_agent", "message": f"remember {word}"}, "agent_done")
+        assert frames[-2]["type"] == "response" and word in frames[-2]["message"]
+        (mine,) = await me.request({"type": "search_memory", "agent_id": "my_agent", "query": word}, "memory_results")
+        assert [r["content"] for r in mine["results"]][0] == f"remember {word}"
+        (theirs,) = await other.request({"type": "search_memory", "agent_id": "my_agent", "query": word},
+                                        "memory_results")
+        assert theirs["results"] == []
