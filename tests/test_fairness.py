@@ -19,7 +19,6 @@ from agentcast.transport._settings import ServerSettings
 from agentcast.transport._wsinternals import (
     FAST_PATHS,
     FAST_PATHS_LINE,
-    FRAME_COST,
     PASS_WORK,
     WSPROTO_FRAME_COST,
     serve_stream,

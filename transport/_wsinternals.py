@@ -615,14 +615,17 @@ class InputPace:
     Whatever the rate, the reader lets the other tasks run after `PASS_WORK` of work (`due`, `wait`), so a
     connection's turn on the event loop is bounded however much it has sent."""
 
-    __slots__ = ("rate", "burst", "tokens", "at", "work")
+    __slots__ = ("rate", "burst", "tokens", "at", "spent", "work")
 
     def __init__(self, rate: float, burst: int) -> None:
         self.rate = rate
         self.burst = burst
-        #: The bucket (negative once a read or a frame spent more than it held), as of trio time `at`.
+        #: The bucket as of trio time `at` (negative once more was spent than it held)...
         self.tokens = float(burst) if rate else math.inf
         self.at = trio.current_time()
+        #: ... and what was spent since, counted in at the next `refill`: one every PASS_WORK spent, or when
+        #: the spending passes what the bucket held (it may have refilled since), not one a read.
+        self.spent = 0
         #: Work since the reader last let the other tasks run.
         self.work = 0
 
@@ -630,24 +633,27 @@ class InputPace:
         """`size` bytes were read: the reader waits for the socket before each read, letting the other tasks run."""
         self.work = size
         if self.rate:
-            self.refill()
-            self.tokens -= size
+            self.spent += size
+            if self.spent >= PASS_WORK:
+                self.refill()
 
     def frame(self, cost: int = FRAME_COST) -> None:
         """A frame (or a part of one) is about to be handled: `cost` more (FRAME_COST or WSPROTO_FRAME_COST)."""
         self.work += cost
-        self.tokens -= cost
+        self.spent += cost
 
     @property
     def due(self) -> bool:
-        """Whether the reader must `wait` before it does more: its pass is used up, or its budget."""
-        return self.tokens < 0 or self.work >= PASS_WORK
+        """Whether the reader must `wait` before it does more: its pass is used up, or maybe its budget."""
+        return self.work >= PASS_WORK or self.spent > self.tokens
 
     async def wait(self) -> None:
         """Let the other tasks run; and once the budget is spent, sleep until it holds a pass of work again
         (`PASS_WORK`, or the whole `burst` if smaller): one sleep per pass, not one per frame."""
         self.work = 0
-        if self.tokens < 0:
+        if not self.rate:
+            self.spent = 0  # frames counted for nothing
+        elif self.spent > self.tokens:
             self.refill()
             if self.tokens < 0:
                 await trio.sleep((min(PASS_WORK, self.burst) - self.tokens) / self.rate)
@@ -656,10 +662,13 @@ class InputPace:
         await trio.lowlevel.checkpoint()
 
     def refill(self) -> None:
-        """Add what the bucket has gained since it was last counted."""
+        """Add what the bucket has gained since it was last counted, then take what was spent meanwhile (all
+        of it as if spent now: at most PASS_WORK and a read more strictly than a bucket counted each read)."""
         now = trio.current_time()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate) - self.spent
         self.at = now
+        self.spent = 0
+
 
 #: Parts of a fragmented message kept apart before `_read` joins them (see there).
 _MAX_PARTS = 64
