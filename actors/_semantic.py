@@ -107,6 +107,8 @@ class EmbeddingWorker:
         self._forgotten: dict[tuple[str, str], int] = {}
         #: (agent_id, user, text) -> the vector a chat's recall made for that message
         self._expected: collections.OrderedDict[tuple[str, str, str], Any] = collections.OrderedDict()
+        #: While the start counts the log: (last seq, messages) of each commit seen meanwhile (None otherwise)
+        self._commits_while_counting: list[tuple[int, int]] | None = None
 
     # -- on the event loop: what the journal and the lanes tell it -----------------------------------
 
@@ -127,6 +129,8 @@ class EmbeddingWorker:
                     del self._expected[key]
         if messages:
             self.backlog += messages
+            if self._commits_while_counting is not None:
+                self._commits_while_counting.append((recorded[-1].seq, messages))
             self._wake.set()
             if self._idle.is_set():
                 self._idle = trio.Event()
@@ -207,7 +211,18 @@ class EmbeddingWorker:
                                "dropped and its memory is embedded again", agent_id, self.label, dropped)
         self._cursors = await journal.read(self._read_cursors)
         start = min(self._cursors.values())
-        self.backlog = await journal.read(lambda log: log.count_unembedded(self.agent_ids, start))
+
+        def count(log: Recorder) -> tuple[int, int]:
+            with log.snapshot():
+                return log.count_unembedded(self.agent_ids, start), log.last_seq()
+
+        # Commits land while the count is read: those after its snapshot are added to it, not lost.
+        self._commits_while_counting = []
+        try:
+            counted, upto = await journal.read(count)
+            self.backlog = counted + sum(n for last, n in self._commits_while_counting if last > upto)
+        finally:
+            self._commits_while_counting = None
         if self.backlog:
             logger.info("embedding (%s): %d messages of %s to embed (their search is lexical until then)",
                         self.label, self.backlog, ", ".join(self.agent_ids))

@@ -108,6 +108,56 @@ async def search(agent: Agent, query: str, limit: int = 5, *, user: str = "ann",
 # -- the worker -----------------------------------------------------------------------------------------
 
 
+class CommitsWhileCounting:
+    """The journal, except that right after the worker's start counts what is left to embed (before that count
+    reaches the worker), one more message is committed: a commit that lands between the count and its use."""
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+        self.write, self.watch = journal.write, journal.watch
+        self.committed_meanwhile = False
+
+    async def read(self, fn):
+        counted = []
+
+        class Spy:
+            def __init__(self, log):
+                self._log = log
+
+            def __getattr__(self, name):
+                if name == "count_unembedded":
+                    counted.append(name)
+                return getattr(self._log, name)
+
+        result = await self._journal.read(lambda log: fn(Spy(log)))
+        if counted and not self.committed_meanwhile:
+            self.committed_meanwhile = True
+            await self._journal.append([said("said while the backlog was counted")])
+        return result
+
+
+async def test_the_backlog_counts_a_message_committed_while_the_start_counts_the_log(tmp_path):
+    embedder = WordEmbedder()
+    embedder.gate = trio.Event()  # nothing is embedded: the backlog is all there is to see
+    path = tmp_path / "s.db"
+    with EventLog.open(path) as log:
+        log.append([[said(f"said before the start {i}") for i in range(3)]])
+    writer = EventLog.open(path)
+    try:
+        journal = Journal(writer, lambda: EventLog.open(path, readonly=True))
+        store = CommitsWhileCounting(journal)
+        worker = EmbeddingWorker(embedder, [A], store, batch_size=4)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            await nursery.start(worker.run)
+            await embedder.waiting.wait()  # started, counted, embedding its first batch
+            assert store.committed_meanwhile
+            assert worker.backlog == 4  # the 3 counted and the one committed after the count
+            nursery.cancel_scope.cancel()
+    finally:
+        writer.close()
+
+
 async def test_committed_messages_get_one_vector_each_in_batches_off_the_turns_path(tmp_path):
     embedder = WordEmbedder()
     embedder.gate = trio.Event()  # the embedder does not answer yet: turns must not wait for it
