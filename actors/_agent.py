@@ -20,6 +20,7 @@ from attrs import define, field, frozen
 from ..store import (
     CANCELLED,
     FAILED,
+    LEXICAL,
     AgentAnswered,
     Event,
     FactRemembered,
@@ -27,6 +28,7 @@ from ..store import (
     Memory,
     Recorded,
     Recorder,
+    SearchResult,
     ToolCalled,
     ToolReturned,
     TurnEnded,
@@ -34,9 +36,11 @@ from ..store import (
     UserSaid,
     fold,
     fold_all,
+    search_memory,
 )
 
 from ._brain import Brain, BrainError, ToolCallItem, ToolResultItem, Turn, UsageItem
+from ._embedders import EmbedderChoice
 from ._journal import Journal
 from ._messages import (
     AgentCommand,
@@ -62,6 +66,7 @@ from ._messages import (
     UserMessageOutput,
     is_live,
 )
+from ._semantic import SearchUnavailable, SemanticMemory
 from ._tools import ToolContext, Toolbox
 
 logger = logging.getLogger("agentcast.actors")
@@ -109,6 +114,9 @@ class AgentSpec:
     #: A chat from a user whose previous chat is still queued or running: "queue" it behind
     #: (default), "reject" it (`busy`), or "interrupt" the running turn (cancelled) and queue it.
     on_busy: str = "queue"
+    #: The embedder of semantic memory (None: the search is lexical only); made by the server, shared by the
+    #: agents whose choices are equal.
+    embedder: EmbedderChoice | None = None
 
     def __attrs_post_init__(self) -> None:
         sizes = (self.short_term_window, self.mailbox_size, self.lane_size, self.connection_size)
@@ -172,8 +180,7 @@ class _TurnMemory:
     log: _TurnLog
 
     async def search(self, query: str, limit: int) -> Sequence[Hit]:
-        agent_id, user = self.agent.agent_id, self.user
-        return await self.agent._journal.read(lambda log: log.search(agent_id, user, query, limit))
+        return (await self.agent._memory_search(self.user, query, limit)).hits
 
     async def remember(self, fact: str) -> int:
         event = FactRemembered(self.agent.agent_id, self.user, self.agent._clock(), fact, self.request_id)
@@ -441,10 +448,12 @@ class Agent:
     """
 
     def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
-                 budget: LaneBudget | None = None) -> None:
+                 budget: LaneBudget | None = None, semantic: SemanticMemory | None = None) -> None:
         self.spec = spec
         self.agent_id = spec.agent_id
         self._journal = journal
+        #: The semantic side of the agent's memory search (None: lexical only).
+        self.semantic = semantic
         self._audience = audience
         self._clock = clock
         # Commands submitted before `run` starts wait here; once it runs, `submit` hands each command
@@ -807,9 +816,7 @@ class Agent:
         try:
             recalled: Sequence[Hit] = ()
             if brain.recall and memory.long_term_count:
-                recalled = await self._journal.read(
-                    lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
-                )
+                recalled = (await self._memory_search(cmd.user, cmd.message, brain.recall, said=True)).hits
             tools = getattr(brain, "tools", ())
             # A brain without tools gets the agent's empty toolbox (it only ever answers "no such tool").
             toolbox = Toolbox(tools, ToolContext(
@@ -878,12 +885,27 @@ class Agent:
 
     async def _search(self, memory: Memory, cmd: SearchCommand) -> None:
         since = 0 if cmd.use_long_term else memory.short_term_since
-        hits = await self._journal.read(
-            lambda log: log.search(self.agent_id, cmd.user, cmd.query, cmd.limit, since_seq=since)
-        )
+        try:
+            result = await self._memory_search(cmd.user, cmd.query, cmd.limit, since_seq=since, legs=cmd.legs)
+        except SearchUnavailable as exc:
+            cmd.origin.deliver(FailedOutput(self.agent_id, "semantic_unavailable", str(exc), cmd.request_id))
+            return
         window_start = memory.short_term_since
-        found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in hits]
-        cmd.origin.deliver(SearchResultsOutput(self.agent_id, cmd.query, found, cmd.request_id))
+        found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in result.hits]
+        cmd.origin.deliver(SearchResultsOutput(self.agent_id, cmd.query, found, cmd.request_id, result.legs))
+
+    async def _memory_search(self, user: str, query: str, limit: int, *, since_seq: int = 0,
+                             legs: Sequence[str] | None = None, said: bool = False) -> SearchResult:
+        """Search `user`'s memory: hybrid with an embedder (`SemanticMemory.search`), else lexical; `legs` (None:
+        every leg the agent has) and `said` (the query is the user's new message) as `SemanticMemory.search` takes them."""
+        semantic, agent_id = self.semantic, self.agent_id
+        if semantic is not None:
+            return await semantic.search(self._journal, agent_id, user, query, limit, since_seq=since_seq, legs=legs,
+                                         said=said)
+        if legs is not None and LEXICAL not in legs:
+            raise SearchUnavailable(f"Agent '{agent_id}' has no embedder: its memory is searched lexically only "
+                                    "(ask for legs [\"lexical\"], or leave legs out)")
+        return await self._journal.read(lambda log: search_memory(log, agent_id, user, query, limit, since_seq=since_seq))
 
     async def _clear(self, memory: Memory, cmd: ClearCommand) -> Memory:
         (rec,) = await self._journal.append([UserClearedMemory(self.agent_id, cmd.user, cmd.at, cmd.long_term, cmd.request_id)])
@@ -1005,10 +1027,13 @@ class Agents(Mapping[str, Agent]):
     """The configured agents by id, run together in one nursery."""
 
     def __init__(self, specs: Iterable[AgentSpec], journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
-                 budget: LaneBudget | None = None) -> None:
+                 budget: LaneBudget | None = None, semantic: Mapping[str, SemanticMemory] | None = None) -> None:
+        """`semantic`: the semantic memory of each agent that has an embedder, by agent id."""
         #: The bounds on resident lanes, shared by all the agents.
         self.budget = budget if budget is not None else LaneBudget()
-        self._agents = {s.agent_id: Agent(s, journal, audience, clock, self.budget) for s in specs}
+        semantic = semantic or {}
+        self._agents = {s.agent_id: Agent(s, journal, audience, clock, self.budget, semantic.get(s.agent_id))
+                        for s in specs}
 
     def __getitem__(self, agent_id: str) -> Agent:
         return self._agents[agent_id]

@@ -102,7 +102,7 @@ def test_a_flag_is_spelled_and_shown_the_same_in_every_command():
                 elif action.dest in FLAGS and action.help != "==SUPPRESS==":
                     pytest.fail(f"{name}: {option} spells the common flag {FLAGS[action.dest].names[0]} differently")
                 seen.setdefault(option, set()).add(name)
-    assert seen["--db"] == {"serve", "replay", "replay events", "replay verify", "backup"}
+    assert seen["--db"] == {"serve", "replay", "replay events", "replay verify", "backup", "embed"}
     assert seen["--auth-secret-env"] == {"serve", "token"}
     assert all(seen["--log-level"] >= {name} for name in COMMANDS)
 
