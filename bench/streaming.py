@@ -34,7 +34,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COMPARE = Path(os.environ.get("STREAM_COMPARE_DIR", ROOT.parent / "shared" / "bench" / "streaming"))
+#: The comparison's folder: `shared/bench/streaming` beside the checkout (or beside the folder of worktrees).
+COMPARE = Path(os.environ.get("STREAM_COMPARE_DIR") or next(
+    (d for d in (ROOT.parent / "shared" / "bench" / "streaming", ROOT.parent.parent / "shared" / "bench" / "streaming")
+     if d.exists()), ROOT.parent / "shared" / "bench" / "streaming"))
 STREAM_BENCH = Path(os.environ.get("STREAM_BENCH", "/tmp/stream-bench"))
 #: The turn's shape in workload B: DELTAS deltas, DELAY seconds before each.
 DELTAS, DELAY = 10, 0.03
@@ -110,7 +113,7 @@ def compare(rows_file: Path, c: int, run: int, only: str, label: str, duration: 
     out = rows_file.with_suffix(".one")
     out.unlink(missing_ok=True)
     cmd = [sys.executable, str(COMPARE / "stream_compare.py"), str(out), "B", str(c), "--runs", "1",
-           "--only", only, "--duration", str(duration), "--label", label]
+           "--only", only, "--duration", str(duration), f"--label={label}"]
     if command is not None:
         cmd += ["--agentcast", command]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
