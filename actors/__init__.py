@@ -16,8 +16,9 @@ from ._messages import (
     Found,
     MemoryClearedOutput,
     Outbox,
+    is_live,
     Output,
-    PacedOutbox,
+    LiveOutbox,
     ResumeCommand,
     ResumedOutput,
     SearchCommand,
@@ -35,9 +36,9 @@ from ._messages import (
 __all__ = [
     "Agent", "AgentCommand", "AgentSpec", "Agents", "Audience", "BRAINS", "Brain", "BrainError",
     "Busy", "ChatCommand", "ClearCommand", "ConfigError", "DEFAULT_AGENTS", "EchoBrain", "FailedOutput", "Found",
-    "Journal", "MemoryClearedOutput", "Outbox", "Output", "SearchCommand", "SearchResultsOutput", "Turn",
+    "Journal", "MemoryClearedOutput", "Outbox", "is_live", "Output", "SearchCommand", "SearchResultsOutput", "Turn",
     "TurnChunkOutput", "TurnDoneOutput", "TurnResponseOutput", "TurnStartedOutput", "agent_specs", "split_chunks", "utc_now",
-    "PacedOutbox", "ResumeCommand", "ResumedOutput", "UserMessageOutput", "LaneBudget",
+    "LiveOutbox", "ResumeCommand", "ResumedOutput", "UserMessageOutput", "LaneBudget",
     # real models: the openai brain, tools, cancellation
     "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "RunningTurn", "TOOLS", "Tool",
     "ToolCallItem", "ToolContext", "ToolError", "ToolOutcome", "ToolResultItem", "Toolbox", "TurnCancelledOutput", "ToolCallOutput",

@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import aclosing
 from datetime import datetime, timezone
-from typing import Any, assert_never
+from typing import assert_never
 
 import trio
 from attrs import define, field, frozen
@@ -45,6 +45,7 @@ from ._messages import (
     FailedOutput,
     Found,
     MemoryClearedOutput,
+    LiveOutbox,
     Outbox,
     Output,
     ResumeCommand,
@@ -59,6 +60,7 @@ from ._messages import (
     ToolCallOutput,
     ToolResultOutput,
     UserMessageOutput,
+    is_live,
 )
 from ._tools import ToolContext, Toolbox
 
@@ -300,19 +302,20 @@ class Recipients:
             if not self.reaches(outbox):
                 outbox.deliver(output)
 
-    def hold(self) -> list[Any]:
-        """Ask the recipients that can (see `Outbox`) to keep what they are given until `release`:
+    def hold(self) -> list[LiveOutbox]:
+        """Ask the recipients that can (a `LiveOutbox`) to keep what they are given until `release`:
         what was delivered so far and what comes next then go out together. Returns them, for `release`."""
-        held: list[Any] = [self._origin] if hasattr(self._origin, "hold") else []
+        origin = self._origin
+        held: list[LiveOutbox] = [origin] if is_live(origin) else []
         for outbox in self._others:
-            if hasattr(outbox, "hold") and self._audience.hears(self._agent_id, self._user, outbox):
+            if is_live(outbox) and self._audience.hears(self._agent_id, self._user, outbox):
                 held.append(outbox)
         for outbox in held:
             outbox.hold()
         return held
 
     @staticmethod
-    def release(held: Sequence[Any]) -> None:
+    def release(held: Sequence[LiveOutbox]) -> None:
         """End the `hold` that returned `held`."""
         for outbox in held:
             outbox.release()
@@ -735,7 +738,8 @@ class Agent:
         """Carry out a command other than a chat (`_chat`)."""
         match command:
             case SearchCommand():
-                if not getattr(command.origin, "gone", False):  # nobody left to read the results
+                origin = command.origin
+                if not (is_live(origin) and origin.gone):  # else nobody is left to read the results
                     await self._search(memory, command)
                 return memory
             case ResumeCommand():
@@ -772,7 +776,8 @@ class Agent:
             if ending is not None and _answered_from_log(agent_id, ending, rid, recipients):
                 return memory
         running = RunningTurn(scope, rid, cmd.origin)
-        if self.spec.cancel_on_disconnect and getattr(cmd.origin, "gone", False):
+        origin = cmd.origin
+        if self.spec.cancel_on_disconnect and is_live(origin) and origin.gone:
             scope.cancel()  # its asker left while it was queued
         # The user's message is logged once, even if the turn fails, is cancelled or is retried.
         said = None if logged is not None else UserSaid(agent_id, cmd.user, cmd.at, cmd.message, rid, cmd.command_id)
@@ -895,7 +900,7 @@ class Agent:
         it returns, nothing of the user is committed, so the backlog meets the live stream with
         no gap and no duplicate. The backlog is read BACKLOG_PAGE events at a time on the
         journal's readers, and before each output it waits for room in the origin's queue (a
-        `PacedOutbox`), so neither the lane nor the connection holds the whole history.
+        `LiveOutbox`), so neither the lane nor the connection holds the whole history.
 
         The backlog stops as soon as the subscription is dropped (an unsubscribe, a switch of the
         connection's user, its end): nothing of it is delivered after that, wherever it was.
@@ -904,7 +909,7 @@ class Agent:
         audience = self._audience
         if not audience.subscribed(agent_id, user, origin):
             return  # withdrawn (unsubscribed, switched user, disconnected) before it started
-        room = getattr(origin, "room", None)
+        room = origin.room if is_live(origin) else None
         memory: Memory | None = None  # as of the previous event; read only once a long-term clear needs it
         window = self.spec.short_term_window
         backlog = audience.backlog(agent_id, user, origin)

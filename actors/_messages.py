@@ -7,7 +7,7 @@ transport's, named after their wire type: `protocol.UserMessage`). No I/O here; 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol, Union
+from typing import Protocol, TypeGuard, Union
 
 from attrs import frozen
 
@@ -17,7 +17,7 @@ from ._brain import UsageItem
 
 
 class Outbox(Protocol):
-    """Where an agent's outputs for one connection go.
+    """Where an agent's outputs for one connection go: all that an agent needs of an outbox.
 
     `deliver` never blocks and never raises: a connection that cannot keep up handles
     that itself (it is closed), so an agent never waits on a slow client.
@@ -25,22 +25,51 @@ class Outbox(Protocol):
 
     def deliver(self, output: "Output") -> None: ...
 
-    # An outbox may also have a `gone` attribute, True once nobody will read it: an agent then
-    # skips its queued searches (turns and clears still run: they change the user's memory).
-    #
-    # And `hold()` and `release()`: between them the outbox may keep what it is given instead of
-    # sending it, to send it with what follows (an agent holds its recipients while a turn's ending
-    # commits; `release` is called once for each `hold`, whatever happens). Several lanes may hold
-    # an outbox at once; each release should let what is held go, so nothing waits longer than one
-    # holder's commit.
 
+class LiveOutbox(Outbox, Protocol):
+    """The outbox of a client's connection (the transport's `Connection` implements it): besides `deliver`,
+    it says when nobody will read it any more, it can keep what it is given to send it with what follows,
+    and it says when it has room. An agent uses these where an outbox has them (`is_live`); an outbox
+    with `deliver` alone (a test's, a benchmark's) gets the outputs all the same.
+    """
 
-class PacedOutbox(Outbox, Protocol):
-    """An outbox that can also say when it has room: a backlog (`ResumeCommand`) waits for it before each
-    output, so a long history flows at the pace the client reads it instead of overflowing it."""
+    @property
+    def gone(self) -> bool:
+        """True once nobody will read the outbox: an agent then skips its queued searches (turns and
+        clears still run: they change the user's memory), and may cancel its turns (`cancel_on_disconnect`)."""
+        ...
+
+    def hold(self) -> None:
+        """Until the matching `release`, the outbox may keep what it is given instead of sending it, to send
+        it with what follows (an agent holds a turn's recipients while its ending commits). Several lanes
+        may hold an outbox at once."""
+        ...
+
+    def release(self) -> None:
+        """End one `hold` (called once for each, whatever happens); each release lets what is held go, so
+        nothing waits longer than one holder's commit."""
+        ...
 
     async def room(self) -> None:
-        """Return once the outbox has room again (or never will: it is closing); time-bounded."""
+        """Return once the outbox has room again (or never will: it is closing); time-bounded. A backlog
+        (`ResumeCommand`) waits for it before each output, so a long history flows at the pace the client
+        reads it instead of overflowing it."""
+        ...
+
+
+#: The members an outbox's class must have to be a `LiveOutbox` (besides `deliver`).
+_LIVE_MEMBERS = tuple(name for name in vars(LiveOutbox) if not name.startswith("_"))
+#: Per outbox class: whether it is a `LiveOutbox` (decided once per class, as cheap as a `hasattr` after).
+_live_classes: dict[type, bool] = {}
+
+
+def is_live(outbox: Outbox) -> TypeGuard[LiveOutbox]:
+    """True if `outbox` is a `LiveOutbox` (its class has every member of it)."""
+    kind = type(outbox)
+    live = _live_classes.get(kind)
+    if live is None:
+        live = _live_classes[kind] = all(hasattr(kind, name) for name in _LIVE_MEMBERS)
+    return live
 
 
 # -- commands: each is for one (agent, user) lane and answers to `origin` ------------------

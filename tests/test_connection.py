@@ -194,7 +194,7 @@ async def test_holds_taken_in_turn_never_starve_the_writer(h):
         conn.release()
         frame = await recv(ws)
         assert frame["delta"] == f"chunk{n}"
-    assert conn._holds == 1
+    assert conn._outbox._holds == 1
     conn.release()
 
 
@@ -280,12 +280,12 @@ async def test_adjacent_chunks_of_a_turn_are_one_frame_counted_as_it_is_sent(h):
         p.AgentThinking("a", "r"), p.ResponseChunk("a", "Hello \x00 ☕", "r"), p.ResponseChunk("b", "other agent", "r"),
         p.ResponseChunk("a", " there!", "r2"), p.Response("a", "Hello", 3, "r"), p.ResponseChunk("a", "after", "r"),
     ]
-    assert conn.held_bytes == conn._budget.held == counted(expected)
+    assert conn.held_bytes == conn._outbox.budget.held == counted(expected)
     before = len(writes)
     conn.release()
     assert [await recv(ws) for _ in expected] == [json.loads(p.encode_utf8(f)) for f in expected]
     assert len(writes) == before + (1 if FAST_PATHS else len(expected))  # one socket write (the public API: one a frame)
-    assert conn.held_bytes == conn._budget.held == 0
+    assert conn.held_bytes == conn._outbox.budget.held == 0
 
 
 async def test_a_client_that_stops_reading_holds_no_more_than_outbox_bytes_written_or_not(h):
@@ -303,11 +303,11 @@ async def test_a_client_that_stops_reading_holds_no_more_than_outbox_bytes_writt
     conn.release()  # the writer takes a piece and is stuck writing it
     await trio.testing.wait_all_tasks_blocked()
     assert conn._mid_frame and conn.held_bytes == held  # written or not, all of it counts
-    queued = sum(len(f) + FRAME_OVERHEAD for f in conn._outbox)
+    queued = sum(len(f) + FRAME_OVERHEAD for f in conn._outbox.queued)
     assert 0 < held - queued <= 64 * 1024 + 400  # in the writer's hands: one piece
     await sent_pings(ws, rids[400:])
     assert conn._closing[0] == TRY_AGAIN_LATER
-    assert conn._outbox is None and conn.held_bytes == held - queued  # the queue was dropped at once
+    assert not conn._outbox.queued and conn.held_bytes == held - queued  # the queue was dropped at once
 
 
 # -- the server-wide cap on outbound bytes ------------------------------------------------------------------
@@ -359,10 +359,10 @@ async def test_a_connection_closing_with_a_queue_to_drain_loses_it_to_the_server
     await sent_pings(closing_ws, ["r" * 200] * 400)
     closing.close(1001, "server shutting down")
     await trio.testing.wait_all_tasks_blocked()
-    assert closing._outbox  # its writer is stuck on a piece of WRITE_PIECE bytes: the rest waits to be drained
-    in_flight = closing.held_bytes - sum(len(f) + FRAME_OVERHEAD for f in closing._outbox)
+    assert closing._outbox.queued  # its writer is stuck on a piece of WRITE_PIECE bytes: the rest waits to be drained
+    in_flight = closing.held_bytes - sum(len(f) + FRAME_OVERHEAD for f in closing._outbox.queued)
     h.budget.cap = closing.held_bytes + 10 * pong
     await sent_pings(other_ws, ["r" * 200] * 11)
-    assert closing._closing == (1001, "server shutting down") and closing._outbox is None
+    assert closing._closing == (1001, "server shutting down") and not closing._outbox.queued
     assert closing.held_bytes == in_flight and other._closing is None
     assert h.budget.held == in_flight + 11 * pong

@@ -76,6 +76,11 @@ RULES = [
     # the HTTP side gets health and metrics from the server; the metrics read, they do not schedule
     ([ROOT / "transport" / "_http.py"], {"trio_websocket", "actors", "store"}),
     ([ROOT / "transport" / "_metrics.py"], {"trio", "trio_websocket", "store"}),
+    # the parts of a connection: only `_connection` (and `_wsinternals`) talk to trio-websocket
+    ([ROOT / "transport" / "_outbox.py"], {"trio_websocket", "actors", "store"}),
+    ([ROOT / "transport" / "_session.py"], {"trio_websocket", "actors", "store"}),
+    ([ROOT / "transport" / "_dispatch.py"], {"trio", "trio_websocket", "store"}),
+    ([ROOT / "transport" / "_admission.py"], {"trio", "trio_websocket", "actors", "store"}),
 ]
 
 

@@ -446,7 +446,7 @@ async def test_a_client_that_stops_reading_during_a_backlog_is_closed_and_the_la
     room = Connection.room
 
     async def counted_room(self):
-        crowded, closing = self is conn and self._crowded(), self._closing
+        crowded, closing = self is conn and self._outbox.crowded(), self._closing
         await room(self)
         if crowded:
             waits.append((closing, self._closing))

@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: The modules whose dispatch is checked (with all of the store); the rest of agentcast is read, not checked.
 CHECKED = ["-p", "agentcast.store", "-m", "agentcast.actors._agent", "-m", "agentcast.actors._messages",
-           "-m", "agentcast.actors._journal", "-m", "agentcast.transport._frames", "-m", "agentcast.transport.cli"]
+           "-m", "agentcast.actors._journal", "-m", "agentcast.transport._frames", "-m", "agentcast.transport.cli",
+           # the connection and its parts: a Connection is checked against the actors' `LiveOutbox` protocol
+           "-m", "agentcast.transport._connection", "-m", "agentcast.transport._outbox",
+           "-m", "agentcast.transport._session", "-m", "agentcast.transport._dispatch",
+           "-m", "agentcast.transport._admission"]
 
 
 def mypy(package_root: Path, cache: Path) -> subprocess.CompletedProcess:
