@@ -6,12 +6,13 @@ HTTP through httpx (it runs under trio, through anyio), SSE through httpx-sse. M
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
-from contextlib import AsyncExitStack, aclosing
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
 import httpx
@@ -72,6 +73,100 @@ MAX_TOOL_ARGUMENTS_CHARS = 65_536
 MAX_TOOL_ARGUMENTS_DEPTH = 32
 #: The longest tool name kept from the stream (real names have at most 64 characters).
 MAX_TOOL_NAME_CHARS = 256
+
+#: Per trio run: each brain's HTTP clients (`_Clients`).
+_CLIENTS: trio.lowlevel.RunVar[dict[OpenAIBrain, _Clients]] = trio.lowlevel.RunVar("agentcast_openai_clients")
+
+#: The most idle clients (each with its open connection) a brain keeps for its next turns.
+MAX_IDLE_CLIENTS = 1024
+#: How long an idle client is kept (seconds): httpx's keep-alive expiry, after which it would not reuse the connection.
+IDLE_CLIENT_SECONDS = 5.0
+
+
+class _Clients:
+    """A brain's HTTP clients in one trio run, each lent to one turn at a time (`borrow`) and kept for the next
+    turn afterwards, so that its connection to the model server (keep-alive) serves many turns.
+
+    A client per turn rather than one shared client: httpx's pool scans all its connections for every request
+    and response (with hundreds of turns streaming at once, that costs more than a connection per turn), and
+    a client of one's own has one connection at most. A response not read to its end (a cancelled turn, a failed
+    stream) closes its connection, so the provider stops generating it; the client then connects anew when next
+    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS; a system task closes those left
+    when the run ends.
+    """
+
+    __slots__ = ("_brain", "_idle")
+
+    def __init__(self, brain: OpenAIBrain) -> None:
+        self._brain = brain
+        self._idle: collections.deque[tuple[float, httpx.AsyncClient]] = collections.deque()  # (since, client), oldest first
+
+    @staticmethod
+    def of(brain: OpenAIBrain) -> _Clients:
+        try:
+            clients = _CLIENTS.get()
+        except LookupError:
+            clients = {}
+            _CLIENTS.set(clients)
+        mine = clients.get(brain)
+        if mine is None:
+            mine = clients[brain] = _Clients(brain)
+            trio.lowlevel.spawn_system_task(mine._close_at_exit, name="agentcast openai clients")
+        return mine
+
+    @asynccontextmanager
+    async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
+        idle = self._idle
+        now = trio.current_time()
+        while idle and idle[0][0] < now - IDLE_CLIENT_SECONDS:
+            await self._close(idle.popleft()[1])
+        if idle:
+            client = idle.pop()[1]  # the last one back: the likeliest to have its connection still open
+        else:
+            brain = self._brain
+            client = httpx.AsyncClient(timeout=httpx.Timeout(brain.timeout), verify=brain._ssl_context,
+                                       limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        try:
+            yield client
+        finally:
+            if len(idle) < MAX_IDLE_CLIENTS:
+                idle.append((trio.current_time(), client))
+            else:
+                await self._close(client)
+
+    @staticmethod
+    async def _close(client: httpx.AsyncClient) -> None:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+    async def _close_at_exit(self) -> None:
+        """Close the idle clients when the trio run ends (system tasks are cancelled once the main task is
+        done, by when every turn has given its client back)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            while self._idle:
+                try:
+                    await self._close(self._idle.pop()[1])
+                except Exception:  # a system task must not raise: that would end the run with an internal error
+                    logger.exception("closing an openai brain's HTTP client failed")
+
+
+#: How long the end of a body is waited for once `data: [DONE]` has come (`_end_of_body`).
+END_OF_BODY_WAIT = 1.0
+
+
+async def _end_of_body(events: AsyncIterator) -> None:
+    """Read on past `data: [DONE]` to the end of the body, so that its connection can serve the brain's
+    next request (one whose body is not read to its end is closed). At most END_OF_BODY_WAIT seconds and
+    one more event: anything that still comes after [DONE] is not read, and the connection is then closed.
+    The answer is complete by then: a failure here is not the turn's."""
+    with trio.move_on_after(END_OF_BODY_WAIT):
+        try:
+            await anext(events)
+        except (StopAsyncIteration, httpx.HTTPError, SSEError):
+            pass
+
 
 class _Retry(Exception):
     """This try failed before the first token in a way another try may not (internal)."""
@@ -275,18 +370,16 @@ class OpenAIBrain:
 
     async def reply(self, turn: Turn) -> AsyncGenerator[BrainItem, None]:
         key = self._api_key()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         messages = self.prompt(turn)
         prompt_tokens = completion_tokens = 0
         counted = False
         rounds = chars = 0
         answer = ""  # the end of the answer so far (enough to see how it ends)
         deadline = trio.current_time() + self.turn_timeout
-        # One client (and connection) per turn: leaving this block, normally or by cancellation,
-        # closes the connection, so a cancelled answer stops being generated and paid for. The
-        # client is cheap to make: its TLS settings are made once, off the event loop.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers,
-                                     verify=self._ssl_context) as client:
+        # A client lent for this turn (`_Clients`): an answer read to its end leaves its connection open for
+        # a next turn; one that is not, as when the turn is cancelled, closes it, so that the provider stops
+        # generating it (and being paid for it).
+        async with _Clients.of(self).borrow() as client:
             while True:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()
@@ -373,7 +466,8 @@ class OpenAIBrain:
         try:
             async with AsyncExitStack() as stack:
                 source = await self._within(deadline, stack.enter_async_context(
-                    aconnect_sse(client, "POST", self.url, json=body)))
+                    aconnect_sse(client, "POST", self.url, json=body,
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})))
                 response = source.response
                 if response.status_code != 200:
                     raise await self._within(deadline, self._http_error(response, key))
@@ -391,6 +485,7 @@ class OpenAIBrain:
                         continue
                     if data == "[DONE]":
                         result.finished = True
+                        await _end_of_body(events)
                         break
                     for delta in self._chunk(data, result, key):
                         streamed = True
