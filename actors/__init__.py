@@ -2,7 +2,11 @@
 
 Must not import `transport` (enforced by tests/test_layers.py).
 """
-from ._agent import ON_BUSY, Agent, Agents, AgentSpec, Audience, Busy, LaneBudget, NothingToCancel, RunningTurn, utc_now
+from ._admission import Busy
+from ._agent import ON_BUSY, Agent, Agents, AgentSpec, NothingToCancel, utc_now
+from ._audience import Audience
+from ._lanes import LaneBudget
+from ._turn import RunningTurn
 from ._brain import BRAINS, Brain, BrainError, BrainItem, EchoBrain, ToolCallItem, ToolResultItem, Turn, UsageItem, split_chunks
 from ._openai import OpenAIBrain
 from ._tools import TOOLS, MemoryAccess, Tool, ToolContext, ToolError, Toolbox, ToolOutcome, resolve_tools, tool
