@@ -58,6 +58,17 @@ def _brain(agent_id: str, value: Any) -> Brain:
         raise ConfigError(f"agents.{agent_id}.brain: {exc}") from None
 
 
+#: The longest agent id, in bytes as UTF-8: the longest id a client may send (`protocol.MAX_ID_BYTES`).
+MAX_AGENT_ID_BYTES = 256
+
+
+def _agent_id_fits(agent_id: str) -> bool:
+    try:
+        return 0 < len(agent_id.encode("utf-8")) <= MAX_AGENT_ID_BYTES
+    except UnicodeEncodeError:  # a lone surrogate: no client could send it
+        return False
+
+
 def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
     """The agents described by the `[agents]` table (the defaults when it is None)."""
     if table is None:
@@ -66,8 +77,9 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
         raise ConfigError("[agents] must define at least one agent, as [agents.ID] tables")
     specs = []
     for agent_id, body in table.items():
-        if not agent_id or len(agent_id) > 256:
-            raise ConfigError(f"agent id {agent_id!r} must be 1 to 256 characters")
+        if not _agent_id_fits(agent_id):
+            raise ConfigError(f"agent id {agent_id!r} must be 1 to {MAX_AGENT_ID_BYTES} bytes (UTF-8): clients name it "
+                              "in their frames, where an id is at most that long")
         if not isinstance(body, Mapping):
             raise ConfigError(f"agents.{agent_id} must be a table")
         unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", *_SPEC_KEYS}

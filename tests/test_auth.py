@@ -49,7 +49,7 @@ from agentcast.transport._auth import (
 )
 from agentcast.transport._config import load_config, server_settings
 from agentcast.transport._connection import POLICY_VIOLATION, Connection
-from agentcast.transport.cli import token_user
+from agentcast.transport.cli import BadArgument, token_user
 from agentcast.transport.server import Server, ServerSettings
 
 pytestmark = pytest.mark.transport  # run again with AGENTCAST_WS_FAST_PATHS=0 (.ci/run)
@@ -159,6 +159,13 @@ def test_lifetimes():
     for bad in ("", "0", "1w", "-1h", "1.5h", "h", "99999999999d"):
         with pytest.raises(ValueError):
             parse_ttl(bad)
+
+
+def test_agentcast_token_refuses_a_user_id_over_256_bytes_and_says_bytes():
+    assert token_user("\U0001F600" * 64) == "\U0001F600" * 64  # 256 bytes
+    for user in ("\U0001F600" * 65, "x" * 257, "9" * 257):
+        with pytest.raises(BadArgument, match="256 digits .* 256 bytes"):
+            token_user(user)
 
 
 def test_token_user_ids_keep_their_json_type():

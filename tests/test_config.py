@@ -39,3 +39,16 @@ def test_lane_bounds_are_server_settings_with_the_budgets_defaults(tmp_path):
         load_config(path)
     with pytest.raises(ValueError):
         LaneBudget(max_window_bytes=0)
+
+
+def test_agent_ids_are_at_most_256_bytes_as_utf8_like_the_ids_clients_send(tmp_path):
+    """An agent id is named by clients in their frames, where an id is at most 256 bytes (UTF-8): a config
+    may not define one no client could name (64 four-byte characters fit, 65 do not)."""
+    path = tmp_path / "agents.toml"
+    for agent_id in ("x" * 256, "\U0001F600" * 64, "é" * 128):
+        path.write_text(f'[agents."{agent_id}"]\nbrain = "echo"\n')
+        assert [spec.agent_id for spec in load_config(path).agents] == [agent_id]
+    for agent_id in ("x" * 257, "\U0001F600" * 65, "é" * 129):
+        path.write_text(f'[agents."{agent_id}"]\nbrain = "echo"\n')
+        with pytest.raises(ConfigError, match="must be 1 to 256 bytes"):
+            load_config(path)

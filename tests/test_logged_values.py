@@ -118,10 +118,10 @@ async def test_a_lane_failure_logs_the_users_id_escaped(db_path, caplog):
 
 async def test_a_flood_of_huge_unknown_types_writes_a_bounded_log(db_path, caplog, monkeypatch):
     """200 frames, each with a 60,000-character type, logged and answered before authentication: a few hundred
-    bytes each at most."""
+    bytes each at most. (12 MB of input: the input budget is off, or reading it would outlast `auth_timeout`.)"""
     caplog.set_level(logging.DEBUG, logger="agentcast")
     monkeypatch.setenv("AGENTCAST_TEST_SECRET", "s" * 32)
-    async with running_server(db_path, auth_secret_env="AGENTCAST_TEST_SECRET") as server:
+    async with running_server(db_path, auth_secret_env="AGENTCAST_TEST_SECRET", input_bytes_per_second=0) as server:
         async with connect(server.port) as c:
             for i in range(200):
                 await c.send({"type": f"{i:03d}" + "t" * 60_000})

@@ -38,6 +38,8 @@ from agentcast.transport._http import PrefixedStream
 from agentcast.transport._settings import ServerSettings
 from agentcast.transport import _wsinternals
 from agentcast.transport._wsinternals import (
+    FRAME_COST,
+    PASS_WORK,
     _receive,
     abort,
     _socket_fd,
@@ -465,8 +467,9 @@ def test_take_messages_hands_over_what_was_queued_first_then_each_message_as_it_
 
 
 @fast_path_only("trio-websocket's reader hands each message through its channel to the connection's task")
-def test_a_read_full_of_messages_lets_other_tasks_run_every_yield_every_messages():
-    """One read can hold hundreds of tiny frames, each handled in the reader task: it yields between them."""
+def test_a_read_full_of_messages_lets_other_tasks_run_after_each_pass_of_work():
+    """One read can hold hundreds of tiny frames, each handled in the reader task: it yields between them,
+    each time its work (the read's bytes, FRAME_COST a frame) reaches PASS_WORK."""
     async def main():
         server_stream, client_stream = trio.testing.memory_stream_pair()
         async with trio.open_nursery() as nursery:
@@ -483,11 +486,14 @@ def test_a_read_full_of_messages_lets_other_tasks_run_every_yield_every_messages
 
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(other_task)
-            await client_stream.send_all(b"".join(client_frame(1, b"%d" % i) for i in range(200)))  # one read
+            data = b"".join(client_frame(1, b"%d" % i) for i in range(200))
+            await client_stream.send_all(data)  # one read
             await trio.testing.wait_all_tasks_blocked()
             assert taken == [str(i) for i in range(200)]  # all, in order
             between = {n for n in seen if 0 < n < 200}  # the other task ran while the read was being handled,
-            assert between and all(n % 64 == 0 for n in between)  # at the reader's yields (trio shuffles the order)
+            first = -(-(PASS_WORK - len(data)) // FRAME_COST)  # at the reader's yields (some of them: trio
+            yields = set(range(first, 200, PASS_WORK // FRAME_COST))  # shuffles the order of the tasks it runs)
+            assert between and between <= yields
             nursery.cancel_scope.cancel()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))

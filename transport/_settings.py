@@ -62,6 +62,13 @@ class ServerSettings:
     #: frames beyond are answered `rate_limited` and not carried out.
     rate_limit: float = 0.0
     rate_burst: int = 20
+    #: Bytes per second of one connection's input that the server reads and handles, on average (0: no
+    #: limit), with bursts of `input_burst_bytes`; every frame counts 256 bytes more than its size (512 for
+    #: control frames, fragments and binary frames, and for each 4 KiB read of a frame larger than that).
+    #: Beyond, the server stops reading that connection until its budget refills, so TCP slows the client
+    #: down: nothing is refused or dropped.
+    input_bytes_per_second: int = 1024 * 1024
+    input_burst_bytes: int = 1024 * 1024
     #: Token authentication: the name of the environment variable holding the secret (None: auth off).
     #: The secret itself is never part of the settings.
     auth_secret_env: str | None = None
@@ -81,9 +88,11 @@ class ServerSettings:
             raise ValueError(f"synchronous must be NORMAL or FULL, not {self.synchronous!r}")
         for name in ("max_message_size", "outbox_size", "outbox_bytes", "outbox_bytes_total", "readers",
                      "max_chat_chars", "max_query_chars", "max_connections", "max_connections_per_user", "rate_burst",
-                     "max_lanes", "max_lanes_window_bytes"):
+                     "max_lanes", "max_lanes_window_bytes", "input_burst_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.input_bytes_per_second < 0:
+            raise ValueError("input_bytes_per_second must be at least 0 (0: no limit)")
         if self.heartbeat_interval and not self.heartbeat_timeout > 0:
             raise ValueError("heartbeat_timeout must be more than 0 seconds while heartbeat_interval is on")
         for name in ("handshake_timeout", "close_timeout", "shutdown_grace", "heartbeat_interval",

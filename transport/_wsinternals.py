@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import math
 import os
 import struct
 from collections.abc import Callable, Mapping, Sequence
@@ -441,20 +442,22 @@ def take_messages(ws: WebSocketConnection, take: Callable[[str | bytes], None]) 
 # -- receiving -----------------------------------------------------------------------------------
 
 async def serve_stream(
-    nursery: trio.Nursery, stream: trio.abc.Stream, *, message_queue_size: int, max_message_size: int
+    nursery: trio.Nursery, stream: trio.abc.Stream, *, message_queue_size: int, max_message_size: int,
+    input_rate: int = 0, input_burst: int = 0,
 ) -> WebSocketRequest:
     """`trio_websocket.wrap_server_stream`, with this module's reader task (`_read`) in place of
     trio-websocket's: the same handling of every event (handshake, ping, pong, close), but a plain text
     frame (the client's usual message) is parsed here, without wsproto; a protocol violation gets its close
-    frame (`_handle_close`) and a client's EOF ends only the input (`_end_input`). Where the internals
-    differ (`FAST_PATHS`), it is `wrap_server_stream` itself."""
+    frame (`_handle_close`) and a client's EOF ends only the input (`_end_input`); and the connection's
+    input is paced (`InputPace`: `input_rate` bytes a second with bursts of `input_burst`; 0: unpaced).
+    Where the internals differ (`FAST_PATHS`), it is `wrap_server_stream` itself (unpaced)."""
     if not FAST_PATHS:
         return await wrap_server_stream(
             nursery, stream, message_queue_size=message_queue_size, max_message_size=max_message_size
         )
     ws = WebSocketConnection(stream, WSConnection(ConnectionType.SERVER), message_queue_size=message_queue_size,
                              max_message_size=max_message_size)
-    nursery.start_soon(_read, ws)
+    nursery.start_soon(_read, ws, InputPace(input_rate, input_burst))
     return await ws._get_request()
 
 
@@ -546,6 +549,31 @@ def parse_text_frames(data: bytes, max_bytes: int) -> tuple[list[str], int]:
     return texts, start
 
 
+def _starts_small_text_frame(data: bytes, max_bytes: int, size: int) -> bool:
+    """Whether `data` is the start, not yet complete, of a frame that `parse_text_frames` may take once it is
+    (FIN + text, masked, at most `max_bytes`), whose whole is at most `size` bytes; or of its header."""
+    end = len(data)
+    if end >= size or data[0] != 0x81:
+        return False
+    if end < 2:
+        return True
+    n = data[1] ^ 0x80
+    if n > 127:  # not masked: wsproto fails the connection
+        return False
+    if n == 126:
+        if end < 4:
+            return True
+        n = (data[2] << 8) | data[3]
+        if n < 126:
+            return False
+        head = 8
+    elif n == 127:  # 64 KiB or more: never small
+        return False
+    else:
+        head = 6
+    return n <= max_bytes and end < head + n <= size  # not complete (a complete one was refused)
+
+
 async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
     """`SocketStream.receive_some` for a plain TCP socket, with one trip through the scheduler (wait
     until readable, then read) instead of two (try, wait, read, then a checkpoint after the read)."""
@@ -564,9 +592,86 @@ async def _receive(sock: trio.socket.SocketType, size: int) -> bytes:
             raise trio.BrokenResourceError(exc) from exc
 
 
-#: Messages of one read handled before the reader lets the other tasks run (a read of 4 KiB holds up
-#: to about 680 tiny frames; each is handled at once, in this task).
-YIELD_EVERY = 64
+#: What each frame the reader handles costs beyond its bytes, in the units of `InputPace` (bytes): the work
+#: of a frame whatever its size (parsing, handling, an answer), so that a flood of tiny frames cannot take
+#: more of the event loop than one of large ones. A plain text frame that `parse_text_frames` takes costs
+#: FRAME_COST; any other frame (control frames, fragments, binary, a large frame's parts as reads bring
+#: them: what wsproto parses, about twice the work) costs WSPROTO_FRAME_COST, once per part.
+FRAME_COST = 256
+WSPROTO_FRAME_COST = 2 * FRAME_COST
+
+#: Work (bytes and frames, counted as by `InputPace`) that the reader does before it lets the other tasks
+#: run: a read of 4 KiB can hold hundreds of tiny frames, each handled at once, in this task.
+PASS_WORK = 8 * 1024
+
+
+class InputPace:
+    """How fast one connection's reader may take its client's input: a token bucket that fills at `rate`
+    bytes a second up to `burst` (full at the start). Each read spends its bytes, each frame handled
+    `FRAME_COST` or `WSPROTO_FRAME_COST` more. Once the bucket is empty the reader handles nothing more and
+    reads nothing until it has refilled: the client's bytes wait in the kernel, TCP's window closes, and the
+    client's sends block (nothing is dropped, no error is sent). With `rate` 0 the input is not paced.
+
+    Whatever the rate, the reader lets the other tasks run after `PASS_WORK` of work (`due`, `wait`), so a
+    connection's turn on the event loop is bounded however much it has sent."""
+
+    __slots__ = ("rate", "burst", "tokens", "at", "spent", "work")
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        #: The bucket as of trio time `at` (negative once more was spent than it held)...
+        self.tokens = float(burst) if rate else math.inf
+        self.at = trio.current_time()
+        #: ... and what was spent since, counted in at the next `refill`: one every PASS_WORK spent, or when
+        #: the spending passes what the bucket held (it may have refilled since), not one a read.
+        self.spent = 0
+        #: Work since the reader last let the other tasks run.
+        self.work = 0
+
+    def received(self, size: int) -> None:
+        """`size` bytes were read: the reader waits for the socket before each read, letting the other tasks run."""
+        self.work = size
+        if self.rate:
+            self.spent += size
+            if self.spent >= PASS_WORK:
+                self.refill()
+
+    def frame(self, cost: int = FRAME_COST) -> None:
+        """A frame (or a part of one) is about to be handled: `cost` more (FRAME_COST or WSPROTO_FRAME_COST)."""
+        self.work += cost
+        self.spent += cost
+
+    @property
+    def due(self) -> bool:
+        """Whether the reader must `wait` before it does more: its pass is used up, or maybe its budget."""
+        return self.work >= PASS_WORK or self.spent > self.tokens
+
+    async def wait(self) -> None:
+        """Let the other tasks run; and once the budget is spent, sleep until it holds a pass of work again
+        (`PASS_WORK`, or the whole `burst` if smaller): one sleep per pass, not one per frame."""
+        self.work = 0
+        if not self.rate:
+            self.spent = 0  # frames counted for nothing
+        elif self.spent > self.tokens:
+            self.refill()
+            if self.tokens < 0:
+                await trio.sleep((min(PASS_WORK, self.burst) - self.tokens) / self.rate)
+                self.refill()
+                return
+        await trio.lowlevel.checkpoint()
+
+    def refill(self) -> None:
+        """Add what the bucket has gained since it was last counted, then take what was spent meanwhile (all
+        of it as if spent now: at most PASS_WORK and a read more strictly than a bucket counted each read)."""
+        now = trio.current_time()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate) - self.spent
+        self.at = now
+        self.spent = 0
+
+
+#: Parts of a fragmented message kept apart before `_read` joins them (see there).
+_MAX_PARTS = 64
 
 #: The events that `_read` drops once the connection is closing (see there).
 _CROSSING = (Ping, TextMessage, BytesMessage)
@@ -606,7 +711,7 @@ async def _handle_close(ws: WebSocketConnection, event: CloseConnection) -> None
     await ws._close_stream()
 
 
-async def _read(ws: WebSocketConnection) -> None:
+async def _read(ws: WebSocketConnection, pace: InputPace) -> None:
     """trio-websocket's `_reader_task` (0.12.2) for a server connection, but once the connection is
     open, bytes that begin with complete plain text frames (`parse_text_frames`) while wsproto stands
     between frames skip wsproto: their messages go to the message channel (or the `take_messages`
@@ -614,17 +719,29 @@ async def _read(ws: WebSocketConnection) -> None:
     frames, binary, invalid or too-big messages) goes through wsproto and trio-websocket's own
     handlers, as in `_reader_task`, except a protocol violation (`_handle_close`) and the client's EOF
     while the connection is open (`_end_input`); and a text message's size is counted in UTF-8 bytes, as it
-    came, where trio-websocket counts the characters wsproto decoded (`max_message_size` is bytes either way)."""
+    came, where trio-websocket counts the characters wsproto decoded (`max_message_size` is bytes either way).
+    Its input is paced by `pace`: it waits before a read or a frame while `pace.due`."""
 
     async def handle_text_message(event: TextMessage) -> None:
         data = event.data
         if not data.isascii():  # trio-websocket adds len(data): the bytes beyond one a character first
             ws._message_size += len(data.encode("utf-8")) - len(data)
+        await handle_message(event)
+
+    async def handle_message(event: TextMessage | BytesMessage) -> None:
+        # trio-websocket keeps a fragmented message's parts in a list until its last: an empty part adds
+        # nothing to it but a slot, and tiny parts a slot and an object each, so a client could make it
+        # grow without end or to many times the message's size. Empty parts are skipped; many parts joined.
+        if not event.data and not event.message_finished:
+            return
+        parts = ws._message_parts
+        if len(parts) >= _MAX_PARTS:
+            ws._message_parts = ["".join(parts) if type(event) is TextMessage else b"".join(parts)]
         await ws._handle_message_event(event)
 
     handlers = {
         AcceptConnection: ws._handle_accept_connection_event,
-        BytesMessage: ws._handle_message_event,
+        BytesMessage: handle_message,
         CloseConnection: functools.partial(_handle_close, ws),
         Ping: ws._handle_ping_event,
         Pong: ws._handle_pong_event,
@@ -638,6 +755,8 @@ async def _read(ws: WebSocketConnection) -> None:
     size = getattr(ws, "_receive_buffer_size", 4096)
     max_bytes = ws._max_message_size
     frames: _Frames | None = None
+    carry: list[bytes] = []  # the start of a small text frame that reads cut off, as they came (see below)
+    backlog: list[bytes] = []  # reads kept in `carry` that go to wsproto after all, one at a time
     fast = True  # until wsproto turns out to differ
     pending = False  # wsproto has been fed since its events were last handed out
     async with ws._send_channel:
@@ -645,6 +764,9 @@ async def _read(ws: WebSocketConnection) -> None:
             if pending:
                 pending = False
                 for event in wsproto.events():
+                    if pace.due:
+                        await pace.wait()
+                    pace.frame(WSPROTO_FRAME_COST)
                     # Two departures from trio-websocket, whose reader fails with LocalProtocolError there
                     # (the server logs the traceback and drops the socket without a close handshake):
                     if not ws._reader_running:
@@ -664,32 +786,54 @@ async def _read(ws: WebSocketConnection) -> None:
                     except ConnectionClosed:
                         ws._reader_running = False
                         break
-            if type(stream) is PrefixedStream and not stream._prefix:  # (our own class: its prefix is read)
-                stream = stream.stream  # the handshake's bytes read again: straight from the socket now
-            try:
-                if _POSIX and type(stream) is trio.SocketStream:
-                    data = await _receive(stream.socket, size)
-                else:
-                    data = await stream.receive_some(size)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                await ws._abort_web_socket()
-                break
-            if not data:  # the client closed TCP, or only its sending half (SHUT_WR), without a close frame
-                if wsproto.state is ConnectionState.OPEN:
-                    _end_input(ws)
-                elif wsproto.state is not ConnectionState.CLOSED:
+            replayed = bool(backlog)
+            if replayed:
+                data = backlog.pop(0)
+            else:
+                if type(stream) is PrefixedStream and not stream._prefix:  # (our own class: its prefix is read)
+                    stream = stream.stream  # the handshake's bytes read again: straight from the socket now
+                if pace.due:  # while the budget is spent, nothing is read: the client's sends wait in the kernel
+                    await pace.wait()
+                    if not ws._reader_running:  # pragma: no cover - ended meanwhile
+                        break
+                try:
+                    if _POSIX and type(stream) is trio.SocketStream:
+                        data = await _receive(stream.socket, size)
+                    else:
+                        data = await stream.receive_some(size)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
                     await ws._abort_web_socket()
-                break
+                    break
+                pace.received(len(data))
+                if not data:  # the client closed TCP, or only its sending half (SHUT_WR), without a close frame
+                    if wsproto.state is ConnectionState.OPEN:
+                        _end_input(ws)
+                    elif wsproto.state is not ConnectionState.CLOSED:
+                        await ws._abort_web_socket()
+                    break
             if wsproto.state is ConnectionState.CLOSED:
+                carry = []
                 continue
             if frames is None and fast and wsproto.connection is not None:
                 frames = _Frames.of(ws)
                 fast = frames is not None
-            if frames is not None and frames.between_frames():
+            if not replayed and frames is not None and frames.between_frames():
+                if carry:  # the start of a frame, kept from the last reads
+                    carry.append(data)
+                    data = b"".join(carry)
                 texts, taken = parse_text_frames(data, max_bytes)
-                for i, text in enumerate(texts):
-                    if i and not i % YIELD_EVERY:  # a flood in one read: let the other tasks run meanwhile
-                        await trio.lowlevel.checkpoint()
+                if not taken and carry:
+                    if _starts_small_text_frame(data, max_bytes, size):
+                        continue  # still not complete
+                    # Complete, and refused (invalid UTF-8): wsproto gets the reads as they came, one at a time,
+                    # so that it fails the connection exactly as it would have.
+                    backlog, carry = carry, []
+                    continue
+                carry = []
+                for text in texts:
+                    if pace.due:  # a flood in one read: let the other tasks run meanwhile, or wait for the budget
+                        await pace.wait()
+                    pace.frame()
                     sink = ws._send_channel
                     if type(sink) is _MessageSink:
                         sink.deliver(text)
@@ -703,6 +847,12 @@ async def _read(ws: WebSocketConnection) -> None:
                 if taken:
                     data = data[taken:]
                 if wsproto.state is ConnectionState.CLOSED:  # pragma: no cover - closed while queueing
+                    continue
+                if _starts_small_text_frame(data, max_bytes, size):
+                    # The rest of a small plain text frame comes with the next read: kept here (wsproto
+                    # untouched, still between frames), so that a stream of small frames, which rarely ends
+                    # at a read's end, stays on this path instead of going to wsproto from the first cut.
+                    carry = [data]
                     continue
             try:
                 wsproto.receive_data(data)

@@ -336,11 +336,12 @@ _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 def token_user(text: str, *, as_string: bool = False) -> int | str:
     """The user id `agentcast token --user TEXT` means: an integer written canonically (123, -5, not 007)
     is a JSON integer, unless `as_string`; anything else is a string."""
-    from ._auth import valid_user_id
+    from ._auth import MAX_USER_ID_BYTES, valid_user_id
 
     user: int | str = int(text) if not as_string and _INTEGER.fullmatch(text) else text
     if not valid_user_id(user):
-        raise BadArgument("--user needs an integer or a non-empty string of at most 256 characters")
+        raise BadArgument(f"--user needs an integer of at most {MAX_USER_ID_BYTES} digits (a minus sign counts as one) "
+                          f"or a non-empty string of at most {MAX_USER_ID_BYTES} bytes (UTF-8)")
     return user
 
 

@@ -254,7 +254,8 @@ class Server:
             request = None
             with trio.move_on_at(deadline):
                 request = await serve_stream(
-                    nursery, stream, message_queue_size=8, max_message_size=self.settings.max_message_size
+                    nursery, stream, message_queue_size=8, max_message_size=self.settings.max_message_size,
+                    input_rate=self.settings.input_bytes_per_second, input_burst=self.settings.input_burst_bytes,
                 )
             try:
                 accepted = await self._accept(request) if request is not None else None
