@@ -38,33 +38,32 @@ class Admission:
         self.idle = trio.Event()
         self.idle.set()
 
-    def check(self, command: AgentCommand) -> bool:
-        """Raise `Busy` if `command` may not be taken on now; else whether it is a chat."""
-        spec, agent_id, user = self._spec, self._spec.agent_id, command.user
+    def admit(self, command: AgentCommand) -> bool:
+        """Count `command` until it is `finished`, or raise `Busy` if it may not be taken on now. Returns
+        whether it is a chat."""
+        spec, user, origin = self._spec, command.user, command.origin
         pending = self._pending.get(user, 0)
         if self.in_flight >= spec.mailbox_size and pending:  # a user with nothing queued always gets a turn
-            raise Busy(f"Agent '{agent_id}' is busy ({spec.mailbox_size} commands queued); try again shortly")
+            raise Busy(f"Agent '{spec.agent_id}' is busy ({spec.mailbox_size} commands queued); try again shortly")
         if pending >= spec.lane_size:
-            raise Busy(f"Agent '{agent_id}' has {spec.lane_size} of your commands queued; try again shortly")
-        if self._per_origin.get(command.origin, 0) >= spec.connection_size:
-            raise Busy(f"Agent '{agent_id}' has {spec.connection_size} commands of this connection "
+            raise Busy(f"Agent '{spec.agent_id}' has {spec.lane_size} of your commands queued; try again shortly")
+        from_origin = self._per_origin.get(origin, 0)
+        if from_origin >= spec.connection_size:
+            raise Busy(f"Agent '{spec.agent_id}' has {spec.connection_size} commands of this connection "
                        "queued; wait for their answers")
         is_chat = isinstance(command, ChatCommand)
-        if is_chat and spec.on_busy == "reject" and self._chats.get(user):
-            raise Busy(f"Agent '{agent_id}' is still answering your previous message; wait for its "
-                       "agent_done (or cancel it) and send again")
-        return is_chat
-
-    def admitted(self, command: AgentCommand, is_chat: bool) -> None:
-        """Count `command` (checked, and queued) until it is `finished`."""
-        user, origin = command.user, command.origin
-        self._pending[user] = self._pending.get(user, 0) + 1
-        self._per_origin[origin] = self._per_origin.get(origin, 0) + 1
+        if is_chat:
+            chats = self._chats.get(user, 0)
+            if chats and spec.on_busy == "reject":
+                raise Busy(f"Agent '{spec.agent_id}' is still answering your previous message; wait for its "
+                           "agent_done (or cancel it) and send again")
+            self._chats[user] = chats + 1
+        self._pending[user] = pending + 1
+        self._per_origin[origin] = from_origin + 1
         self.in_flight += 1
         if self.idle.is_set():
             self.idle = trio.Event()
-        if is_chat:
-            self._chats[user] = self._chats.get(user, 0) + 1
+        return is_chat
 
     def finished(self, command: AgentCommand) -> bool:
         """`command` is done (carried out or failed): counted no more. True if its user has nothing left."""

@@ -124,9 +124,12 @@ class Agent:
 
     def submit(self, command: AgentCommand) -> None:
         """Queue `command` behind the same user's earlier ones, or raise `Busy`."""
-        is_chat = self._admission.check(command)
-        self._route(command)
-        self._admission.admitted(command, is_chat)
+        is_chat = self._admission.admit(command)
+        try:
+            self._route(command)
+        except BaseException:
+            self._admission.finished(command)  # not queued after all
+            raise
         if is_chat and self.spec.on_busy == "interrupt":
             running = self._turns.running.get(command.user)
             if running is not None:
