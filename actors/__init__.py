@@ -12,6 +12,17 @@ from ._openai import OpenAIBrain, OpenAIBrainSettings
 from ._tools import TOOLS, MemoryAccess, Tool, ToolContext, ToolError, Toolbox, ToolOutcome, resolve_tools, tool
 from ._config import DEFAULT_AGENTS, ConfigError, agent_specs
 from ._journal import Journal
+from ._embedders import (
+    Embedder,
+    EmbedderChoice,
+    EmbedderError,
+    EmbedderUnavailable,
+    LocalEmbedder,
+    OpenAIEmbedder,
+    embedder_choice,
+    local_embedder_missing,
+)
+from ._semantic import EmbeddingWorker, SearchUnavailable, SemanticMemory
 from ._messages import (
     AgentCommand,
     ChatCommand,
@@ -47,4 +58,7 @@ __all__ = [
     "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "OpenAIBrainSettings", "RunningTurn", "TOOLS", "Tool",
     "ToolCallItem", "ToolContext", "ToolError", "ToolOutcome", "ToolResultItem", "Toolbox", "TurnCancelledOutput", "ToolCallOutput",
     "ToolResultOutput", "UsageItem", "resolve_tools", "tool",
+    # semantic memory: embedders, the embedding worker, the hybrid search
+    "Embedder", "EmbedderChoice", "EmbedderError", "EmbedderUnavailable", "EmbeddingWorker", "LocalEmbedder",
+    "OpenAIEmbedder", "SearchUnavailable", "SemanticMemory", "embedder_choice", "local_embedder_missing",
 ]

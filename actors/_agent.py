@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import assert_never
 
@@ -24,12 +24,14 @@ from ._admission import Admission, Busy
 from ._audience import Audience
 from ._backlog import deliver_backlog
 from ._brain import Brain
+from ._embedders import EmbedderChoice
 from ._journal import Journal
 from ._lanes import Lane, LaneBudget, Lanes
 from ._messages import (
     AgentCommand,
     ChatCommand,
     ClearCommand,
+    FailedOutput,
     Found,
     MemoryClearedOutput,
     Outbox,
@@ -38,6 +40,7 @@ from ._messages import (
     SearchResultsOutput,
     is_live,
 )
+from ._semantic import SearchUnavailable, SemanticMemory
 from ._turn import TurnRunner
 
 __all__ = ["Agent", "AgentSpec", "Agents", "Busy", "NothingToCancel", "ON_BUSY", "SNAPSHOT_EVERY", "utc_now"]
@@ -79,6 +82,9 @@ class AgentSpec:
     #: A chat from a user whose previous chat is still queued or running: "queue" it behind
     #: (default), "reject" it (`busy`), or "interrupt" the running turn (cancelled) and queue it.
     on_busy: str = "queue"
+    #: The embedder of semantic memory (None: the search is lexical only); made by the server, shared by the
+    #: agents whose choices are equal.
+    embedder: EmbedderChoice | None = None
 
     def __attrs_post_init__(self) -> None:
         sizes = (self.short_term_window, self.mailbox_size, self.lane_size, self.connection_size)
@@ -104,7 +110,7 @@ class Agent:
     """
 
     def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
-                 budget: LaneBudget | None = None) -> None:
+                 budget: LaneBudget | None = None, semantic: SemanticMemory | None = None) -> None:
         self.spec = spec
         self.agent_id = spec.agent_id
         self._journal = journal
@@ -118,7 +124,7 @@ class Agent:
         #: The users' lanes in memory (and which are idle), counted in the server's `LaneBudget`.
         self._lanes = Lanes(spec.lane_idle_seconds, budget if budget is not None else LaneBudget())
         self._admission = Admission(spec)
-        self._turns = TurnRunner(spec, journal, audience, clock)
+        self._turns = TurnRunner(spec, journal, audience, clock, semantic)
 
     # -- the outside -------------------------------------------------------------------
 
@@ -165,6 +171,11 @@ class Agent:
             for running in self._turns.running.values():
                 if running.origin is origin:
                     running.scope.cancel()
+
+    @property
+    def semantic(self) -> SemanticMemory | None:
+        """The semantic side of the agent's memory search (None: lexical only)."""
+        return self._turns.semantic
 
     @property
     def in_flight(self) -> int:
@@ -318,12 +329,14 @@ class Agent:
     async def _search(self, memory: Memory, cmd: SearchCommand) -> None:
         """Answer a search of the user's memory (long-term, or the short-term window alone) to its origin."""
         since = 0 if cmd.use_long_term else memory.short_term_since
-        hits = await self._journal.read(
-            lambda log: log.search(self.agent_id, cmd.user, cmd.query, cmd.limit, since_seq=since)
-        )
+        try:
+            result = await self._turns.memory_search(cmd.user, cmd.query, cmd.limit, since_seq=since, legs=cmd.legs)
+        except SearchUnavailable as exc:
+            cmd.origin.deliver(FailedOutput(self.agent_id, "semantic_unavailable", str(exc), cmd.request_id))
+            return
         window_start = memory.short_term_since
-        found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in hits]
-        cmd.origin.deliver(SearchResultsOutput(self.agent_id, cmd.query, found, cmd.request_id))
+        found = [Found(h, "short_term" if h.seq >= window_start else "long_term") for h in result.hits]
+        cmd.origin.deliver(SearchResultsOutput(self.agent_id, cmd.query, found, cmd.request_id, result.legs))
 
     async def _clear(self, memory: Memory, cmd: ClearCommand) -> Memory:
         """Log a clear of the user's memory, tell its recipients; the memory after it."""
@@ -337,10 +350,13 @@ class Agents(Mapping[str, Agent]):
     """The configured agents by id, run together in one nursery."""
 
     def __init__(self, specs: Iterable[AgentSpec], journal: Journal, audience: Audience, clock: Callable[[], str] = utc_now,
-                 budget: LaneBudget | None = None) -> None:
+                 budget: LaneBudget | None = None, semantic: Mapping[str, SemanticMemory] | None = None) -> None:
+        """`semantic`: the semantic memory of each agent that has an embedder, by agent id."""
         #: The bounds on resident lanes, shared by all the agents.
         self.budget = budget if budget is not None else LaneBudget()
-        self._agents = {s.agent_id: Agent(s, journal, audience, clock, self.budget) for s in specs}
+        semantic = semantic or {}
+        self._agents = {s.agent_id: Agent(s, journal, audience, clock, self.budget, semantic.get(s.agent_id))
+                        for s in specs}
 
     def __getitem__(self, agent_id: str) -> Agent:
         return self._agents[agent_id]

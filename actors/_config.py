@@ -12,6 +12,7 @@ import attrs
 
 from ._agent import ON_BUSY, AgentSpec
 from ._brain import BRAIN_SETTINGS, BRAINS, Brain
+from ._embedders import EmbedderChoice, embedder_choice
 from ._openai import OpenAIBrain  # noqa: F401  (registers the "openai" brain in BRAINS)
 
 
@@ -78,8 +79,9 @@ def _agent_id_fits(agent_id: str) -> bool:
         return False
 
 
-def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
-    """The agents described by the `[agents]` table (the defaults when it is None)."""
+def agent_specs(table: Mapping[str, Any] | None, *, embedder: EmbedderChoice | None = None) -> list[AgentSpec]:
+    """The agents described by the `[agents]` table (the defaults when it is None); `embedder` is the server's
+    (`[server] embedder`), which an agent's own `embedder` setting replaces."""
     if table is None:
         table = DEFAULT_AGENTS
     if not isinstance(table, Mapping) or not table:
@@ -91,7 +93,7 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
                               "in their frames, where an id is at most that long")
         if not isinstance(body, Mapping):
             raise ConfigError(f"agents.{agent_id} must be a table")
-        unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", *_SPEC_KEYS}
+        unknown = set(body) - {"brain", "description", "cancel_on_disconnect", "on_busy", "embedder", *_SPEC_KEYS}
         if unknown:
             raise ConfigError(f"agents.{agent_id}: unknown setting(s) {', '.join(sorted(unknown))}")
         kwargs: dict[str, Any] = {}
@@ -113,6 +115,13 @@ def agent_specs(table: Mapping[str, Any] | None) -> list[AgentSpec]:
                 raise ConfigError(f"agents.{agent_id}.on_busy must be one of {', '.join(map(repr, ON_BUSY))} "
                                   f"(got {body['on_busy']!r})")
             kwargs["on_busy"] = body["on_busy"]
+        kwargs["embedder"] = embedder
+        if "embedder" in body:
+            try:
+                kwargs["embedder"] = embedder_choice(body["embedder"])
+            except ValueError as exc:
+                raise ConfigError(f"agents.{agent_id}.{exc}" if str(exc).startswith("embedder") else
+                                  f"agents.{agent_id}.embedder: {exc}") from None
         try:
             specs.append(AgentSpec(agent_id, _brain(agent_id, body.get("brain", "echo")), description, **kwargs))
         except ValueError as exc:

@@ -2,7 +2,7 @@
 ONNX embedder (the `semantic` extra) and the OpenAI-compatible `/v1/embeddings` one.
 
 `LocalEmbedder` runs a sentence-embedding model (ONNX file + `tokenizer.json`) with onnxruntime and
-tokenizers on the CPU, in a worker thread; those and numpy come with the extra
+tokenizers on the CPU, in a worker thread; those come with the extra
 (``pip install 'agentcast[semantic]'``) and are imported only when a local embedder is made.
 `OpenAIEmbedder` posts to any OpenAI-compatible `/embeddings` endpoint (OpenAI, Ollama, vLLM,
 llama.cpp) with httpx, failing and retrying as the `openai` brain does. Must not import `transport`
@@ -12,28 +12,35 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import inspect
 import importlib.util
 import json
 import logging
 import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import httpx
 import trio
 from attrs import frozen
 
-from ._openai import (
-    MAX_ERROR_BODY,
+from ._endpoint import (
     MAX_RETRY_DELAY,
     RETRYABLE_STATUSES,
-    _number,
-    _reason_of_body,
-    _retry_after,
-    _shared_ssl_context,
+    Endpoint,
+    api_key,
+    error_body,
+    http_failure,
+    is_number,
+    looks_like_a_key,
+    reason_of_body,
+    retry_after,
+    shared_ssl_context,
 )
 
 logger = logging.getLogger("agentcast.actors.embedders")
@@ -45,7 +52,15 @@ LOCAL_MODULES = ("numpy", "onnxruntime", "tokenizers")
 
 
 class EmbedderError(Exception):
-    """Texts could not be embedded (the embeddings server failed or answered badly); the text says why."""
+    """Texts could not be embedded (the embeddings server failed or answered badly); the text says why.
+
+    `refused` is True when the server refused these texts themselves (an HTTP 400, 413 or 422: too long, say),
+    which another try of the same texts will not change; False for a failure that may pass (the server down,
+    rate limiting, a timeout) or that the configuration must fix (a refused key, an unknown model)."""
+
+    def __init__(self, message: str, *, refused: bool = False) -> None:
+        super().__init__(message)
+        self.refused = refused
 
 
 class EmbedderUnavailable(Exception):
@@ -60,13 +75,16 @@ class Embedder(Protocol):
     another name are not comparable (a model change is detected by it). `embed` returns one vector
     of `dimensions` floats per text, in order (a sequence of sequences: a list of lists, or a 2-D
     numpy array); only a vector's direction is meaningful (cosine). It raises `EmbedderError` for a
-    failure, and may be cancelled at any await.
+    failure, and may be cancelled at any await. `urgent` marks a search's query (one short text, a person
+    waiting): an embedder that queues work may run it ahead of its batches; the vector is the same.
+
+    Optional: `startup_warnings()` (what the server logs when it starts using it) and `settings()`.
     """
 
     name: str
     dimensions: int
 
-    async def embed(self, texts: Sequence[str]) -> Sequence[Sequence[float]]: ...
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> Sequence[Sequence[float]]: ...
 
 
 def local_embedder_missing() -> list[str]:
@@ -188,6 +206,21 @@ def _import_local_modules():
     return modules
 
 
+#: The CPU priority (nice) of the thread that embeds a worker's batches: the lowest, so that the event loop, the
+#: journal's writer and the other processes go first and embedding takes the CPU they leave (Linux; elsewhere
+#: the thread keeps the process's priority).
+BACKGROUND_NICENESS = 19
+
+
+def _lower_this_threads_priority() -> None:
+    """Give the calling thread the priority `BACKGROUND_NICENESS` (on Linux, nice is per thread)."""
+    if sys.platform.startswith("linux"):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICENESS)
+        except OSError:  # not permitted here: the thread keeps its priority
+            pass
+
+
 class LocalEmbedder:
     """Embeds on this machine's CPU with an ONNX sentence-embedding model: tokenized with `tokenizers`,
     run with onnxruntime, mean-pooled over the tokens and normalised to unit length.
@@ -218,17 +251,8 @@ class LocalEmbedder:
         batch_size: int = 32,
         threads: int = 1,
     ) -> None:
-        kind = self.KIND
-        _check(kind, model_dir is None or (isinstance(model_dir, (str, os.PathLike)) and str(model_dir).strip() != ""),
-               "model_dir", f"the path of a directory holding {MODEL_FILE} and {TOKENIZER_FILE}")
-        _check(kind, sha256 is None or _is_sha256(sha256), "sha256",
-               f"the sha256 of {MODEL_FILE}, 64 hex digits (sha256sum model.onnx)")
-        _check(kind, tokenizer_sha256 is None or _is_sha256(tokenizer_sha256), "tokenizer_sha256",
-               f"the sha256 of {TOKENIZER_FILE}, 64 hex digits")
-        _check(kind, type(max_length) is int and 8 <= max_length <= 8192, "max_length",
-               "a number of tokens from 8 to 8192")
-        _check(kind, type(batch_size) is int and 1 <= batch_size <= 1024, "batch_size", "an integer from 1 to 1024")
-        _check(kind, type(threads) is int and 1 <= threads <= 256, "threads", "an integer from 1 to 256")
+        self.check_settings({"model_dir": model_dir, "sha256": sha256, "tokenizer_sha256": tokenizer_sha256,
+                             "max_length": max_length, "batch_size": batch_size, "threads": threads})
         self._np, ort, tokenizers = _import_local_modules()
         if model_dir is None:
             model_path, tokenizer_path = default_model_files()
@@ -251,6 +275,7 @@ class LocalEmbedder:
             "the tokenizer_sha256 setting" if tokenizer_sha256 else f"the pin of {DEFAULT_MODEL_LABEL}")
         self.model_path, self.tokenizer_path = model_path, tokenizer_path
         self.max_length, self.batch_size, self.threads = max_length, batch_size, threads
+        self._model_dir, self._sha256, self._tokenizer_sha256 = model_dir, sha256, tokenizer_sha256
 
         try:
             tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_path))
@@ -280,12 +305,35 @@ class LocalEmbedder:
                                       f"kind supported (its inputs are {sorted(inputs)}; input_ids and "
                                       "attention_mask are needed)")
         self._token_types = "token_type_ids" in inputs
-        self._limiter: trio.CapacityLimiter | None = None
+        self._limiter: trio.CapacityLimiter | None = None  # batches: one at a time
+        self._urgent_limiter: trio.CapacityLimiter | None = None  # queries: one at a time, beside a batch
+        #: The thread that runs the batches (made at the first), at the priority `BACKGROUND_NICENESS`.
+        self._background: ThreadPoolExecutor | None = None
         probe = self.embed_sync(["dimensions"])
         #: The length of every vector.
         self.dimensions: int = int(probe.shape[1])
         #: The model, tokenizer and cut: vectors made under another name are not comparable.
         self.name = f"local:{self.model_sha256[:16]}:{self.tokenizer_sha256[:16]}:{max_length}"
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, object]) -> None:
+        """Refuse unknown keys and bad values of a settings table, saying which and why, without loading
+        anything (what configuration checking needs)."""
+        options = _known_settings(cls.KIND, settings, cls.SETTINGS)
+        kind = cls.KIND
+        model_dir = options.get("model_dir")
+        _check(kind, model_dir is None or (isinstance(model_dir, (str, os.PathLike)) and str(model_dir).strip() != ""),
+               "model_dir", f"the path of a directory holding {MODEL_FILE} and {TOKENIZER_FILE}")
+        _check(kind, options.get("sha256") is None or _is_sha256(options["sha256"]), "sha256",
+               f"the sha256 of {MODEL_FILE}, 64 hex digits (sha256sum model.onnx)")
+        _check(kind, options.get("tokenizer_sha256") is None or _is_sha256(options["tokenizer_sha256"]),
+               "tokenizer_sha256", f"the sha256 of {TOKENIZER_FILE}, 64 hex digits")
+        max_length, batch_size, threads = (options.get("max_length", 256), options.get("batch_size", 32),
+                                           options.get("threads", 1))
+        _check(kind, type(max_length) is int and 8 <= max_length <= 8192, "max_length",
+               "a number of tokens from 8 to 8192")
+        _check(kind, type(batch_size) is int and 1 <= batch_size <= 1024, "batch_size", "an integer from 1 to 1024")
+        _check(kind, type(threads) is int and 1 <= threads <= 256, "threads", "an integer from 1 to 256")
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> "LocalEmbedder":
@@ -349,18 +397,44 @@ class LocalEmbedder:
         encodings, batches = self._batches(texts)
         return self._gather(len(texts), batches, [self._run_batch(encodings, batch) for batch in batches])
 
-    async def embed(self, texts: Sequence[str]) -> Any:
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> Any:
         """The vectors of `texts` (a float32 numpy array, one unit-length row per text), computed in a
         worker thread a batch at a time (cancelling waits for the running batch only); calls on one
-        embedder take turns batch by batch, so it uses `threads` cores at most."""
+        embedder take turns batch by batch, so it uses `threads` cores at most, on one thread of the
+        lowest CPU priority (`BACKGROUND_NICENESS`): the turns go first. An `urgent` call (a search's query)
+        takes turns with the other urgent calls only: it runs beside a batch in a thread of the process's
+        own priority (onnxruntime sessions run concurrently), so a search never waits for the worker's batch."""
         texts = _texts(texts)
         if self._limiter is None:
-            self._limiter = trio.CapacityLimiter(1)
-        encodings, batches = await trio.to_thread.run_sync(self._batches, texts, limiter=self._limiter)
+            self._limiter, self._urgent_limiter = trio.CapacityLimiter(1), trio.CapacityLimiter(1)
+        limiter = self._urgent_limiter if urgent else self._limiter
+        run = self._now if urgent else self._in_background
+        encodings, batches = await trio.to_thread.run_sync(run, self._batches, texts, limiter=limiter)
         results = []
         for batch in batches:
-            results.append(await trio.to_thread.run_sync(self._run_batch, encodings, batch, limiter=self._limiter))
+            results.append(await trio.to_thread.run_sync(run, self._run_batch, encodings, batch, limiter=limiter))
         return self._gather(len(texts), batches, results)
+
+    @staticmethod
+    def _now(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    def _in_background(self, fn: Any, *args: Any) -> Any:
+        """`fn(*args)` on the embedder's low-priority thread, waited for by the calling (worker) thread."""
+        if self._background is None:
+            self._background = ThreadPoolExecutor(1, "agentcast embedding", _lower_this_threads_priority)
+        return self._background.submit(fn, *args).result()
+
+    def settings(self) -> dict[str, object]:
+        """Every setting as configured (defaults included), for `agentcast config check`."""
+        return {"model_dir": None if self._model_dir is None else str(self._model_dir), "sha256": self._sha256,
+                "tokenizer_sha256": self._tokenizer_sha256, "max_length": self.max_length,
+                "batch_size": self.batch_size, "threads": self.threads}
+
+    def describe(self) -> str:
+        """The model, as the server's start log names it."""
+        what = DEFAULT_MODEL_LABEL if self._model_dir is None and self._sha256 is None else str(self.model_path)
+        return f"local {what}, {self.dimensions} dimensions"
 
 
 # -- the OpenAI-compatible embedder -------------------------------------------------------------
@@ -374,6 +448,9 @@ class _Retry(Exception):
         self.reason = reason
         self.delay = delay
 
+
+#: HTTP statuses that say the server refused the texts themselves (not worth sending the same texts again).
+REFUSED_STATUSES = frozenset({400, 413, 422})
 
 #: The most bytes an answer may take per number asked for (JSON floats are at most ~25 characters),
 #: plus `ANSWER_SLACK`; a longer answer is refused rather than read into memory.
@@ -419,12 +496,12 @@ class OpenAIEmbedder:
         _check(kind, api_key_env is None or (isinstance(api_key_env, str) and api_key_env.strip() != ""),
                "api_key_env", "the NAME of the environment variable that holds the key (the key itself never goes "
                "in config)")
-        if isinstance(api_key_env, str) and api_key_env.startswith(("sk-", "Bearer ")):
+        if looks_like_a_key(api_key_env):
             raise ValueError(f"{kind} embedder: api_key_env looks like an API key; give the NAME of the environment "
                              "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
-        _check(kind, _number(timeout) and 0 < timeout <= 3600, "timeout", "a number of seconds above 0 (at most 3600)")
+        _check(kind, is_number(timeout) and 0 < timeout <= 3600, "timeout", "a number of seconds above 0 (at most 3600)")
         _check(kind, type(retries) is int and 0 <= retries <= 10, "retries", "an integer from 0 to 10")
-        _check(kind, _number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY, "retry_backoff",
+        _check(kind, is_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY, "retry_backoff",
                f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}")
         _check(kind, type(batch_size) is int and 1 <= batch_size <= 2048, "batch_size", "an integer from 1 to 2048")
         _check(kind, type(send_dimensions) is bool, "send_dimensions", "true or false")
@@ -432,24 +509,41 @@ class OpenAIEmbedder:
         self.dimensions = dimensions
         #: The model and the length of its vectors (the server's address is not part of it).
         self.name = f"openai:{model}:{dimensions}"
-        parts = urlsplit(base_url)
-        path = parts.path.rstrip("/")
-        self.base_url = urlunsplit(parts._replace(path=path))  # credentials and query included: never shown
-        self.url = urlunsplit(parts._replace(path=path + "/embeddings"))
+        self._endpoint = Endpoint(base_url, "/embeddings")
+        self.base_url = self._endpoint.base_url  # credentials and query included: never shown
+        self.url = self._endpoint.url
         #: `base_url` without credentials or query: what errors, logs and repr show.
-        self.shown_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
-        secrets = [parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password or ""]
-        self._url_secrets = tuple(sorted({x for x in secrets if len(x) >= 3}, key=len, reverse=True))
+        self.shown_url = self._endpoint.shown_url
         self.api_key_env = api_key_env
         self.timeout = float(timeout)
         self.retries = retries
         self.retry_backoff = float(retry_backoff)
         self.batch_size = batch_size
         self.send_dimensions = send_dimensions
-        self._ssl_context = _shared_ssl_context()
-        if api_key_env and not os.environ.get(api_key_env):
-            logger.warning("openai embedder (model %s): the environment variable %s (api_key_env) is not set; "
-                           "embedding will fail until it is", model, api_key_env)
+        self._ssl_context = shared_ssl_context()
+
+    def startup_warnings(self) -> list[str]:
+        """What the server logs when it starts using this embedder: an `api_key_env` that is not set."""
+        if self.api_key_env and not os.environ.get(self.api_key_env):
+            return [f"openai embedder (model {self.model}): the environment variable {self.api_key_env} "
+                    "(api_key_env) is not set; embedding will fail until it is"]
+        return []
+
+    def settings(self) -> dict[str, object]:
+        """Every setting as configured (defaults included), for `agentcast config check`: `base_url` masked."""
+        return {"model": self.model, "dimensions": self.dimensions, "base_url": self._endpoint.masked_url(),
+                "api_key_env": self.api_key_env, "timeout": self.timeout, "retries": self.retries,
+                "retry_backoff": self.retry_backoff, "batch_size": self.batch_size,
+                "send_dimensions": self.send_dimensions}
+
+    def describe(self) -> str:
+        """The model, as the server's start log names it."""
+        return f"openai {self.model} at {self.shown_url}, {self.dimensions} dimensions"
+
+    @classmethod
+    def check_settings(cls, settings: Mapping[str, object]) -> None:
+        """Refuse unknown keys and bad values of a settings table, saying which and why (making one is cheap)."""
+        cls.from_settings(settings)
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, object]) -> "OpenAIEmbedder":
@@ -465,26 +559,14 @@ class OpenAIEmbedder:
         return f"OpenAIEmbedder(model={self.model!r}, base_url={self.shown_url!r}, api_key_env={self.api_key_env!r})"
 
     def _scrub(self, text: str, key: str | None) -> str:
-        text = text.replace(self.base_url, self.shown_url)
-        for secret in (key, *self._url_secrets):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return self._endpoint.scrub(text, key)
 
     def _api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = (os.environ.get(self.api_key_env) or "").strip()
-        if not key:
-            raise EmbedderError(f"the API key is missing: the environment variable {self.api_key_env} "
-                                "(api_key_env) is not set on the server")
-        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-            raise EmbedderError(f"the API key in the environment variable {self.api_key_env} (api_key_env) is not "
-                                "usable: it holds spaces, control or non-ASCII characters")
-        return key
+        return api_key(self.api_key_env, EmbedderError)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """The vectors of `texts`, in order (lists of `dimensions` floats), `batch_size` texts a request."""
+    async def embed(self, texts: Sequence[str], *, urgent: bool = False) -> list[list[float]]:
+        """The vectors of `texts`, in order (lists of `dimensions` floats), `batch_size` texts a request
+        (`urgent` changes nothing: every call has its own connection)."""
         texts = _texts(texts)
         if not texts:
             return []
@@ -555,23 +637,13 @@ class OpenAIEmbedder:
 
     async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
         """The exception for a non-200 answer: `_Retry` for the retryable ones, else `EmbedderError`."""
-        body = b""
-        async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) >= MAX_ERROR_BODY:
-                break
-        reason = self._scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        reason = self._scrub(reason_of_body(await error_body(response)), key)
         status = response.status_code
-        what = {
-            401: "the embeddings server refused the API key",
-            403: "the embeddings server refused access",
-            404: f"not found: is the embedding model {self.model!r} served at {self.shown_url}?",
-            429: "the embeddings server is rate limiting us",
-        }.get(status, "the embeddings server failed" if status >= 500 else "the embeddings server refused the request")
-        text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
+        text = http_failure(status, reason, server="the embeddings server",
+                            missing=f"is the embedding model {self.model!r} served at {self.shown_url}?")
         if status in RETRYABLE_STATUSES:
-            return _Retry(text, _retry_after(response))
-        return EmbedderError(text)
+            return _Retry(text, retry_after(response))
+        return EmbedderError(text, refused=status in REFUSED_STATUSES)
 
     def _vectors_of(self, answer: bytes, count: int, key: str | None) -> list[list[float]]:
         """The vectors in an answer, in the order of the texts; `EmbedderError` for anything malformed."""
@@ -587,7 +659,7 @@ class OpenAIEmbedder:
             raise malformed("not a JSON object")
         if obj.get("error") is not None:
             raise EmbedderError(f"the embeddings server reported an error: "
-                                f"{self._scrub(_reason_of_body(answer), key)}")
+                                f"{self._scrub(reason_of_body(answer), key)}")
         data = obj.get("data")
         if not isinstance(data, list):
             raise malformed("'data' is not a list")
@@ -606,7 +678,7 @@ class OpenAIEmbedder:
             if len(embedding) != self.dimensions:
                 raise EmbedderError(f"the embeddings server sent vectors of {len(embedding)} dimensions, but "
                                     f"dimensions is {self.dimensions}: is the model {self.model!r} the one configured?")
-            if not all(_number(x) for x in embedding):
+            if not all(is_number(x) for x in embedding):
                 raise malformed("an embedding holds something other than finite numbers")
             if not any(embedding):
                 raise malformed("an embedding is all zeros (it has no direction)")
@@ -627,3 +699,74 @@ def embedder_from_settings(settings: Mapping[str, object]) -> Embedder:
     if kind not in EMBEDDERS:
         raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
     return EMBEDDERS[kind].from_settings(options)
+
+
+#: What `[server] embedder` and `[agents.ID] embedder` may say besides a table: no embedder, or the local one
+#: with its defaults.
+NO_EMBEDDER, LOCAL = "none", "local"
+
+
+def _frozen(value: object) -> object:
+    """`value` (a TOML value) as a hashable one: lists become tuples, tables tuples of their sorted items."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return value
+
+
+@frozen
+class EmbedderChoice:
+    """An embedder as configured: its `kind` and settings, checked (`embedder_choice`), not yet made. Agents
+    whose choices are equal share one embedder (and one embedding worker); `make` loads it."""
+
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def settings(self) -> dict[str, object]:
+        """The table it was made from: `kind` and the settings given."""
+        return {"kind": self.kind, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.options}}
+
+    def effective(self) -> dict[str, object]:
+        """Every setting it would be made with (defaults included; `kind` first; a URL's secrets masked), for
+        `agentcast config check`. Loads nothing."""
+        given = {k: v for k, v in self.settings().items() if k != "kind"}
+        if self.kind == "openai":
+            return {"kind": self.kind, **OpenAIEmbedder.from_settings(given).settings()}
+        defaults = {name: p.default for name, p in inspect.signature(EMBEDDERS[self.kind]).parameters.items()}
+        return {"kind": self.kind, **defaults, **given}
+
+    def make(self) -> Embedder:
+        """The embedder (a local model is loaded here: a fraction of a second of CPU; do it off the event loop).
+        `EmbedderUnavailable` if it cannot be had here."""
+        return EMBEDDERS[self.kind].from_settings({k: v for k, v in self.settings().items() if k != "kind"})
+
+    def missing(self) -> str | None:
+        """Why this embedder cannot be made here, found without loading anything (the semantic extra missing
+        for a local one), or None."""
+        if self.kind == "local":
+            modules = local_embedder_missing()
+            if modules:
+                return f"the semantic extra is not installed ({', '.join(modules)} missing): {INSTALL_HINT}"
+        return None
+
+
+def embedder_choice(value: object) -> EmbedderChoice | None:
+    """The embedder `value` (a TOML value) configures, checked without loading anything: "none" is None (search
+    stays lexical), "local" the local embedder with its defaults, a table names its `kind` and that kind's
+    settings. ValueError saying which setting is wrong and why."""
+    if value == NO_EMBEDDER:
+        return None
+    if value == LOCAL:
+        return EmbedderChoice(LOCAL)
+    if isinstance(value, str):
+        raise ValueError(f"embedder must be \"none\", \"local\" or a table such as {{ kind = \"openai\", model = "
+                         f"\"text-embedding-3-small\", dimensions = 1536 }}, not {value!r}")
+    if not isinstance(value, Mapping):
+        raise ValueError(f"embedder must be \"none\", \"local\" or a table, not {type(value).__name__}")
+    options = dict(value)
+    kind = options.pop("kind", None)
+    if kind not in EMBEDDERS:
+        raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
+    EMBEDDERS[kind].check_settings(options)
+    return EmbedderChoice(kind, tuple(sorted((k, _frozen(v)) for k, v in options.items())))

@@ -139,6 +139,22 @@ class Journal:
         #: Why appends fail (the store's message), from an append that failed until one succeeds; None while
         #: they succeed. A failed commit sets it, a commit that logged something clears it (for /healthz).
         self.failing: str | None = None
+        #: Called on the event loop with the events of each commit (see `watch`).
+        self._watchers: list[Callable[[Sequence[Recorded]], None]] = []
+
+    def watch(self, callback: Callable[[Sequence[Recorded]], None]) -> None:
+        """Call `callback(recorded)` on the event loop after each commit, with the events it logged (one call
+        per append, in commit order), before the appends that waited for it return. It must be quick and must
+        not raise (an embedding worker notes the messages to embed and the clears that forget some)."""
+        self._watchers.append(callback)
+
+    async def write(self, fn: Callable[[Recorder], T]) -> T:
+        """Run `fn(writer)` on the writer thread, between group commits (the recorder's writes other than
+        appends: an embedding worker's vectors); returns its result or raises its exception. The wait cannot
+        be cancelled midway: once queued, it runs, and its outcome is known."""
+        if self._closed or self._thread is None:
+            raise RuntimeError("the journal is closed")
+        return await self._thread.run_sync(fn, self._writer)
 
     async def append(self, events: Sequence[Event]) -> list[Recorded]:
         """Append `events` (consecutive sequence numbers); returns once they are committed.
@@ -240,6 +256,7 @@ class Journal:
             self.commits += 1
             failed: Exception | None = None
             logged = False
+            watchers = self._watchers
             for p, outcome in zip(batch, job.result, strict=True):
                 if isinstance(outcome, Exception):  # it failed alone (see `_commit`)
                     p.error = failed = outcome
@@ -247,6 +264,9 @@ class Journal:
                     self.events_appended += len(outcome)
                     p.result = outcome
                     logged = True
+                    if watchers:
+                        for watcher in watchers:
+                            watcher(outcome)
                 trio.lowlevel.reschedule(p.task)
             self.failing = None if logged else _reason(failed)
         if self._queue:

@@ -93,6 +93,8 @@ class SearchCommand:
     use_long_term: bool
     origin: Outbox
     request_id: str | None = None
+    #: The legs to run ("lexical", "semantic"); None: every leg the agent has.
+    legs: tuple[str, ...] | None = None
 
 
 @frozen
@@ -178,6 +180,8 @@ class SearchResultsOutput:
     query: str
     results: Sequence[Found]
     request_id: str | None
+    #: The legs that ranked the results ("lexical", "semantic").
+    legs: tuple[str, ...] = ("lexical",)
 
 
 @frozen

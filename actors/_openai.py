@@ -6,16 +6,13 @@ HTTP through httpx (it runs under trio, through anyio), SSE through httpx-sse. M
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
-import math
 import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
-from contextlib import AsyncExitStack, aclosing
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
-
-import ssl
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 
 import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
 import httpx
@@ -26,20 +23,28 @@ from attrs import define, field, frozen
 from httpx_sse import SSEError, aconnect_sse
 
 from ._brain import BRAIN_SETTINGS, BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
+from ._endpoint import (  # noqa: F401  (the helpers shared with the openai embedder, under their names here)
+    MAX_ERROR_BODY,
+    MAX_REASON_CHARS,
+    MAX_RETRY_DELAY,
+    RETRYABLE_STATUSES,
+    Endpoint,
+    api_key,
+    error_body,
+    http_failure,
+    is_number as _number,
+    looks_like_a_key,
+    reason_of as _reason_of,
+    reason_of_body as _reason_of_body,
+    retry_after as _retry_after,
+    shared_ssl_context as _shared_ssl_context,
+)
 from ._tools import Tool, ToolOutcome, resolve_tools
 
 logger = logging.getLogger("agentcast.actors.openai")
 T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
-#: HTTP statuses worth another try (before the first token only): rate limited, or the server failing.
-RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-#: The longest wait between two tries, whatever a Retry-After header asks.
-MAX_RETRY_DELAY = 60.0
-#: How much of an error body is read to find the provider's reason.
-MAX_ERROR_BODY = 4096
-#: How much of the provider's reason for an error is shown (in the error frame and the log).
-MAX_REASON_CHARS = 300
 
 #: Put between the text of two requests of a turn (text before tool calls, text after them).
 ROUND_SEPARATOR = "\n\n"
@@ -69,18 +74,98 @@ MAX_TOOL_ARGUMENTS_DEPTH = 32
 #: The longest tool name kept from the stream (real names have at most 64 characters).
 MAX_TOOL_NAME_CHARS = 256
 
-#: The TLS settings every client shares (see `_shared_ssl_context`).
-_SSL_CONTEXT: ssl.SSLContext | None = None
+#: Per trio run: each brain's HTTP clients (`_Clients`).
+_CLIENTS: trio.lowlevel.RunVar[dict[OpenAIBrain, _Clients]] = trio.lowlevel.RunVar("agentcast_openai_clients")
+
+#: The most idle clients (each with its open connection) a brain keeps for its next turns.
+MAX_IDLE_CLIENTS = 1024
+#: How long an idle client is kept (seconds): httpx's keep-alive expiry, after which it would not reuse the connection.
+IDLE_CLIENT_SECONDS = 5.0
 
 
-def _shared_ssl_context() -> ssl.SSLContext:
-    """The TLS settings of every request (the CA bundle, or SSL_CERT_FILE/SSL_CERT_DIR), made once per
-    process when the first brain is configured (before the server's event loop runs): loading the CA
-    bundle takes tens of milliseconds, which a turn making its own would stall every connection for."""
-    global _SSL_CONTEXT
-    if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = httpx.create_ssl_context()
-    return _SSL_CONTEXT
+class _Clients:
+    """A brain's HTTP clients in one trio run, each lent to one turn at a time (`borrow`) and kept for the next
+    turn afterwards, so that its connection to the model server (keep-alive) serves many turns.
+
+    A client per turn rather than one shared client: httpx's pool scans all its connections for every request
+    and response (with hundreds of turns streaming at once, that costs more than a connection per turn), and
+    a client of one's own has one connection at most. A response not read to its end (a cancelled turn, a failed
+    stream) closes its connection, so the provider stops generating it; the client then connects anew when next
+    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS; a system task closes those left
+    when the run ends.
+    """
+
+    __slots__ = ("_brain", "_idle")
+
+    def __init__(self, brain: OpenAIBrain) -> None:
+        self._brain = brain
+        self._idle: collections.deque[tuple[float, httpx.AsyncClient]] = collections.deque()  # (since, client), oldest first
+
+    @staticmethod
+    def of(brain: OpenAIBrain) -> _Clients:
+        try:
+            clients = _CLIENTS.get()
+        except LookupError:
+            clients = {}
+            _CLIENTS.set(clients)
+        mine = clients.get(brain)
+        if mine is None:
+            mine = clients[brain] = _Clients(brain)
+            trio.lowlevel.spawn_system_task(mine._close_at_exit, name="agentcast openai clients")
+        return mine
+
+    @asynccontextmanager
+    async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
+        idle = self._idle
+        now = trio.current_time()
+        while idle and idle[0][0] < now - IDLE_CLIENT_SECONDS:
+            await self._close(idle.popleft()[1])
+        if idle:
+            client = idle.pop()[1]  # the last one back: the likeliest to have its connection still open
+        else:
+            brain = self._brain
+            client = httpx.AsyncClient(timeout=httpx.Timeout(brain.timeout), verify=brain._ssl_context,
+                                       limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
+        try:
+            yield client
+        finally:
+            if len(idle) < MAX_IDLE_CLIENTS:
+                idle.append((trio.current_time(), client))
+            else:
+                await self._close(client)
+
+    @staticmethod
+    async def _close(client: httpx.AsyncClient) -> None:
+        with trio.CancelScope(shield=True):
+            await client.aclose()
+
+    async def _close_at_exit(self) -> None:
+        """Close the idle clients when the trio run ends (system tasks are cancelled once the main task is
+        done, by when every turn has given its client back)."""
+        try:
+            await trio.sleep_forever()
+        finally:
+            while self._idle:
+                try:
+                    await self._close(self._idle.pop()[1])
+                except Exception:  # a system task must not raise: that would end the run with an internal error
+                    logger.exception("closing an openai brain's HTTP client failed")
+
+
+#: How long the end of a body is waited for once `data: [DONE]` has come (`_end_of_body`).
+END_OF_BODY_WAIT = 1.0
+
+
+async def _end_of_body(events: AsyncIterator) -> None:
+    """Read on past `data: [DONE]` to the end of the body, so that its connection can serve the brain's
+    next request (one whose body is not read to its end is closed). At most END_OF_BODY_WAIT seconds and
+    one more event: anything that still comes after [DONE] is not read, and the connection is then closed.
+    The answer is complete by then: a failure here is not the turn's."""
+    with trio.move_on_after(END_OF_BODY_WAIT):
+        try:
+            await anext(events)
+        except (StopAsyncIteration, httpx.HTTPError, SSEError):
+            pass
 
 
 class _Retry(Exception):
@@ -114,10 +199,6 @@ class _Round:
 def _check(condition: bool, what: str, setting: str) -> None:
     if not condition:
         raise ValueError(f"openai brain: {setting} must be {what}")
-
-
-def _number(value: object) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @frozen
@@ -168,7 +249,7 @@ class OpenAIBrainSettings:
         _check(self.api_key_env is None or (isinstance(self.api_key_env, str) and self.api_key_env.strip() != ""),
                "the NAME of the environment variable that holds the key (the key itself never goes in config)",
                "api_key_env")
-        if isinstance(self.api_key_env, str) and self.api_key_env.startswith(("sk-", "Bearer ")):
+        if looks_like_a_key(self.api_key_env):
             raise ValueError("openai brain: api_key_env looks like an API key; give the NAME of the environment "
                              "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
         _check(isinstance(self.system_prompt, str), "a string", "system_prompt")
@@ -223,15 +304,12 @@ class OpenAIBrain:
         #: As configured.
         self.config = settings
         self.model = settings.model
-        parts = urlsplit(settings.base_url)
-        path = parts.path.rstrip("/")
+        self._endpoint = Endpoint(settings.base_url, "/chat/completions")
         #: As configured (credentials and query included): only ever used to send requests.
-        self.base_url = urlunsplit(parts._replace(path=path))
-        self._url = urlunsplit(parts._replace(path=path + "/chat/completions"))
+        self.base_url = self._endpoint.base_url
+        self._url = self._endpoint.url
         #: `base_url` without credentials or query: what errors, logs and repr show.
-        self.shown_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], path, "", ""))
-        secrets = [parts.query, *(v for _, v in parse_qsl(parts.query)), parts.password or ""]
-        self._url_secrets = tuple(sorted({x for x in secrets if len(x) >= 3}, key=len, reverse=True))
+        self.shown_url = self._endpoint.shown_url
         self.api_key_env = settings.api_key_env
         self.system_prompt = settings.system_prompt
         self.temperature = settings.temperature
@@ -259,14 +337,8 @@ class OpenAIBrain:
     def settings(self) -> dict[str, object]:
         """Every setting as configured (defaults included), for `agentcast config check`: the key never (it
         is not kept here), `base_url` with its password and query values masked."""
-        parts = urlsplit(self.base_url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            user, _, host = netloc.rpartition("@")
-            netloc = f"{user.partition(':')[0]}:***@{host}"
-        query = "&".join(f"{k}=***" for k, _ in parse_qsl(parts.query, keep_blank_values=True)) or ("***" if parts.query else "")
         return {
-            "model": self.model, "base_url": urlunsplit(parts._replace(netloc=netloc, query=query)),
+            "model": self.model, "base_url": self._endpoint.masked_url(),
             "api_key_env": self.api_key_env, "system_prompt": self.system_prompt, "temperature": self.temperature,
             "max_tokens": self.max_tokens, "timeout": self.timeout, "memory_window": self.memory_window,
             "recall": self.recall, "tools": list(self.config.tools), "max_tool_rounds": self.max_tool_rounds,
@@ -285,11 +357,7 @@ class OpenAIBrain:
 
     def _scrub(self, text: str, key: str | None) -> str:
         """`text` with the API key and `base_url`'s credentials and query (should anything echo them) masked."""
-        text = text.replace(self.base_url, self.shown_url)
-        for secret in (key, *self._url_secrets):
-            if secret:
-                text = text.replace(secret, "***")
-        return text
+        return self._endpoint.scrub(text, key)
 
     # -- the prompt ----------------------------------------------------------------------
 
@@ -330,32 +398,20 @@ class OpenAIBrain:
     # -- a turn --------------------------------------------------------------------------
 
     def _api_key(self) -> str | None:
-        if self.api_key_env is None:
-            return None
-        key = (os.environ.get(self.api_key_env) or "").strip()  # a secret made from a file often ends in a newline
-        if not key:
-            raise BrainError(f"the API key is missing: the environment variable {self.api_key_env} "
-                             "(api_key_env) is not set on the server")
-        if not (key.isascii() and key.isprintable()) or any(c.isspace() for c in key):
-            # never the value: an HTTP library refusing it as a header would quote it in its error
-            raise BrainError(f"the API key in the environment variable {self.api_key_env} (api_key_env) is not "
-                             "usable: it holds spaces, control or non-ASCII characters")
-        return key
+        return api_key(self.api_key_env, BrainError)
 
     async def reply(self, turn: Turn) -> AsyncGenerator[BrainItem, None]:
         key = self._api_key()
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
         messages = self.prompt(turn)
         prompt_tokens = completion_tokens = 0
         counted = False
         rounds = chars = 0
         answer = ""  # the end of the answer so far (enough to see how it ends)
         deadline = trio.current_time() + self.turn_timeout
-        # One client (and connection) per turn: leaving this block, normally or by cancellation,
-        # closes the connection, so a cancelled answer stops being generated and paid for. The
-        # client is cheap to make: its TLS settings are made once, off the event loop.
-        async with httpx.AsyncClient(timeout=httpx.Timeout(self.timeout), headers=headers,
-                                     verify=self._ssl_context) as client:
+        # A client lent for this turn (`_Clients`): an answer read to its end leaves its connection open for
+        # a next turn; one that is not, as when the turn is cancelled, closes it, so that the provider stops
+        # generating it (and being paid for it).
+        async with _Clients.of(self).borrow() as client:
             while True:
                 offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
                 result = _Round()
@@ -442,7 +498,8 @@ class OpenAIBrain:
         try:
             async with AsyncExitStack() as stack:
                 source = await self._within(deadline, stack.enter_async_context(
-                    aconnect_sse(client, "POST", self.url, json=body)))
+                    aconnect_sse(client, "POST", self.url, json=body,
+                                 headers={"Authorization": f"Bearer {key}"} if key else {})))
                 response = source.response
                 if response.status_code != 200:
                     raise await self._within(deadline, self._http_error(response, key))
@@ -460,6 +517,7 @@ class OpenAIBrain:
                         continue
                     if data == "[DONE]":
                         result.finished = True
+                        await _end_of_body(events)
                         break
                     for delta in self._chunk(data, result, key):
                         streamed = True
@@ -549,20 +607,10 @@ class OpenAIBrain:
 
     async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
         """The exception for a non-200 answer: `_Retry` for the retryable ones, else `BrainError`."""
-        body = b""
-        async for piece in response.aiter_bytes():
-            body += piece
-            if len(body) >= MAX_ERROR_BODY:
-                break
-        reason = self._scrub(_reason_of_body(body[:MAX_ERROR_BODY]), key)
+        reason = self._scrub(_reason_of_body(await error_body(response)), key)
         status = response.status_code
-        what = {
-            401: "the model server refused the API key",
-            403: "the model server refused access",
-            404: f"not found: is the model {self.model!r} served at {self.shown_url}?",
-            429: "the model server is rate limiting us",
-        }.get(status, "the model server failed" if status >= 500 else "the model server refused the request")
-        text = f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
+        text = http_failure(status, reason, server="the model server",
+                            missing=f"is the model {self.model!r} served at {self.shown_url}?")
         if status in RETRYABLE_STATUSES:
             return _Retry(text, _retry_after(response))
         return BrainError(text)
@@ -593,35 +641,6 @@ def _depth_over(value: object, limit: int) -> bool:
         if not level:
             return False
     return any(isinstance(v, (dict, list)) for v in level)
-
-
-def _reason_of(obj: dict) -> str:
-    error = obj.get("error")
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    if isinstance(error, str):
-        return error
-    if isinstance(obj.get("message"), str):
-        return obj["message"]
-    return json.dumps(error if error is not None else obj, ensure_ascii=False)[:MAX_REASON_CHARS]
-
-
-def _reason_of_body(body: bytes) -> str:
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        obj = json.loads(text)
-    except ValueError:
-        return text[:MAX_REASON_CHARS]
-    return _reason_of(obj)[:MAX_REASON_CHARS] if isinstance(obj, dict) else text[:MAX_REASON_CHARS]
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        seconds = float(value) if value is not None else None
-    except ValueError:
-        return None
-    return None if seconds is None or not math.isfinite(seconds) or seconds < 0 else min(seconds, MAX_RETRY_DELAY)
 
 
 BRAINS["openai"] = OpenAIBrain

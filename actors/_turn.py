@@ -21,17 +21,20 @@ from attrs import define, field, frozen
 from ..store import (
     CANCELLED,
     FAILED,
+    LEXICAL,
     AgentAnswered,
     Event,
     FactRemembered,
     Hit,
     Memory,
     Recorded,
+    SearchResult,
     ToolCalled,
     ToolReturned,
     TurnEnded,
     UserSaid,
     fold_all,
+    search_memory,
 )
 
 from ._audience import Audience, Recipients
@@ -55,6 +58,7 @@ from ._messages import (
     UserMessageOutput,
     is_live,
 )
+from ._semantic import SearchUnavailable, SemanticMemory
 from ._tools import ToolContext, Toolbox
 
 if TYPE_CHECKING:
@@ -105,8 +109,7 @@ class TurnMemory:
     log: TurnLog
 
     async def search(self, query: str, limit: int) -> Sequence[Hit]:
-        agent_id, user = self.runner.agent_id, self.user
-        return await self.runner._journal.read(lambda log: log.search(agent_id, user, query, limit))
+        return (await self.runner.memory_search(self.user, query, limit)).hits
 
     async def remember(self, fact: str) -> int:
         event = FactRemembered(self.runner.agent_id, self.user, self.runner._clock(), fact, self.request_id)
@@ -136,16 +139,33 @@ class Chat:
 class TurnRunner:
     """Runs one agent's chat turns (each in its user's lane), and knows the turns whose brain runs."""
 
-    __slots__ = ("agent_id", "spec", "_journal", "_audience", "_clock", "running")
+    __slots__ = ("agent_id", "spec", "_journal", "_audience", "_clock", "semantic", "running")
 
-    def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str]) -> None:
+    def __init__(self, spec: AgentSpec, journal: Journal, audience: Audience, clock: Callable[[], str],
+                 semantic: SemanticMemory | None = None) -> None:
         self.agent_id = spec.agent_id
         self.spec = spec
         self._journal = journal
         self._audience = audience
         self._clock = clock
+        #: The semantic side of the agent's memory search (None: lexical only).
+        self.semantic = semantic
         #: Per user: the turn whose brain is running.
         self.running: dict[str, RunningTurn] = {}
+
+    async def memory_search(self, user: str, query: str, limit: int, *, since_seq: int = 0,
+                            legs: Sequence[str] | None = None, said: bool = False) -> SearchResult:
+        """Search `user`'s memory: hybrid with an embedder (`SemanticMemory.search`), else lexical; `legs` (None:
+        every leg the agent has) and `said` (the query is the user's new message) as `SemanticMemory.search` takes
+        them. What a `search_memory` command, a brain's recall and the `search_memory` tool ask."""
+        semantic, agent_id = self.semantic, self.agent_id
+        if semantic is not None:
+            return await semantic.search(self._journal, agent_id, user, query, limit, since_seq=since_seq, legs=legs,
+                                         said=said)
+        if legs is not None and LEXICAL not in legs:
+            raise SearchUnavailable(f"Agent '{agent_id}' has no embedder: its memory is searched lexically only "
+                                    "(ask for legs [\"lexical\"], or leave legs out)")
+        return await self._journal.read(lambda log: search_memory(log, agent_id, user, query, limit, since_seq=since_seq))
 
     def fail(self, command: AgentCommand, code: str, message: str) -> None:
         """Tell `command`'s recipients it failed (`FailedOutput`, then `TurnDoneOutput` for a chat)."""
@@ -217,9 +237,7 @@ class TurnRunner:
         try:
             recalled: Sequence[Hit] = ()
             if brain.recall and memory.long_term_count:
-                recalled = await self._journal.read(
-                    lambda log: log.search(agent_id, cmd.user, cmd.message, brain.recall)
-                )
+                recalled = (await self.memory_search(cmd.user, cmd.message, brain.recall, said=True)).hits
             tools = getattr(brain, "tools", ())
             # A brain without tools gets the agent's empty toolbox (it only ever answers "no such tool").
             toolbox = Toolbox(tools, ToolContext(

@@ -36,7 +36,22 @@ from ._memory import (
     memory_to_json,
     rebuild,
 )
-from ._recorder import AppendConflict, Fence, FoundTurn, Hit, Recorder, RecorderInspection, SavedSnapshot, StoredEvent
+from ._recorder import (
+    AppendConflict,
+    EmbeddingConflict,
+    EmbeddingCursor,
+    Fence,
+    FoundTurn,
+    Hit,
+    MessageVector,
+    Recorder,
+    RecorderInspection,
+    SavedSnapshot,
+    StoredEvent,
+    StoredVectors,
+    TextToEmbed,
+    Unembedded,
+)
 from ._schema import MissingEventLog, NotAnEventLog
 from ._sqlite import MAX_QUERY_TERMS, EventLog, match_expression
 from ._replay import (  # read-side tools: point-in-time replay, raw events
@@ -52,6 +67,7 @@ from ._replay import (  # read-side tools: point-in-time replay, raw events
     parse_instant,
     replay,
 )
+from ._search import LEGS, LEXICAL, SEMANTIC, QueryVector, SearchResult, search_memory
 from ._verify import Check, Rebuilt, VerifyReport, rebuild_all, verify
 
 __all__ = [
@@ -65,6 +81,9 @@ __all__ = [
     # the recorder interface, and its SQLite implementation
     "AppendConflict", "EventLog", "Fence", "FoundTurn", "Hit", "MAX_QUERY_TERMS", "MissingEventLog", "NotAnEventLog",
     "Recorder", "RecorderInspection", "SavedSnapshot", "StoredEvent", "match_expression",
+    # semantic memory: message vectors (a projection the embedding worker keeps) and the hybrid search
+    "EmbeddingConflict", "EmbeddingCursor", "LEGS", "LEXICAL", "MessageVector", "QueryVector", "SEMANTIC",
+    "SearchResult", "StoredVectors", "TextToEmbed", "Unembedded", "search_memory",
     # read-side tools: replay, raw events, verify; backup
     "Check", "Cut", "Rebuilt", "ReplayReport", "StreamReplay", "VerifyReport", "activity_at", "clears_at",
     "event_fields", "events_after", "last_seq_at", "memory_at", "parse_instant", "rebuild_all", "replay", "verify",

@@ -10,12 +10,22 @@ that shares an everyday word take a top rank in the lexical leg, and with RRF's 
 that outweighs the differences between semantic ranks. So the lexical leg is given only the
 question's exact tokens (`exact_terms`): the words a user types to find something verbatim — names,
 numbers and codes. A question without any is answered by the semantic leg alone.
+
+Questions are answered by statements: a sentence-embedding model puts a question near other questions
+("What's my job?" near "What's on my schedule tomorrow?") more than near the statement that answers it
+("I drive the number 152 bus"). So when the query is a question, the semantic leg lowers the cosine of every
+remembered message that is itself a question by `QUESTION_DEMOTION` (`demoted`): a remembered question still
+comes first when nothing else is close, but a statement about as close goes before it.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Iterable, Sequence
 from typing import TypeVar
+
+import attrs
+
+from ._recorder import Hit
 
 K = TypeVar("K", bound=Hashable)
 
@@ -121,3 +131,38 @@ def lexical_query(query: str) -> str:
     """What the lexical leg of a hybrid search is given for `query`: its exact tokens (`exact_terms`),
     space-separated; empty when it has none (then only the semantic leg ranks)."""
     return " ".join(exact_terms(query))
+
+
+#: How much lower the cosine of a remembered question is ranked, when the query is a question too.
+QUESTION_DEMOTION = 0.1
+
+#: Words that open a question in English (a question typed without its question mark).
+_INTERROGATIVES = frozenset("""
+what what's whats which who who's whom whose where where's when when's why how how's do does did is are am was
+were can could should would will shall may might have has had
+""".split())
+#: Question marks: Latin, full-width (CJK), Arabic, Greek.
+_QUESTION_MARKS = ("?", "\uff1f", "\u061f", "\u037e")
+
+
+def is_question(text: str) -> bool:
+    """True if `text` ends with a question mark (of any script)."""
+    return text.rstrip().endswith(_QUESTION_MARKS)
+
+
+def asks(query: str) -> bool:
+    """True if `query` is a question: it ends with a question mark, or opens with an English interrogative
+    word ("what", "do", "is", ...; a chat question often goes without its question mark)."""
+    if is_question(query):
+        return True
+    first = _TOKEN.search(query)
+    return first is not None and first.group().casefold().replace("\u2019", "'") in _INTERROGATIVES
+
+
+def demoted(hits: Sequence[Hit], query: str, amount: float = QUESTION_DEMOTION) -> list[Hit]:
+    """`hits` (a semantic ranking, best first) with the score of each remembered question lowered by `amount`
+    when `query` is a question (`asks`), re-ordered by score (equal scores keep their order); unchanged otherwise."""
+    if not asks(query) or not any(is_question(h.content) for h in hits):
+        return list(hits)
+    lowered = [attrs.evolve(h, score=h.score - amount) if is_question(h.content) else h for h in hits]
+    return sorted(lowered, key=lambda h: -h.score)

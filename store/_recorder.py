@@ -3,7 +3,9 @@
 `Recorder` is the narrow interface the actors, the transport and the tools use (append, read a stream,
 restore a lane's memory, search, find a retried turn, snapshots, streams, the last seq, health);
 `RecorderInspection` is the read side that `agentcast replay` and `replay verify` need beyond it (raw
-rows, the search index, saved snapshots, the database's own integrity check). `store.EventLog` is the
+rows, the search index, saved snapshots, the stored vectors, the database's own integrity check). Message
+vectors (semantic memory) are a projection too: written by an embedding worker after the messages are
+committed (`add_vectors`, fenced by a per-agent cursor), forgotten with the text they stand for. `store.EventLog` is the
 SQLite implementation of both; a new backend implements them and passes tests/support/recorder_contract.py.
 Only the recorder's own module touches its database connection.
 
@@ -11,7 +13,7 @@ Typing only (Protocols and the records they exchange). Must not import trio, `ac
 """
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import NamedTuple, Protocol
 
@@ -93,6 +95,69 @@ class SavedSnapshot:
     state: str
 
 
+@frozen
+class TextToEmbed:
+    """A remembered message whose vector is still to be made: what `Recorder.unembedded` gives."""
+
+    seq: int
+    agent_id: str
+    user: str
+    text: str
+
+
+@frozen
+class Unembedded:
+    """The messages after a seq still to be embedded (`texts`, in seq order), and the seq the scan
+    reached (`scanned_to`): every message of those agents up to it is in `texts`, or forgotten."""
+
+    texts: tuple[TextToEmbed, ...]
+    scanned_to: int
+
+
+@frozen
+class MessageVector:
+    """The vector of message `seq` of (agent_id, user), as an embedder made it (any length: only its
+    direction is kept). A zero vector stands for a message its embedder refused: it matches nothing."""
+
+    seq: int
+    agent_id: str
+    user: str
+    vector: object  # a sequence of floats (or a 1-D numpy array)
+
+
+@frozen
+class EmbeddingCursor:
+    """How far the messages of `agent_id` have vectors of `model` (of `dimensions` numbers): every
+    remembered message of the agent with a seq up to `seq` has exactly one, and no other has one."""
+
+    agent_id: str
+    model: str
+    dimensions: int
+    seq: int
+
+
+@frozen
+class StoredVectors:
+    """The vectors stored for (agent_id, user) under `model`, undecoded: the seqs they are for, in the order
+    stored (a seq twice is a fault), and what could not be read (an empty tuple if nothing)."""
+
+    agent_id: str
+    user: str
+    model: str
+    seqs: tuple[int, ...]
+    problems: tuple[str, ...] = ()
+
+
+class EmbeddingConflict(Exception):
+    """Vectors written against an embedding cursor that had moved (another writer embedded the same messages
+    first): nothing of that write was stored. Read the cursor again and go on from there."""
+
+    def __init__(self, agent_id: str, model: str, expected: int, actual: int) -> None:
+        self.agent_id, self.model, self.expected, self.actual = agent_id, model, expected, actual
+        super().__init__(f"vectors of agent {agent_id!r} under model {model!r}: the embedding cursor is at seq "
+                         f"{actual}, not at {expected} as the writer expected (another writer embedded meanwhile)")
+
+
 #: What `Recorder.find_turn` finds: the user message of a chat command, and how its turn ended (its
 #: answer, else the latest failed or cancelled try, else None).
 FoundTurn = tuple[Recorded, Recorded | None]
@@ -118,7 +183,8 @@ class Recorder(Protocol):
         All or nothing: when this returns all of them are committed, when it raises none is.
         Appending a long-term `UserClearedMemory` forgets, in the same transaction: the text of every
         earlier message and turn activity of its (agent, user), their index entries, the client ids
-        of their commands (`command_id`, `request_id`) and its snapshots (their seqs and types stay).
+        of their commands (`command_id`, `request_id`), its snapshots and its message vectors (their seqs and
+        types stay).
         `snapshots` are saved with the events (each replaces the one of its agent, user and window).
         `fences[i]`, if given and not None, must hold just before batch `i` is appended, else
         `AppendConflict` is raised.
@@ -166,6 +232,50 @@ class Recorder(Protocol):
     def streams(self) -> list[tuple[str, str]]:
         """Every (agent_id, user) that has events, sorted."""
         ...
+
+    # -- semantic memory: message vectors, a projection of the log that an embedding worker keeps ----------
+
+    def embedding_cursor(self, agent_id: str, model: str) -> int:
+        """The seq up to which the messages of `agent_id` have vectors of `model` (0: none yet); see
+        `EmbeddingCursor`."""
+        ...
+
+    def unembedded(self, agent_ids: Collection[str], after_seq: int, limit: int) -> Unembedded:
+        """At most `limit` remembered messages (user, agent and fact) of `agent_ids` with seq > `after_seq`, in
+        seq order (forgotten ones are not), and how far the scan went: what an embedding worker whose cursor is
+        at `after_seq` has to embed next."""
+        ...
+
+    def count_unembedded(self, agent_ids: Collection[str], after_seq: int) -> int:
+        """How many remembered messages (not forgotten) of `agent_ids` have a seq above `after_seq` (what an
+        embedding worker whose cursor is there has left to embed; for its progress)."""
+        ...
+
+    def add_vectors(self, model: str, dimensions: int, vectors: Sequence[MessageVector],
+                    cursors: Mapping[str, tuple[int, int]]) -> int:
+        """Store `vectors` (of `dimensions` numbers, made by `model`) and move each agent's embedding cursor
+        (`cursors[agent_id]` = (the seq it is expected at, its new seq)), in one transaction; how many were
+        stored. A vector whose message is not (any more) a remembered message of its (agent, user) — forgotten
+        meanwhile by a long-term clear — is dropped. If a cursor is not where expected, nothing is stored and
+        `EmbeddingConflict` is raised. Every vector's seq must be above its agent's expected cursor and at
+        most its new one, and each agent's messages in that range must all be given (that is the cursor's
+        promise)."""
+        ...
+
+    def drop_vectors(self, agent_id: str, *, keep_model: str | None = None) -> int:
+        """Delete the vectors and embedding cursors of `agent_id` under every model but `keep_model` (a model
+        change: they are not comparable with the new model's); how many vectors went."""
+        ...
+
+    def nearest(self, agent_id: str, user: str, model: str, vector: Sequence[float], limit: int, *,
+                since_seq: int = 0, centred: bool = False) -> list[Hit]:
+        """The `limit` messages of (agent_id, user) whose `model` vectors are closest to `vector` by cosine
+        (the score), best first, with seq >= `since_seq`. With `centred`, the cosines are taken after the mean
+        of the (agent, user)'s vectors is subtracted from each and from `vector` (what all of a memory shares
+        then stops counting), if it has at least `store._vectors.CENTRE_FROM` vectors. Never another (agent,
+        user)'s. A vector of zeros (a message its embedder refused) is never among them."""
+        ...
+
 
     def last_seq(self) -> int:
         """The seq of the newest event, 0 for an empty log."""
@@ -219,6 +329,15 @@ class RecorderInspection(Recorder, Protocol):
 
     def saved_snapshots(self) -> list[SavedSnapshot] | None:
         """Every saved snapshot, by agent, user and window; None for a log that has no place for them."""
+        ...
+
+    def embedding_cursors(self) -> list[EmbeddingCursor]:
+        """Every embedding cursor, by agent and model."""
+        ...
+
+    def stored_vectors(self) -> Iterator[StoredVectors]:
+        """The vectors stored, per (agent, user, model), undecoded enough to name their seqs; consume it
+        before the next call."""
         ...
 
     def integrity_problems(self) -> list[str]:

@@ -115,6 +115,36 @@ def m005_forgotten_client_ids(db: Database) -> None:
                      [(redacted_payload(type_, payload), seq) for seq, type_, payload in rows])
 
 
+@migrations()
+def m006_message_vectors(db: Database) -> None:
+    """Semantic memory: the messages' vectors, a projection kept by an embedding worker (`EventLog.add_vectors`).
+
+    `embedding_models` names each model whose vectors are stored (a model change makes a new one);
+    `embedding_cursors` says, per agent and model, up to which seq every remembered message has its vector;
+    `vector_blocks` holds the vectors, packed in blocks per (agent, user, model) (`store._vectors`: int8 and a
+    scale each, with the message's seq), ordered by the first seq they hold. Nothing is filled here: the
+    worker embeds the existing log from seq 0 (the search stays lexical until then).
+    """
+    db.execute("CREATE TABLE embedding_models (model INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, "
+               "dimensions INTEGER NOT NULL)")
+    db.execute("CREATE TABLE embedding_cursors (agent_id TEXT NOT NULL, model INTEGER NOT NULL, seq INTEGER NOT NULL, "
+               "PRIMARY KEY (agent_id, model)) WITHOUT ROWID")
+    db.execute(
+        """
+        CREATE TABLE vector_blocks (
+            id INTEGER PRIMARY KEY,
+            agent_id TEXT NOT NULL,
+            user TEXT NOT NULL,
+            model INTEGER NOT NULL,
+            first_seq INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            block BLOB NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX vector_blocks_by_stream ON vector_blocks (agent_id, user, model, first_seq)")
+
+
 class NotAnEventLog(Exception):
     """The file exists but is not an agentcast event log (or is one from a newer version)."""
 

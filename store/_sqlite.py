@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from ._events import (
@@ -26,7 +26,22 @@ from ._events import (
     redacted_payload,
 )
 from ._memory import DEFAULT_WINDOW, Memory, fold_rows, memory_to_json, read_snapshot
-from ._recorder import AppendConflict, Fence, FoundTurn, Hit, RecorderInspection, SavedSnapshot, StoredEvent
+from . import _vectors
+from ._recorder import (
+    AppendConflict,
+    EmbeddingConflict,
+    EmbeddingCursor,
+    Fence,
+    FoundTurn,
+    Hit,
+    MessageVector,
+    RecorderInspection,
+    SavedSnapshot,
+    StoredEvent,
+    StoredVectors,
+    TextToEmbed,
+    Unembedded,
+)
 from ._schema import FTS5_SECURE_DELETE, connect_readonly, connect_writable, sqlite3
 from ._terms import MESSAGE_TYPES_SQL, index_terms, scope_token, term, words
 
@@ -34,6 +49,15 @@ logger = logging.getLogger("agentcast.store")
 
 #: Most distinct words of a query that a search uses; the rest are ignored.
 MAX_QUERY_TERMS = 32
+
+#: The most vectors one row of `vector_blocks` holds. Each `add_vectors` adds a row per (agent, user) it
+#: touches and merges the newest rows of that (agent, user) while the one before holds no more vectors than
+#: the last (a binary counter): a vector is rewritten about log2(MAX_BLOCK_VECTORS) times in all, and a
+#: search reads about n / MAX_BLOCK_VECTORS + log2(MAX_BLOCK_VECTORS) rows for n vectors.
+MAX_BLOCK_VECTORS = 1024
+
+#: Most seqs bound in one `IN (...)` (SQLite's own bound is 32,766 host parameters).
+_IN_CHUNK = 500
 
 #: Seconds a writable open waits for readers of old snapshots (other processes) to let its WAL be
 #: truncated; after that the truncation is done after a later commit (see `EventLog._checkpoint`).
@@ -211,9 +235,9 @@ class EventLog:
             indexed.clear()
 
     def _forget(self, seq: int, agent_id: str, user: str, scope: str) -> None:
-        """Erase the text of every message (user, agent, fact) of (agent_id, user) before `seq`, index rows
-        and event payloads, and the text of its turns' activity (tool arguments and results, partial answers),
-        and the ids the client chose for them (`command_id`, column and payload, and `request_id`).
+        """Erase the text of every message (user, agent, fact) of (agent_id, user) before `seq`, index rows,
+        vectors and event payloads, and the text of its turns' activity (tool arguments and results, partial
+        answers), and the ids the client chose for them (`command_id`, column and payload, and `request_id`).
 
         The events keep their rows and sequence numbers; their payload becomes REDACTED. Without its
         `command_id` a forgotten turn is not found by `find_turn`: a retry of it is a new turn. With
@@ -233,6 +257,9 @@ class EventLog:
             [(s, index_terms(scope, json.loads(payload)["content"])) for s, payload in remembered],
         )
         conn.execute("DELETE FROM snapshots WHERE agent_id = ? AND user = ?", (agent_id, user))
+        # Every vector of the (agent, user), of every model: only messages before this clear can have one (a
+        # vector is written after its message is committed). With secure_delete their pages are zeroed.
+        conn.execute("DELETE FROM vector_blocks WHERE agent_id = ? AND user = ?", (agent_id, user))
         conn.execute(
             "UPDATE events SET payload = ?, command_id = NULL WHERE agent_id = ? AND user = ? AND seq < ? "
             f"AND type IN ({MESSAGE_TYPES_SQL}) AND (payload != ? OR command_id IS NOT NULL)",
@@ -433,6 +460,185 @@ class EventLog:
             for seq, type_, content, at, score in rows
         ]
 
+    # -- semantic memory: message vectors (`Recorder.add_vectors`, `nearest`, ...) ----------------------
+
+    def _model(self, name: str) -> tuple[int, int] | None:
+        """(model id, dimensions) of the embedding model `name`, or None if it has stored nothing."""
+        return self._conn.execute("SELECT model, dimensions FROM embedding_models WHERE name = ?", (name,)).fetchone()
+
+    def embedding_cursor(self, agent_id: str, model: str) -> int:
+        """The seq up to which the messages of `agent_id` have vectors of `model` (0: none yet)."""
+        row = self._conn.execute(
+            "SELECT c.seq FROM embedding_cursors c JOIN embedding_models m ON m.model = c.model "
+            "WHERE c.agent_id = ? AND m.name = ?", (agent_id, model)).fetchone()
+        return 0 if row is None else row[0]
+
+    def unembedded(self, agent_ids: Collection[str], after_seq: int, limit: int) -> Unembedded:
+        """The next `limit` remembered messages of `agent_ids` after `after_seq` (see `Recorder.unembedded`).
+
+        Read by seq (the table's own order; the `+` keeps SQLite from taking a per-stream index and sorting),
+        in one read transaction, so that `scanned_to` (the newest seq, when fewer than `limit` were found)
+        is of the same moment as the messages."""
+        agents = sorted(set(agent_ids))
+        if not agents or limit < 1:
+            return Unembedded((), after_seq)
+        conn = self._conn
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")
+        try:
+            rows = conn.execute(
+                "SELECT seq, agent_id, user, payload FROM events WHERE seq > ? "
+                f"AND +type IN ({MESSAGE_TYPES_SQL}) AND +agent_id IN ({', '.join('?' * len(agents))}) "
+                "ORDER BY seq LIMIT ?", (after_seq, *agents, limit)).fetchall()
+            scanned_to = rows[-1][0] if len(rows) == limit else max(after_seq, self.last_seq())
+        finally:
+            if own:
+                conn.execute("COMMIT")
+        texts = tuple(TextToEmbed(seq, agent_id, user, json.loads(payload)["content"])
+                      for seq, agent_id, user, payload in rows if payload != REDACTED)
+        return Unembedded(texts, scanned_to)
+
+    def count_unembedded(self, agent_ids: Collection[str], after_seq: int) -> int:
+        """How many remembered messages of `agent_ids` after `after_seq` are not forgotten (a scan by seq)."""
+        agents = sorted(set(agent_ids))
+        if not agents:
+            return 0
+        return self._conn.execute(
+            f"SELECT count(*) FROM events WHERE seq > ? AND +type IN ({MESSAGE_TYPES_SQL}) "
+            f"AND +agent_id IN ({', '.join('?' * len(agents))}) AND payload != ?",
+            (after_seq, *agents, REDACTED)).fetchone()[0]
+
+    def add_vectors(self, model: str, dimensions: int, vectors: Sequence[MessageVector],
+                    cursors: Mapping[str, tuple[int, int]]) -> int:
+        """Store `vectors` and move the agents' embedding cursors in one transaction (see `Recorder.add_vectors`).
+
+        Each (agent, user) gets one new row of its vectors, in seq order; then its newest rows are merged
+        (see MAX_BLOCK_VECTORS). A vector is stored only if its seq is, in this transaction, a remembered
+        message of its (agent, user) that no clear has redacted: a long-term clear committed while the vector
+        was being made has forgotten it."""
+        if type(dimensions) is not int or not 1 <= dimensions <= _vectors.MAX_DIMENSIONS:
+            raise ValueError(f"dimensions must be an integer from 1 to {_vectors.MAX_DIMENSIONS}")
+        for agent_id, (expected, new) in cursors.items():
+            if not 0 <= expected <= new:
+                raise ValueError(f"agent {agent_id!r}: a cursor moves forward (from {expected} to {new}?)")
+        for v in vectors:
+            moves = cursors.get(v.agent_id)
+            if moves is None or not moves[0] < v.seq <= moves[1]:
+                raise ValueError(f"the vector of seq {v.seq} (agent {v.agent_id!r}) is not within the range its "
+                                 "agent's cursor moves over")
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            found = self._model(model)
+            if found is None:
+                model_id = conn.execute("INSERT INTO embedding_models (name, dimensions) VALUES (?, ?)",
+                                        (model, dimensions)).lastrowid
+            else:
+                model_id, stored_dimensions = found
+                if stored_dimensions != dimensions:
+                    raise ValueError(f"the model {model!r} stored vectors of {stored_dimensions} dimensions, not "
+                                     f"{dimensions}: a model whose vectors change length needs another name")
+            for agent_id, (expected, _new) in cursors.items():
+                row = conn.execute("SELECT seq FROM embedding_cursors WHERE agent_id = ? AND model = ?",
+                                   (agent_id, model_id)).fetchone()
+                actual = 0 if row is None else row[0]
+                if actual != expected:
+                    raise EmbeddingConflict(agent_id, model, expected, actual)
+            live: dict[int, tuple[str, str]] = {}
+            seqs = [v.seq for v in vectors]
+            for start in range(0, len(seqs), _IN_CHUNK):
+                part = seqs[start:start + _IN_CHUNK]
+                live.update((seq, (agent_id, user)) for seq, agent_id, user in conn.execute(
+                    f"SELECT seq, agent_id, user FROM events WHERE seq IN ({', '.join('?' * len(part))}) "
+                    f"AND type IN ({MESSAGE_TYPES_SQL}) AND payload != ?", (*part, REDACTED)))
+            streams: dict[tuple[str, str], list[MessageVector]] = {}
+            for v in sorted(vectors, key=lambda v: v.seq):
+                if live.get(v.seq) == (v.agent_id, v.user):
+                    streams.setdefault((v.agent_id, v.user), []).append(v)
+            stored = 0
+            for (agent_id, user), kept in streams.items():
+                block = _vectors.pack([v.seq for v in kept], [v.vector for v in kept])
+                if _vectors.dimensions_of(block) != dimensions:
+                    raise ValueError(f"vectors of {_vectors.dimensions_of(block)} dimensions were given for the model "
+                                     f"{model!r} of {dimensions}")
+                conn.execute("INSERT INTO vector_blocks (agent_id, user, model, first_seq, count, block) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", (agent_id, user, model_id, kept[0].seq, len(kept), block))
+                self._merge_newest_rows(agent_id, user, model_id)
+                stored += len(kept)
+            conn.executemany(
+                "INSERT INTO embedding_cursors (agent_id, model, seq) VALUES (?, ?, ?) "
+                "ON CONFLICT (agent_id, model) DO UPDATE SET seq = excluded.seq",
+                [(agent_id, model_id, new) for agent_id, (_expected, new) in cursors.items()])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return stored
+
+    def _merge_newest_rows(self, agent_id: str, user: str, model_id: int) -> None:
+        """Merge the newest rows of (agent_id, user, model_id) while the one before the last holds no more
+        vectors than the last, up to MAX_BLOCK_VECTORS a row (see there)."""
+        conn = self._conn
+        rows = conn.execute("SELECT id, count FROM vector_blocks WHERE agent_id = ? AND user = ? AND model = ? "
+                            "ORDER BY first_seq", (agent_id, user, model_id)).fetchall()
+        while len(rows) >= 2:
+            (before, n_before), (last, n_last) = rows[-2], rows[-1]
+            if n_before > n_last or n_before + n_last > MAX_BLOCK_VECTORS:
+                break
+            blocks = dict(conn.execute("SELECT id, block FROM vector_blocks WHERE id IN (?, ?)", (before, last)))
+            conn.execute("UPDATE vector_blocks SET block = ?, count = ? WHERE id = ?",
+                         (_vectors.concat([blocks[before], blocks[last]]), n_before + n_last, before))
+            conn.execute("DELETE FROM vector_blocks WHERE id = ?", (last,))
+            rows[-2:] = [(before, n_before + n_last)]
+
+    def drop_vectors(self, agent_id: str, *, keep_model: str | None = None) -> int:
+        """Delete the vectors and cursors of `agent_id` under every model but `keep_model`; how many vectors went."""
+        conn = self._conn
+        keep = self._model(keep_model) if keep_model is not None else None
+        keep_id = -1 if keep is None else keep[0]
+        if conn.execute("SELECT 1 FROM embedding_cursors WHERE agent_id = ? AND model != ? UNION ALL "
+                        "SELECT 1 FROM vector_blocks WHERE agent_id = ? AND model != ? LIMIT 1",
+                        (agent_id, keep_id, agent_id, keep_id)).fetchone() is None:
+            return 0  # nothing to drop: no write transaction
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (dropped,) = conn.execute("SELECT coalesce(sum(count), 0) FROM vector_blocks WHERE agent_id = ? "
+                                      "AND model != ?", (agent_id, keep_id)).fetchone()
+            conn.execute("DELETE FROM vector_blocks WHERE agent_id = ? AND model != ?", (agent_id, keep_id))
+            conn.execute("DELETE FROM embedding_cursors WHERE agent_id = ? AND model != ?", (agent_id, keep_id))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return dropped
+
+    def nearest(self, agent_id: str, user: str, model: str, vector: Sequence[float], limit: int, *,
+                since_seq: int = 0, centred: bool = False) -> list[Hit]:
+        """The `limit` messages of (agent_id, user) closest to `vector` under `model` (see `Recorder.nearest`):
+        its rows of vectors read and scanned with numpy (`store._vectors.top_k`)."""
+        found = self._model(model)
+        if found is None or limit < 1:
+            return []
+        blocks = [block for (block,) in self._conn.execute(
+            "SELECT block FROM vector_blocks WHERE agent_id = ? AND user = ? AND model = ?", (agent_id, user, found[0]))]
+        if not blocks:
+            return []
+        unpacked = [_vectors.VectorBlock(block) for block in blocks]
+        center = (_vectors.mean_vector(unpacked) if centred and sum(map(len, unpacked)) >= _vectors.CENTRE_FROM
+                  else None)
+        ranked = _vectors.top_k(vector, unpacked, limit, center=center, since_seq=since_seq)
+        if not ranked:
+            return []
+        seqs = [seq for seq, _ in ranked]
+        rows = {seq: (type_, content, at) for seq, type_, content, at in self._conn.execute(
+            "SELECT seq, type, json_extract(payload, '$.content'), at FROM events "
+            f"WHERE seq IN ({', '.join('?' * len(seqs))}) AND payload != ?", (*seqs, REDACTED))}
+        return [Hit(seq, ROLE_OF_TYPE.get(rows[seq][0], "assistant"), rows[seq][1], rows[seq][2], score)
+                for seq, score in ranked if seq in rows]
+
     # -- inspection (`RecorderInspection`): the index, the snapshots, the file -------------------
 
     def indexed_seqs(self, agent_id: str, user: str) -> set[int]:
@@ -448,10 +654,55 @@ class EventLog:
     def saved_snapshots(self) -> list[SavedSnapshot] | None:
         """Every saved snapshot; None for a log without the snapshots table (an older schema)."""
         conn = self._conn
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'").fetchone() is None:
+        if not self._has_table("snapshots"):
             return None
         return [SavedSnapshot(*row) for row in conn.execute(
             "SELECT agent_id, user, window, seq, state FROM snapshots ORDER BY agent_id, user, window")]
+
+    def _has_table(self, name: str) -> bool:
+        return self._conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                  (name,)).fetchone() is not None
+
+    def embedding_cursors(self) -> list[EmbeddingCursor]:
+        """Every embedding cursor, by agent and model (none in a log of an older schema)."""
+        if not self._has_table("embedding_cursors"):
+            return []
+        return [EmbeddingCursor(*row) for row in self._conn.execute(
+            "SELECT c.agent_id, m.name, m.dimensions, c.seq FROM embedding_cursors c "
+            "JOIN embedding_models m ON m.model = c.model ORDER BY c.agent_id, m.name")]
+
+    def stored_vectors(self) -> Iterator[StoredVectors]:
+        """The vectors stored per (agent, user, model), with what cannot be read in their rows."""
+        if not self._has_table("vector_blocks"):
+            return
+        rows = self._conn.execute(
+            "SELECT b.agent_id, b.user, b.model, m.name, m.dimensions, b.first_seq, b.count, b.block "
+            "FROM vector_blocks b LEFT JOIN embedding_models m ON m.model = b.model "
+            "ORDER BY b.agent_id, b.user, b.model, b.first_seq")
+        key = None
+        seqs: list[int] = []
+        problems: list[str] = []
+        for agent_id, user, model_id, name, dimensions, first_seq, count, block in rows:
+            if (agent_id, user, model_id) != key:
+                if key is not None:
+                    yield StoredVectors(key[0], key[1], model_name, tuple(seqs), tuple(problems))
+                key, model_name, seqs, problems = (agent_id, user, model_id), name or f"#{model_id}", [], []
+                if name is None:
+                    problems.append(f"vectors of model #{model_id}, which is not in embedding_models")
+            try:
+                unpacked = _vectors.VectorBlock(block)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"a row of vectors from seq {first_seq} is unreadable: {exc}")
+                continue
+            if dimensions is not None and unpacked.dimensions != dimensions:
+                problems.append(f"a row from seq {first_seq} holds vectors of {unpacked.dimensions} dimensions, "
+                                f"the model's have {dimensions}")
+            if len(unpacked) != count or (len(unpacked) and int(unpacked.seqs[0]) != first_seq):
+                problems.append(f"a row from seq {first_seq} says it holds {count} vectors from seq {first_seq}; "
+                                f"it holds {len(unpacked)}" + (f" from seq {int(unpacked.seqs[0])}" if len(unpacked) else ""))
+            seqs.extend(int(s) for s in unpacked.seqs)
+        if key is not None:
+            yield StoredVectors(key[0], key[1], model_name, tuple(seqs), tuple(problems))
 
     def integrity_problems(self) -> list[str]:
         """What SQLite's `PRAGMA integrity_check` finds wrong (an empty list for "ok")."""

@@ -1,8 +1,8 @@
 """Message vectors for semantic search: int8 quantisation, packed blocks of vectors, cosine top-k over blocks.
 
 Pure functions on numbers and bytes (no SQLite, no threads): the store keeps each block as one BLOB.
-Must not import trio, `actors` or `transport`. numpy comes with the `semantic` extra and is imported
-only when a function here runs, so `import store` works without it.
+Must not import trio, `actors` or `transport`. numpy (a dependency of agentcast) is imported only when a
+function here runs: a server without semantic memory never loads it.
 
 A vector is stored as its direction only (cosine ignores length): normalised to unit length, then
 scaled so that its largest component is ±127 and rounded to int8, with that scale kept as one
@@ -34,8 +34,12 @@ RECORD_OVERHEAD = 12
 #: The most dimensions a block holds (the header keeps them in a uint16).
 MAX_DIMENSIONS = 65_535
 
-MISSING_NUMPY = ("semantic search needs numpy, which comes with the semantic extra: "
-                 "pip install 'agentcast[semantic]'")
+#: The fewest vectors a memory needs for a centred search (`top_k(center=)`): the mean of fewer is not
+#: what everyday chat shares, only those few messages (a centred ranking is then worse than a plain one).
+CENTRE_FROM = 20
+
+MISSING_NUMPY = ("semantic search needs numpy, a dependency of agentcast that is missing here: "
+                 "pip install 'numpy>=1.24' (or reinstall agentcast with its dependencies)")
 
 
 def _numpy():
@@ -216,20 +220,40 @@ def mean_vector(blocks: Iterable["bytes | VectorBlock"]) -> "np.ndarray | None":
         if len(unpacked):
             part = unpacked.scales @ unpacked.components.astype(np.float32)
             total = part if total is None else total + part
-            n += len(unpacked)
+            n += int(np.count_nonzero(unpacked.scales))  # zero vectors have no direction: not counted
+    if n == 0:
+        return None
     return None if total is None else (total / n).astype(np.float32)
 
 
-def top_k(query: Any, blocks: Iterable["bytes | VectorBlock"], k: int, *, center: Any = None) -> list[tuple[int, float]]:
+def concat(blocks: Sequence[bytes]) -> bytes:
+    """One block holding the vectors of `blocks` (of one number of dimensions), in the order given."""
+    if not blocks:
+        raise ValueError("concat needs at least one block")
+    dimensions = dimensions_of(blocks[0])
+    parts = [bytes(blocks[0])]
+    for block in blocks[1:]:
+        if dimensions_of(block) != dimensions:
+            raise ValueError("the blocks hold vectors of different dimensions (a different embedding model?)")
+        parts.append(bytes(memoryview(block)[HEADER_SIZE:]))
+    return b"".join(parts)
+
+
+def top_k(query: Any, blocks: Iterable["bytes | VectorBlock"], k: int, *, center: Any = None,
+          since_seq: int = 0) -> list[tuple[int, float]]:
     """The `k` messages whose vectors are closest to `query` by cosine, over all `blocks`: (seq, cosine),
-    best first; equal cosines in seq order.
+    best first; equal cosines in seq order. Only messages with seq >= `since_seq` are ranked.
 
     `query` is a float vector of the blocks' dimensions (any length; only its direction counts).
     With `center` (a vector, usually the `mean_vector` of the same blocks), the cosine is taken
     between ``query - center`` and each ``vector - center``: the direction every message of a memory
     shares (everyday chat) then stops favouring everyday chat. A zero query matches nothing (empty
     list); so does, with `center`, a query whose direction is the centre itself (only possible when
-    the centre has unit length: every vector of the memory the same).
+    the centre has unit length: every vector of the memory the same). A zero vector (no direction: a
+    message its embedder could not embed) matches nothing either.
+
+    Each block's scores come from one matrix product (its int8 components as float32 against the
+    query, and against the centre when centring); the best `k` of all blocks are then taken at once.
     """
     np = _numpy()
     if type(k) is not int or k < 0:
@@ -253,35 +277,41 @@ def top_k(query: Any, blocks: Iterable["bytes | VectorBlock"], k: int, *, center
         direction = (direction / np.float32(shifted_norm)).astype(np.float32)
         offset = float(direction @ shift)  # (query - center) . center, per unit of the shifted query
         shift_norm2 = float(shift.astype(np.float64) @ shift)
+        against = np.stack([direction, shift], axis=1)
     found_seqs, found_scores = [], []
     for block in blocks:
         unpacked = block if isinstance(block, VectorBlock) else VectorBlock(block)
         if unpacked.dimensions != len(direction):
             raise ValueError(f"the query has {len(direction)} dimensions but a block holds vectors of "
                              f"{unpacked.dimensions} (a different embedding model?)")
-        n = len(unpacked)
-        if n == 0:
+        if len(unpacked) == 0:
             continue
-        components = unpacked.components.astype(np.float32)
+        seqs, scales, components = unpacked.seqs, unpacked.scales, unpacked.components
+        keep = scales > 0
+        if since_seq > 0:
+            keep &= seqs >= since_seq
+        if not keep.all():
+            seqs, scales, components = seqs[keep], scales[keep], components[keep]
+            if len(seqs) == 0:
+                continue
+        floats = components.astype(np.float32)
         if shift is None:
-            scores = (components @ direction) * unpacked.scales
+            scores = (floats @ direction) * scales
         else:
             # cos(q', v - c) = (q'.v - q'.c) / |v - c|, with |v - c|^2 = |v|^2 - 2 v.c + |c|^2
-            dots = (components @ np.stack([direction, shift], axis=1)) * unpacked.scales[:, None]
-            lengths2 = np.einsum("ij,ij->i", components, components) * unpacked.scales**2
+            dots = (floats @ against) * scales[:, None]
+            lengths2 = np.einsum("ij,ij->i", floats, floats) * scales**2
             spread = np.sqrt(np.clip(lengths2 - 2 * dots[:, 1] + shift_norm2, 1e-12, None))
             scores = (dots[:, 0] - offset) / spread
-        if n > k:
-            kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
-            best = np.flatnonzero(scores >= kth)  # every tie at the k-th score, so ties can go by seq below
-            found_seqs.append(unpacked.seqs[best])
-            found_scores.append(scores[best])
-        else:
-            found_seqs.append(np.asarray(unpacked.seqs))
-            found_scores.append(scores)
+        found_seqs.append(seqs)
+        found_scores.append(scores)
     if not found_seqs:
         return []
     seqs = np.concatenate(found_seqs)
     scores = np.concatenate(found_scores)
+    if len(scores) > k:
+        kth = scores[np.argpartition(-scores, k - 1)[k - 1]]
+        best = np.flatnonzero(scores >= kth)  # every tie at the k-th score, so ties can go by seq below
+        seqs, scores = seqs[best], scores[best]
     order = np.lexsort((seqs, -scores))[:k]  # by score, best first; ties by seq
     return [(int(seqs[i]), float(scores[i])) for i in order]

@@ -199,7 +199,9 @@ def verify(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> VerifyRe
     folding the log twice (once in one pass over all of it, each row checked and applied to its
     stream's `Projection`, once stream by stream as `Recorder.memory` does) gives the same memory for every
     (agent, user); the search index holds exactly the long-term messages of every (agent, user)
-    and nothing else; every saved snapshot equals the memory at its seq; SQLite's integrity_check.
+    and nothing else; every saved snapshot equals the memory at its seq; every remembered message up to its
+    agent's embedding cursor has exactly one vector of that model, and no other vector is stored (none for a
+    forgotten or missing message: no vector outlives its text), every vector readable; SQLite's integrity_check.
     A query that fails on a damaged file is reported as a problem of the check that ran it.
     """
     checks: list[Check] = []
@@ -225,6 +227,10 @@ def verify(log: RecorderInspection, *, window: int = DEFAULT_WINDOW) -> VerifyRe
                 checks.append(_snapshot_check(log, rebuilt))
             except (*_DB_ERRORS, UndecodableEvent) as exc:
                 checks.append(Check("snapshots", False, "could not be checked", (str(exc),), 1))
+            try:
+                checks.append(_vector_check(log, rebuilt))
+            except _DB_ERRORS as exc:
+                checks.append(Check("vectors", False, "could not be checked", (str(exc),), 1))
         checks.append(_integrity_check(log))
     return VerifyReport(
         path=log.path,
@@ -357,6 +363,54 @@ def _snapshot_check(log: RecorderInspection, r: Rebuilt) -> Check:
          f"{'their' if compared > 1 else 'its'} seq{note}"
          if rows else "none saved"),
         f"disagree with the log{note}",
+    )
+
+
+def _vector_check(log: RecorderInspection, r: Rebuilt) -> Check:
+    """Every remembered message up to its agent's embedding cursor has exactly one vector of that model, and
+    no vector is stored for anything else (a forgotten or missing message, one after the cursor, another
+    stream's), under a model with no cursor, or unreadable."""
+    cursors = {(c.agent_id, c.model): c.seq for c in log.embedding_cursors()}
+    problems: list[str] = []
+    stored: dict[tuple[str, str, str], tuple[int, ...]] = {}
+    vectors = 0
+    for found in log.stored_vectors():
+        vectors += len(found.seqs)
+        where = f"{_stream((found.agent_id, found.user))} model {found.model!r}"
+        problems.extend(f"{where}: {p}" for p in found.problems)
+        stored[(found.agent_id, found.user, found.model)] = found.seqs
+        if (found.agent_id, found.model) not in cursors:
+            problems.append(f"{where}: {_n(len(found.seqs), 'vector')} of a model with no embedding cursor for the agent")
+    compared = 0
+    for (agent_id, model), cursor in sorted(cursors.items()):
+        users = {u for a, u in r.memories if a == agent_id} | {u for a, u, m in stored if a == agent_id and m == model}
+        for user in sorted(users):
+            key = (agent_id, user)
+            if key in r.tainted:
+                continue
+            compared += 1
+            expected = {seq for seq in r.indexed.get(key, ()) if seq <= cursor}
+            seqs = stored.get((agent_id, user, model), ())
+            held = set(seqs)
+            detail = []
+            twice = sorted({s for s in seqs if seqs.count(s) > 1}) if len(held) != len(seqs) else []
+            if twice:
+                detail.append(f"more than one vector for seq {_seqs(twice)}")
+            if expected - held:
+                detail.append(f"no vector for seq {_seqs(expected - held)}")
+            if held - expected:
+                detail.append(f"a vector for seq {_seqs(held - expected)}, which is not a remembered message of "
+                              f"this stream up to the cursor ({cursor})")
+            if detail:
+                problems.append(f"{_stream(key)} model {model!r}: " + "; ".join(detail))
+    if not cursors and not vectors:
+        return Check("vectors", True, "none (no message embedded)")
+    return _check(
+        "vectors",
+        problems,
+        f"{_n(vectors, 'vector')}, one for each remembered message up to its agent's cursor "
+        f"({_n(len(cursors), 'model cursor')}, {_n(compared, 'stream')})",
+        "disagree with the log",
     )
 
 

@@ -226,6 +226,10 @@ async def test_search_and_clear_memory(server):
         assert isinstance(cleared, MemoryCleared) and cleared.clear_long_term is False and cleared.seq == 3
         assert await client.search_memory(AGENT, "turquoise", include_long_term=False) == []
         assert len(await client.search_memory(AGENT, "turquoise")) == 2  # long-term still has both messages
+        assert len(await client.search_memory(AGENT, "turquoise", legs=["lexical"])) == 2
+        with pytest.raises(AgentError) as refused:  # this agent has no embedder
+            await client.search_memory(AGENT, "turquoise", legs=["semantic"])
+        assert refused.value.code == "semantic_unavailable"
         everything = await client.clear_memory(AGENT, long_term=True)
         assert everything.clear_long_term is True and everything.forgotten == 2
         assert await client.search_memory(AGENT, "turquoise") == []

@@ -102,7 +102,7 @@ def test_a_flag_is_spelled_and_shown_the_same_in_every_command():
                 elif action.dest in FLAGS and action.help != "==SUPPRESS==":
                     pytest.fail(f"{name}: {option} spells the common flag {FLAGS[action.dest].names[0]} differently")
                 seen.setdefault(option, set()).add(name)
-    assert seen["--db"] == {"serve", "replay", "replay events", "replay verify", "backup"}
+    assert seen["--db"] == {"serve", "replay", "replay events", "replay verify", "backup", "embed"}
     assert seen["--auth-secret-env"] == {"serve", "token"}
     assert all(seen["--log-level"] >= {name} for name in COMMANDS)
 
@@ -241,3 +241,27 @@ def test_a_reader_that_went_away_is_no_traceback(tmp_path, args):
     finally:
         os.close(write_end)
     assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_serve_freezes_what_is_loaded_out_of_the_garbage_collectors_scans(tmp_path, monkeypatch):
+    import gc
+
+    import trio
+
+    from agentcast.transport import server as server_module
+
+    class NotServing:
+        auth = None
+
+        def __init__(self, settings, agents):
+            pass
+
+    frozen = []
+    monkeypatch.setattr(server_module, "Server", NotServing)
+    monkeypatch.setattr(trio, "run", lambda *args: frozen.append(gc.get_freeze_count()))
+    gc.unfreeze()
+    try:
+        assert main(["serve", "--db", str(tmp_path / "x.db"), "--port", "0"]) == 0
+    finally:
+        gc.unfreeze()
+    assert len(frozen) == 1 and frozen[0] > 1000

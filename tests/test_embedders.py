@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import trio
 
 from agentcast.actors import _embedders
 from agentcast.actors._embedders import (
+    BACKGROUND_NICENESS,
     DEFAULT_MODEL_FILES,
     EmbedderError,
     EmbedderUnavailable,
@@ -259,6 +261,27 @@ async def test_embed_runs_in_a_worker_thread_and_gives_the_same_vectors(local):
     assert np.array_equal(got, local.embed_sync(texts))
     with pytest.raises(TypeError, match="a sequence of texts"):
         await local.embed("not a list")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a thread's own CPU priority is Linux's")
+async def test_background_batches_run_at_the_lowest_cpu_priority_and_a_query_does_not(local, monkeypatch):
+    """The worker's batches must not take the CPU from the turns: they run on a thread at nice 19; a search's
+    query (urgent) runs at the process's own priority."""
+    seen = {}
+
+    def recording(encodings, batch):
+        seen.setdefault(len(batch), set()).add(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return LocalEmbedder._run_batch(local, encodings, batch)
+
+    monkeypatch.setattr(local, "_run_batch", recording)
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    background = await local.embed([f"message number {i}" for i in range(2 * local.batch_size)])
+    (query,) = await local.embed(["What is my job?"], urgent=True)
+    assert seen == {local.batch_size: {BACKGROUND_NICENESS}, 1: {own}}
+    assert BACKGROUND_NICENESS == 19 and own < 19
+    assert np.array_equal(background, local.embed_sync([f"message number {i}" for i in range(2 * local.batch_size)]))
+    assert np.array_equal(query, local.embed_sync(["What is my job?"])[0])
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the event loop's thread untouched
 
 
 async def test_cancelling_embed_stops_after_the_running_batch(local, monkeypatch):

@@ -14,7 +14,7 @@ import attrs
 import pytest
 from trio_websocket import ConnectionClosed
 
-from agentcast.actors import AgentSpec, EchoBrain, OpenAIBrain, OpenAIBrainSettings
+from agentcast.actors import AgentSpec, EchoBrain, LocalEmbedder, OpenAIBrain, OpenAIBrainSettings, OpenAIEmbedder
 from support import connect, running_server
 from support.process import cli
 from agentcast.transport._config import effective_settings, example_config, load_config
@@ -60,6 +60,9 @@ def test_every_agent_setting_and_echo_brain_setting_is_there_with_its_default():
     for field in attrs.fields(attrs.resolve_types(AgentSpec)):
         if field.name in ("agent_id", "brain", "description"):
             continue
+        if field.name == "embedder":  # its default is the server's: shown commented
+            assert field.name not in agent and commented("agents.my_agent", field.name)
+            continue
         assert field.name in agent, f"agents.my_agent.{field.name} is missing from the example"
         assert agent[field.name] == field.default and type(agent[field.name]) is type(field.default), field.name
     assert agent["description"] and agent["brain"]["kind"] == "echo"
@@ -79,6 +82,23 @@ def test_every_openai_brain_setting_is_there_with_its_default():
         else:
             assert name in brain, f"agents.gpt.brain.{name} is missing from the example"
             assert same(brain[name], default), (name, brain[name], default)
+
+
+def test_every_embedder_setting_is_there_with_its_default():
+    assert DATA["server"]["embedder"] == "none" and commented("server", "embedder")
+    shown = "\n".join(table_lines("server"))
+    local = inspect.signature(LocalEmbedder).parameters
+    for name, param in local.items():  # the local embedder's settings, in the comments of [server]
+        assert re.search(rf"\b{name} = " + (re.escape(json.dumps(param.default)) if param.default is not None else ""),
+                         shown), name
+    embedder = DATA["agents"]["gpt"]["embedder"]
+    assert embedder["kind"] == "openai" and embedder["api_key_env"] == "OPENAI_API_KEY"
+    for name, param in inspect.signature(OpenAIEmbedder).parameters.items():
+        assert name in embedder, f"agents.gpt.embedder.{name} is missing from the example"
+        if param.default is not inspect.Parameter.empty and name != "api_key_env":
+            assert same(embedder[name], param.default), (name, embedder[name], param.default)
+    specs = {spec.agent_id: spec for spec in load_config(EXAMPLE).agents}
+    assert specs["gpt"].embedder.kind == "openai" and specs["my_agent"].embedder is None
 
 
 def test_agents_for_openai_ollama_and_vllm():

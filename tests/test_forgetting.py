@@ -11,8 +11,15 @@ import pytest
 
 from agentcast.store import _sqlite as store_log
 from agentcast.store import _schema as store_schema
-from agentcast.store import AgentAnswered, EventLog, FactRemembered, UserClearedMemory, ToolCalled, ToolReturned, TurnEnded, UserSaid, verify
+import hashlib
+
+import numpy as np
+
+from agentcast.actors import AgentSpec, EchoBrain, embedder_choice
+from agentcast.store import AgentAnswered, EventLog, FactRemembered, MessageVector, UserClearedMemory, ToolCalled, ToolReturned, TurnEnded, UserSaid, verify
+from agentcast.store import _vectors
 from support import connect, on_disk, running_server, scaled
+from support.embedders import FakeEmbeddings
 from support.process import cli
 
 #: Every test here runs a real process (see support/process.py).
@@ -22,9 +29,21 @@ A_MARK = "zqxalphamarker"
 B_MARK = "zqxbetamarker"
 
 
-def found_on_disk(db, *marks: str) -> set[str]:
+def found_on_disk(db, *marks: str | bytes) -> set:
     """Which of `marks` occur somewhere in the bytes SQLite keeps for `db` (file, -wal, -shm)."""
     return {mark for mark, count in on_disk(db, *marks).items() if count}
+
+
+def noise_vector(text: str, dimensions: int = 64) -> list[float]:
+    """A vector of random numbers seeded by `text`: its int8 components are a byte string found nowhere else."""
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")).standard_normal(
+        dimensions).tolist()
+
+
+def stored_bytes(vector) -> bytes:
+    """The int8 components of `vector` as a vector row stores them (store._vectors' records)."""
+    components, _ = _vectors.quantise([vector])
+    return components[0].tobytes()
 
 
 def fill(log: EventLog, user: str, mark: str, n: int) -> None:
@@ -61,6 +80,51 @@ def test_a_long_term_clear_erases_the_text_from_every_byte_on_disk(tmp_path, fts
     fill(reopened, "A", "fresh", 1)
     reopened.close()
     assert found_on_disk(db, A_MARK, B_MARK) == {B_MARK}
+
+
+def test_a_long_term_clear_erases_the_users_vectors_from_every_byte_on_disk(tmp_path, fts_mode):
+    db = tmp_path / "v.db"
+    log = EventLog.open(db)
+    fill(log, "A", A_MARK, 40)
+    fill(log, "B", B_MARK, 40)
+    cursor = 0
+    for _ in range(16):  # many small writes: rows merged and rewritten, many WAL frames
+        found = log.unembedded(["a"], cursor, 10)
+        log.add_vectors("noise", 64, [MessageVector(t.seq, t.agent_id, t.user, noise_vector(t.text))
+                                      for t in found.texts], {"a": (cursor, found.scanned_to)})
+        cursor = found.scanned_to
+    texts = {user: [r.event.content for r in log.read(user=user)] for user in ("A", "B")}
+    a_bytes = {stored_bytes(noise_vector(t)) for t in texts["A"]}
+    b_bytes = {stored_bytes(noise_vector(t)) for t in texts["B"]}
+    assert found_on_disk(db, *a_bytes, *b_bytes) == a_bytes | b_bytes
+    log.append([[UserClearedMemory("a", "A", "t", True)]])
+    assert found_on_disk(db, *a_bytes, *b_bytes) == b_bytes  # no byte of A's vectors left, B's all there
+    assert log.nearest("a", "A", "noise", noise_vector(texts["A"][0]), 5) == []
+    assert verify(log).ok
+    log.close()
+    assert found_on_disk(db, *a_bytes, *b_bytes) == b_bytes
+
+
+async def test_once_memory_cleared_arrives_the_vectors_are_gone_too(db_path, nursery):
+    db = Path(db_path)
+    fake = await FakeEmbeddings(dimensions=64, vector_of=noise_vector).start(nursery)
+    spec = AgentSpec("my_agent", EchoBrain(), embedder=embedder_choice(fake.settings()))
+    async with running_server(db_path, [spec]) as server:
+        async with connect(server.port) as a, connect(server.port) as b:
+            await a.request({"type": "set_user", "user_id": "A"}, "user_set")
+            await b.request({"type": "set_user", "user_id": "B"}, "user_set")
+            for i in range(5):
+                await a.request({"type": "chat", "agent_id": "my_agent", "message": f"{A_MARK} {i}"}, "agent_done")
+                await b.request({"type": "chat", "agent_id": "my_agent", "message": f"{B_MARK} {i}"}, "agent_done")
+            await server.embedding[0].caught_up()
+            embedded = [t for texts in fake.inputs for t in texts]
+            a_bytes = {stored_bytes(noise_vector(t)) for t in embedded if A_MARK in t}
+            b_bytes = {stored_bytes(noise_vector(t)) for t in embedded if B_MARK in t}
+            assert len(a_bytes) == len(b_bytes) == 10  # each user's messages and answers
+            assert found_on_disk(db, *a_bytes, *b_bytes) == a_bytes | b_bytes
+            await a.request({"type": "clear_memory", "agent_id": "my_agent", "clear_long_term": True}, "memory_cleared")
+            assert found_on_disk(db, A_MARK, *a_bytes, *b_bytes) == b_bytes  # the server still running
+    assert found_on_disk(db, A_MARK, *a_bytes, *b_bytes) == b_bytes
 
 
 def turn_marks(user: str) -> dict[str, str]:

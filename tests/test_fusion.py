@@ -4,8 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from agentcast.store import EventLog, UserSaid
-from agentcast.store._fusion import DEFAULT_K, content_terms, exact_terms, lexical_query, reciprocal_rank_fusion
+from agentcast.store import EventLog, Hit, UserSaid
+from agentcast.store._fusion import (
+    DEFAULT_K,
+    QUESTION_DEMOTION,
+    asks,
+    content_terms,
+    demoted,
+    exact_terms,
+    is_question,
+    lexical_query,
+    reciprocal_rank_fusion,
+)
 
 
 def test_rrf_scores_are_the_sum_of_weight_over_k_plus_rank():
@@ -93,3 +103,26 @@ def test_the_lexical_leg_gets_exact_tokens_only(tmp_path):
         assert lexical("What is my favourite colour?") == []
         assert lexical("How is Manon doing?") == [seqs[0]]
         assert lexical("What's LY-30417 for?") == [seqs[2]]
+
+
+# -- questions are answered by statements ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("query", "expected"), [
+    ("What is my job?", True), ("what's my job", True), ("What’s my job", True), ("Do I have a cat", True),
+    ("my job?", True), ("你好？", True), ("My job", False), ("Tell me about my pet", False),
+    ("", False), ("   ", False),
+])
+def test_a_query_asks_when_it_ends_with_a_question_mark_or_opens_with_an_interrogative(query, expected):
+    assert asks(query) is expected
+
+
+def test_a_remembered_question_is_demoted_only_when_the_query_is_a_question():
+    hits = [Hit(1, "user", "What's on my schedule tomorrow?", "t", 0.95), Hit(2, "user", "I drive the 152 bus.", "t", 0.90),
+            Hit(3, "user", "Is it rude to leave early?", "t", 0.70), Hit(4, "user", "I like tea", "t", 0.65)]
+    assert QUESTION_DEMOTION == 0.1 and is_question("Why? ") and not is_question("Why? Because.")
+    ranked = demoted(hits, "What is my job?")
+    assert [h.seq for h in ranked] == [2, 1, 4, 3]
+    assert [h.score for h in ranked] == pytest.approx([0.90, 0.85, 0.65, 0.60])
+    assert demoted(hits, "my job") == hits  # a statement: nothing changes
+    assert demoted(hits[1:2], "What is my job?") == hits[1:2]

@@ -171,6 +171,7 @@ emit({ event: "search", results });
 const errors = await Promise.all([
   client.chat("ghost", "hello?").catch((e) => [e instanceof AgentcastError, e.code, e.frame.agent_id]),
   client.searchMemory("my_agent", "").catch((e) => [e instanceof AgentcastError, e.code]),
+  client.searchMemory("my_agent", "first", { legs: ["semantic"] }).catch((e) => [e instanceof AgentcastError, e.code]),
 ]);
 emit({ event: "errors", errors });
 const cleared = await client.clearMemory("my_agent", { clearLongTerm: true });
@@ -188,7 +189,8 @@ client.close();
         search = await node.expect("search")
         assert [r["content"] for r in search["results"]][:1] == ["first question"]
         errors = await node.expect("errors")
-        assert errors["errors"] == [[True, "unknown_agent", "ghost"], [True, "invalid_field"]]
+        assert errors["errors"] == [[True, "unknown_agent", "ghost"], [True, "invalid_field"],
+                                    [True, "semantic_unavailable"]]  # legs were sent: this agent has no embedder
         cleared = await node.expect("cleared")
         assert cleared["cleared"]["forgotten"] == 2 and cleared["cleared"]["clear_long_term"] is True
         await node.finish(nursery)

@@ -110,7 +110,11 @@ def test_every_config_in_docs_agents_md_is_valid(tmp_path):
 
     doc = (Path(__file__).resolve().parent.parent / "docs" / "agents.md").read_text()
     blocks = re.findall(r"```toml\n(.*?)```", doc, re.S)
-    assert len(blocks) == 3  # OpenAI, Ollama, vLLM
-    for block in blocks:
+    brains = [block for block in blocks if "brain" in block]
+    assert len(brains) == 3 and len(blocks) == 4  # OpenAI, Ollama, vLLM; and semantic memory's embedders
+    for block in brains:
         (spec,) = load(tmp_path, block).agents
         assert isinstance(spec.brain, OpenAIBrain), block
+    (embedders,) = [block for block in blocks if block not in brains]
+    assert {spec.agent_id: spec.embedder is not None for spec in load(tmp_path, embedders).agents} == {
+        "gpt": True, "notes": False}

@@ -8,6 +8,7 @@ import pytest
 import trio
 
 from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings, ToolCallItem, ToolResultItem, UsageItem
+from agentcast.actors._openai import END_OF_BODY_WAIT, IDLE_CLIENT_SECONDS
 from agentcast.store import Hit, Memory, Message
 from support import scaled
 from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
@@ -245,6 +246,71 @@ async def test_cancelling_the_turn_closes_the_http_stream_at_once(fake):
     assert got == ["Hel"] and scope.cancelled_caught
     with trio.fail_after(scaled(1)):
         await fake.disconnected.wait()
+
+
+# -- connections -----------------------------------------------------------------------------
+
+
+async def test_turns_of_a_brain_share_one_connection_when_each_answer_is_read_to_its_end(fake):
+    fake.script(text("one"), text("two"), text("three", usage=(1, 1)))
+    brain = brain_for(fake)
+    answers = [await items_of(brain, turn_for(brain, f"turn {n}")) for n in range(3)]
+    assert answers == [["one"], ["two"], ["three", UsageItem(1, 1)]]
+    assert fake.connection_of == [0, 0, 0]
+
+
+async def test_turns_running_at_once_each_have_a_connection_of_their_own(fake):
+    fake.script(*(text("a", "b") for _ in range(6)))
+    brain = brain_for(fake)
+    answers = []
+
+    async def one(n: int) -> None:
+        answers.append(await items_of(brain, turn_for(brain, f"turn {n}")))
+
+    async with trio.open_nursery() as nursery:
+        for n in range(3):
+            nursery.start_soon(one, n)
+    assert answers == [["a", "b"]] * 3 and sorted(fake.connection_of) == [0, 1, 2]
+    async with trio.open_nursery() as nursery:  # then they serve the next turns again
+        for n in range(3):
+            nursery.start_soon(one, n)
+    assert sorted(fake.connection_of[3:]) == [0, 1, 2]
+
+
+async def test_a_connection_idle_past_the_keep_alive_is_not_used_again(fake, autojump_clock):
+    fake.script(text("one"), text("two"), text("three"))
+    brain = brain_for(fake)
+    await items_of(brain, turn_for(brain))
+    await trio.sleep(IDLE_CLIENT_SECONDS / 2)
+    await items_of(brain, turn_for(brain))
+    await trio.sleep(IDLE_CLIENT_SECONDS + 0.1)
+    await items_of(brain, turn_for(brain))
+    assert fake.connection_of == [0, 0, 1]
+
+
+async def test_a_cancelled_turn_does_not_leave_its_connection_to_the_next(fake):
+    fake.script(text("Hel", "lo", stall_after=1), text("again"))
+    brain = brain_for(fake)
+    with trio.CancelScope() as scope:
+        async for _ in brain.reply(turn_for(brain)):
+            await fake.stalled.wait()
+            scope.cancel()
+    with trio.fail_after(scaled(1)):
+        await fake.disconnected.wait()
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 1]
+
+
+async def test_a_body_that_goes_on_after_done_ends_the_turn_within_the_wait_and_is_closed(fake, autojump_clock):
+    fake.script(text("Hel", "lo", linger_after_done=True), text("next"))
+    brain = brain_for(fake)
+    started = trio.current_time()
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    assert trio.current_time() - started == pytest.approx(END_OF_BODY_WAIT)
+    with trio.fail_after(1):
+        await fake.disconnected.wait()
+    assert await items_of(brain, turn_for(brain)) == ["next"]
+    assert fake.connection_of == [0, 1]
 
 
 # -- config ----------------------------------------------------------------------------------

@@ -97,6 +97,26 @@ def test_decode_search_memory_limit_in_range(limit):
     assert cmd.use_long_term is False
 
 
+@pytest.mark.parametrize("legs", [["lexical"], ["semantic"], ["lexical", "semantic"], ["semantic", "lexical"]])
+def test_search_memory_may_ask_for_its_legs(legs):
+    assert decode(frame(type="search_memory", agent_id="a", query="q", legs=legs)).legs == legs
+    assert decode(frame(type="search_memory", agent_id="a", query="q")).legs is None  # every leg the agent has
+
+
+@pytest.mark.parametrize("legs", [[], ["bm25"], ["lexical", "lexical"], "lexical", None, [1], {"lexical": True}])
+def test_search_memory_rejects_bad_legs(legs):
+    error = decode_error(frame(type="search_memory", agent_id="a", query="q", legs=legs, request_id="r1"))
+    assert error.code == "invalid_field" and error.request_id == "r1"
+    assert error.message == ("Field 'legs' of 'search_memory' must be a non-empty list of distinct legs: "
+                             "'lexical', 'semantic'")
+
+
+def test_memory_results_say_which_legs_ran():
+    frame_ = MemoryResults("a", "q", [], None, ["lexical", "semantic"])
+    assert json.loads(encode(frame_))["legs"] == ["lexical", "semantic"]
+    assert "legs" not in json.loads(encode(MemoryResults("a", "q", [])))  # as a server that does not say
+
+
 def test_decode_clear_memory_defaults_to_short_term():
     cmd = decode(frame(type="clear_memory", agent_id="echo"))
     assert cmd == ClearMemory("echo")

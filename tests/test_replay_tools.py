@@ -351,7 +351,7 @@ def test_verify_a_healthy_log(capsys, sample):
     assert code == 0 and report["ok"] is True
     assert (report["events"], report["last_seq"], report["streams"]) == (9, 9, 3)
     assert [c["name"] for c in report["checks"]] == [
-        "sequence", "event types", "payloads", "projection", "search index", "snapshots", "integrity"
+        "sequence", "event types", "payloads", "projection", "search index", "snapshots", "vectors", "integrity"
     ]
     assert report["rebuild"]["seconds"] >= 0 and report["rebuild"]["events_per_second"] >= 0
 

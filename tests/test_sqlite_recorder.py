@@ -2,12 +2,12 @@
 database file per test, a second read-only connection as the reader."""
 from __future__ import annotations
 
-from support.recorder_contract import InspectionContract, RecorderContract
+from support.recorder_contract import InspectionContract, RecorderContract, VectorContract
 
 from agentcast.store import EventLog
 
 
-class TestSQLiteRecorder(RecorderContract, InspectionContract):
+class TestSQLiteRecorder(RecorderContract, VectorContract, InspectionContract):
     def open_recorder(self, where):
         return EventLog.open(where / "events.db")
 

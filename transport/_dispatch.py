@@ -102,9 +102,10 @@ def dispatch(cmd: p.Command, user: str, origin: Outbox, agents: Mapping[str, Age
         case p.ListAgents(rid):
             return Reply(p.AgentList([p.AgentInfo(agent.agent_id, agent.spec.description) for agent in agents.values()],
                                      rid))
-        case p.SearchMemory(agent_id, query, limit, use_long_term, rid):
+        case p.SearchMemory(agent_id, query, limit, use_long_term, rid, legs):
             check_length("query", query, settings.max_query_chars, rid)
-            return Submit(agent_of(agents, agent_id, rid), actors.SearchCommand(user, query, limit, use_long_term, origin, rid))
+            return Submit(agent_of(agents, agent_id, rid), actors.SearchCommand(
+                user, query, limit, use_long_term, origin, rid, None if legs is None else tuple(legs)))
         case p.ClearMemory(agent_id, long_term, rid):
             return Submit(agent_of(agents, agent_id, rid), actors.ClearCommand(user, long_term, clock(), origin, rid))
         case p.Cancel(agent_id, rid):

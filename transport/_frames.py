@@ -28,9 +28,9 @@ def frame_of(output: Output) -> p.ServerFrame:
             return p.AgentDone(output.agent_id, output.request_id)
         case actors.FailedOutput(agent_id, code, message, rid):
             return p.Error(code, message, agent_id, rid)
-        case actors.SearchResultsOutput(agent_id, query, found, rid):
+        case actors.SearchResultsOutput(agent_id, query, found, rid, legs):
             results = [p.MemoryResult(f.hit.role, f.hit.content, f.hit.at, f.hit.score, f.source) for f in found]
-            return p.MemoryResults(agent_id, query, results, rid)
+            return p.MemoryResults(agent_id, query, results, rid, list(legs))
         case actors.MemoryClearedOutput(agent_id, long_term, forgotten, seq, rid):
             return p.MemoryCleared(agent_id, long_term, forgotten, seq, rid)
         case actors.UserMessageOutput(agent_id, message, seq, rid):

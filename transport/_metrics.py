@@ -89,6 +89,7 @@ class ScrapeState:
         journal: Callable[[], tuple[int, int]],
         db_bytes: Callable[[], int],
         appends_failing: Callable[[], bool],
+        embedding: Callable[[], Iterable[tuple[str, int, int, bool]]] = list,
     ) -> None:
         #: Open connections.
         self.connections = connections
@@ -100,6 +101,8 @@ class ScrapeState:
         self.db_bytes = db_bytes
         #: True from an append that failed until one succeeds (as /healthz reports it).
         self.appends_failing = appends_failing
+        #: (embedder, vectors stored since the start, messages still to embed, failing) for each embedding worker.
+        self.embedding = embedding
 
 
 class _StateCollector(Collector):
@@ -123,6 +126,20 @@ class _StateCollector(Collector):
                                 value=self._state.db_bytes())
         yield GaugeMetricFamily("agentcast_appends_failing", "1 from an append that failed until one succeeds, else 0",
                                 value=1 if self._state.appends_failing() else 0)
+        embedded = CounterMetricFamily("agentcast_embedded_messages", "Message vectors stored by the embedding worker "
+                                       "since the server started, by embedder", labels=["embedder"])
+        backlog = GaugeMetricFamily("agentcast_embedding_backlog", "Messages committed and not embedded yet (the "
+                                    "semantic search does not see them; the lexical one does), by embedder",
+                                    labels=["embedder"])
+        failing = GaugeMetricFamily("agentcast_embedding_failing", "1 while the embedder fails (retried with "
+                                    "backoff), else 0, by embedder", labels=["embedder"])
+        for label, stored, waiting, is_failing in self._state.embedding():
+            embedded.add_metric([label], stored)
+            backlog.add_metric([label], waiting)
+            failing.add_metric([label], 1 if is_failing else 0)
+        yield embedded
+        yield backlog
+        yield failing
 
     def describe(self):
         return []

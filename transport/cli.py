@@ -1,14 +1,16 @@
 """The `agentcast` command line: `serve` runs the server; `replay` rebuilds and prints memory from a log
 (now or at any earlier point), `replay events` prints or follows the raw events, `replay verify` checks a log;
-`backup` copies a (live) log; `token` mints an authentication token; `chat` is a terminal chat client (in `agentcast.transport.client._chat`); `config check`
-validates a config file and prints the effective settings, `config example` prints the commented example.
+`backup` copies a (live) log; `embed` embeds a log's messages for semantic search (a resumable backfill);
+`token` mints an authentication token; `chat` is a terminal chat client (in `agentcast.transport.client._chat`);
+`config check` validates a config file and prints the effective settings, `config example` prints the commented
+example.
 
 One vocabulary: a flag that several commands take (--db, --config, --agent, --user, --json, --auth-secret-env,
 --log-level) is defined once in `FLAGS`, and every command is an entry of `COMMANDS` naming the ones it takes.
 A new command is a function (parsed arguments -> exit status) and an entry there.
 
 Argument parsing and printing only; the work is done by `store` (the replay and verify reports: printed here),
-`transport._config` and `transport.server`. Only `serve` loads the server (and trio), only `chat` the client
+`transport._config` and `transport.server`. Only `serve` and `embed` load trio, only `chat` the client
 side, and only a command that reads a config file the actors (for its agents): `replay` and `backup` read a
 log with the store alone.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -294,6 +297,10 @@ def _serve(args: argparse.Namespace) -> int:
     warning = exposure_warning(settings.host, server.auth is not None)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    # What is loaded by now (modules, the configuration) lives as long as the process: frozen out of the
+    # garbage collector's scans, so that a full collection, which holds up the event loop, goes over what
+    # serving makes and not over everything imported too.
+    gc.freeze()
     trio.run(_run_until_signalled, server)
     return 0
 
@@ -586,7 +593,7 @@ def _print_report(report: VerifyReport) -> None:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from ._config import effective_settings, load_config
+    from ._config import effective_settings, load_config, search_of
 
     config = load_config(args.config)  # a file that is not valid is a ConfigError: one line, exit 1
     effective = effective_settings(config)
@@ -599,8 +606,10 @@ def _config_check(args: argparse.Namespace) -> int:
     for key, value in effective["server"].items():
         note = _secret_env_note(value) if key == "auth_secret_env" and value else ""
         print(_toml_line(key, value, note))
+    searches = {spec.agent_id: search_of(spec) for spec in config.agents}
     for agent_id, agent in effective["agents"].items():
         print(f"\n[agents.{_toml_key(agent_id)}]")
+        print(f"# search: {searches[agent_id]}")
         for key, value in agent.items():
             if key != "brain":
                 print(_toml_line(key, value))
@@ -627,7 +636,14 @@ def _toml_line(key: str, value: object, note: str = "") -> str:
     if value is None:
         means = _UNSET_MEANS.get(key)
         return f"# {key}: not set" + (f" ({means})" if means else "")
-    return f"{key} = {json.dumps(value, ensure_ascii=False)}" + (f"  # {note}" if note else "")
+    return f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else "")
+
+
+def _toml_value(value: object) -> str:
+    """`value` in TOML: a table inline (`{ key = value, ... }`); strings, numbers, booleans and arrays as in JSON."""
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _env_note(name: str) -> str:
@@ -742,6 +758,115 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- embed -------------------------------------------------------------------------------------
+
+#: Seconds between two progress lines of `agentcast embed` (and one when it is done).
+EMBED_PROGRESS_EVERY = 2.0
+
+
+def _embed_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N",
+                        help="messages embedded and written at a time (default 32): a kill loses at most one batch")
+    parser.add_argument("--progress-every", type=float, default=EMBED_PROGRESS_EVERY, metavar="SECONDS",
+                        help=f"seconds between progress lines on stderr (default {EMBED_PROGRESS_EVERY:g})")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    from ..actors import ConfigError
+    from ._config import load_config
+
+    config = load_config(args.config)
+    db = _db(args, config)
+    if not 1 <= args.batch_size <= 4096:
+        raise BadArgument(f"--batch-size must be an integer from 1 to 4096, not {args.batch_size}")
+    if not 0 < args.progress_every < 86_400:
+        raise BadArgument(f"--progress-every must be a number of seconds above 0, not {args.progress_every}")
+    specs = [spec for spec in config.agents if args.agent is None or spec.agent_id == args.agent]
+    if args.agent is not None and not specs:
+        raise BadArgument(f"no agent {args.agent!r} in the config ({', '.join(s.agent_id for s in config.agents)})")
+    groups: dict = {}
+    for spec in specs:
+        if spec.embedder is not None:
+            groups.setdefault(spec.embedder, []).append(spec.agent_id)
+    if not groups:
+        raise ConfigError("no agent has an embedder: set [server] embedder (or an agent's) in the config given with "
+                          "--config; `agentcast embed` embeds the log with the embedders the server would use")
+    EventLog.open(db, readonly=True).close()  # an agentcast log that exists (never created here)
+    import trio
+
+    return trio.run(_embed_log, db, groups, args.batch_size, args.progress_every)
+
+
+async def _embed_log(db: str, groups: dict, batch_size: int, every: float) -> int:
+    """Embed the log at `db` for each group of agents (by embedder), until every message is; progress on stderr."""
+    import trio
+
+    from ..actors import EmbedderUnavailable, EmbeddingWorker, Journal
+
+    log = EventLog.open(db)
+    try:
+        journal = Journal(log, lambda: EventLog.open(db, readonly=True))
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            for choice, agent_ids in groups.items():
+                why = choice.missing()
+                if why is not None:
+                    print(f"agentcast embed: {', '.join(agent_ids)}: skipped: {why}", file=sys.stderr, flush=True)
+                    continue
+                try:
+                    embedder = await trio.to_thread.run_sync(choice.make)
+                except (EmbedderUnavailable, ValueError) as exc:
+                    print(f"agentcast: error: {', '.join(agent_ids)}: embedder: {exc}", file=sys.stderr, flush=True)
+                    return 1
+                label = getattr(embedder, "describe", lambda: embedder.name)()
+                worker = EmbeddingWorker(embedder, agent_ids, journal, batch_size=batch_size, label=label)
+                await _embed_with(worker, nursery, every)
+            nursery.cancel_scope.cancel()
+    finally:
+        log.close()
+    return 0
+
+
+async def _embed_with(worker, nursery, every: float) -> None:
+    """Run `worker` until it has embedded everything, printing its progress every `every` seconds."""
+    import trio
+
+    agents = ", ".join(worker.agent_ids)
+    scope = trio.CancelScope()
+
+    async def run(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await worker.run(task_status=task_status)
+
+    started = time.monotonic()
+    await nursery.start(run)
+    total = None
+    while True:
+        with trio.move_on_after(every):
+            await worker.caught_up()
+            break
+        if total is None and worker.backlog:
+            total = worker.backlog + worker.embedded
+        rate = worker.embedded / max(time.monotonic() - started, 1e-9)
+        left = f", about {_duration(worker.backlog / rate)} left" if rate > 0 and worker.backlog else ""
+        failing = f"; failing: {worker.failing}" if worker.failing else ""
+        print(f"agentcast embed: {agents} ({worker.label}): {worker.embedded:,} embedded"
+              + (f" of {total:,} ({100 * worker.embedded / total:.1f}%)" if total else "")
+              + f", {rate:,.0f} messages/s{left}{failing}", file=sys.stderr, flush=True)
+    scope.cancel()
+    seconds = time.monotonic() - started
+    print(f"agentcast embed: {agents} ({worker.label}): done, {worker.embedded:,} messages embedded in {seconds:.1f} s; "
+          f"their messages have their vectors up to seq {worker.cursor:,}", file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 _READ_ONLY_DB = {"help": f"the event log to read, never modified (default: the config's server.db, else {DEFAULT_DB})"}
 _SERVER_CONFIG = {"help": "the server's config file (for server.db, and each agent's short-term window size)"}
 
@@ -814,6 +939,21 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
         flags={"db": {"help": f"the event log to copy (default: the config's server.db, else {DEFAULT_DB})"},
                "config": {"help": "the server's config file (for server.db)"}},
         own_flags=_backup_flags,
+    ),
+    Command(
+        "embed", "embed a log's messages for semantic search (backfill)",
+        "Embed every message of the event log that has no vector yet, with the embedders the config gives the\n"
+        "agents (the ones `agentcast serve` would use), and stop. Resumable: each batch is written with the cursor\n"
+        "it moves, so a run that is stopped or killed goes on where it stopped when run again. A server embeds\n"
+        "what it logs by itself (and an old log from where it stands, in the background): this command does a\n"
+        "backfill ahead of time. Safe while a server writes the log: both write through SQLite's lock and each\n"
+        "batch is fenced by the cursor, so no message is stored twice. Progress goes to stderr.",
+        _embed,
+        flags={"config": {"help": "the server's config file (its embedders, and server.db)"},
+               "db": {"help": f"the event log to embed, which must exist (default: the config's server.db, else "
+                              f"{DEFAULT_DB})"},
+               "agent": {"help": "only this agent's messages"}},
+        own_flags=_embed_flags,
     ),
     Command(
         "config check", "validate a config file and print the effective settings",

@@ -38,6 +38,8 @@ UserId = Union[int, str]
 AfterSeq = NewType("AfterSeq", int)
 #: An authentication token: non-empty text of at most MAX_TOKEN_BYTES bytes (UTF-8).
 Token = NewType("Token", str)
+#: The legs a memory search runs: a non-empty list of distinct names from SEARCH_LEGS.
+Legs = NewType("Legs", list)
 
 #: The longest id a client may choose (agent, command, request and user ids), in bytes as UTF-8.
 MAX_ID_BYTES = 256
@@ -45,6 +47,8 @@ MAX_LIMIT = 100
 #: The largest sequence number SQLite can hold.
 MAX_SEQ = 2**63 - 1
 DEFAULT_LIMIT = 5
+#: The legs of a memory search: BM25 over the words, cosine over the messages' vectors (when the agent has an embedder).
+SEARCH_LEGS = ("lexical", "semantic")
 #: The longest token an `auth` frame may carry (4 KiB), in bytes as UTF-8.
 MAX_TOKEN_BYTES = 4096
 #: The integers a user id may be: their decimal form is at most MAX_ID_BYTES characters.
@@ -155,6 +159,8 @@ class SearchMemory:
     limit: Limit = DEFAULT_LIMIT
     use_long_term: bool = True
     request_id: RequestId | None = None
+    #: The legs to run ("lexical", "semantic"); absent: every leg the agent has.
+    legs: Optional[Legs] = None
     TYPE = "search_memory"
 
 
@@ -308,6 +314,8 @@ class MemoryResults:
     query: str
     results: list[MemoryResult]
     request_id: str | None = None
+    #: The legs that ranked `results` ("lexical", "semantic"); a server that does not say ran "lexical".
+    legs: list[str] | None = None
     TYPE = "memory_results"
 
 
@@ -493,6 +501,14 @@ def _after_seq(value, _type) -> int:
     return value
 
 
+def _legs(value, _type) -> list[str]:
+    # Optional[Legs]: the field may be absent (its default), but not null.
+    if (type(value) is not list or not value or len(set(value)) != len(value)
+            or not all(type(v) is str and v in SEARCH_LEGS for v in value)):
+        raise _FieldError(f"must be a non-empty list of distinct legs: {', '.join(map(repr, SEARCH_LEGS))}")
+    return value
+
+
 def _user_id(value, _type) -> int | str:
     if valid_user_id(value):
         return value
@@ -512,6 +528,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(Limit, _limit)
     conv.register_structure_hook(UserId, _user_id)
     conv.register_structure_hook(Optional[AfterSeq], _after_seq)
+    conv.register_structure_hook(Optional[Legs], _legs)
     type_of = lambda cls: cls.TYPE  # noqa: E731
     configure_tagged_union(Command, conv, tag_name="type", tag_generator=type_of)
     configure_tagged_union(ServerFrame, conv, tag_name="type", tag_generator=type_of)

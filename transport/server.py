@@ -16,7 +16,20 @@ from collections.abc import Callable, Sequence
 import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest
 
-from ..actors import Agents, AgentSpec, Audience, ConfigError, Journal, LaneBudget, utc_now
+from ..actors import (
+    Agents,
+    AgentSpec,
+    Audience,
+    ConfigError,
+    Embedder,
+    EmbedderChoice,
+    EmbedderUnavailable,
+    EmbeddingWorker,
+    Journal,
+    LaneBudget,
+    SemanticMemory,
+    utc_now,
+)
 from ..store import EventLog
 
 from ._auth import Authenticator, Claims, TokenError, bearer_token, origin_allowed
@@ -100,6 +113,8 @@ class Server:
         self.audience = Audience()
         self.agents: Agents | None = None
         self.journal: Journal | None = None
+        #: The embedding workers, one per embedder (agents configured alike share one), while running.
+        self.embedding: list[EmbeddingWorker] = []
         self._db_bytes = 0  # measured (by the recorder, in a worker thread) at each scrape of /metrics
         self.metrics = Metrics(ScrapeState(
             connections=lambda: len(self.connections),
@@ -107,6 +122,7 @@ class Server:
             journal=lambda: (self.journal.events_appended, self.journal.commits) if self.journal else (0, 0),
             appends_failing=lambda: self.journal is not None and self.journal.failing is not None,
             db_bytes=lambda: self._db_bytes,
+            embedding=lambda: [(w.label, w.embedded, w.backlog, w.failing is not None) for w in self.embedding],
         ))
         files = load_static_files(package_static_dir() if static_dir is None else static_dir)
         self.http = Router(files, {"/healthz": self._health, "/metrics": self._scrape, WS_PATH: _upgrade_required})
@@ -139,12 +155,16 @@ class Server:
             raise
         db = os.fspath(s.db)
         try:
+            embedders = await self._make_embedders()
             self.journal = Journal(log, lambda: EventLog.open(db, readonly=True), readers=s.readers)
+            semantic = self._semantic_memories(embedders, self.journal)
             self.agents = Agents(self._specs, self.journal, self.audience, self._clock,
-                                 LaneBudget(s.max_lanes, s.max_lanes_window_bytes))
+                                 LaneBudget(s.max_lanes, s.max_lanes_window_bytes), semantic)
             async with trio.open_nursery() as root:
                 await root.start(self.journal.run)
                 async with trio.open_nursery() as work:
+                    for worker in self.embedding:  # stopped with the agents, before the journal
+                        await work.start(worker.run)
                     await work.start(self.agents.run)
                     async with trio.open_nursery() as clients:
                         await self._listen(listeners, clients, task_status)
@@ -165,6 +185,55 @@ class Server:
             log.close()
             self.stopped.set()
             logger.info("stopped; database %s closed", s.db)
+
+    async def _make_embedders(self) -> dict[EmbedderChoice, Embedder]:
+        """The agents' embedders, one per distinct choice, made in a worker thread (a local model loads in a
+        fraction of a second of CPU), and each agent's search logged. An embedder whose modules are missing (the
+        semantic extra) leaves its agents' search lexical, said at start; one that cannot be made otherwise (a
+        model file that is not the one pinned) is a `ConfigError`."""
+        made: dict[EmbedderChoice, Embedder] = {}
+        missing: dict[EmbedderChoice, str] = {}
+        for spec in self._specs:
+            choice = spec.embedder
+            if choice is None or choice in made or choice in missing:
+                continue
+            why = choice.missing()
+            if why is not None:
+                missing[choice] = why
+                continue
+            try:
+                embedder = made[choice] = await trio.to_thread.run_sync(choice.make)
+            except (EmbedderUnavailable, ValueError) as exc:
+                raise ConfigError(f"agent {spec.agent_id}: embedder: {exc}") from None
+            for text in getattr(embedder, "startup_warnings", list)():
+                logger.warning("%s", text)
+        for spec in self._specs:
+            choice = spec.embedder
+            if choice is None:
+                logger.info("agent %s: search: lexical only: no embedder configured", spec.agent_id)
+            elif choice in missing:
+                logger.warning("agent %s: search: lexical only: %s", spec.agent_id, missing[choice])
+            else:
+                logger.info("agent %s: search: hybrid (lexical + semantic, %s)", spec.agent_id,
+                            getattr(made[choice], "describe", lambda: made[choice].name)())
+        return made
+
+    def _semantic_memories(self, embedders: dict[EmbedderChoice, Embedder], journal: Journal) -> dict[str, SemanticMemory]:
+        """Each agent's semantic memory, by agent id: one embedding worker per embedder, shared by its agents."""
+        by_choice: dict[EmbedderChoice, list[str]] = {}
+        for spec in self._specs:
+            if spec.embedder in embedders:
+                by_choice.setdefault(spec.embedder, []).append(spec.agent_id)
+        memories: dict[str, SemanticMemory] = {}
+        self.embedding = []
+        for choice, agent_ids in by_choice.items():
+            embedder = embedders[choice]
+            label = getattr(embedder, "describe", lambda: embedder.name)()
+            worker = EmbeddingWorker(embedder, agent_ids, journal, label=label)
+            self.embedding.append(worker)
+            memory = SemanticMemory(embedder, worker)
+            memories.update((agent_id, memory) for agent_id in agent_ids)
+        return memories
 
     async def _open_listeners(self) -> list[trio.SocketListener]:
         """Bind and listen on `host`:`port`; an address that cannot be had is an `OSError` saying why, in one line."""

@@ -30,7 +30,8 @@ class Reply:
     a str as it is), then `data: [DONE]` if `done`. `stall_after=N`: after N chunks send nothing
     more and wait until the client closes the connection. `cut_after=N`: after N chunks close
     the connection abruptly (no end of the chunked body). `keepalive=S`: after the chunks, send an SSE
-    comment every S seconds until the client closes the connection. With a `body`: that, with `status`.
+    comment every S seconds until the client closes the connection. `linger_after_done`: after `data: [DONE]`
+    do not end the body; wait until the client closes the connection. With a `body`: that, with `status`.
     """
 
     status: int = 200
@@ -42,6 +43,7 @@ class Reply:
     stall_after: int | None = None
     cut_after: int | None = None
     keepalive: float | None = None
+    linger_after_done: bool = False
 
 
 def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
@@ -104,6 +106,8 @@ class FakeOpenAI:
     `targets` each one's path and query.
     `stalled` is set when a reply starts stalling; `disconnected` once the client has closed a
     stalled connection (so a test can see that cancelling really closed the HTTP stream).
+    `connection_of` holds, for each request, the number of the TCP connection it came on (0, 1, ... in
+    the order they were accepted): whether the client kept its connection for the next request.
     """
 
     def __init__(self, *replies: Reply) -> None:
@@ -111,6 +115,8 @@ class FakeOpenAI:
         self.requests: list[dict] = []
         self.headers: list[dict[str, str]] = []
         self.targets: list[str] = []
+        self.connection_of: list[int] = []
+        self._accepted = 0
         self.stalled = trio.Event()
         self.disconnected = trio.Event()
         self.port = 0
@@ -129,11 +135,13 @@ class FakeOpenAI:
 
     async def _serve(self, stream: trio.SocketStream) -> None:
         conn = h11.Connection(h11.SERVER)
+        number, self._accepted = self._accepted, self._accepted + 1
         try:
             while True:
                 request = await self._read_request(conn, stream)
                 if request is None:
                     return
+                self.connection_of.append(number)
                 reply = self.replies.popleft() if self.replies else Reply(status=500, body=UNSCRIPTED,
                                                                           content_type="text/plain")
                 if not await self._answer(conn, stream, reply):
@@ -202,6 +210,9 @@ class FakeOpenAI:
                 return False
         if reply.done:
             await stream.send_all(conn.send(h11.Data(data=b"data: [DONE]\n\n")))
+        if reply.linger_after_done:
+            await self._stall(stream)
+            return False
         await stream.send_all(conn.send(h11.EndOfMessage()))
         return True
 

@@ -6,7 +6,9 @@ inspection side), naming the class `Test...` and saying how to open a fresh reco
 reader on it (tests/test_sqlite_recorder.py does it for SQLite). Each test gets a fresh, empty log.
 Covered: seqs in commit order without gaps, all-or-nothing appends, read-your-writes across a reader,
 reads by stream and range, one moment within `snapshot()`, idempotent command ids (`find_turn`),
-forgetting, search scoping, fences, snapshots, streams and the last seq.
+forgetting, search scoping, fences, snapshots, streams and the last seq; semantic memory: the messages to
+embed, vectors fenced by their cursor, nearest by cosine (centred), forgetting a user's vectors, a vector
+for a message forgotten meanwhile dropped, a model change, and the hybrid search over all of it.
 """
 from __future__ import annotations
 
@@ -14,9 +16,17 @@ from pathlib import Path
 
 import pytest
 
+from agentcast.store._vectors import CENTRE_FROM
+
 from agentcast.store import (
+    LEXICAL,
+    SEMANTIC,
     AgentAnswered,
     AppendConflict,
+    EmbeddingConflict,
+    EmbeddingCursor,
+    MessageVector,
+    QueryVector,
     FactRemembered,
     Fence,
     Memory,
@@ -29,6 +39,7 @@ from agentcast.store import (
     UserClearedMemory,
     UserSaid,
     fold_all,
+    search_memory,
 )
 
 A, B = "agent_a", "agent_b"
@@ -322,6 +333,169 @@ class RecorderContract:
         assert recorder.storage_bytes() > 0 and reader.storage_bytes() > 0
 
 
+# -- semantic memory: hand-made vectors ------------------------------------------------------------
+
+#: Hand-made 4-dimensional vectors, one per "topic": a message's vector is its topic's, so cosines are known.
+TOPIC = {"tea": [1.0, 0.0, 0.0, 0.0], "bus": [0.0, 1.0, 0.0, 0.0], "cat": [0.0, 0.0, 1.0, 0.0],
+         "sky": [0.0, 0.0, 0.0, 1.0], "tea-ish": [0.9, 0.1, 0.0, 0.0]}
+
+
+def embed_all(recorder: Recorder, model: str = "m1", agents=(A,), vector_of=None, batch: int = 100) -> int:
+    """Embed every message of `agents` as a worker would: read after the cursor, add, move the cursor; each
+    message's vector is its topic's (the text's first word), or `vector_of(text)`. Returns the cursor."""
+    (agent,) = agents if len(agents) == 1 else (None,)
+    cursor = recorder.embedding_cursor(agents[0], model)
+    while True:
+        found = recorder.unembedded(list(agents), cursor, batch)
+        vectors = [MessageVector(t.seq, t.agent_id, t.user,
+                                 vector_of(t.text) if vector_of else TOPIC.get(t.text.split()[0], [0.5] * 4))
+                   for t in found.texts]
+        recorder.add_vectors(model, 4, vectors, {a: (cursor, found.scanned_to) for a in agents})
+        cursor = found.scanned_to
+        if len(found.texts) < batch:
+            return cursor
+
+
+class VectorContract:
+    """What every `Recorder` does for semantic memory: message vectors, a projection an embedding worker keeps."""
+
+    def test_unembedded_are_the_remembered_messages_of_the_agents_in_seq_order(self, recorder):
+        recorder.append([a_turn_with_tools("alice") + [said("bob tea", "bob"), said("other agent", agent=B)]])
+        found = recorder.unembedded([A], 0, 100)
+        assert [(t.seq, t.user, t.text) for t in found.texts] == [
+            (1, "alice", "I like teal"), (3, "alice", "likes teal"), (5, "alice", "Noted teal"),
+            (6, "alice", "tell me about teal"), (8, "bob", "bob tea")]
+        assert found.scanned_to == 9  # the last seq of the log: nothing after it is missing
+        first = recorder.unembedded([A], 0, 2)
+        assert [t.seq for t in first.texts] == [1, 3] and first.scanned_to == 3
+        assert [t.seq for t in recorder.unembedded([A, B], 5, 100).texts] == [6, 8, 9]
+        assert recorder.unembedded([A], 9, 100).texts == () and recorder.unembedded([A], 9, 100).scanned_to == 9
+        assert recorder.count_unembedded([A], 0) == 5 and recorder.count_unembedded([A, B], 5) == 3
+        recorder.append([[cleared(True)]])
+        assert [t.user for t in recorder.unembedded([A], 0, 100).texts] == ["bob"]  # forgotten: nothing to embed
+        assert recorder.count_unembedded([A], 0) == 1 and recorder.count_unembedded([], 0) == 0
+
+    def test_vectors_are_found_by_cosine_within_their_own_stream(self, recorder, reader):
+        recorder.append([[said("tea time"), said("bus route"), said("cat nap"), said("tea for bob", "bob"),
+                          answered("sky blue"), said("tea again", agent=B)]])
+        assert embed_all(recorder) == 6 and recorder.embedding_cursor(A, "m1") == 6
+        assert recorder.embedding_cursor(A, "other") == 0 and recorder.embedding_cursor(B, "m1") == 0
+        hits = reader.nearest(A, "alice", "m1", TOPIC["tea-ish"], 10)
+        assert [h.seq for h in hits] == [1, 2, 3, 5]  # tea (cos 0.99), bus (0.11), then the two at cosine 0
+        assert (hits[0].role, hits[0].content, hits[0].at) == ("user", "tea time", at(0))
+        assert hits[0].score == pytest.approx(0.9939, abs=0.01) and hits[1].score == pytest.approx(0.1104, abs=0.01)
+        assert {h.role for h in hits} == {"user", "assistant"}
+        assert [h.seq for h in reader.nearest(A, "bob", "m1", TOPIC["tea"], 10)] == [4]
+        assert reader.nearest(B, "alice", "m1", TOPIC["tea"], 10) == []  # agent B's messages were not embedded
+        assert reader.nearest(A, "alice", "other", TOPIC["tea"], 10) == []
+        assert [h.seq for h in reader.nearest(A, "alice", "m1", TOPIC["tea"], 2, since_seq=2)] == [2, 3]
+        assert len(reader.nearest(A, "alice", "m1", TOPIC["tea"], 1)) == 1
+
+    def test_vectors_added_one_at_a_time_are_all_found(self, recorder):
+        for i in range(70):
+            recorder.append([[said(f"{'tea' if i == 33 else 'bus'} {i}")]])
+            embed_all(recorder, batch=1)
+        hits = recorder.nearest(A, "alice", "m1", TOPIC["tea"], 100)
+        assert len(hits) == 70 and hits[0].content == "tea 33"
+        assert sorted(h.seq for h in hits) == list(range(1, 71))
+
+    def test_a_cursor_that_moved_refuses_the_write_and_stores_nothing(self, recorder, reader):
+        recorder.append([[said("tea one"), said("bus two")]])
+        found = recorder.unembedded([A], 0, 10)
+        vectors = [MessageVector(t.seq, A, "alice", TOPIC[t.text.split()[0]]) for t in found.texts]
+        assert recorder.add_vectors("m1", 4, vectors, {A: (0, 2)}) == 2
+        with pytest.raises(EmbeddingConflict) as conflict:  # another writer embedded the same messages first
+            recorder.add_vectors("m1", 4, vectors, {A: (0, 2)})
+        assert (conflict.value.expected, conflict.value.actual) == (0, 2) and "2" in str(conflict.value)
+        assert len(recorder.nearest(A, "alice", "m1", TOPIC["tea"], 10)) == 2 and recorder.embedding_cursor(A, "m1") == 2
+        with pytest.raises(ValueError, match="within the range"):  # a vector the cursor does not move over
+            recorder.add_vectors("m1", 4, [MessageVector(1, A, "alice", TOPIC["tea"])], {A: (2, 2)})
+        with pytest.raises(ValueError, match="dimensions"):
+            recorder.append([[said("tea three")]])
+            recorder.add_vectors("m1", 4, [MessageVector(3, A, "alice", [1.0, 0.0])], {A: (2, 3)})
+        with pytest.raises(ValueError, match="dimensions"):  # a model keeps the length of its vectors
+            recorder.add_vectors("m1", 2, [MessageVector(3, A, "alice", [1.0, 0.0])], {A: (2, 3)})
+        assert recorder.embedding_cursor(A, "m1") == 2 and reader.embedding_cursor(A, "m1") == 2
+
+    def test_a_vector_for_a_message_forgotten_meanwhile_is_dropped(self, recorder):
+        recorder.append([[said("tea secret"), said("bus", "bob")]])
+        found = recorder.unembedded([A], 0, 10)  # the worker read the text ...
+        recorder.append([[cleared(True)]])  # ... a long-term clear committed while it embedded it ...
+        vectors = [MessageVector(t.seq, t.agent_id, t.user, TOPIC[t.text.split()[0]]) for t in found.texts]
+        assert recorder.add_vectors("m1", 4, vectors, {A: (0, found.scanned_to)}) == 1  # ... only bob's is stored
+        assert recorder.nearest(A, "alice", "m1", TOPIC["tea"], 10) == []
+        assert [h.seq for h in recorder.nearest(A, "bob", "m1", TOPIC["bus"], 10)] == [2]
+        with pytest.raises(ValueError):  # and a vector for another stream's message is not taken either
+            recorder.add_vectors("m1", 4, [MessageVector(2, A, "alice", TOPIC["bus"])], {A: (2, 2)})
+
+    def test_a_vector_under_the_wrong_stream_is_not_stored(self, recorder):
+        recorder.append([[said("tea", "bob")]])
+        assert recorder.add_vectors("m1", 4, [MessageVector(1, A, "alice", TOPIC["tea"])], {A: (0, 1)}) == 0
+        assert recorder.nearest(A, "alice", "m1", TOPIC["tea"], 5) == [] == recorder.nearest(A, "bob", "m1", TOPIC["tea"], 5)
+
+    def test_a_long_term_clear_forgets_the_users_vectors_of_every_model(self, recorder):
+        recorder.append([[said("tea mine"), said("tea theirs", "bob")]])
+        embed_all(recorder, "m1")
+        embed_all(recorder, "m2")
+        recorder.append([[cleared(False)]])
+        assert len(recorder.nearest(A, "alice", "m1", TOPIC["tea"], 5)) == 1  # a short-term clear forgets nothing
+        recorder.append([[cleared(True)]])
+        for model in ("m1", "m2"):
+            assert recorder.nearest(A, "alice", model, TOPIC["tea"], 5) == []
+            assert [h.content for h in recorder.nearest(A, "bob", model, TOPIC["tea"], 5)] == ["tea theirs"]
+        recorder.append([[said("tea again")]])
+        embed_all(recorder, "m1")
+        assert [h.content for h in recorder.nearest(A, "alice", "m1", TOPIC["tea"], 5)] == ["tea again"]
+
+    def test_a_model_change_drops_the_other_models_vectors_of_the_agent(self, recorder):
+        recorder.append([[said("tea"), said("tea", agent=B)]])
+        embed_all(recorder, "old")
+        embed_all(recorder, "old", agents=(B,))
+        embed_all(recorder, "new")
+        assert recorder.drop_vectors(A, keep_model="new") == 1
+        assert recorder.nearest(A, "alice", "old", TOPIC["tea"], 5) == [] and recorder.embedding_cursor(A, "old") == 0
+        assert len(recorder.nearest(A, "alice", "new", TOPIC["tea"], 5)) == 1
+        assert len(recorder.nearest(B, "alice", "old", TOPIC["tea"], 5)) == 1  # another agent's are its own
+        assert recorder.drop_vectors(A, keep_model="new") == 0
+        assert recorder.drop_vectors(A) == 1 and recorder.embedding_cursor(A, "new") == 0
+
+    def test_a_zero_vector_stands_for_a_message_that_matches_nothing(self, recorder):
+        recorder.append([[said("tea"), said("refused by the embedder")]])
+        assert embed_all(recorder, vector_of=lambda text: TOPIC["tea"] if text == "tea" else [0.0] * 4) == 2
+        assert [h.seq for h in recorder.nearest(A, "alice", "m1", TOPIC["tea"], 5)] == [1]
+
+    def test_centred_ranks_by_what_sets_a_message_apart(self, recorder):
+        # everyday chat around one direction, one message that differs; the query is mostly the everyday direction
+        everyday = [[1.0, 0.0, 0.1, 0.0], [1.0, 0.0, 0.0, 0.1], [1.0, 0.0, -0.1, 0.0], [1.0, 0.0, 0.0, -0.1]] * 5
+        vectors = {f"everyday {i}": v for i, v in enumerate(everyday[:CENTRE_FROM - 1])} | {"apart": [0.5, 1.0, 0.0, 0.0]}
+        recorder.append([[said(name) for name in vectors]])
+        embed_all(recorder, vector_of=vectors.get)
+        query = [1.0, 0.3, 0.0, 0.0]
+        assert recorder.nearest(A, "alice", "m1", query, 20)[-1].content == "apart"
+        assert recorder.nearest(A, "alice", "m1", query, 20, centred=True)[0].content == "apart"
+        recorder.append([[said("everyday 20", "bob")] * 3 + [said("apart", "bob")]])
+        embed_all(recorder, vector_of=lambda text: vectors.get(text, everyday[0]))
+        # fewer than CENTRE_FROM vectors: their mean says little, the ranking is the plain one
+        assert [h.content for h in recorder.nearest(A, "bob", "m1", query, 4, centred=True)][-1] == "apart"
+
+    def test_the_hybrid_search_fuses_meaning_exact_tokens_and_what_is_not_embedded_yet(self, recorder):
+        recorder.append([[said("tea is my favourite drink"), said("bus 152 to work"), said("cat called Mia")]])
+        embed_all(recorder)
+        recorder.append([[said("sky diving next weekend")]])  # said a moment ago: not embedded yet
+        tea = QueryVector("m1", TOPIC["tea-ish"])
+        hybrid = search_memory(recorder, A, "alice", "What do I like to drink?", 5, semantic=tea)
+        assert hybrid.legs == (LEXICAL, SEMANTIC) and hybrid.hits[0].content == "tea is my favourite drink"
+        exact = search_memory(recorder, A, "alice", "Which is bus 152?", 2, semantic=QueryVector("m1", TOPIC["cat"]))
+        assert [h.content for h in exact.hits] == ["bus 152 to work", "cat called Mia"]  # the exact token wins
+        recent = search_memory(recorder, A, "alice", "diving", 5, semantic=QueryVector("m1", TOPIC["cat"]))
+        assert "sky diving next weekend" in [h.content for h in recent.hits]
+        lexical = search_memory(recorder, A, "alice", "favourite drink", 5)
+        assert lexical.legs == (LEXICAL,) and [h.seq for h in lexical.hits] == [1]
+        only = search_memory(recorder, A, "alice", "drink?", 2, semantic=tea, lexical=False)
+        assert only.legs == (SEMANTIC,) and [h.seq for h in only.hits] == [1, 2]
+        assert search_memory(recorder, A, "bob", "tea", 5, semantic=tea).hits == ()  # never another user's
+
+
 class InspectionContract:
     """What every `RecorderInspection` does besides `Recorder` (the read side of `replay` and `verify`)."""
 
@@ -365,3 +539,13 @@ class InspectionContract:
         assert (saved.agent_id, saved.user, saved.window, saved.seq) == (A, "alice", 7, 1)
         assert inspected.integrity_problems() == []
         assert isinstance(inspected.path, str) and inspected.path
+
+    def test_embedding_cursors_and_stored_vectors(self, inspected):
+        assert inspected.embedding_cursors() == [] and list(inspected.stored_vectors()) == []
+        inspected.append([[said("tea"), said("bus", "bob"), said("cat")]])
+        embed_all(inspected, "m1")
+        assert inspected.embedding_cursors() == [EmbeddingCursor(A, "m1", 4, 3)]
+        stored = {(v.agent_id, v.user, v.model): v for v in inspected.stored_vectors()}
+        assert set(stored) == {(A, "alice", "m1"), (A, "bob", "m1")}
+        assert stored[(A, "alice", "m1")].seqs == (1, 3) and stored[(A, "bob", "m1")].seqs == (2,)
+        assert all(v.problems == () for v in stored.values())

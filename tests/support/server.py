@@ -26,17 +26,18 @@ _COUNT_ON_DISK = """
 import json, os, sys
 db, needles = sys.argv[1], sys.argv[2:]
 data = b"".join(open(p, "rb").read() for p in (db, db + "-wal", db + "-shm") if os.path.exists(p))
-print(json.dumps({n: data.count(n.encode()) for n in needles}))
+print(json.dumps([data.count(bytes.fromhex(n)) for n in needles]))
 """
 
 
-def on_disk(db, *needles: str) -> dict[str, int]:
-    """How often each of `needles` (as UTF-8) occurs in the bytes SQLite keeps on disk for `db`: the
-    file, its -wal and its -shm. Read by another process: this one may hold SQLite connections to the
-    file, and closing a descriptor of it here would drop their locks (see support/dbguard.py)."""
-    done = subprocess.run([sys.executable, "-c", _COUNT_ON_DISK, os.fspath(db), *needles],
+def on_disk(db, *needles: str | bytes) -> dict:
+    """How often each of `needles` (text as UTF-8, or bytes) occurs in the bytes SQLite keeps on disk for
+    `db`: the file, its -wal and its -shm. Read by another process: this one may hold SQLite connections to
+    the file, and closing a descriptor of it here would drop their locks (see support/dbguard.py)."""
+    raw = [n.encode() if isinstance(n, str) else bytes(n) for n in needles]
+    done = subprocess.run([sys.executable, "-c", _COUNT_ON_DISK, os.fspath(db), *(n.hex() for n in raw)],
                           capture_output=True, text=True, timeout=scaled(30), check=True)
-    return json.loads(done.stdout)
+    return dict(zip(needles, json.loads(done.stdout)))
 
 
 class Client:

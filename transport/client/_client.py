@@ -15,7 +15,7 @@ import ssl
 import uuid
 from collections import OrderedDict
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, Union
 
 import trio
 from attrs import frozen
@@ -538,14 +538,16 @@ class AgentClient:
             self._finish(request)
 
     async def search_memory(
-        self, agent_id: str, query: str, *, include_long_term: bool = True, limit: int = 5
+        self, agent_id: str, query: str, *, include_long_term: bool = True, limit: int = 5,
+        legs: Sequence[str] | None = None,
     ) -> list[MemoryResult]:
-        """The user's messages to and from `agent_id` that best match `query`, best first."""
-        frame, _ = await self._call(
-            {"type": "search_memory", "agent_id": agent_id, "query": query, "limit": limit,
-             "use_long_term": include_long_term},
-            MemoryResults,
-        )
+        """The user's messages to and from `agent_id` that best match `query`, best first. `legs`: the legs of the
+        search to run, "lexical" and/or "semantic" (default: every leg the agent has)."""
+        command: dict = {"type": "search_memory", "agent_id": agent_id, "query": query, "limit": limit,
+                         "use_long_term": include_long_term}
+        if legs is not None:
+            command["legs"] = list(legs)
+        frame, _ = await self._call(command, MemoryResults)
         return frame.results
 
     async def clear_memory(self, agent_id: str, *, long_term: bool = False) -> MemoryCleared:

@@ -598,9 +598,11 @@ export class AgentcastClient {
     });
   }
 
-  /** Resolves with the results (best first): [{role, content, timestamp, score, source}]. */
-  async searchMemory(agentId, query, { limit = 5, useLongTerm = true, ...options } = {}) {
+  /** Resolves with the results (best first): [{role, content, timestamp, score, source}]. `legs`: the legs of the
+   * search to run, ["lexical"] and/or ["semantic"] (default: every leg the agent has). */
+  async searchMemory(agentId, query, { limit = 5, useLongTerm = true, legs, ...options } = {}) {
     const frame = { type: "search_memory", agent_id: agentId, query, limit, use_long_term: useLongTerm };
+    if (legs !== undefined) frame.legs = legs;
     return (await this.request(frame, options)).results;
   }
 
