@@ -27,6 +27,7 @@ from agentcast.actors import (
     FailedOutput,
     Journal,
     OpenAIBrain,
+    OpenAIBrainSettings,
     SearchCommand,
     SearchResultsOutput,
     SemanticMemory,
@@ -378,7 +379,7 @@ async def test_a_failing_query_embedding_falls_back_to_lexical(tmp_path):
 
 async def test_a_chats_message_is_embedded_once_for_its_recall_and_as_its_vector(tmp_path, nursery):
     fake = await FakeOpenAI(text("Noted."), text("You drive the 152.")).start(nursery)
-    brain = OpenAIBrain(model="fake-model", base_url=fake.base_url, retries=0, recall=2, memory_window=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, retries=0, recall=2, memory_window=0))
     vectors = {"I drive the number 152 bus.": [1.0, 0.0, 0.0, 0.0], "What is my job?": [0.9, 0.1, 0.0, 0.0]}
     embedder = WordEmbedder("hand", 4, vectors)
     async with semantic(tmp_path, embedder, AgentSpec(A, brain)) as s:
@@ -495,7 +496,7 @@ async def test_end_to_end_with_the_real_local_model(db_path, nursery):
     whose message is embedded once for both."""
     fake = await FakeOpenAI(text("Noted."), text("Noted."), text("Noted."), text("You drive a bus.")).start(nursery)
     local = EmbedderChoice("local")
-    brain = OpenAIBrain(model="fake-model", base_url=fake.base_url, retries=0, recall=1, memory_window=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, retries=0, recall=1, memory_window=0))
     facts = ["I drive the number 152 bus from Olivos to La Boca.", "My daughter Valentina plays the violin.",
              "Which is the best way to learn a new language?"]
     async with running_server(db_path, [AgentSpec("llm", brain, embedder=local)]) as server, \
