@@ -694,11 +694,17 @@ def embedder_from_settings(settings: Mapping[str, object]) -> Embedder:
     """The embedder a settings table describes: `kind` ("local" or "openai") and that kind's settings."""
     if not isinstance(settings, Mapping):
         raise ValueError(f"embedder: its settings must be a table of key = value, not {type(settings).__name__}")
-    options = dict(settings)
+    kind, options = _kind_and_options(settings)
+    return EMBEDDERS[kind].from_settings(options)
+
+
+def _kind_and_options(table: Mapping[str, object]) -> tuple[str, dict[str, object]]:
+    """An embedder table's `kind` (checked: one of EMBEDDERS) and its other settings."""
+    options = dict(table)
     kind = options.pop("kind", None)
     if kind not in EMBEDDERS:
         raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
-    return EMBEDDERS[kind].from_settings(options)
+    return kind, options
 
 
 #: What `[server] embedder` and `[agents.ID] embedder` may say besides a table: no embedder, or the local one
@@ -764,9 +770,6 @@ def embedder_choice(value: object) -> EmbedderChoice | None:
                          f"\"text-embedding-3-small\", dimensions = 1536 }}, not {value!r}")
     if not isinstance(value, Mapping):
         raise ValueError(f"embedder must be \"none\", \"local\" or a table, not {type(value).__name__}")
-    options = dict(value)
-    kind = options.pop("kind", None)
-    if kind not in EMBEDDERS:
-        raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
+    kind, options = _kind_and_options(value)
     EMBEDDERS[kind].check_settings(options)
     return EmbedderChoice(kind, tuple(sorted((k, _frozen(v)) for k, v in options.items())))
