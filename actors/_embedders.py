@@ -507,8 +507,9 @@ class OpenAIEmbedder:
         _check(kind, type(send_dimensions) is bool, "send_dimensions", "true or false")
         self.model = model
         self.dimensions = dimensions
-        #: The model and the length of its vectors (the server's address is not part of it).
-        self.name = f"openai:{model}:{dimensions}"
+        #: The model, the length of its vectors and whether that length is asked for (a model shortening its
+        #: vectors makes other ones); the server's address is not part of it.
+        self.name = f"openai:{model}:{dimensions}" + (":shortened" if send_dimensions else "")
         self._endpoint = Endpoint(base_url, "/embeddings")
         self.base_url = self._endpoint.base_url  # credentials and query included: never shown
         self.url = self._endpoint.url
@@ -702,7 +703,7 @@ def _kind_and_options(table: Mapping[str, object]) -> tuple[str, dict[str, objec
     """An embedder table's `kind` (checked: one of EMBEDDERS) and its other settings."""
     options = dict(table)
     kind = options.pop("kind", None)
-    if kind not in EMBEDDERS:
+    if not isinstance(kind, str) or kind not in EMBEDDERS:
         raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
     return kind, options
 

@@ -91,15 +91,16 @@ class _Clients:
     and response (with hundreds of turns streaming at once, that costs more than a connection per turn), and
     a client of one's own has one connection at most. A response not read to its end (a cancelled turn, a failed
     stream) closes its connection, so the provider stops generating it; the client then connects anew when next
-    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS; a system task closes those left
-    when the run ends.
+    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS: a system task closes each one
+    once it has waited that long, and those left when the run ends.
     """
 
-    __slots__ = ("_brain", "_idle")
+    __slots__ = ("_brain", "_idle", "_some_idle")
 
     def __init__(self, brain: OpenAIBrain) -> None:
         self._brain = brain
         self._idle: collections.deque[tuple[float, httpx.AsyncClient]] = collections.deque()  # (since, client), oldest first
+        self._some_idle = trio.Event()  # set when a client is given back
 
     @staticmethod
     def of(brain: OpenAIBrain) -> _Clients:
@@ -111,15 +112,13 @@ class _Clients:
         mine = clients.get(brain)
         if mine is None:
             mine = clients[brain] = _Clients(brain)
-            trio.lowlevel.spawn_system_task(mine._close_at_exit, name="agentcast openai clients")
+            trio.lowlevel.spawn_system_task(mine._close_idle, name="agentcast openai clients")
         return mine
 
     @asynccontextmanager
     async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
         idle = self._idle
-        now = trio.current_time()
-        while idle and idle[0][0] < now - IDLE_CLIENT_SECONDS:
-            await self._close(idle.popleft()[1])
+        await self._close_expired()
         if idle:
             client = idle.pop()[1]  # the last one back: the likeliest to have its connection still open
         else:
@@ -131,19 +130,35 @@ class _Clients:
         finally:
             if len(idle) < MAX_IDLE_CLIENTS:
                 idle.append((trio.current_time(), client))
+                self._some_idle.set()
             else:
                 await self._close(client)
+
+    async def _close_expired(self) -> None:
+        idle = self._idle
+        since = trio.current_time() - IDLE_CLIENT_SECONDS
+        while idle and idle[0][0] <= since:
+            await self._close(idle.popleft()[1])
 
     @staticmethod
     async def _close(client: httpx.AsyncClient) -> None:
         with trio.CancelScope(shield=True):
             await client.aclose()
 
-    async def _close_at_exit(self) -> None:
-        """Close the idle clients when the trio run ends (system tasks are cancelled once the main task is
-        done, by when every turn has given its client back)."""
+    async def _close_idle(self) -> None:
+        """Close each idle client once it has waited IDLE_CLIENT_SECONDS, and those left when the trio run ends
+        (system tasks are cancelled once the main task is done, by when every turn has given its client back)."""
         try:
-            await trio.sleep_forever()
+            while True:
+                if not self._idle:
+                    self._some_idle = trio.Event()
+                    await self._some_idle.wait()
+                    continue
+                await trio.sleep_until(self._idle[0][0] + IDLE_CLIENT_SECONDS)
+                try:
+                    await self._close_expired()
+                except Exception:  # a system task must not raise: that would end the run with an internal error
+                    logger.exception("closing an openai brain's idle HTTP client failed")
         finally:
             while self._idle:
                 try:

@@ -288,6 +288,20 @@ async def test_a_connection_idle_past_the_keep_alive_is_not_used_again(fake, aut
     assert fake.connection_of == [0, 0, 1]
 
 
+async def test_a_connection_idle_past_the_keep_alive_is_closed_without_waiting_for_another_turn(fake, autojump_clock):
+    """A burst of turns leaves its connections idle: each is closed once it has been idle past the keep-alive,
+    not held (a descriptor each) until the agent's next turn."""
+    fake.script(text("one"), text("two"))
+    brain = brain_for(fake)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(items_of, brain, turn_for(brain))
+    assert sorted(fake.connection_of) == [0, 1] and fake.closed_by_client == 0
+    await trio.sleep(IDLE_CLIENT_SECONDS * 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fake.closed_by_client == 2
+
+
 async def test_a_cancelled_turn_does_not_leave_its_connection_to_the_next(fake):
     fake.script(text("Hel", "lo", stall_after=1), text("again"))
     brain = brain_for(fake)

@@ -260,6 +260,27 @@ async def test_a_text_the_embedder_refuses_is_kept_without_a_direction(tmp_path,
         checked(s.log)
 
 
+async def test_an_embedder_refusing_every_text_is_failing_and_its_messages_wait_for_it(tmp_path, autojump_clock):
+    """A server that answers 400 to every request (a setting it rejects) must not leave the whole memory without
+    directions: the messages keep their place behind the cursor, and are embedded once it accepts texts again."""
+    embedder = WordEmbedder()
+    embedder.fail(1000, refused=True)
+    async with semantic(tmp_path, embedder) as s:
+        await s.journal.append([said("tea time"), said("coffee at noon"), said("tea again")])
+        for _ in range(10_000):  # (a count, not a time: the worker's reads run on threads the clock does not see)
+            if len(embedder.calls) >= 8:  # it tried again and again, with backoff
+                break
+            await trio.sleep(1)
+        assert s.worker.failing is not None and "refuses every text" in s.worker.failing
+        assert vectors_of(s.log, "ann") == {} and s.log.embedding_cursor(A, embedder.name) == 0
+        embedder._failures.clear()  # the server accepts texts again
+        await s.worker.caught_up()  # (no trio timeout: the autojump clock would run it out while a thread writes)
+        near = s.log.nearest(A, "ann", embedder.name, embedder.vector_of("tea time"), 5)
+        assert near and near[0].seq == 1
+        assert vectors_of(s.log, "ann") == {1: 1, 2: 1, 3: 1} and s.worker.failing is None
+        checked(s.log)
+
+
 async def test_a_model_change_embeds_the_memory_again(tmp_path, caplog):
     old = WordEmbedder("words-v1")
     async with semantic(tmp_path, old) as s:
