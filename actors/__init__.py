@@ -2,9 +2,13 @@
 
 Must not import `transport` (enforced by tests/test_layers.py).
 """
-from ._agent import ON_BUSY, Agent, Agents, AgentSpec, Audience, Busy, LaneBudget, NothingToCancel, RunningTurn, utc_now
+from ._admission import Busy
+from ._agent import ON_BUSY, Agent, Agents, AgentSpec, NothingToCancel, utc_now
+from ._audience import Audience
+from ._lanes import LaneBudget
+from ._turn import RunningTurn
 from ._brain import BRAINS, Brain, BrainError, BrainItem, EchoBrain, ToolCallItem, ToolResultItem, Turn, UsageItem, split_chunks
-from ._openai import OpenAIBrain
+from ._openai import OpenAIBrain, OpenAIBrainSettings
 from ._tools import TOOLS, MemoryAccess, Tool, ToolContext, ToolError, Toolbox, ToolOutcome, resolve_tools, tool
 from ._config import DEFAULT_AGENTS, ConfigError, agent_specs
 from ._journal import Journal
@@ -51,7 +55,7 @@ __all__ = [
     "TurnChunkOutput", "TurnDoneOutput", "TurnResponseOutput", "TurnStartedOutput", "agent_specs", "split_chunks", "utc_now",
     "LiveOutbox", "ResumeCommand", "ResumedOutput", "UserMessageOutput", "LaneBudget",
     # real models: the openai brain, tools, cancellation
-    "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "RunningTurn", "TOOLS", "Tool",
+    "BrainItem", "MemoryAccess", "NothingToCancel", "ON_BUSY", "OpenAIBrain", "OpenAIBrainSettings", "RunningTurn", "TOOLS", "Tool",
     "ToolCallItem", "ToolContext", "ToolError", "ToolOutcome", "ToolResultItem", "Toolbox", "TurnCancelledOutput", "ToolCallOutput",
     "ToolResultOutput", "UsageItem", "resolve_tools", "tool",
     # semantic memory: embedders, the embedding worker, the hybrid search

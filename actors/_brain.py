@@ -195,4 +195,8 @@ def split_chunks(text: str, n: int) -> list[str]:
     return pieces
 
 
-BRAINS = {"echo": EchoBrain}
+#: The brains a config file can name (`brain.kind`), by name: each a class built from the brain's table.
+BRAINS: dict[str, type] = {"echo": EchoBrain}
+#: The settings class of the brains built from one settings object (attrs, one field per key of the
+#: brain's table), by name; a brain not listed here takes its table's keys as keyword arguments.
+BRAIN_SETTINGS: dict[str, type] = {}

@@ -8,8 +8,10 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import attrs
+
 from ._agent import ON_BUSY, AgentSpec
-from ._brain import BRAINS, Brain
+from ._brain import BRAIN_SETTINGS, BRAINS, Brain
 from ._embedders import EmbedderChoice, embedder_choice
 from ._openai import OpenAIBrain  # noqa: F401  (registers the "openai" brain in BRAINS)
 
@@ -45,16 +47,23 @@ def _brain(agent_id: str, value: Any) -> Brain:
     factory = BRAINS.get(kind)
     if factory is None:
         raise ConfigError(f"agents.{agent_id}.brain: unknown brain {kind!r} (known: {', '.join(sorted(BRAINS))})")
-    params = inspect.signature(factory).parameters
-    unknown = sorted(set(options) - set(params))
+    settings_class = BRAIN_SETTINGS.get(kind)
+    if settings_class is not None:  # the table is the brain's settings object
+        known = [f.name for f in attrs.fields(settings_class)]
+        required = [f.name for f in attrs.fields(settings_class) if f.default is attrs.NOTHING]
+    else:  # the table is the brain's keyword arguments
+        params = inspect.signature(factory).parameters
+        known = list(params)
+        required = [n for n, prm in params.items() if prm.default is inspect.Parameter.empty]
+    unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(f"agents.{agent_id}.brain: unknown setting(s) {', '.join(unknown)} for the {kind} brain "
-                          f"(known: {', '.join(params)})")
-    missing = [n for n, prm in params.items() if prm.default is inspect.Parameter.empty and n not in options]
+                          f"(known: {', '.join(known)})")
+    missing = [n for n in required if n not in options]
     if missing:
         raise ConfigError(f"agents.{agent_id}.brain: the {kind} brain needs {', '.join(missing)}")
     try:
-        return factory(**options)
+        return factory(settings_class(**options)) if settings_class is not None else factory(**options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"agents.{agent_id}.brain: {exc}") from None
 

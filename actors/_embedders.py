@@ -507,8 +507,9 @@ class OpenAIEmbedder:
         _check(kind, type(send_dimensions) is bool, "send_dimensions", "true or false")
         self.model = model
         self.dimensions = dimensions
-        #: The model and the length of its vectors (the server's address is not part of it).
-        self.name = f"openai:{model}:{dimensions}"
+        #: The model, the length of its vectors and whether that length is asked for (a model shortening its
+        #: vectors makes other ones); the server's address is not part of it.
+        self.name = f"openai:{model}:{dimensions}" + (":shortened" if send_dimensions else "")
         self._endpoint = Endpoint(base_url, "/embeddings")
         self.base_url = self._endpoint.base_url  # credentials and query included: never shown
         self.url = self._endpoint.url
@@ -694,11 +695,17 @@ def embedder_from_settings(settings: Mapping[str, object]) -> Embedder:
     """The embedder a settings table describes: `kind` ("local" or "openai") and that kind's settings."""
     if not isinstance(settings, Mapping):
         raise ValueError(f"embedder: its settings must be a table of key = value, not {type(settings).__name__}")
-    options = dict(settings)
-    kind = options.pop("kind", None)
-    if kind not in EMBEDDERS:
-        raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
+    kind, options = _kind_and_options(settings)
     return EMBEDDERS[kind].from_settings(options)
+
+
+def _kind_and_options(table: Mapping[str, object]) -> tuple[str, dict[str, object]]:
+    """An embedder table's `kind` (checked: one of EMBEDDERS) and its other settings."""
+    options = dict(table)
+    kind = options.pop("kind", None)
+    if not isinstance(kind, str) or kind not in EMBEDDERS:
+        raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
+    return kind, options
 
 
 #: What `[server] embedder` and `[agents.ID] embedder` may say besides a table: no embedder, or the local one
@@ -764,9 +771,6 @@ def embedder_choice(value: object) -> EmbedderChoice | None:
                          f"\"text-embedding-3-small\", dimensions = 1536 }}, not {value!r}")
     if not isinstance(value, Mapping):
         raise ValueError(f"embedder must be \"none\", \"local\" or a table, not {type(value).__name__}")
-    options = dict(value)
-    kind = options.pop("kind", None)
-    if kind not in EMBEDDERS:
-        raise ValueError(f"embedder: kind must be one of {', '.join(map(repr, EMBEDDERS))}, not {kind!r}")
+    kind, options = _kind_and_options(value)
     EMBEDDERS[kind].check_settings(options)
     return EmbedderChoice(kind, tuple(sorted((k, _frozen(v)) for k, v in options.items())))

@@ -19,10 +19,10 @@ import httpx
 import trio
 from typing import TypeVar
 
-from attrs import define, field
+from attrs import define, field, frozen
 from httpx_sse import SSEError, aconnect_sse
 
-from ._brain import BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
+from ._brain import BRAIN_SETTINGS, BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
 from ._endpoint import (  # noqa: F401  (the helpers shared with the openai embedder, under their names here)
     MAX_ERROR_BODY,
     MAX_REASON_CHARS,
@@ -91,15 +91,16 @@ class _Clients:
     and response (with hundreds of turns streaming at once, that costs more than a connection per turn), and
     a client of one's own has one connection at most. A response not read to its end (a cancelled turn, a failed
     stream) closes its connection, so the provider stops generating it; the client then connects anew when next
-    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS; a system task closes those left
-    when the run ends.
+    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS: a system task closes each one
+    once it has waited that long, and those left when the run ends.
     """
 
-    __slots__ = ("_brain", "_idle")
+    __slots__ = ("_brain", "_idle", "_some_idle")
 
     def __init__(self, brain: OpenAIBrain) -> None:
         self._brain = brain
         self._idle: collections.deque[tuple[float, httpx.AsyncClient]] = collections.deque()  # (since, client), oldest first
+        self._some_idle = trio.Event()  # set when a client is given back
 
     @staticmethod
     def of(brain: OpenAIBrain) -> _Clients:
@@ -111,15 +112,13 @@ class _Clients:
         mine = clients.get(brain)
         if mine is None:
             mine = clients[brain] = _Clients(brain)
-            trio.lowlevel.spawn_system_task(mine._close_at_exit, name="agentcast openai clients")
+            trio.lowlevel.spawn_system_task(mine._close_idle, name="agentcast openai clients")
         return mine
 
     @asynccontextmanager
     async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
         idle = self._idle
-        now = trio.current_time()
-        while idle and idle[0][0] < now - IDLE_CLIENT_SECONDS:
-            await self._close(idle.popleft()[1])
+        await self._close_expired()
         if idle:
             client = idle.pop()[1]  # the last one back: the likeliest to have its connection still open
         else:
@@ -131,19 +130,35 @@ class _Clients:
         finally:
             if len(idle) < MAX_IDLE_CLIENTS:
                 idle.append((trio.current_time(), client))
+                self._some_idle.set()
             else:
                 await self._close(client)
+
+    async def _close_expired(self) -> None:
+        idle = self._idle
+        since = trio.current_time() - IDLE_CLIENT_SECONDS
+        while idle and idle[0][0] <= since:
+            await self._close(idle.popleft()[1])
 
     @staticmethod
     async def _close(client: httpx.AsyncClient) -> None:
         with trio.CancelScope(shield=True):
             await client.aclose()
 
-    async def _close_at_exit(self) -> None:
-        """Close the idle clients when the trio run ends (system tasks are cancelled once the main task is
-        done, by when every turn has given its client back)."""
+    async def _close_idle(self) -> None:
+        """Close each idle client once it has waited IDLE_CLIENT_SECONDS, and those left when the trio run ends
+        (system tasks are cancelled once the main task is done, by when every turn has given its client back)."""
         try:
-            await trio.sleep_forever()
+            while True:
+                if not self._idle:
+                    self._some_idle = trio.Event()
+                    await self._some_idle.wait()
+                    continue
+                await trio.sleep_until(self._idle[0][0] + IDLE_CLIENT_SECONDS)
+                try:
+                    await self._close_expired()
+                except Exception:  # a system task must not raise: that would end the run with an internal error
+                    logger.exception("closing an openai brain's idle HTTP client failed")
         finally:
             while self._idle:
                 try:
@@ -201,6 +216,83 @@ def _check(condition: bool, what: str, setting: str) -> None:
         raise ValueError(f"openai brain: {setting} must be {what}")
 
 
+@frozen
+class OpenAIBrainSettings:
+    """Everything an `OpenAIBrain` is configured with: the `[agents.ID.brain]` table of the config file,
+    key for key (`kind = "openai"` aside), with the same defaults. Checked when made: a bad value raises
+    `ValueError` saying which setting and what it must be (the config file's loader reports it as a
+    `ConfigError` naming the agent)."""
+
+    #: The model's name, as the endpoint knows it.
+    model: str
+    #: The endpoint's base URL (`/chat/completions` is added); credentials and query are kept, never shown.
+    base_url: str = "https://api.openai.com/v1"
+    #: The NAME of the environment variable that holds the API key (never the key).
+    api_key_env: str | None = None
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    #: 0 to 2; None: the endpoint's default.
+    temperature: float | None = None
+    #: The most tokens an answer may take; None: the endpoint's default.
+    max_tokens: int | None = None
+    #: Seconds for connecting and for each wait for data.
+    timeout: float = 60.0
+    #: Messages of the short-term window sent with each message.
+    memory_window: int = 20
+    #: Long-term matches recalled for each message.
+    recall: int = 3
+    #: Tools the model may call, by name (`search_memory`, `remember`, `current_time`) or `module:name`.
+    tools: Sequence[str] = ()
+    #: Rounds of tool calls in one turn.
+    max_tool_rounds: int = 4
+    #: Tries again of a request that failed before its first token.
+    retries: int = 2
+    #: Seconds before the first try again, doubling each time.
+    retry_backoff: float = 1.0
+    #: Ask the endpoint for the token usage of each turn.
+    include_usage: bool = True
+    #: Seconds a whole turn may take.
+    turn_timeout: float = 300.0
+    #: Characters an answer may have.
+    max_answer_chars: int = 200_000
+    #: Tool calls in one round.
+    max_tool_calls: int = 16
+
+    def __attrs_post_init__(self) -> None:
+        _check(isinstance(self.model, str) and bool(self.model.strip()), "the model's name (a non-empty string)", "model")
+        _check(isinstance(self.base_url, str) and self.base_url.startswith(("http://", "https://")),
+               "an http:// or https:// URL (e.g. http://localhost:11434/v1)", "base_url")
+        _check(self.api_key_env is None or (isinstance(self.api_key_env, str) and self.api_key_env.strip() != ""),
+               "the NAME of the environment variable that holds the key (the key itself never goes in config)",
+               "api_key_env")
+        if looks_like_a_key(self.api_key_env):
+            raise ValueError("openai brain: api_key_env looks like an API key; give the NAME of the environment "
+                             "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
+        _check(isinstance(self.system_prompt, str), "a string", "system_prompt")
+        _check(self.temperature is None or (_number(self.temperature) and 0 <= self.temperature <= 2), "a number from 0 to 2",
+               "temperature")
+        _check(self.max_tokens is None or (type(self.max_tokens) is int and self.max_tokens >= 1), "an integer >= 1", "max_tokens")
+        _check(_number(self.timeout) and 0 < self.timeout <= 3600, "a number of seconds above 0 (at most 3600)", "timeout")
+        _check(type(self.memory_window) is int and 0 <= self.memory_window <= 1000, "an integer from 0 to 1000",
+               "memory_window")
+        _check(type(self.recall) is int and 0 <= self.recall <= 50, "an integer from 0 to 50", "recall")
+        _check(isinstance(self.tools, (list, tuple)), "a list of tool names", "tools")
+        _check(type(self.max_tool_rounds) is int and 0 <= self.max_tool_rounds <= 32, "an integer from 0 to 32",
+               "max_tool_rounds")
+        _check(type(self.retries) is int and 0 <= self.retries <= 10, "an integer from 0 to 10", "retries")
+        _check(_number(self.retry_backoff) and 0 <= self.retry_backoff <= MAX_RETRY_DELAY,
+               f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}", "retry_backoff")
+        _check(type(self.include_usage) is bool, "true or false", "include_usage")
+        _check(_number(self.turn_timeout) and 0 < self.turn_timeout <= 86_400, "a number of seconds above 0 (at most 86400)",
+               "turn_timeout")
+        _check(type(self.max_answer_chars) is int and self.max_answer_chars >= 1, "an integer >= 1", "max_answer_chars")
+        _check(type(self.max_tool_calls) is int and 1 <= self.max_tool_calls <= 128, "an integer from 1 to 128",
+               "max_tool_calls")
+        # Numbers kept as floats, tools as a tuple (the settings are immutable and hashable).
+        for name in ("timeout", "retry_backoff", "turn_timeout"):
+            object.__setattr__(self, name, float(getattr(self, name)))
+        object.__setattr__(self, "tools", tuple(self.tools))
+
+
 class OpenAIBrain:
     """Answers with a model behind an OpenAI-compatible `/chat/completions` endpoint, streaming.
 
@@ -217,82 +309,37 @@ class OpenAIBrain:
     data. Cancelling the turn closes the HTTP connection at once, so the provider stops.
     """
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str = "https://api.openai.com/v1",
-        api_key_env: str | None = None,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        temperature: float | None = None,
-        max_tokens: int | None = None,
-        timeout: float = 60.0,
-        memory_window: int = 20,
-        recall: int = 3,
-        tools: Sequence[str] = (),
-        max_tool_rounds: int = 4,
-        retries: int = 2,
-        retry_backoff: float = 1.0,
-        include_usage: bool = True,
-        turn_timeout: float = 300.0,
-        max_answer_chars: int = 200_000,
-        max_tool_calls: int = 16,
-    ) -> None:
-        _check(isinstance(model, str) and bool(model.strip()), "the model's name (a non-empty string)", "model")
-        _check(isinstance(base_url, str) and base_url.startswith(("http://", "https://")),
-               "an http:// or https:// URL (e.g. http://localhost:11434/v1)", "base_url")
-        _check(api_key_env is None or (isinstance(api_key_env, str) and api_key_env.strip() != ""),
-               "the NAME of the environment variable that holds the key (the key itself never goes in config)",
-               "api_key_env")
-        if looks_like_a_key(api_key_env):
-            raise ValueError("openai brain: api_key_env looks like an API key; give the NAME of the environment "
-                             "variable that holds it instead (e.g. api_key_env = \"OPENAI_API_KEY\")")
-        _check(isinstance(system_prompt, str), "a string", "system_prompt")
-        _check(temperature is None or (_number(temperature) and 0 <= temperature <= 2), "a number from 0 to 2",
-               "temperature")
-        _check(max_tokens is None or (type(max_tokens) is int and max_tokens >= 1), "an integer >= 1", "max_tokens")
-        _check(_number(timeout) and 0 < timeout <= 3600, "a number of seconds above 0 (at most 3600)", "timeout")
-        _check(type(memory_window) is int and 0 <= memory_window <= 1000, "an integer from 0 to 1000",
-               "memory_window")
-        _check(type(recall) is int and 0 <= recall <= 50, "an integer from 0 to 50", "recall")
-        _check(isinstance(tools, (list, tuple)), "a list of tool names", "tools")
-        _check(type(max_tool_rounds) is int and 0 <= max_tool_rounds <= 32, "an integer from 0 to 32",
-               "max_tool_rounds")
-        _check(type(retries) is int and 0 <= retries <= 10, "an integer from 0 to 10", "retries")
-        _check(_number(retry_backoff) and 0 <= retry_backoff <= MAX_RETRY_DELAY,
-               f"a number of seconds from 0 to {MAX_RETRY_DELAY:g}", "retry_backoff")
-        _check(type(include_usage) is bool, "true or false", "include_usage")
-        _check(_number(turn_timeout) and 0 < turn_timeout <= 86_400, "a number of seconds above 0 (at most 86400)",
-               "turn_timeout")
-        _check(type(max_answer_chars) is int and max_answer_chars >= 1, "an integer >= 1", "max_answer_chars")
-        _check(type(max_tool_calls) is int and 1 <= max_tool_calls <= 128, "an integer from 1 to 128",
-               "max_tool_calls")
+    def __init__(self, settings: OpenAIBrainSettings) -> None:
+        """A brain configured by `settings` (checked when they were made); the tools they name are resolved
+        here (a name that is not a tool raises `ValueError`)."""
         try:
-            self.tools: tuple[Tool, ...] = resolve_tools(tools)
+            self.tools: tuple[Tool, ...] = resolve_tools(settings.tools)
         except ValueError as exc:
             raise ValueError(f"openai brain: tools: {exc}") from None
-        self.model = model
-        self._endpoint = Endpoint(base_url, "/chat/completions")
+        #: As configured.
+        self.config = settings
+        self.model = settings.model
+        self._endpoint = Endpoint(settings.base_url, "/chat/completions")
         #: As configured (credentials and query included): only ever used to send requests.
         self.base_url = self._endpoint.base_url
         self._url = self._endpoint.url
         #: `base_url` without credentials or query: what errors, logs and repr show.
         self.shown_url = self._endpoint.shown_url
-        self.api_key_env = api_key_env
-        self.system_prompt = system_prompt
-        self.temperature = temperature
-        self.max_tokens = max_tokens
-        self.timeout = float(timeout)
-        self.memory_window = memory_window
-        self.recall = recall
-        self.max_tool_rounds = max_tool_rounds
-        self.retries = retries
-        self.retry_backoff = float(retry_backoff)
-        self.include_usage = include_usage
-        self.turn_timeout = float(turn_timeout)
-        self.max_answer_chars = max_answer_chars
-        self.max_tool_calls = max_tool_calls
+        self.api_key_env = settings.api_key_env
+        self.system_prompt = settings.system_prompt
+        self.temperature = settings.temperature
+        self.max_tokens = settings.max_tokens
+        self.timeout = settings.timeout
+        self.memory_window = settings.memory_window
+        self.recall = settings.recall
+        self.max_tool_rounds = settings.max_tool_rounds
+        self.retries = settings.retries
+        self.retry_backoff = settings.retry_backoff
+        self.include_usage = settings.include_usage
+        self.turn_timeout = settings.turn_timeout
+        self.max_answer_chars = settings.max_answer_chars
+        self.max_tool_calls = settings.max_tool_calls
         self._ssl_context = _shared_ssl_context()
-        self._tool_names = tuple(tools)
 
     def startup_warnings(self) -> list[str]:
         """What the server logs (naming the agent) when it starts serving this brain: an `api_key_env`
@@ -309,7 +356,7 @@ class OpenAIBrain:
             "model": self.model, "base_url": self._endpoint.masked_url(),
             "api_key_env": self.api_key_env, "system_prompt": self.system_prompt, "temperature": self.temperature,
             "max_tokens": self.max_tokens, "timeout": self.timeout, "memory_window": self.memory_window,
-            "recall": self.recall, "tools": list(self._tool_names), "max_tool_rounds": self.max_tool_rounds,
+            "recall": self.recall, "tools": list(self.config.tools), "max_tool_rounds": self.max_tool_rounds,
             "retries": self.retries, "retry_backoff": self.retry_backoff, "include_usage": self.include_usage,
             "turn_timeout": self.turn_timeout, "max_answer_chars": self.max_answer_chars,
             "max_tool_calls": self.max_tool_calls,
@@ -612,3 +659,4 @@ def _depth_over(value: object, limit: int) -> bool:
 
 
 BRAINS["openai"] = OpenAIBrain
+BRAIN_SETTINGS["openai"] = OpenAIBrainSettings

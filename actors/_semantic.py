@@ -74,6 +74,10 @@ class SearchUnavailable(Exception):
     """A search asked for the semantic leg alone, and it cannot run (no embedder, or it failed); the text says why."""
 
 
+#: What the worker embeds to tell a text the embedder refuses from an embedder that refuses everything.
+PROBE_TEXT = "hello"
+
+
 class EmbeddingWorker:
     """Keeps the vectors of the messages of `agent_ids` under `embedder`'s model, from the log's start.
 
@@ -175,7 +179,7 @@ class EmbeddingWorker:
                 progressed = await self._step()
             except EmbeddingConflict as exc:  # another writer (`agentcast embed`?) embedded meanwhile
                 logger.info("embedding (%s): %s; going on from there", self.label, exc)
-                self._cursors = await journal.read(self._read_cursors)
+                starting = True  # the cursors read again (and the backlog counted) inside the try above
                 continue
             except Exception as exc:  # the store failed (a full disk?): tried again later, the server goes on
                 self._failed(f"{type(exc).__name__}: {exc}", backoff)
@@ -258,18 +262,22 @@ class EmbeddingWorker:
         return [MessageVector(t.seq, t.agent_id, t.user, known[t.seq]) for t in texts]
 
     async def _embed(self, texts: list[str]) -> list[Any]:
-        """The vectors of `texts`, trying again (with backoff) while the embedder fails; a text it refuses alone
-        gets a vector of zeros (no direction: it matches nothing, the lexical search still finds its message)."""
+        """The vectors of `texts`, trying again (with backoff) while the embedder fails; a text it refuses alone,
+        while it embeds others, gets a vector of zeros (no direction: it matches nothing, the lexical search still
+        finds its message). An embedder that refuses every text (a configuration the server rejects) is failing,
+        not refusing: the texts wait, with their cursor, until it works again."""
         backoff = FIRST_BACKOFF
         while True:
             try:
                 vectors = list(await self.embedder.embed(texts))
             except EmbedderError as exc:
-                if exc.refused:
-                    return await self._embed_refused(texts, str(exc))
-                self._failed(str(exc), backoff)
+                if not exc.refused:
+                    self._failed(str(exc), backoff)
+                elif (kept := await self._embed_refused(texts, str(exc), backoff)) is not None:
+                    return kept
             except Exception as exc:  # the embedder's own failure (a local model's): as if it refused the texts
-                return await self._embed_refused(texts, f"{type(exc).__name__}: {exc}")
+                if (kept := await self._embed_refused(texts, f"{type(exc).__name__}: {exc}", backoff)) is not None:
+                    return kept
             else:
                 if self.failing is not None:
                     logger.info("embedding (%s): working again", self.label)
@@ -278,13 +286,20 @@ class EmbeddingWorker:
             await trio.sleep(backoff)
             backoff = min(backoff * 2, MAX_BACKOFF)
 
-    async def _embed_refused(self, texts: list[str], reason: str) -> list[Any]:
-        if len(texts) == 1:
-            logger.warning("embedding (%s): a message could not be embedded (%s); it is stored without a vector and "
-                           "found by the lexical search only", self.label, reason)
-            return [[0.0] * self.dimensions]
-        half = len(texts) // 2
-        return await self._embed(texts[:half]) + await self._embed(texts[half:])
+    async def _embed_refused(self, texts: list[str], reason: str, backoff: float) -> list[Any] | None:
+        """The vectors of refused `texts`, halved until the refused ones are alone; None if the embedder refuses
+        a text known to be harmless too (`PROBE_TEXT`): then it refuses everything, and is failing."""
+        if len(texts) > 1:
+            half = len(texts) // 2
+            return await self._embed(texts[:half]) + await self._embed(texts[half:])
+        try:
+            await self.embedder.embed([PROBE_TEXT])
+        except Exception as exc:
+            self._failed(f"it refuses every text ({reason}; and {exc})", backoff)
+            return None
+        logger.warning("embedding (%s): a message could not be embedded (%s); it is stored without a vector and "
+                       "found by the lexical search only", self.label, reason)
+        return [[0.0] * self.dimensions]
 
     def _failed(self, reason: str, backoff: float) -> None:
         if self.failing != reason:

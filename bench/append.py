@@ -3,7 +3,7 @@
 (group commit in a worker thread), with turns appended as the agent appends them.
 
 Each lane is one user's agent lane: it appends a turn — its UserSaid and the AgentAnswered
-answering it, in one `Journal.append`, as `Agent._chat` does — waits for the commit, and appends
+answering it, in one `Journal.append`, as a chat turn does (`actors._turn.TurnRunner`) — waits for the commit, and appends
 the next, for --seconds. Prints, per lane count: events/s, commits, mean events per commit and the
 commit's p50/p99 latency (the store's `append` call in the writer thread), the process's CPU per
 event and the part of it the writer thread spends in those calls, then one JSON line.

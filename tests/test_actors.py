@@ -592,7 +592,7 @@ async def test_a_window_larger_than_the_whole_budget_is_dropped_once_idle_and_re
 
 
 def test_window_bytes_follow_the_window_turn_by_turn_and_through_clears():
-    from agentcast.actors._agent import _window_bytes
+    from agentcast.actors._lanes import window_bytes as _window_bytes
     from agentcast.store import fold, Memory, Recorded
 
     memory, counted = Memory("a", "u", window=3), 0

@@ -94,3 +94,47 @@ def test_embed_refuses_what_it_cannot_do(tmp_path):
     assert not (tmp_path / "none.db").exists()
     unknown = cli("embed", "--db", str(tmp_path / "none.db"), "--config", str(config), "--agent", "zed", cwd=tmp_path)
     assert unknown.returncode == 2 and "no agent 'zed'" in unknown.stderr
+
+
+class _Choice:
+    """An embedder choice as `agentcast embed` gets them from a config: `make` returns `embedder`, or raises."""
+
+    def __init__(self, embedder=None, error: Exception | None = None) -> None:
+        self.embedder, self.error = embedder, error
+
+    def missing(self):
+        return None
+
+    def make(self):
+        if self.error is not None:
+            raise self.error
+        return self.embedder
+
+
+async def test_embed_ends_with_an_error_when_an_embedder_cannot_be_made(tmp_path, capsys):
+    from agentcast.actors import EmbedderUnavailable
+    from agentcast.transport import cli as cli_module
+
+    db = tmp_path / "log.db"
+    write_log(db)
+    with trio.fail_after(scaled(20)):  # it used to print the error and wait for ever on the journal's task
+        code = await cli_module._embed_log(str(db), {_Choice(error=EmbedderUnavailable("no model here")): ["helper"]},
+                                           8, 0.05)
+    assert code == 1 and "embedder: no model here" in capsys.readouterr().err
+
+
+async def test_embed_gives_up_with_an_error_when_the_embedder_keeps_failing(tmp_path, capsys):
+    from agentcast.transport import cli as cli_module
+    from support.embedders import WordEmbedder
+
+    db = tmp_path / "log.db"
+    write_log(db)
+    embedder = WordEmbedder()
+    embedder.fail(10**6)  # a refused key, a model server that is down: never a vector
+    with trio.fail_after(scaled(20)):
+        code = await cli_module._embed_log(str(db), {_Choice(embedder): ["helper"]}, 8, 0.05)
+    err = capsys.readouterr().err
+    assert code == 1 and "the embedder keeps failing (the fake embedder fails on purpose)" in err
+    assert "run agentcast embed again to go on" in err
+    with EventLog.open(db) as log:
+        assert verify(log).ok

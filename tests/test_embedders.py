@@ -23,6 +23,7 @@ from agentcast.actors._embedders import (
     EmbedderUnavailable,
     LocalEmbedder,
     OpenAIEmbedder,
+    embedder_choice,
     embedder_from_settings,
     local_embedder_missing,
 )
@@ -213,6 +214,14 @@ def test_settings_name_the_kind_of_embedder():
         embedder_from_settings({"kind": "torch"})
     with pytest.raises(ValueError, match="must be a table"):
         embedder_from_settings(["local"])
+    for kind in (["local"], {"a": 1}):  # not a name at all: the same error, never a TypeError
+        with pytest.raises(ValueError, match="embedder: kind must be one of 'local', 'openai'"):
+            embedder_from_settings({"kind": kind})
+        with pytest.raises(ValueError, match="embedder: kind must be one of 'local', 'openai'"):
+            embedder_choice({"kind": kind})
+    shortened = embedder_from_settings({"kind": "openai", "model": "text-embedding-3-large", "dimensions": 256,
+                                        "send_dimensions": True})
+    assert shortened.name == "openai:text-embedding-3-large:256:shortened"  # other vectors: another model's name
 
 
 # -- the local embedder (the real model of the semantic extra) ------------------------------------------

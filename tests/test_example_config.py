@@ -14,7 +14,7 @@ import attrs
 import pytest
 from trio_websocket import ConnectionClosed
 
-from agentcast.actors import AgentSpec, EchoBrain, LocalEmbedder, OpenAIBrain, OpenAIEmbedder
+from agentcast.actors import AgentSpec, EchoBrain, LocalEmbedder, OpenAIBrain, OpenAIBrainSettings, OpenAIEmbedder
 from support import connect, running_server
 from support.process import cli
 from agentcast.transport._config import effective_settings, example_config, load_config
@@ -73,14 +73,15 @@ def test_every_agent_setting_and_echo_brain_setting_is_there_with_its_default():
 def test_every_openai_brain_setting_is_there_with_its_default():
     brain = DATA["agents"]["gpt"]["brain"]
     assert brain["kind"] == "openai" and brain["model"] and brain["api_key_env"] == "OPENAI_API_KEY"
-    for name, param in inspect.signature(OpenAIBrain).parameters.items():
-        if param.default is inspect.Parameter.empty or name == "api_key_env":
+    for field in attrs.fields(OpenAIBrainSettings):  # the brain's table is its settings object
+        name, default = field.name, field.default
+        if default is attrs.NOTHING or name == "api_key_env":
             assert name in brain, name  # required (model), or set on purpose
-        elif param.default is None:
+        elif default is None:
             assert name not in brain and commented("agents.gpt.brain", name), name
         else:
             assert name in brain, f"agents.gpt.brain.{name} is missing from the example"
-            assert same(brain[name], param.default), (name, brain[name], param.default)
+            assert same(brain[name], default), (name, brain[name], default)
 
 
 def test_every_embedder_setting_is_there_with_its_default():

@@ -81,6 +81,9 @@ RULES = [
     ([ROOT / "transport" / "_session.py"], {"trio_websocket", "actors", "store"}),
     ([ROOT / "transport" / "_dispatch.py"], {"trio", "trio_websocket", "store"}),
     ([ROOT / "transport" / "_admission.py"], {"trio", "trio_websocket", "actors", "store"}),
+    # the parts of an agent: who hears it needs no trio and no store; its admission counts no events
+    ([ROOT / "actors" / "_audience.py"], {"trio", "store", "transport"}),
+    ([ROOT / "actors" / "_admission.py"], {"store", "transport"}),
 ]
 
 

@@ -2,9 +2,10 @@
 by name or `module:name`, and clear `ConfigError`s; the API key never appears in config or reprs."""
 from __future__ import annotations
 
+import attrs
 import pytest
 
-from agentcast.actors import ConfigError, OpenAIBrain, ToolContext, Toolbox
+from agentcast.actors import ConfigError, OpenAIBrain, OpenAIBrainSettings, ToolContext, Toolbox
 from agentcast.transport._config import load_config
 
 SIX_LINES = """
@@ -66,6 +67,19 @@ async def test_every_setting_is_read_and_a_custom_tool_loads_from_its_module(tmp
     assert (await toolbox.run("weather", {"city": "Oslo"})).result == {"city": "Oslo", "sky": "clear",
                                                                       "for_user": "alice"}
     assert (await toolbox.run("weather", {"city": "Atlantis"})).error == "no weather under the sea"
+
+
+def test_the_brain_table_becomes_one_frozen_settings_object_with_the_defaults(tmp_path):
+    (spec,) = load(tmp_path, FULL).agents
+    settings = spec.brain.config
+    assert settings == OpenAIBrainSettings(
+        model="llama3.2", base_url="http://127.0.0.1:11434/v1", system_prompt="Be brief.", temperature=0.3,
+        max_tokens=400, timeout=30, memory_window=6, recall=2, max_tool_rounds=3,
+        tools=("search_memory", "remember", "current_time", "agent_tools_example:weather"))
+    assert (settings.retries, settings.include_usage, settings.max_tool_calls) == (2, True, 16)  # the defaults
+    assert type(settings.timeout) is float and hash(settings) == hash(OpenAIBrainSettings(**attrs.asdict(settings)))
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        settings.model = "other"  # type: ignore[misc]
 
 
 @pytest.mark.parametrize(

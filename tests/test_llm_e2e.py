@@ -9,7 +9,7 @@ import json
 import pytest
 import trio
 
-from agentcast.actors import AgentSpec, OpenAIBrain
+from agentcast.actors import AgentSpec, OpenAIBrain, OpenAIBrainSettings
 from agentcast.store import EventLog, activity_at
 from agentcast.transport.cli import main as cli_main
 from support import llm_server, running_server, scaled
@@ -140,7 +140,7 @@ async def test_connection_refused_is_a_brain_error(db_path):
     with trio.socket.socket() as probe:
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    spec = AgentSpec(AGENT, OpenAIBrain(model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=0))
+    spec = AgentSpec(AGENT, OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=0)))
     async with running_server(db_path, [spec]) as server, user(server) as alice:
         frames = await alice.request(chat("anyone?"), "agent_done")
     assert frames[1]["code"] == "brain_error" and "could not connect to the model server" in frames[1]["message"]

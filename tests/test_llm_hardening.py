@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from agentcast.actors import (AgentSpec, ConfigError, FailedOutput, OpenAIBrain, ToolCallItem, ToolResultItem, TurnCancelledOutput, TurnDoneOutput,
+from agentcast.actors import (AgentSpec, ConfigError, FailedOutput, OpenAIBrain, OpenAIBrainSettings, ToolCallItem, ToolResultItem, TurnCancelledOutput, TurnDoneOutput,
                     TurnResponseOutput, agent_specs)
 from agentcast.actors._brain import BrainError
 from agentcast.actors._tools import CurrentTimeArgs, Tool, ToolContext, ToolError, Toolbox
@@ -235,7 +235,7 @@ async def test_base_url_credentials_never_reach_the_error_text():
     with trio.socket.socket() as s:  # a port nobody listens on
         await s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    brain = OpenAIBrain(model="m", base_url=f"http://proxyuser:s3cret-pass@127.0.0.1:{port}/v1", retries=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"http://proxyuser:s3cret-pass@127.0.0.1:{port}/v1", retries=0))
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert "s3cret-pass" not in str(caught.value), str(caught.value)  # this text is the error frame's message
@@ -245,7 +245,7 @@ async def test_base_url_credentials_never_reach_the_error_text():
 async def test_base_url_credentials_and_query_are_used_but_never_shown(fake):
     fake.script(error(404, "no such model"))
     base_url = fake.base_url.replace("http://", "http://proxyuser:s3cret-pass@") + "?api-version=2024&key=k3y-in-query"
-    brain = OpenAIBrain(model="m", base_url=base_url, retries=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=base_url, retries=0))
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert fake.targets == ["/v1/chat/completions?api-version=2024&key=k3y-in-query"]

@@ -7,7 +7,7 @@ import json
 import pytest
 import trio
 
-from agentcast.actors import BrainError, OpenAIBrain, ToolCallItem, ToolResultItem, UsageItem
+from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings, ToolCallItem, ToolResultItem, UsageItem
 from agentcast.actors._openai import END_OF_BODY_WAIT, IDLE_CLIENT_SECONDS
 from agentcast.store import Hit, Memory, Message
 from support import scaled
@@ -181,7 +181,7 @@ async def test_connection_refused_is_retried_then_a_clear_error(autojump_clock):
     with trio.socket.socket() as probe:  # a port nobody listens on
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    brain = OpenAIBrain(model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=2, retry_backoff=1.0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"http://127.0.0.1:{port}/v1", retries=2, retry_backoff=1.0))
     started = trio.current_time()
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
@@ -288,6 +288,20 @@ async def test_a_connection_idle_past_the_keep_alive_is_not_used_again(fake, aut
     assert fake.connection_of == [0, 0, 1]
 
 
+async def test_a_connection_idle_past_the_keep_alive_is_closed_without_waiting_for_another_turn(fake, autojump_clock):
+    """A burst of turns leaves its connections idle: each is closed once it has been idle past the keep-alive,
+    not held (a descriptor each) until the agent's next turn."""
+    fake.script(text("one"), text("two"))
+    brain = brain_for(fake)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(items_of, brain, turn_for(brain))
+    assert sorted(fake.connection_of) == [0, 1] and fake.closed_by_client == 0
+    await trio.sleep(IDLE_CLIENT_SECONDS * 2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert fake.closed_by_client == 2
+
+
 async def test_a_cancelled_turn_does_not_leave_its_connection_to_the_next(fake):
     fake.script(text("Hel", "lo", stall_after=1), text("again"))
     brain = brain_for(fake)
@@ -337,13 +351,13 @@ async def test_a_body_that_goes_on_after_done_ends_the_turn_within_the_wait_and_
 )
 def test_bad_brain_settings_are_refused_saying_which_and_why(options, says):
     with pytest.raises(ValueError) as caught:
-        OpenAIBrain(**options)
+        OpenAIBrain(OpenAIBrainSettings(**options))
     assert says in str(caught.value)
 
 
 def test_an_unusual_usage_chunk_is_ignored_not_fatal():
     # usage with non-integer counts (some servers) is ignored rather than failing the turn
-    brain = OpenAIBrain(model="m")
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m"))
     from agentcast.actors._openai import _Round
 
     result = _Round()

@@ -103,7 +103,7 @@ def test_search_memory_may_ask_for_its_legs(legs):
     assert decode(frame(type="search_memory", agent_id="a", query="q")).legs is None  # every leg the agent has
 
 
-@pytest.mark.parametrize("legs", [[], ["bm25"], ["lexical", "lexical"], "lexical", None, [1], {"lexical": True}])
+@pytest.mark.parametrize("legs", [[], ["bm25"], ["lexical", "lexical"], "lexical", None, [1], {"lexical": True}, [{}], [["lexical"]]])
 def test_search_memory_rejects_bad_legs(legs):
     error = decode_error(frame(type="search_memory", agent_id="a", query="q", legs=legs, request_id="r1"))
     assert error.code == "invalid_field" and error.request_id == "r1"

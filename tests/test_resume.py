@@ -9,7 +9,7 @@ import pytest
 import trio
 import trio.testing
 
-from agentcast.actors import _agent as actors_agent
+from agentcast.actors import _backlog as actors_backlog
 from agentcast.actors import AgentSpec, BrainError, EchoBrain
 from agentcast.store import AgentAnswered, EventLog, UserSaid
 from support import GatedBrain, connect, running_server, scaled
@@ -311,7 +311,7 @@ async def test_a_long_history_arrives_complete_and_in_order_at_the_pace_the_clie
 
 @pytest.mark.parametrize("page", [1, 5, 6])
 async def test_pages_join_without_gap_or_duplicate(db_path, monkeypatch, page):
-    monkeypatch.setattr(actors_agent, "BACKLOG_PAGE", page)
+    monkeypatch.setattr(actors_backlog, "BACKLOG_PAGE", page)
     write_history(db_path, "pager", 5)  # 10 events: pages that end exactly at the end, or not
     async with running_server(db_path) as server, connect(server.port) as c:
         await as_user(c, "pager")

@@ -27,6 +27,7 @@ from agentcast.actors import (
     FailedOutput,
     Journal,
     OpenAIBrain,
+    OpenAIBrainSettings,
     SearchCommand,
     SearchResultsOutput,
     SemanticMemory,
@@ -259,6 +260,27 @@ async def test_a_text_the_embedder_refuses_is_kept_without_a_direction(tmp_path,
         checked(s.log)
 
 
+async def test_an_embedder_refusing_every_text_is_failing_and_its_messages_wait_for_it(tmp_path, autojump_clock):
+    """A server that answers 400 to every request (a setting it rejects) must not leave the whole memory without
+    directions: the messages keep their place behind the cursor, and are embedded once it accepts texts again."""
+    embedder = WordEmbedder()
+    embedder.fail(1000, refused=True)
+    async with semantic(tmp_path, embedder) as s:
+        await s.journal.append([said("tea time"), said("coffee at noon"), said("tea again")])
+        for _ in range(10_000):  # (a count, not a time: the worker's reads run on threads the clock does not see)
+            if len(embedder.calls) >= 8:  # it tried again and again, with backoff
+                break
+            await trio.sleep(1)
+        assert s.worker.failing is not None and "refuses every text" in s.worker.failing
+        assert vectors_of(s.log, "ann") == {} and s.log.embedding_cursor(A, embedder.name) == 0
+        embedder._failures.clear()  # the server accepts texts again
+        await s.worker.caught_up()  # (no trio timeout: the autojump clock would run it out while a thread writes)
+        near = s.log.nearest(A, "ann", embedder.name, embedder.vector_of("tea time"), 5)
+        assert near and near[0].seq == 1
+        assert vectors_of(s.log, "ann") == {1: 1, 2: 1, 3: 1} and s.worker.failing is None
+        checked(s.log)
+
+
 async def test_a_model_change_embeds_the_memory_again(tmp_path, caplog):
     old = WordEmbedder("words-v1")
     async with semantic(tmp_path, old) as s:
@@ -378,7 +400,7 @@ async def test_a_failing_query_embedding_falls_back_to_lexical(tmp_path):
 
 async def test_a_chats_message_is_embedded_once_for_its_recall_and_as_its_vector(tmp_path, nursery):
     fake = await FakeOpenAI(text("Noted."), text("You drive the 152.")).start(nursery)
-    brain = OpenAIBrain(model="fake-model", base_url=fake.base_url, retries=0, recall=2, memory_window=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, retries=0, recall=2, memory_window=0))
     vectors = {"I drive the number 152 bus.": [1.0, 0.0, 0.0, 0.0], "What is my job?": [0.9, 0.1, 0.0, 0.0]}
     embedder = WordEmbedder("hand", 4, vectors)
     async with semantic(tmp_path, embedder, AgentSpec(A, brain)) as s:
@@ -495,7 +517,7 @@ async def test_end_to_end_with_the_real_local_model(db_path, nursery):
     whose message is embedded once for both."""
     fake = await FakeOpenAI(text("Noted."), text("Noted."), text("Noted."), text("You drive a bus.")).start(nursery)
     local = EmbedderChoice("local")
-    brain = OpenAIBrain(model="fake-model", base_url=fake.base_url, retries=0, recall=1, memory_window=0)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, retries=0, recall=1, memory_window=0))
     facts = ["I drive the number 152 bus from Olivos to La Boca.", "My daughter Valentina plays the violin.",
              "Which is the best way to learn a new language?"]
     async with running_server(db_path, [AgentSpec("llm", brain, embedder=local)]) as server, \

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: The modules whose dispatch is checked (with all of the store); the rest of agentcast is read, not checked.
 CHECKED = ["-p", "agentcast.store", "-m", "agentcast.actors._agent", "-m", "agentcast.actors._messages",
+           "-m", "agentcast.actors._backlog", "-m", "agentcast.actors._turn", "-m", "agentcast.actors._lanes",
+           "-m", "agentcast.actors._audience", "-m", "agentcast.actors._admission",
            "-m", "agentcast.actors._journal", "-m", "agentcast.transport._frames", "-m", "agentcast.transport.cli",
            # the connection and its parts: a Connection is checked against the actors' `LiveOutbox` protocol
            "-m", "agentcast.transport._connection", "-m", "agentcast.transport._outbox",
@@ -109,7 +111,7 @@ def test_an_event_type_or_output_left_unhandled_fails_type_checking(tmp_path):
     unhandled = [line for line in result.stdout.splitlines() if "assert_never" in line]
     # the projection: a type of a new kind; the backlog's replay: both; the frames: the output
     assert any("store/_memory.py" in line and '"ProbeOfItsOwnKind"' in line for line in unhandled), result.stdout
-    assert any("actors/_agent.py" in line and "ProbeActivity" in line and "ProbeOfItsOwnKind" in line
+    assert any("actors/_backlog.py" in line and "ProbeActivity" in line and "ProbeOfItsOwnKind" in line
                for line in unhandled), result.stdout
     assert any("transport/_frames.py" in line and "ProbeOutput" in line for line in unhandled), result.stdout
     assert len(unhandled) == 3, result.stdout

@@ -797,12 +797,18 @@ def _embed(args: argparse.Namespace) -> int:
     return trio.run(_embed_log, db, groups, args.batch_size, args.progress_every)
 
 
+#: How many progress intervals in a row the embedder may fail before `agentcast embed` gives up (exit 1).
+EMBED_FAILING_INTERVALS = 3
+
+
 async def _embed_log(db: str, groups: dict, batch_size: int, every: float) -> int:
-    """Embed the log at `db` for each group of agents (by embedder), until every message is; progress on stderr."""
+    """Embed the log at `db` for each group of agents (by embedder), until every message is; progress on stderr.
+    0 once done; 1 if an embedder cannot be made or keeps failing (what was embedded by then is kept)."""
     import trio
 
     from ..actors import EmbedderUnavailable, EmbeddingWorker, Journal
 
+    code = 0
     log = EventLog.open(db)
     try:
         journal = Journal(log, lambda: EventLog.open(db, readonly=True))
@@ -817,18 +823,22 @@ async def _embed_log(db: str, groups: dict, batch_size: int, every: float) -> in
                     embedder = await trio.to_thread.run_sync(choice.make)
                 except (EmbedderUnavailable, ValueError) as exc:
                     print(f"agentcast: error: {', '.join(agent_ids)}: embedder: {exc}", file=sys.stderr, flush=True)
-                    return 1
+                    code = 1
+                    break
                 label = getattr(embedder, "describe", lambda: embedder.name)()
                 worker = EmbeddingWorker(embedder, agent_ids, journal, batch_size=batch_size, label=label)
-                await _embed_with(worker, nursery, every)
-            nursery.cancel_scope.cancel()
+                if not await _embed_with(worker, nursery, every):
+                    code = 1
+                    break
+            nursery.cancel_scope.cancel()  # the journal's task
     finally:
         log.close()
-    return 0
+    return code
 
 
-async def _embed_with(worker, nursery, every: float) -> None:
-    """Run `worker` until it has embedded everything, printing its progress every `every` seconds."""
+async def _embed_with(worker, nursery, every: float) -> bool:
+    """Run `worker` until it has embedded everything (True), printing its progress every `every` seconds; False
+    (and an error line) once its embedder has failed for EMBED_FAILING_INTERVALS progress lines in a row."""
     import trio
 
     agents = ", ".join(worker.agent_ids)
@@ -841,6 +851,7 @@ async def _embed_with(worker, nursery, every: float) -> None:
     started = time.monotonic()
     await nursery.start(run)
     total = None
+    failing_for = 0
     while True:
         with trio.move_on_after(every):
             await worker.caught_up()
@@ -853,10 +864,18 @@ async def _embed_with(worker, nursery, every: float) -> None:
         print(f"agentcast embed: {agents} ({worker.label}): {worker.embedded:,} embedded"
               + (f" of {total:,} ({100 * worker.embedded / total:.1f}%)" if total else "")
               + f", {rate:,.0f} messages/s{left}{failing}", file=sys.stderr, flush=True)
+        failing_for = failing_for + 1 if worker.failing else 0
+        if failing_for >= EMBED_FAILING_INTERVALS:
+            scope.cancel()
+            print(f"agentcast: error: {agents} ({worker.label}): the embedder keeps failing ({worker.failing}); "
+                  f"{worker.embedded:,} messages were embedded and kept: run agentcast embed again to go on",
+                  file=sys.stderr, flush=True)
+            return False
     scope.cancel()
     seconds = time.monotonic() - started
     print(f"agentcast embed: {agents} ({worker.label}): done, {worker.embedded:,} messages embedded in {seconds:.1f} s; "
           f"their messages have their vectors up to seq {worker.cursor:,}", file=sys.stderr, flush=True)
+    return True
 
 
 def _duration(seconds: float) -> str:

@@ -503,8 +503,8 @@ def _after_seq(value, _type) -> int:
 
 def _legs(value, _type) -> list[str]:
     # Optional[Legs]: the field may be absent (its default), but not null.
-    if (type(value) is not list or not value or len(set(value)) != len(value)
-            or not all(type(v) is str and v in SEARCH_LEGS for v in value)):
+    if (type(value) is not list or not value or not all(type(v) is str and v in SEARCH_LEGS for v in value)
+            or len(set(value)) != len(value)):
         raise _FieldError(f"must be a non-empty list of distinct legs: {', '.join(map(repr, SEARCH_LEGS))}")
     return value
 

@@ -108,6 +108,7 @@ class FakeOpenAI:
     stalled connection (so a test can see that cancelling really closed the HTTP stream).
     `connection_of` holds, for each request, the number of the TCP connection it came on (0, 1, ... in
     the order they were accepted): whether the client kept its connection for the next request.
+    `closed_by_client` counts the connections the client closed between requests.
     """
 
     def __init__(self, *replies: Reply) -> None:
@@ -117,6 +118,7 @@ class FakeOpenAI:
         self.targets: list[str] = []
         self.connection_of: list[int] = []
         self._accepted = 0
+        self.closed_by_client = 0
         self.stalled = trio.Event()
         self.disconnected = trio.Event()
         self.port = 0
@@ -140,6 +142,7 @@ class FakeOpenAI:
             while True:
                 request = await self._read_request(conn, stream)
                 if request is None:
+                    self.closed_by_client += 1
                     return
                 self.connection_of.append(number)
                 reply = self.replies.popleft() if self.replies else Reply(status=500, body=UNSCRIPTED,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from agentcast.actors import OpenAIBrain, ToolContext, Toolbox, Turn
+from agentcast.actors import OpenAIBrain, OpenAIBrainSettings, ToolContext, Toolbox, Turn
 from agentcast.store import Hit, Memory
 
 from .server import LLM_AGENT, connect
@@ -57,4 +57,4 @@ async def items_of(brain, turn):
 
 def brain_for(fake, **options):
     options.setdefault("retry_backoff", 0.5)
-    return OpenAIBrain(model="fake-model", base_url=fake.base_url, **options)
+    return OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, **options))

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 import trio
 from trio_websocket import open_websocket_url
 
-from agentcast.actors import AgentSpec, BrainError, OpenAIBrain, agent_specs
+from agentcast.actors import AgentSpec, BrainError, OpenAIBrain, OpenAIBrainSettings, agent_specs
 from agentcast.transport._auth import mint
 from agentcast.transport.server import Server, ServerSettings
 
@@ -104,7 +104,7 @@ async def llm_server(db_path, *replies, brain=None, agent_id=LLM_AGENT, others=(
     async with trio.open_nursery() as nursery:
         fake = await FakeOpenAI(*replies).start(nursery)
         brain_options = {"model": "fake-model", "base_url": fake.base_url, "retries": 0, **(brain or {})}
-        spec = AgentSpec(agent_id, OpenAIBrain(**brain_options), **spec_options)
+        spec = AgentSpec(agent_id, OpenAIBrain(OpenAIBrainSettings(**brain_options)), **spec_options)
         async with running_server(db_path, [*others, spec]) as server:
             server.fake = fake
             yield server
