@@ -102,7 +102,7 @@ class Connection:
         #: The outbound queue; closed (takes no more frames) once `close` was called or `run` has ended.
         self._outbox = FrameOutbox(settings, budget if budget is not None else OutboxBudget(settings.outbox_bytes_total, (self,)))
         self._ended = False  # `run` has finished
-        #: Writes a frame to the socket from the task that has it, while the queue is idle (None: never).
+        #: Writes a streamed token to the socket from the task that has it (`_write_now`; None: never).
         self._direct = direct_writer(ws)
         #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
         self._scope: trio.CancelScope | None = None
@@ -210,8 +210,8 @@ class Connection:
             self._overflowed()
 
     def _write_now(self, frame: p.ResponseChunk) -> bool:
-        """Write a streamed token (`frame`) to the socket from this task, the queue being idle (`FrameOutbox.idle`: nothing
-        queued, held, being written or kept, so it goes in order) and the connection quiet for
+        """Write a streamed token (`frame`) to the socket from this task, the queue being idle
+        (`FrameOutbox.idle`: nothing queued, held, being written or kept, so it goes in order) and the connection quiet for
         `DIRECT_AFTER_QUIET`: no wake-up of the writer. What the socket does not take is kept by the stream
         and counted in the queue's bounds (`FrameOutbox.kept`) until the writer has written it, before anything
         else. False if nothing was written: queue it as usual."""

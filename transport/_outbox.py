@@ -197,8 +197,8 @@ class FrameOutbox:
         """Wait for frames (and while the queue is held, for a release too, unless `more`: the last take
         left frames queued); take them: the frames, the bytes they count (still held until `written`), and
         whether frames were left queued. A direct write's rest (`kept`) is taken at once, held or not, with
-        the frames queued (none, maybe): the stream writes it before them. At most about `piece` bytes of frames are taken at once (at least
-        one frame). None once the queue is closed and drained (or dropped).
+        the frames queued (maybe none): the stream writes it before them. At most about `piece` bytes of
+        frames are taken at once (at least one frame). None once the queue is closed and drained (or dropped).
 
         One task at a time may take (the connection's writer)."""
         released = more
