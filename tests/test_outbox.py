@@ -183,3 +183,30 @@ def test_crowded_is_past_half_of_either_bound_and_never_once_closed(bound):
     assert queue.crowded()
     queue.close(drop=False)
     assert not queue.crowded()
+
+
+async def test_a_direct_writes_rest_counts_until_written_and_is_taken_first_even_while_held():
+    queue = outbox()
+    taken: list = []
+
+    async def writer():
+        while (got := await queue.take(1 << 20, False)) is not None:
+            taken.append(got)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert queue.idle()
+        queue.hold()
+        assert not queue.idle()
+        queue.kept(100)  # a frame written directly left 100 bytes for the writer
+        assert queue.held_bytes == queue.budget.held == 100 + FRAME_OVERHEAD
+        await trio.testing.wait_all_tasks_blocked()
+        assert taken == [([], 100 + FRAME_OVERHEAD, False)]  # taken at once, though the queue is held
+        assert not queue.idle()  # being written
+        queue.written(100 + FRAME_OVERHEAD)
+        assert queue.held_bytes == queue.budget.held == 0
+        queue.release()
+        await trio.testing.wait_all_tasks_blocked()
+        assert queue.idle()
+        queue.close(drop=False)

@@ -31,7 +31,7 @@ from ._metrics import Metrics
 from ._outbox import FRAME_OVERHEAD, FrameOutbox, OutboxBudget
 from ._session import Session
 from ._settings import ServerSettings
-from ._wsinternals import WRITE_PIECE, abort, send_text_batch, take_messages
+from ._wsinternals import WRITE_PIECE, abort, direct_writer, send_text_batch, take_messages
 
 __all__ = ["Connection", "OutboxBudget", "FRAME_OVERHEAD", "GOING_AWAY", "ABNORMAL_CLOSURE", "POLICY_VIOLATION",
            "MESSAGE_TOO_BIG", "INTERNAL_ERROR", "TRY_AGAIN_LATER"]
@@ -46,6 +46,12 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 TRY_AGAIN_LATER = 1013
+
+#: Seconds without a frame either way after which a `response_chunk` for an idle queue is written by the task that
+#: has it (`Connection._write_now`): a token streamed at an LLM's pace goes out without waking the writer, while
+#: frames that come together (a brain's burst, an instant turn) still go in one write by the writer. Other frames
+#: (a turn's start and end, answers to commands) always go through the writer, with what comes with them.
+DIRECT_AFTER_QUIET = 0.001
 
 
 class Connection:
@@ -96,6 +102,8 @@ class Connection:
         #: The outbound queue; closed (takes no more frames) once `close` was called or `run` has ended.
         self._outbox = FrameOutbox(settings, budget if budget is not None else OutboxBudget(settings.outbox_bytes_total, (self,)))
         self._ended = False  # `run` has finished
+        #: Writes a streamed token to the socket from the task that has it (`_write_now`; None: never).
+        self._direct = direct_writer(ws)
         #: The cancel scope of `run`'s nursery; one made by `close` before `run` lends it its deadline.
         self._scope: trio.CancelScope | None = None
         self._closing: tuple[int, str] | None = None  # (code, reason) once `close` was called
@@ -136,7 +144,10 @@ class Connection:
     def deliver(self, output: Output) -> None:
         if self._metrics is not None and type(output) in COUNTED:
             self._count(output)  # type: ignore[arg-type]
-        if not self._outbox.put(frame_of(output)):
+        frame = frame_of(output)
+        if type(frame) is p.ResponseChunk and self._direct is not None and self._outbox.idle() and self._write_now(frame):
+            return
+        if not self._outbox.put(frame):
             self._overflowed()
 
     def hold(self) -> None:
@@ -197,6 +208,24 @@ class Connection:
             self._metrics.errors.labels(frame.code).inc()
         if not self._outbox.put(frame):
             self._overflowed()
+
+    def _write_now(self, frame: p.ResponseChunk) -> bool:
+        """Write a streamed token (`frame`) to the socket from this task, the queue being idle
+        (`FrameOutbox.idle`: nothing queued, held, being written or kept, so it goes in order) and the connection quiet for
+        `DIRECT_AFTER_QUIET`: no wake-up of the writer. What the socket does not take is kept by the stream
+        and counted in the queue's bounds (`FrameOutbox.kept`) until the writer has written it, before anything
+        else. False if nothing was written: queue it as usual."""
+        now = trio.current_time()
+        if now - self._last_activity < DIRECT_AFTER_QUIET:
+            return False  # part of a burst: the writer takes it with the rest
+        assert self._direct is not None
+        left = self._direct.write_now(p.encode_utf8(frame))  # type: ignore[arg-type]
+        if left < 0:
+            return False
+        if left:
+            self._outbox.kept(left)
+        self._last_activity = now
+        return True
 
     def _overflowed(self) -> None:
         """A frame would have passed the queue's bounds: the client is not reading; close it (1013)."""

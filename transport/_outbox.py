@@ -88,7 +88,7 @@ class FrameOutbox:
     is queued unless it was dropped (`drop`).
     """
 
-    __slots__ = ("_entries", "held_bytes", "budget", "_settings", "_writer", "_drained", "_holds", "closed")
+    __slots__ = ("_entries", "held_bytes", "budget", "_settings", "_writer", "_drained", "_holds", "closed", "_kept")
 
     def __init__(self, settings: ServerSettings, budget: OutboxBudget) -> None:
         #: The frames not yet taken by the writer (None while empty).
@@ -103,6 +103,8 @@ class FrameOutbox:
         self._holds = 0  # `hold`s not yet released: `put` does not wake the writer meanwhile
         #: True once the connection is closing or gone: the queue takes no more frames.
         self.closed = False
+        #: Bytes counted for the rest of a frame written directly (`kept`), until the writer has written it.
+        self._kept = 0
 
     @property
     def queued(self) -> list[Entry]:
@@ -157,6 +159,25 @@ class FrameOutbox:
             self._wake_writer()
         return True
 
+    def idle(self) -> bool:
+        """True while the writer waits with nothing to write: nothing is queued, held, being written or
+        kept, and the queue is open. Then a frame may be written at once by whoever has it (`kept`), and
+        still comes after everything queued before it and before everything queued after it."""
+        return self._writer is not None and self._entries is None and not self._holds and not self.closed
+
+    def kept(self, size: int) -> None:
+        """A frame written directly while the queue was `idle` left `size` bytes the socket did not take,
+        kept by the stream for the writer to write before anything else: counted in the bounds (with
+        `FRAME_OVERHEAD`) until then; the writer is woken to write them."""
+        size += FRAME_OVERHEAD
+        budget = self.budget
+        self._kept += size
+        self.held_bytes += size
+        budget.held += size
+        if budget.held > budget.cap:
+            budget.make_room(0)
+        self._wake_writer()
+
     def hold(self) -> None:
         """Keep queued frames from the writer until a `release`. A close does not wait for it."""
         self._holds += 1
@@ -175,23 +196,29 @@ class FrameOutbox:
     async def take(self, piece: int, more: bool) -> tuple[list[Entry], int, bool] | None:
         """Wait for frames (and while the queue is held, for a release too, unless `more`: the last take
         left frames queued); take them: the frames, the bytes they count (still held until `written`), and
-        whether frames were left queued. At most about `piece` bytes of frames are taken at once (at least
-        one frame). None once the queue is closed and drained (or dropped).
+        whether frames were left queued. A direct write's rest (`kept`) is taken at once, held or not, with
+        the frames queued (maybe none): the stream writes it before them. At most about `piece` bytes of
+        frames are taken at once (at least one frame). None once the queue is closed and drained (or dropped).
 
         One task at a time may take (the connection's writer)."""
         released = more
-        while self._entries is None or (self._holds and not released and not self.closed):
+        while not self._kept and (self._entries is None or (self._holds and not released and not self.closed)):
             if self._entries is None and self.closed:
                 return None
             self._writer = trio.lowlevel.current_task()
             released = await trio.lowlevel.wait_task_rescheduled(self._abort_wait)
+        # A direct write's rest (`kept`) goes first, whatever holds the queue; the stream writes it before the frames.
+        kept, self._kept = self._kept, 0
         frames = self._entries
-        taken = self.held_bytes  # nothing is being written now: all of it is queued
-        if taken <= piece:
+        taken = self.held_bytes  # nothing is being written now: all of it is queued (or kept)
+        if frames is None:
+            frames, more = [], False
+        elif taken <= piece:
             self._entries = None
             more = False
         else:
             frames, taken = self._take_piece(frames, piece)
+            taken += kept
             more = self._entries is not None
         self._wake_room()
         return frames, taken, more
@@ -255,6 +282,7 @@ class FrameOutbox:
         """The writer has ended: closed, and nothing is held any more (queued or taken)."""
         self.closed = True
         self._entries = None
+        self._kept = 0
         self._release_bytes(self.held_bytes)
         self._wake_writer()
         self._wake_room()

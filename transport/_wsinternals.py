@@ -241,7 +241,8 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
         raise ConnectionClosed(ws._close_reason)
     piece: list[bytes] = []
     size = 0
-    if plain_framing(ws):
+    stream = ws._stream
+    if stream.plain() if type(stream) is DirectStream else plain_framing(ws):
         for text in texts:
             if type(text) is bytes:
                 payload = text
@@ -251,7 +252,7 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
                 except UnicodeEncodeError:
                     payload = without_surrogates(text).encode("utf-8")
             n = len(payload)
-            piece.append(_SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n))
+            piece.append(_text_header(n))
             piece.append(payload)
             size += n
             if size >= WRITE_PIECE:
@@ -272,12 +273,22 @@ async def send_text_batch(ws: WebSocketConnection, texts: Sequence[str | bytes])
                 piece, size = [], 0
     if piece:
         await _write(ws, b"".join(piece))
+    elif type(ws._stream) is DirectStream and ws._stream.rest:  # a direct write's rest: written now
+        await _write(ws, b"")
+
+
+def _text_header(n: int) -> bytes:
+    """The header of a server's (unmasked) text frame of `n` bytes, FIN set (RFC 6455 5.2)."""
+    return _SHORT(0x81, n) if n < 126 else _MEDIUM(0x81, 126, n) if n < 65536 else _LONG(0x81, 127, n)
 
 
 def _socket_fd(stream: object) -> int:
     """The file descriptor of the TCP socket under `stream` when writing to it writes to that socket
     as is (a `trio.SocketStream`, or the `PrefixedStream` over one that the server hands trio-websocket:
-    it sends straight through); -1 otherwise (TLS, test streams, a socket that sent EOF or is closed)."""
+    it sends straight through; a `DirectStream` keeping no rest); -1 otherwise (TLS, test streams, a
+    socket that sent EOF or is closed, a `DirectStream` keeping a rest: that goes first, under the lock)."""
+    if type(stream) is DirectStream:
+        return stream.fd()
     if type(stream) is PrefixedStream:
         stream = stream.stream
     if not _POSIX or type(stream) is not trio.SocketStream or stream.socket.did_shutdown_SHUT_WR:
@@ -323,6 +334,103 @@ async def _write(ws: WebSocketConnection, data: bytes) -> None:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             await ws._abort_web_socket()
             raise ConnectionClosed(ws._close_reason) from None
+
+
+class DirectStream(trio.abc.HalfCloseableStream):
+    """The stream a connection with a direct writer (`direct_writer`) hands trio-websocket in place of its
+    own: it sends through to the TCP socket under it, but first the `rest` of a frame that `write_now`
+    wrote only in part (the kernel took the rest of it later: every later write, a control frame's too,
+    goes after it). Keeps the socket and what is fixed for the connection's life (plain framing, checked
+    once), so that a frame's write checks only what can change."""
+
+    __slots__ = ("stream", "socket", "rest", "ws", "plain_known")
+
+    def __init__(self, ws: WebSocketConnection, stream: trio.abc.Stream, socket: trio.socket.SocketType) -> None:
+        self.ws = ws
+        self.stream = stream
+        self.socket = socket
+        #: Bytes of a frame that `write_now` began and the socket did not take: written before anything else.
+        self.rest = b""
+        self.plain_known: bool | None = None  # what `plain_framing` says of the connection, once it is open
+
+    def fd(self) -> int:
+        """The socket's descriptor while the socket can be written to directly and no rest is kept; else -1."""
+        if self.rest or self.socket.did_shutdown_SHUT_WR:
+            return -1
+        return self.socket.fileno()  # -1 once closed (never a descriptor reused since)
+
+    def plain(self) -> bool:
+        """`plain_framing(ws)`, its fixed parts checked once: then only whether the connection is open."""
+        plain = self.plain_known
+        if plain is None:
+            plain = plain_framing(self.ws)
+            if plain:
+                self.plain_known = True
+            return plain
+        return self.ws._wsproto.connection.state is ConnectionState.OPEN
+
+    def write_now(self, payload: bytes) -> int:
+        """Write `payload` (UTF-8) as a text frame to the socket at once, without waiting, if nothing else is
+        being written or kept (the caller knows nothing of its own is queued). Returns how many bytes the
+        socket did not take (kept in `rest`, for the next write under the stream lock to write first), or -1
+        if nothing was written (then queue the frame as usual: a write is under way, the connection is closing
+        or not plain, or the socket takes nothing now or failed: the writer's own write will report that)."""
+        ws = self.ws
+        if self.rest or ws._close_reason or ws._stream_lock.locked() or not self.plain():
+            return -1
+        fd = self.fd()
+        if fd < 0:
+            return -1
+        data = _text_header(len(payload)) + payload
+        try:
+            sent = os.write(fd, data)
+        except OSError:  # full (BlockingIOError), reset, broken pipe
+            return -1
+        if sent == len(data):
+            return 0
+        self.rest = data[sent:]
+        return len(self.rest)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        rest = self.rest
+        if rest:
+            self.rest = b""  # (if this send is cut short, the stream is cut mid-frame either way)
+            data = rest + bytes(data)
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def send_eof(self) -> None:
+        send_eof = getattr(self.stream, "send_eof", None)
+        if send_eof is None:  # pragma: no cover - a socket stream has it
+            raise trio.ClosedResourceError("this stream cannot half-close")
+        await send_eof()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    def __repr__(self) -> str:
+        return repr(self.stream)  # trio-websocket's `remote` of a stream it does not know
+
+
+def direct_writer(ws: WebSocketConnection) -> DirectStream | None:
+    """Put a `DirectStream` under `ws` (an accepted server connection) and return it, where frames can be
+    written to its TCP socket directly (the fast paths are on; the stream is a socket's, or the server's
+    `PrefixedStream` over one); else None (and `ws` is left as it is). Call it before anything is written
+    but the handshake's answer."""
+    if not FAST_PATHS:
+        return None
+    stream = ws._stream
+    inner = stream.stream if type(stream) is PrefixedStream else stream
+    if not _POSIX or type(inner) is not trio.SocketStream or ws._stream_lock.locked():
+        return None
+    direct = DirectStream(ws, stream, inner.socket)
+    ws._stream = direct
+    return direct
 
 
 async def abort(ws: WebSocketConnection) -> None:
