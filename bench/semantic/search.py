@@ -52,6 +52,7 @@ from agentcast.store import EventLog, MessageVector, QueryVector, UserSaid, sear
 _spec = importlib.util.spec_from_file_location("bench_search", HERE.parent / "search.py")
 lexical_bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(lexical_bench)
+percentiles = lexical_bench.percentiles  # the same p50/p95/p99 as bench/search.py's
 
 AGENT = lexical_bench.AGENT
 LIMIT = 5
@@ -90,16 +91,6 @@ def store_vectors(path: Path, model: str, dimensions: int, batch: int, seed: int
                 break
     print(file=sys.stderr)
     return time.perf_counter() - started
-
-
-def percentiles(samples: list[float]) -> dict:
-    s = sorted(samples)
-
-    def at(q: float) -> float:
-        return round(s[min(len(s) - 1, int(q * len(s)))], 2)
-
-    return {"n": len(s), "p50": at(0.5), "p95": at(0.95), "p99": at(0.99), "max": round(s[-1], 2),
-            "mean": round(statistics.fmean(s), 2)}
 
 
 def timed(fn) -> tuple[float, float, object]:
