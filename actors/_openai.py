@@ -329,6 +329,7 @@ class OpenAIBrain:
         #: As configured (credentials and query included): only ever used to send requests.
         self.base_url = self._endpoint.base_url
         self._url = self._endpoint.url
+        self._parsed_url: httpx.URL | None = None  # `_url` parsed by httpx, once (at the first request)
         #: `base_url` without credentials or query: what errors, logs and repr show.
         self.shown_url = self._endpoint.shown_url
         self.api_key_env = settings.api_key_env
@@ -521,7 +522,10 @@ class OpenAIBrain:
             headers["Authorization"] = f"Bearer {key}"
         try:
             async with AsyncExitStack() as stack:
-                request = client.build_request("POST", self.url, json=body, headers=headers)
+                url = self._parsed_url
+                if url is None:
+                    url = self._parsed_url = httpx.URL(self._url)
+                request = client.build_request("POST", url, json=body, headers=headers)
                 response = await self._within(deadline, client.send(request, stream=True))
                 stack.push_async_callback(response.aclose)
                 if response.status_code != 200:
