@@ -1,7 +1,7 @@
 """The `openai` brain: any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, llama.cpp
 server, LM Studio), streamed as Server-Sent Events, with tool calls.
 
-HTTP through httpx (it runs under trio, through anyio), SSE through httpx-sse. Must not import
+HTTP through httpx (it runs under trio), the body's events split by `_sse.SSESplitter`. Must not import
 `transport` or write to the store; the API key is read from the environment, never kept in config.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ import trio
 from typing import TypeVar
 
 from attrs import define, field, frozen
-from httpx_sse import SSEError, aconnect_sse
 
+from ._sse import SSEError, SSESplitter
 from ._brain import BRAIN_SETTINGS, BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
 from ._endpoint import (  # noqa: F401  (the helpers shared with the openai embedder, under their names here)
     MAX_ERROR_BODY,
@@ -171,15 +171,21 @@ class _Clients:
 END_OF_BODY_WAIT = 1.0
 
 
-async def _end_of_body(events: AsyncIterator) -> None:
+#: The most bytes read past `data: [DONE]` while waiting for the end of the body (`_end_of_body`).
+END_OF_BODY_BYTES = 65_536
+
+
+async def _end_of_body(reads: AsyncIterator[bytes]) -> None:
     """Read on past `data: [DONE]` to the end of the body, so that its connection can serve the brain's
     next request (one whose body is not read to its end is closed). At most END_OF_BODY_WAIT seconds and
-    one more event: anything that still comes after [DONE] is not read, and the connection is then closed.
+    END_OF_BODY_BYTES: anything that still comes after [DONE] is not read, and the connection is then closed.
     The answer is complete by then: a failure here is not the turn's."""
     with trio.move_on_after(END_OF_BODY_WAIT):
         try:
-            await anext(events)
-        except (StopAsyncIteration, httpx.HTTPError, SSEError):
+            left = END_OF_BODY_BYTES
+            while left > 0:
+                left -= len(await anext(reads))
+        except (StopAsyncIteration, httpx.HTTPError):
             pass
 
 
@@ -323,6 +329,7 @@ class OpenAIBrain:
         #: As configured (credentials and query included): only ever used to send requests.
         self.base_url = self._endpoint.base_url
         self._url = self._endpoint.url
+        self._parsed_url: httpx.URL | None = None  # `_url` parsed by httpx, once (at the first request)
         #: `base_url` without credentials or query: what errors, logs and repr show.
         self.shown_url = self._endpoint.shown_url
         self.api_key_env = settings.api_key_env
@@ -510,33 +517,46 @@ class OpenAIBrain:
     async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
                    deadline: float) -> AsyncIterator[str]:
         streamed = False
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         try:
             async with AsyncExitStack() as stack:
-                source = await self._within(deadline, stack.enter_async_context(
-                    aconnect_sse(client, "POST", self.url, json=body,
-                                 headers={"Authorization": f"Bearer {key}"} if key else {})))
-                response = source.response
+                url = self._parsed_url
+                if url is None:
+                    url = self._parsed_url = httpx.URL(self._url)
+                request = client.build_request("POST", url, json=body, headers=headers)
+                response = await self._within(deadline, client.send(request, stream=True))
+                stack.push_async_callback(response.aclose)
                 if response.status_code != 200:
                     raise await self._within(deadline, self._http_error(response, key))
-                events = source.aiter_sse()
-                stack.push_async_callback(events.aclose)
+                content_type = response.headers.get("content-type", "")
+                if "text/event-stream" not in content_type.partition(";")[0]:
+                    raise SSEError(f"its Content-Type is {content_type!r}, not 'text/event-stream'")
+                # The body's reads as they come (decoded only if it has a content encoding), split into events here.
+                encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+                reads = response.aiter_bytes() if encoded else response.aiter_raw()
+                stack.push_async_callback(reads.aclose)
+                splitter = SSESplitter()
                 while True:
                     try:
-                        sse = await self._within(deadline, anext(events))
+                        read = await self._within(deadline, anext(reads))
                     except StopAsyncIteration:
                         break
-                    if sse.event not in ("message", ""):  # comments and other event kinds are not chunks
+                    for data in splitter.feed(read):
+                        data = data.strip()
+                        if not data:
+                            continue
+                        if data == "[DONE]":
+                            result.finished = True
+                            await _end_of_body(reads)
+                            break
+                        for delta in self._chunk(data, result, key):
+                            streamed = True
+                            yield delta
+                    else:
                         continue
-                    data = sse.data.strip()
-                    if not data:
-                        continue
-                    if data == "[DONE]":
-                        result.finished = True
-                        await _end_of_body(events)
-                        break
-                    for delta in self._chunk(data, result, key):
-                        streamed = True
-                        yield delta
+                    break
         except httpx.ProxyError as exc:  # only its kind: its text might name the proxy's URL (and credentials)
             raise _Retry(f"could not reach the model server at {self.shown_url} through the proxy "
                          f"({type(exc).__name__})") from None

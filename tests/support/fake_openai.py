@@ -32,6 +32,8 @@ class Reply:
     the connection abruptly (no end of the chunked body). `keepalive=S`: after the chunks, send an SSE
     comment every S seconds until the client closes the connection. `linger_after_done`: after `data: [DONE]`
     do not end the body; wait until the client closes the connection. With a `body`: that, with `status`.
+    `pieces`: the event stream's bytes as they are, each sent 10 ms after the one before (each its own read
+    for a client that is waiting: use the autojump clock), instead of `chunks` and `data: [DONE]`.
     """
 
     status: int = 200
@@ -44,6 +46,7 @@ class Reply:
     cut_after: int | None = None
     keepalive: float | None = None
     linger_after_done: bool = False
+    pieces: list[bytes] | None = None
 
 
 def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
@@ -191,6 +194,12 @@ class FakeOpenAI:
             await stream.send_all(conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage()))
             return True
         await stream.send_all(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+        if reply.pieces is not None:
+            for piece in reply.pieces:
+                await trio.sleep(0.01)
+                await stream.send_all(conn.send(h11.Data(data=piece)))
+            await stream.send_all(conn.send(h11.EndOfMessage()))
+            return True
         for n, item in enumerate(reply.chunks):
             if reply.stall_after == n:
                 await self._stall(stream)
