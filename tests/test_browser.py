@@ -7,7 +7,7 @@ import os
 import re
 import shutil
 import threading
-from contextlib import ExitStack, asynccontextmanager, contextmanager
+from contextlib import ExitStack, contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +16,6 @@ import trio
 from agentcast.actors import AgentSpec, EchoBrain
 from support.fake_openai import error, text, tool_calls
 from support import LLM_AGENT, connect, llm_server, running_server, scaled, token_for
-from agentcast.transport.server import Server, ServerSettings
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -632,19 +631,6 @@ def test_with_authentication_sign_in_is_offered(open_page, auth_live):
     assert not page.js_errors, page.js_errors
 
 
-@asynccontextmanager
-async def server_on_port(db, specs, port):
-    """A server on `port` (0: a free one), like support.running_server: so that a test can stop one and
-    start another on the same port, as a restart does."""
-    server = Server(ServerSettings(host="127.0.0.1", port=port, db=db), specs)
-    async with trio.open_nursery() as nursery:
-        server.port = await nursery.start(server.run)
-        try:
-            yield server
-        finally:
-            server.stop()
-
-
 def countdown(text):
     """(seconds, attempt) of a status such as 'reconnecting in 0.4 s (attempt 1)'."""
     found = re.fullmatch(r"connection lost: reconnecting in (\d+\.\d) s \(attempt (\d+)\)", text)
@@ -655,7 +641,7 @@ def countdown(text):
 def test_during_an_outage_the_status_follows_every_attempt_and_says_when_the_server_is_back(open_page, tmp_path):
     db, specs = str(tmp_path / "outage.db"), [AgentSpec("my_agent", EchoBrain())]
     with ExitStack() as running:
-        first = running.enter_context(server_in_thread(lambda: server_on_port(db, specs, 0)))
+        first = running.enter_context(server_in_thread(lambda: running_server(db, specs, port=0)))
         port = first.server.port
         page = open_page("olga", agent="my_agent", server=first, clock=True)
         status = page.locator("#status")
@@ -676,7 +662,7 @@ def test_during_an_outage_the_status_follows_every_attempt_and_says_when_the_ser
             page.clock.run_for(int(left * 1000))  # the attempt is made, and refused: no server
 
         expect(status).to_have_text(re.compile(r"\(attempt 4\)$"))
-        with server_in_thread(lambda: server_on_port(db, specs, port)) as second:
+        with server_in_thread(lambda: running_server(db, specs, port=port)) as second:
             left, _ = countdown(status.text_content())
             page.clock.run_for(int(left * 1000) + 100)
             expect(status).to_have_text("connected again as olga")

@@ -77,9 +77,9 @@ async def connect(port: int, path: str = "/ws"):
 
 
 @asynccontextmanager
-async def running_server(db: str, specs=None, **settings):
-    """A `Server` on a free loopback port, stopped gracefully on exit."""
-    server = Server(ServerSettings(host="127.0.0.1", port=0, db=db, **settings), specs or agent_specs(None))
+async def running_server(db: str, specs=None, *, port: int = 0, **settings):
+    """A `Server` on loopback `port` (0: a free one), stopped gracefully on exit."""
+    server = Server(ServerSettings(host="127.0.0.1", port=port, db=db, **settings), specs or agent_specs(None))
     async with trio.open_nursery() as nursery:
         server.port = await nursery.start(server.run)
         try:
