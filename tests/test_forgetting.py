@@ -105,17 +105,22 @@ def test_a_long_term_clear_erases_the_users_vectors_from_every_byte_on_disk(tmp_
     assert found_on_disk(db, *a_bytes, *b_bytes) == b_bytes
 
 
+async def five_turns_each(a, b) -> None:
+    """Connection `a` as user A and `b` as user B, each chatting five turns with my_agent that carry its mark."""
+    await a.request({"type": "set_user", "user_id": "A"}, "user_set")
+    await b.request({"type": "set_user", "user_id": "B"}, "user_set")
+    for i in range(5):
+        await a.request({"type": "chat", "agent_id": "my_agent", "message": f"{A_MARK} {i}"}, "agent_done")
+        await b.request({"type": "chat", "agent_id": "my_agent", "message": f"{B_MARK} {i}"}, "agent_done")
+
+
 async def test_once_memory_cleared_arrives_the_vectors_are_gone_too(db_path, nursery):
     db = Path(db_path)
     fake = await FakeEmbeddings(dimensions=64, vector_of=noise_vector).start(nursery)
     spec = AgentSpec("my_agent", EchoBrain(), embedder=embedder_choice(fake.settings()))
     async with running_server(db_path, [spec]) as server:
         async with connect(server.port) as a, connect(server.port) as b:
-            await a.request({"type": "set_user", "user_id": "A"}, "user_set")
-            await b.request({"type": "set_user", "user_id": "B"}, "user_set")
-            for i in range(5):
-                await a.request({"type": "chat", "agent_id": "my_agent", "message": f"{A_MARK} {i}"}, "agent_done")
-                await b.request({"type": "chat", "agent_id": "my_agent", "message": f"{B_MARK} {i}"}, "agent_done")
+            await five_turns_each(a, b)
             await server.embedding[0].caught_up()
             embedded = [t for texts in fake.inputs for t in texts]
             a_bytes = {stored_bytes(noise_vector(t)) for t in embedded if A_MARK in t}
@@ -188,11 +193,7 @@ async def test_once_memory_cleared_arrives_the_text_is_gone_and_stays_gone(db_pa
     db = Path(db_path)
     async with running_server(db_path) as server:
         async with connect(server.port) as a, connect(server.port) as b:
-            await a.request({"type": "set_user", "user_id": "A"}, "user_set")
-            await b.request({"type": "set_user", "user_id": "B"}, "user_set")
-            for i in range(5):
-                await a.request({"type": "chat", "agent_id": "my_agent", "message": f"{A_MARK} {i}"}, "agent_done")
-                await b.request({"type": "chat", "agent_id": "my_agent", "message": f"{B_MARK} {i}"}, "agent_done")
+            await five_turns_each(a, b)
             await a.request({"type": "search_memory", "agent_id": "my_agent", "query": A_MARK}, "memory_results")
             (cleared,) = await a.request(
                 {"type": "clear_memory", "agent_id": "my_agent", "clear_long_term": True}, "memory_cleared")
