@@ -123,13 +123,19 @@ class EchoBrain:
             yield piece
 
 
+#: How late a `sleep` may end (seconds): deadlines are rounded up to a multiple of it, so that the sleepers
+#: due within the same millisecond are woken together, by one wake-up of the timer task.
+TIMER_SLACK = 0.001
+
+
 class _Timers:
     """The deadlines of the tasks sleeping in `sleep`, in one trio run, and the system task that wakes them.
 
     `trio.sleep` waits on a cancel scope of its own, which ends by being cancelled: each wake-up raises and
     catches a `Cancelled`. Here one task waits for the earliest deadline (on one cancel scope, moved when an
-    earlier deadline comes) and wakes every sleeper that is due at once, so many brains streaming at a steady
-    rate cost one such wake-up per scheduler pass instead of one each.
+    earlier deadline comes) and wakes every sleeper that is due at once; deadlines fall on a grid of
+    TIMER_SLACK, so many brains streaming at a steady rate cost at most one such wake-up per TIMER_SLACK
+    instead of one each.
     """
 
     __slots__ = ("_due", "_order", "_scope")
@@ -154,6 +160,8 @@ class _Timers:
                     trio.lowlevel.reschedule(task)
 
     async def sleep_until(self, deadline: float) -> None:
+        # (less a nanosecond: a deadline on the grid but for float rounding stays where it is)
+        deadline = math.ceil(deadline / TIMER_SLACK - 1e-6) * TIMER_SLACK
         entry = [deadline, next(self._order), trio.lowlevel.current_task()]
         heapq.heappush(self._due, entry)
         scope = self._scope
@@ -171,7 +179,8 @@ _TIMERS: trio.lowlevel.RunVar[_Timers] = trio.lowlevel.RunVar("agentcast_brain_t
 
 
 async def sleep(seconds: float) -> None:
-    """`trio.sleep(seconds)`, cheaper when many tasks sleep at once (see `_Timers`); cancellable the same way."""
+    """`trio.sleep(seconds)`, cheaper when many tasks sleep at once (see `_Timers`), and up to TIMER_SLACK
+    later; cancellable the same way."""
     try:
         timers = _TIMERS.get()
     except LookupError:

@@ -85,3 +85,18 @@ async def test_the_echo_brain_streams_a_chunk_after_each_delay(autojump_clock):
     assert [at for at, _ in seen] == [round(0.03 * n, 9) for n in range(1, len(seen) + 1)]
     assert len(seen) == len(split_chunks(EchoBrain.answer(turn), 5)) > 1
     assert "".join(piece for _, piece in seen) == EchoBrain.answer(turn)
+
+
+async def test_sleepers_due_within_the_same_millisecond_wake_together_at_its_end(autojump_clock):
+    woke: dict[str, float] = {}
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await sleep(seconds)
+        woke[name] = trio.current_time()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for name, seconds in [("a", 1.0002), ("b", 1.0007), ("c", 1.001), ("d", 1.0012)]:
+            nursery.start_soon(sleeper, name, seconds)
+    # a, b and c share one wake-up (the end of the millisecond; never before a deadline), d the next one
+    assert {name: round(at - start, 9) for name, at in woke.items()} == {"a": 1.001, "b": 1.001, "c": 1.001, "d": 1.002}
