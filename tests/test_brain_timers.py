@@ -3,6 +3,8 @@ deadline order, an earlier deadline moves the wake-up, a cancelled
 sleep raises Cancelled at once and leaves the others. Mock clock (autojump): exact times, no real sleeps."""
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import trio
 
 from agentcast.actors import EchoBrain
@@ -100,3 +102,18 @@ async def test_sleepers_due_within_the_same_millisecond_wake_together_at_its_end
             nursery.start_soon(sleeper, name, seconds)
     # a, b and c share one wake-up (the end of the millisecond; never before a deadline), d the next one
     assert {name: round(at - start, 9) for name, at in woke.items()} == {"a": 1.001, "b": 1.001, "c": 1.001, "d": 1.002}
+
+
+async def test_a_chunk_taken_late_does_not_push_the_later_ones_back(autojump_clock):
+    # a model generating at a steady rate: chunk n is due n * delay after the turn began, however long the
+    # one taking the chunks took over the one before
+    brain = EchoBrain(delay=0.03, chunks=4)
+    turn = Turn("a", "u", "one two three four five six seven eight", Memory("a", "u"))
+    start = trio.current_time()
+    seen = []
+    async with aclosing(brain.reply(turn)) as pieces:
+        async for _ in pieces:
+            seen.append(round(trio.current_time() - start, 9))
+            await trio.sleep(0.01)  # a busy recipient
+    assert len(seen) == len(split_chunks(EchoBrain.answer(turn), 4)) >= 3
+    assert seen == [round(0.03 * n, 9) for n in range(1, len(seen) + 1)]
