@@ -236,12 +236,11 @@ def serve(store: Journal | EventLog | None, deltas: int = 0, delay: float = 0.0,
 
 async def stream_turn(stream: trio.SocketStream, store: Journal | EventLog | None, model: Model | None, user: str,
                       agent: str, text: str, deltas: int, delay: float) -> None:
-    """One streamed chat: UserSaid committed, agent_thinking, each piece in its own write as it comes, then the
-    answer committed and response + agent_done in one write."""
+    """One streamed chat: agent_thinking, each piece in its own write as it comes, then the user's message and
+    the answer committed together (as agentcast logs a turn: the message with its first event) and response +
+    agent_done in one write."""
     rid = f"r{next(_ids)}"
-    if store is not None:
-        said = [UserSaid(agent, user, utc_now(), text, rid)]
-        store.append([said]) if isinstance(store, EventLog) else await store.append(said)
+    said = UserSaid(agent, user, utc_now(), text, rid)
     await stream.send_all(frame(_dumps({"type": "agent_thinking", "agent_id": agent, "request_id": rid})))
     answer = []
     if model is not None:
@@ -264,8 +263,8 @@ async def stream_turn(stream: trio.SocketStream, store: Journal | EventLog | Non
             await stream.send_all(data[sent:])
     content = "".join(answer)
     if store is not None:
-        answered = [AgentAnswered(agent, user, utc_now(), content, rid)]
-        store.append([answered]) if isinstance(store, EventLog) else await store.append(answered)
+        events = [said, AgentAnswered(agent, user, utc_now(), content, rid)]
+        store.append([events]) if isinstance(store, EventLog) else await store.append(events)
     await stream.send_all(frame(_dumps({"type": "response", "agent_id": agent, "message": content, "request_id": rid}))
                           + frame(_dumps({"type": "agent_done", "agent_id": agent, "request_id": rid})))
 
