@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
@@ -37,7 +38,7 @@ from agentcast.actors import (
 )
 from agentcast.store import EventLog, UserClearedMemory, UserSaid, verify
 from agentcast.transport._config import load_config
-from support import connect, running_server
+from support import connect, running_server, scaled
 from support.actors import AT, Recorder, chat
 from support.embedders import FakeEmbeddings, WordEmbedder
 from support.fake_openai import FakeOpenAI, text
@@ -267,10 +268,12 @@ async def test_an_embedder_refusing_every_text_is_failing_and_its_messages_wait_
     embedder.fail(1000, refused=True)
     async with semantic(tmp_path, embedder) as s:
         await s.journal.append([said("tea time"), said("coffee at noon"), said("tea again")])
-        for _ in range(10_000):  # (a count, not a time: the worker's reads run on threads the clock does not see)
-            if len(embedder.calls) >= 8:  # it tried again and again, with backoff
-                break
+        # The worker's reads run on threads the mock clock does not see: virtual time may race ahead of it, so
+        # the wait is bounded by the real clock (a net against a hang) and not by a count of virtual seconds.
+        give_up = time.monotonic() + scaled(30)
+        while len(embedder.calls) < 8 and time.monotonic() < give_up:  # it tries again and again, with backoff
             await trio.sleep(1)
+        assert len(embedder.calls) >= 8, f"the worker called the embedder {len(embedder.calls)} times in 30 s"
         assert s.worker.failing is not None and "refuses every text" in s.worker.failing
         assert vectors_of(s.log, "ann") == {} and s.log.embedding_cursor(A, embedder.name) == 0
         embedder._failures.clear()  # the server accepts texts again
