@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import collections
 import math
+import os
 import urllib.request
 import zlib
 from collections.abc import Mapping
@@ -256,7 +257,7 @@ def body_of(head: ResponseHead) -> ChunkedBody | LengthBody | CloseBody:
 class ContentDecoder:
     """The body's content encoding (`gzip`, `deflate`) undone with zlib, at most MAX_DECODED_READ bytes at a time."""
 
-    __slots__ = ("_zlib", "_deflate", "_tail")
+    __slots__ = ("_zlib", "_deflate", "_tail", "_started")
 
     def __init__(self, encoding: str) -> None:
         codings = [c.strip().lower() for c in encoding.split(",")]
@@ -266,6 +267,7 @@ class ContentDecoder:
         self._deflate = codings[0] == "deflate"
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS if self._deflate else 16 + zlib.MAX_WBITS)
         self._tail = b""  # input left undecoded by the last call (its output would have been too long)
+        self._started = False  # some input was decoded
 
     @property
     def pending(self) -> bool:
@@ -279,7 +281,7 @@ class ContentDecoder:
             try:
                 out = self._zlib.decompress(data, MAX_DECODED_READ)
             except zlib.error:
-                if not self._deflate or self._zlib.total_in or self._zlib.total_out:
+                if not self._deflate or self._started:
                     raise
                 # `deflate` as many servers send it: raw, without the zlib wrapper
                 self._deflate = False
@@ -288,6 +290,7 @@ class ContentDecoder:
         except zlib.error as exc:
             raise DecodingError(f"broken content encoding: {exc}") from None
         self._tail = self._zlib.unconsumed_tail
+        self._started = True
         return out
 
     def flush(self) -> bytes:
@@ -393,8 +396,15 @@ class Connection:
         return data
 
     async def send(self, data: bytes) -> None:
+        """Write `data`: a piece of READ_SIZE at a time, each one that goes out resetting the timeout."""
         try:
-            await self.stream.send_all(data)
+            if len(data) <= READ_SIZE:
+                await self.stream.send_all(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), READ_SIZE):
+                    await self.stream.send_all(view[start:start + READ_SIZE])
+                    self.last = trio.current_time()
         except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             if self.expired is ReadTimeout:  # the server took nothing for the timeout
                 self.close()
@@ -414,14 +424,19 @@ def _expired_text(kind: type[HTTPError]) -> str:
 
 def _os_text(exc: BaseException) -> str:
     """What failed, from an OSError or a trio stream error (its cause), without addresses."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.strerror:
-            return seen.strerror.lower()
-        seen = seen.__cause__ or seen.__context__
-    for sub in getattr(exc, "exceptions", ()):  # trio's open_tcp_stream: one error per address tried
-        if isinstance(sub, OSError) and sub.strerror:
-            return sub.strerror.lower()
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:  # breadth first through causes and groups (trio's open_tcp_stream: one error per address tried)
+        error = todo.pop(0)
+        if id(error) in seen:
+            continue
+        seen.add(id(error))
+        if isinstance(error, OSError) and isinstance(error.errno, int) and error.errno > 0:
+            return os.strerror(error.errno).lower()  # not its text: trio's names the address
+        if isinstance(error, OSError) and error.strerror:  # e.g. socket.gaierror: no such host
+            return error.strerror.lower()
+        todo.extend(getattr(error, "exceptions", ()))
+        todo.extend(e for e in (error.__cause__, error.__context__) if e is not None)
     text = str(exc)
     if isinstance(exc, trio.ClosedResourceError):
         return "the connection was closed"
