@@ -17,9 +17,10 @@ import base64
 import collections
 import math
 import os
+import socket
 import urllib.request
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import quote, unquote, urlsplit
 
 import trio
@@ -362,17 +363,58 @@ def proxy_from_environment(scheme: str, host: str, port: int,
 # -- connections --------------------------------------------------------------------------------------------
 
 
+class PlainStream:
+    """A TCP connection's socket (non-blocking), read and written with trio's I/O waits directly: a read that
+    waits has its one schedule point in that wait (trio's SocketStream takes another after every read)."""
+
+    __slots__ = ("sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    async def receive_some(self, max_bytes: int) -> bytes:
+        sock = self.sock
+        try:
+            data = sock.recv(max_bytes)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.checkpoint()
+            return data
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                return sock.recv(max_bytes)
+            except BlockingIOError:
+                continue
+
+    async def send_all(self, data: bytes | memoryview) -> None:
+        sock = self.sock
+        await trio.lowlevel.checkpoint_if_cancelled()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[sock.send(view):]
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+
+    def close(self) -> None:
+        if self.sock.fileno() != -1:
+            trio.lowlevel.notify_closing(self.sock)  # a wait on it in another task ends (ClosedResourceError)
+            self.sock.close()
+
+
 class Connection:
-    """One open connection to the server (or through the proxy): a trio stream, the bytes read past the last
-    response, and the timing of the exchange under way (kept by the pool's watchdog)."""
+    """One open connection to the server (or through the proxy): a stream (`PlainStream`, or trio's SSLStream
+    over TCP), the bytes read past the last response, and the timing of the exchange under way (kept by the
+    pool's watchdog)."""
 
-    __slots__ = ("stream", "_socket", "_receive", "buffer", "last", "deadline", "expired", "open")
+    __slots__ = ("stream", "_close", "_receive", "buffer", "last", "deadline", "expired", "open")
 
-    def __init__(self, stream: trio.abc.Stream, socket_stream: trio.SocketStream) -> None:
+    def __init__(self, stream: PlainStream | trio.abc.Stream, close: Callable[[], None]) -> None:
         self.stream = stream
-        self._socket = socket_stream.socket
-        # plain TCP: the socket's own recv (the stream's layer adds nothing a single reader needs)
-        self._receive = self._socket.recv if stream is socket_stream else stream.receive_some
+        self._close = close  # closes its socket at once
+        self._receive = stream.receive_some
         self.buffer = b""
         self.last = 0.0  # when the exchange last got a byte (or started)
         self.deadline = math.inf  # the exchange's deadline, whatever comes
@@ -383,7 +425,7 @@ class Connection:
         """Close at once (no TLS close_notify, nothing awaited): a wait on the socket in another task ends."""
         if self.open:
             self.open = False
-            self._socket.close()
+            self._close()
 
     async def receive(self) -> bytes:
         """The next bytes read (b"" at EOF); `ReadTimeout`/`DeadlineReached` once the watchdog closed it,
@@ -690,17 +732,17 @@ class Client:
             except OSError as exc:
                 raise ConnectError(_os_text(exc)) from None
         try:
-            conn = Connection(tcp, tcp)
-            if isinstance(proxy, Proxy) and self.tls:
-                await self._tunnel(conn, proxy)
-            if self.tls:
-                stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host, https_compatible=True)
-                try:
-                    await stream.do_handshake()
-                except (trio.BrokenResourceError, OSError) as exc:
-                    raise ConnectError(f"TLS handshake failed: {_tls_text(exc)}") from None
-                conn = Connection(stream, tcp)
-            return conn
+            if not self.tls:
+                plain = PlainStream(socket.socket(fileno=tcp.socket.detach()))
+                return Connection(plain, plain.close)
+            if isinstance(proxy, Proxy):
+                await self._tunnel(Connection(tcp, tcp.socket.close), proxy)
+            stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host, https_compatible=True)
+            try:
+                await stream.do_handshake()
+            except (trio.BrokenResourceError, OSError) as exc:
+                raise ConnectError(f"TLS handshake failed: {_tls_text(exc)}") from None
+            return Connection(stream, tcp.socket.close)
         except BaseException:
             tcp.socket.close()
             raise
