@@ -555,13 +555,6 @@ class Pool:
         if min(now + self.timeout, deadline) < self._wake_at:
             self._wake.set()
 
-    def shorten(self, conn: Connection, deadline: float) -> None:
-        """Bring the exchange's deadline forward to `deadline` (if sooner)."""
-        if deadline < conn.deadline:
-            conn.deadline = deadline
-            if deadline < self._wake_at:
-                self._wake.set()
-
     def unwatch(self, conn: Connection) -> None:
         self._busy.discard(conn)
 
@@ -854,11 +847,12 @@ class Response:
         `HTTPError`."""
         if self.complete:
             return
-        self._pool.shorten(self._conn, trio.current_time() + wait)
         try:
-            left = max_bytes
-            while left > 0 and not self.complete:
-                left -= len(await self.read())
+            # a cancel scope, once a response at most: a deadline for the watchdog would wake it each turn
+            with trio.move_on_after(wait):
+                left = max_bytes
+                while left > 0 and not self.complete:
+                    left -= len(await self.read())
         except HTTPError:
             pass
         finally:

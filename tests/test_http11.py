@@ -250,6 +250,16 @@ async def test_a_gzip_body_sent_anyway_is_decoded(fake, autojump_clock):
     assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
 
 
+async def test_the_end_of_a_body_that_comes_after_done_is_waited_for_and_the_connection_kept(fake, autojump_clock):
+    fake.script(Reply(raw=[sse_head() + in_chunk(EVENTS), b"0\r\n\r\n"], end="keep"), text("again"))
+    brain = brain_for(fake, retries=0)
+    started = trio.current_time()
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    assert trio.current_time() - started == pytest.approx(0.01)  # the body's end came 10 ms after [DONE]
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 0]
+
+
 async def test_an_informational_answer_before_the_response_is_skipped(fake):
     fake.script(Reply(raw=[b"HTTP/1.1 100 Continue\r\n\r\n" + sse_head() + in_chunk(EVENTS) + b"0\r\n\r\n"]))
     brain = brain_for(fake, retries=0)
