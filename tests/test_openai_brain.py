@@ -364,3 +364,12 @@ def test_an_unusual_usage_chunk_is_ignored_not_fatal():
     result = _Round()
     assert brain._chunk(json.dumps(usage_chunk(1, 2) | {"usage": {"prompt_tokens": "x"}}), result, None) == []
     assert result.usage is None
+
+
+def test_a_chunk_json_takes_but_orjson_refuses_is_read_as_json_reads_it():
+    # orjson parses the usual chunk; NaN, which it refuses, is read by json as before
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m"))
+    from agentcast.actors._openai import _Round
+
+    result = _Round()
+    assert brain._chunk('{"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": NaN}]}', result, None) == ["x"]
