@@ -94,7 +94,8 @@ class Brain(Protocol):
 class EchoBrain:
     """Deterministic: repeats the message and says how much it remembers, in several chunks.
 
-    `delay` (seconds, default 0) is waited before each chunk, to make streaming visible.
+    `delay` (seconds, default 0) is the time each chunk takes, to make streaming visible: chunk n comes
+    n * delay after the turn began (or as soon after as the event loop gets to it).
     """
 
     recall = 0
@@ -117,10 +118,18 @@ class EchoBrain:
         return f"You said: {turn.message}\n({remembered})"
 
     async def reply(self, turn: Turn) -> AsyncGenerator[str, None]:
-        for piece in split_chunks(self.answer(turn), self.chunks):
+        # Chunk n is due n * delay after the turn began, as from a model generating at a steady rate: a
+        # chunk taken late (a busy event loop, a slow recipient) does not push the later ones back.
+        start = trio.current_time()
+        for n, piece in enumerate(split_chunks(self.answer(turn), self.chunks), 1):
             if self.delay:
-                await sleep(self.delay)
+                await sleep_until(start + n * self.delay)
             yield piece
+
+
+#: How late a `sleep` may end (seconds): deadlines are rounded up to a multiple of it, so that the sleepers
+#: due within the same millisecond are woken together, by one wake-up of the timer task.
+TIMER_SLACK = 0.001
 
 
 class _Timers:
@@ -128,8 +137,9 @@ class _Timers:
 
     `trio.sleep` waits on a cancel scope of its own, which ends by being cancelled: each wake-up raises and
     catches a `Cancelled`. Here one task waits for the earliest deadline (on one cancel scope, moved when an
-    earlier deadline comes) and wakes every sleeper that is due at once, so many brains streaming at a steady
-    rate cost one such wake-up per scheduler pass instead of one each.
+    earlier deadline comes) and wakes every sleeper that is due at once; deadlines fall on a grid of
+    TIMER_SLACK, so many brains streaming at a steady rate cost at most one such wake-up per TIMER_SLACK
+    instead of one each.
     """
 
     __slots__ = ("_due", "_order", "_scope")
@@ -154,6 +164,8 @@ class _Timers:
                     trio.lowlevel.reschedule(task)
 
     async def sleep_until(self, deadline: float) -> None:
+        # (less a nanosecond: a deadline on the grid but for float rounding stays where it is)
+        deadline = math.ceil(deadline / TIMER_SLACK - 1e-6) * TIMER_SLACK
         entry = [deadline, next(self._order), trio.lowlevel.current_task()]
         heapq.heappush(self._due, entry)
         scope = self._scope
@@ -171,14 +183,20 @@ _TIMERS: trio.lowlevel.RunVar[_Timers] = trio.lowlevel.RunVar("agentcast_brain_t
 
 
 async def sleep(seconds: float) -> None:
-    """`trio.sleep(seconds)`, cheaper when many tasks sleep at once (see `_Timers`); cancellable the same way."""
+    """`trio.sleep(seconds)`, cheaper when many tasks sleep at once (see `_Timers`), and up to TIMER_SLACK
+    later; cancellable the same way."""
+    await sleep_until(trio.current_time() + seconds)
+
+
+async def sleep_until(deadline: float) -> None:
+    """`trio.sleep_until(deadline)` the way `sleep` sleeps (see `_Timers`): up to TIMER_SLACK later."""
     try:
         timers = _TIMERS.get()
     except LookupError:
         timers = _Timers()
         _TIMERS.set(timers)
         trio.lowlevel.spawn_system_task(timers.run, name="agentcast brain timers")
-    await timers.sleep_until(trio.current_time() + seconds)
+    await timers.sleep_until(deadline)
 
 
 def split_chunks(text: str, n: int) -> list[str]:

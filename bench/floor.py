@@ -19,6 +19,17 @@ loop, which a real server must not): the least latency a durable turn can have h
     python bench/floor.py --port 5052 --db /tmp/f.db --inline
     ../shared/bench/compare.sh 'python bench/floor.py --port {port} --db {tmpdir}/x.db'
 
+With `--deltas N --delay S` a chat is answered the way issue 17's streaming benchmark needs (workload B of
+`../shared/bench/streaming/`): N response_chunk frames, S seconds before each (agentcast's shared timer: the cheapest sleep for many
+sleepers), each in its own socket write (`os.write`, no checkpoint), then response and agent_done together: the least a trio server does per streamed turn. With
+`--model URL` (a server like bench/fake_model.py, e.g. http://127.0.0.1:PORT/v1) the pieces come from the
+model instead of a sleep: one kept-alive HTTP/1.1 connection per client connection, a POST per chat, each
+socket read's SSE events cut by hand and each event's JSON parsed (`json.loads`): the least the `openai`
+brain's path does per streamed turn.
+
+    python bench/floor.py --port {port} --db {db} --deltas 10 --delay 0.03     # streaming floor, echo
+    python bench/floor.py --port {port} --db {db} --model http://127.0.0.1:PORT/v1
+
 Trust it on loopback only: it skips what a real server must check (sizes, UTF-8, control frames
 other than close and ping, fragments).
 """
@@ -29,6 +40,7 @@ import base64
 import hashlib
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,6 +49,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a source tree without installing
 
 from agentcast.actors import Journal, utc_now  # noqa: E402
+from agentcast.actors._brain import sleep as shared_sleep  # noqa: E402  (the cheapest sleep for many sleepers)
 from agentcast.store import AgentAnswered, EventLog, UserSaid  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -87,6 +100,9 @@ async def handshake(stream: trio.SocketStream) -> bytearray | None:
             return None
         buf += data
     head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+    if head.startswith(b"GET /healthz "):  # a benchmark's readiness check
+        await stream.send_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        return None
     key = next((line.split(b":", 1)[1].strip() for line in head.split(b"\r\n")
                 if line.lower().startswith(b"sec-websocket-key:")), None)
     if key is None:
@@ -97,8 +113,67 @@ async def handshake(stream: trio.SocketStream) -> bytearray | None:
     return bytearray(rest)
 
 
-def serve(store: Journal | EventLog | None):
+def split_chunks(text: str, n: int) -> list[str]:
+    """`text` cut at spaces into at most `n` pieces (the echo brain's way)."""
+    size = max(1, -(-len(text) // n))
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        space = text.find(" ", end)
+        end = len(text) if space == -1 or len(pieces) == n - 1 else space + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+class Model:
+    """One kept-alive connection to an OpenAI-compatible server (`--model`), opened at the first chat."""
+
+    def __init__(self, url: str) -> None:
+        host_port, _, path = url.removeprefix("http://").partition("/")
+        self.host, _, port = host_port.partition(":")
+        self.port = int(port or 80)
+        self.path = "/" + path.rstrip("/") + "/chat/completions"
+        self.stream: trio.SocketStream | None = None
+
+    async def pieces(self, text: str):
+        """Yield the text of each delta the model streams for `text`."""
+        if self.stream is None:
+            self.stream = await trio.open_tcp_stream(self.host, self.port)
+        body = _dumps({"model": "fake-model", "stream": True, "messages": [{"role": "user", "content": text}]}).encode()
+        await self.stream.send_all(
+            f"POST {self.path} HTTP/1.1\r\nHost: {self.host}\r\nContent-Type: application/json\r\n"
+            f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+        buf = b""
+        while True:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                raise ConnectionError("the model closed the connection")
+            buf += data
+            # each SSE event is one HTTP chunk: "SIZE\r\ndata: ...\n\n\r\n"; the head and chunk sizes are skipped
+            while (end := buf.find(b"\n\n")) >= 0:
+                event, buf = buf[:end], buf[end + 2:]
+                at = event.find(b"data: ")
+                if at < 0:
+                    continue
+                data = event[at + 6:]
+                if data == b"[DONE]":
+                    if not buf.endswith(b"0\r\n\r\n"):  # the body's last chunk: read it, so the connection is reusable
+                        while not buf.endswith(b"0\r\n\r\n"):
+                            buf += await self.stream.receive_some(65536)
+                    return
+                for choice in json.loads(data)["choices"]:
+                    content = choice["delta"].get("content")
+                    if content:
+                        yield content
+
+
+def serve(store: Journal | EventLog | None, deltas: int = 0, delay: float = 0.0, model_url: str | None = None):
+    streaming = bool(deltas or model_url)
+
     async def connection(stream: trio.SocketStream) -> None:
+        model = Model(model_url) if model_url else None
         try:
             buf = await handshake(stream)
             if buf is None:
@@ -116,7 +191,11 @@ def serve(store: Journal | EventLog | None):
                         continue
                     msg = json.loads(payload)
                     kind, agent = msg.get("type"), msg.get("agent_id")
-                    if kind == "chat":
+                    if kind == "chat" and streaming:
+                        await stream.send_all(b"".join(out))
+                        out = []
+                        await stream_turn(stream, store, model, user, agent, str(msg.get("message")), deltas, delay)
+                    elif kind == "chat":
                         text = str(msg.get("message"))
                         rid = f"r{next(_ids)}"
                         if store is not None:
@@ -155,7 +234,43 @@ def serve(store: Journal | EventLog | None):
     return connection
 
 
-async def main(host: str, port: int, db: str | None, inline: bool) -> None:
+async def stream_turn(stream: trio.SocketStream, store: Journal | EventLog | None, model: Model | None, user: str,
+                      agent: str, text: str, deltas: int, delay: float) -> None:
+    """One streamed chat: agent_thinking, each piece in its own write as it comes, then the user's message and
+    the answer committed together (as agentcast logs a turn: the message with its first event) and response +
+    agent_done in one write."""
+    rid = f"r{next(_ids)}"
+    said = UserSaid(agent, user, utc_now(), text, rid)
+    await stream.send_all(frame(_dumps({"type": "agent_thinking", "agent_id": agent, "request_id": rid})))
+    answer = []
+    if model is not None:
+        pieces = model.pieces(text)
+    else:
+        async def sleeping():
+            for piece in split_chunks(f"You said: {text}", deltas):
+                await shared_sleep(delay)
+                yield piece
+        pieces = sleeping()
+    fd = stream.socket.fileno()
+    async for piece in pieces:
+        answer.append(piece)
+        data = frame(_dumps({"type": "response_chunk", "agent_id": agent, "content": piece, "request_id": rid}))
+        try:  # straight to the socket (no checkpoint, no wait): what the socket does not take goes the usual way
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            await stream.send_all(data[sent:])
+    content = "".join(answer)
+    if store is not None:
+        events = [said, AgentAnswered(agent, user, utc_now(), content, rid)]
+        store.append([events]) if isinstance(store, EventLog) else await store.append(events)
+    await stream.send_all(frame(_dumps({"type": "response", "agent_id": agent, "message": content, "request_id": rid}))
+                          + frame(_dumps({"type": "agent_done", "agent_id": agent, "request_id": rid})))
+
+
+async def main(host: str, port: int, db: str | None, inline: bool, deltas: int = 0, delay: float = 0.0,
+               model: str | None = None) -> None:
     async with trio.open_nursery() as nursery:
         store: Journal | EventLog | None = None
         if db is not None and inline:
@@ -166,7 +281,7 @@ async def main(host: str, port: int, db: str | None, inline: bool) -> None:
         listeners = await trio.open_tcp_listeners(port, host=host)
         print(f"floor: ws://{host}:{listeners[0].socket.getsockname()[1]}/ws"
               f"{' with the store in ' + db if db else ' (no store)'}", flush=True)
-        await trio.serve_listeners(serve(store), listeners)
+        await trio.serve_listeners(serve(store, deltas, delay, model), listeners)
 
 
 if __name__ == "__main__":
@@ -176,8 +291,12 @@ if __name__ == "__main__":
     p.add_argument("--db", help="make each chat durable in this event log (created if absent)")
     p.add_argument("--inline", action="store_true",
                    help="with --db: commit each chat on the event loop (no writer thread, no group commit)")
+    p.add_argument("--deltas", type=int, default=0, help="stream each answer in this many pieces (one write each)")
+    p.add_argument("--delay", type=float, default=0.0, help="with --deltas: seconds before each piece")
+    p.add_argument("--model", help="stream each answer from this OpenAI-compatible base URL (http only)")
+    p.add_argument("--config", help="ignored (for ../shared/bench/streaming's command line)")
     a = p.parse_args()
     try:
-        trio.run(main, a.host, a.port, a.db, a.inline)
+        trio.run(main, a.host, a.port, a.db, a.inline, a.deltas, a.delay, a.model)
     except KeyboardInterrupt:
         pass

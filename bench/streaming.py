@@ -13,8 +13,11 @@ apart), then each code tree given with `--code` (default: the installed agentcas
   `memory_window = 0`, so that a turn costs the stream and not a search or a longer prompt.
 
     python bench/streaming.py RESULTS.jsonl [--cs 50,200,500] [--runs 1] [--brains echo,openai] [--no-peer]
-        [--code A=/path/to/tree --code B=/path/to/other] [--duration 20]
+        [--code A=/path/to/tree --code B=/path/to/other] [--duration 20] [--floor]
 
+`--floor` adds, per brain, `bench/floor.py`'s streaming floor (code `floor`): a minimal trio server making each
+turn durable through the real Journal and streaming it with the cheapest primitives (see its docstring), the
+measuring stick for how far agentcast's own work per turn is from the least a trio server does.
 `--code NAME=DIR` runs agentcast from the source tree DIR (a checkout of this repository) through PYTHONPATH,
 for A/B runs of two versions alternated in the same minutes. Appends one JSON line per run to RESULTS (the
 load client's fields, see the comparison's README, plus `code`, `brain`, `ideal_pct`: turns/s as a percentage
@@ -107,6 +110,16 @@ def agentcast_command(pythonpath: str | None, config: str) -> str:
     return f"{env}{sys.executable} -m agentcast.transport serve --port {{port}} --db {{db}} --config {config}"
 
 
+#: The `code` of the rows of bench/floor.py (`--floor`).
+FLOOR = "floor"
+
+
+def floor_command(brain: str, model_port: int | None) -> str:
+    """The `--agentcast` command that serves bench/floor.py's streaming floor for `brain` instead."""
+    source = f"--model http://127.0.0.1:{model_port}/v1" if brain == "openai" else f"--deltas {DELTAS} --delay {DELAY}"
+    return f"{sys.executable} {ROOT / 'bench' / 'floor.py'} --port {{port}} --db {{db}} {source}"
+
+
 def compare(rows_file: Path, c: int, run: int, only: str, label: str, duration: float,
             command: str | None) -> dict:
     """One run of stream_compare.py (workload B, concurrency `c`, server `only`); its JSON row."""
@@ -122,13 +135,19 @@ def compare(rows_file: Path, c: int, run: int, only: str, label: str, duration: 
     return row
 
 
+def server_name(row: dict) -> str:
+    if row.get("server") == "lg":
+        return "LangGraph"
+    return "bench/floor.py" if row.get("code") == FLOOR else "agentcast"
+
+
 def summary(rows: list[dict]) -> str:
     head = ("| C | server | code | brain | turns/s | % of ideal | TTFT p99 ms | gap beyond 30 ms p99 | "
             "server CPU ms/turn | errors | load before |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in rows:
         lines.append(
-            f"| {r.get('c')} | {'LangGraph' if r.get('server') == 'lg' else 'agentcast'} | {r.get('code', '')} | "
+            f"| {r.get('c')} | {server_name(r)} | {r.get('code', '')} | "
             f"{r.get('brain', '')} | {r.get('turns_per_s')} | {r.get('ideal_pct')} | {r.get('ttft_p99_ms')} | "
             f"{r.get('gap_excess_p99_ms')} | {r.get('server_cpu_ms_per_turn')} | "
             f"{r.get('errors', r.get('fatal'))} | {r['load_before'][0]} |")
@@ -144,6 +163,8 @@ def main() -> None:
     ap.add_argument("--no-peer", action="store_true", help="agentcast only (no LangGraph dev server)")
     ap.add_argument("--code", action="append", default=[], metavar="NAME=DIR")
     ap.add_argument("--duration", type=float, default=20)
+    ap.add_argument("--floor", action="store_true",
+                    help="also run bench/floor.py's streaming floor with each brain (the least a trio server does per turn)")
     a = ap.parse_args()
     if not (COMPARE / "stream_compare.py").exists():
         raise SystemExit(f"no {COMPARE}/stream_compare.py: set STREAM_COMPARE_DIR to the comparison's folder")
@@ -166,9 +187,15 @@ def main() -> None:
             for run in range(1, a.runs + 1):
                 plan = [("lg", None, None)] if not a.no_peer else []
                 plan += [("ac", name, brain) for name in trees for brain in brains]
+                plan += [("ac", FLOOR, brain) for brain in brains] if a.floor else []
                 for only, name, brain in plan:
                     label = "" if only == "lg" else f"-{name}-{brain}"
-                    command = None if only == "lg" else agentcast_command(trees[name], configs[brain])
+                    if only == "lg":
+                        command = None
+                    elif name == FLOOR:
+                        command = floor_command(brain, fake.port if fake is not None else None)
+                    else:
+                        command = agentcast_command(trees[name], configs[brain])
                     fake_cpu = fake.cpu() if fake is not None and brain == "openai" else None
                     row = compare(a.results, c, run, only, label, a.duration, command)
                     if fake_cpu is not None:

@@ -3,6 +3,8 @@ deadline order, an earlier deadline moves the wake-up, a cancelled
 sleep raises Cancelled at once and leaves the others. Mock clock (autojump): exact times, no real sleeps."""
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import trio
 
 from agentcast.actors import EchoBrain
@@ -85,3 +87,33 @@ async def test_the_echo_brain_streams_a_chunk_after_each_delay(autojump_clock):
     assert [at for at, _ in seen] == [round(0.03 * n, 9) for n in range(1, len(seen) + 1)]
     assert len(seen) == len(split_chunks(EchoBrain.answer(turn), 5)) > 1
     assert "".join(piece for _, piece in seen) == EchoBrain.answer(turn)
+
+
+async def test_sleepers_due_within_the_same_millisecond_wake_together_at_its_end(autojump_clock):
+    woke: dict[str, float] = {}
+
+    async def sleeper(name: str, seconds: float) -> None:
+        await sleep(seconds)
+        woke[name] = trio.current_time()
+
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        for name, seconds in [("a", 1.0002), ("b", 1.0007), ("c", 1.001), ("d", 1.0012)]:
+            nursery.start_soon(sleeper, name, seconds)
+    # a, b and c share one wake-up (the end of the millisecond; never before a deadline), d the next one
+    assert {name: round(at - start, 9) for name, at in woke.items()} == {"a": 1.001, "b": 1.001, "c": 1.001, "d": 1.002}
+
+
+async def test_a_chunk_taken_late_does_not_push_the_later_ones_back(autojump_clock):
+    # a model generating at a steady rate: chunk n is due n * delay after the turn began, however long the
+    # one taking the chunks took over the one before
+    brain = EchoBrain(delay=0.03, chunks=4)
+    turn = Turn("a", "u", "one two three four five six seven eight", Memory("a", "u"))
+    start = trio.current_time()
+    seen = []
+    async with aclosing(brain.reply(turn)) as pieces:
+        async for _ in pieces:
+            seen.append(round(trio.current_time() - start, 9))
+            await trio.sleep(0.01)  # a busy recipient
+    assert len(seen) == len(split_chunks(EchoBrain.answer(turn), 4)) >= 3
+    assert seen == [round(0.03 * n, 9) for n in range(1, len(seen) + 1)]
