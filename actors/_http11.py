@@ -18,6 +18,7 @@ import collections
 import math
 import os
 import socket
+import ssl
 import urllib.request
 import zlib
 from collections.abc import Callable, Mapping
@@ -596,8 +597,7 @@ class Client:
     `timeout`: seconds for connecting, and for each wait for a byte after; `ssl_context`: for https://.
     """
 
-    def __init__(self, url: str, *, timeout: float, ssl_context, user_agent: str,
-                 environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float, ssl_context: ssl.SSLContext, user_agent: str) -> None:
         parts = urlsplit(url)
         self.tls = parts.scheme == "https"
         host = parts.hostname or ""
@@ -616,7 +616,7 @@ class Client:
         target = quote(parts.path or "/", safe="/%:@!$&'()*+,;=-._~")
         if parts.query:
             target += "?" + quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
-        self.proxy = proxy_from_environment(parts.scheme, host, self.port, environ)
+        self.proxy = proxy_from_environment(parts.scheme, host, self.port)
         proxy_header = b""
         if isinstance(self.proxy, Proxy) and not self.tls:  # through the proxy: the absolute URL, its credentials
             target = f"http://{host_header}{target}"
@@ -659,6 +659,8 @@ class Client:
             try:
                 await conn.send(request)
                 head = await self._read_head(conn, kept)
+                if head.status == 407 and isinstance(self.proxy, Proxy):  # the proxy's, not the server's
+                    raise ProxyError("the proxy answered HTTP 407 (its credentials are missing or refused)")
             except _Stale:
                 pool.unwatch(conn)
                 conn.close()
@@ -676,6 +678,8 @@ class Client:
         conn.buffer = b""
         while True:
             end, body_start = head_end(buffer, searched)
+            if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
+                raise ProtocolError(f"a response head longer than {MAX_HEAD_BYTES} bytes")
             if end >= 0:
                 head = ResponseHead.parse(buffer[:end])
                 buffer = buffer[body_start:]
@@ -686,8 +690,6 @@ class Client:
                     continue
                 conn.buffer = buffer
                 return head
-            if len(buffer) > MAX_HEAD_BYTES:
-                raise ProtocolError(f"a response head longer than {MAX_HEAD_BYTES} bytes")
             searched = max(0, len(buffer) - 3)
             try:
                 data = await conn.receive()

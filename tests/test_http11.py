@@ -283,6 +283,14 @@ async def test_a_kept_connection_is_replaced_once_only(fake, autojump_clock):
         await items_of(brain, turn_for(brain))
 
 
+async def test_a_head_longer_than_its_bound_is_refused_even_when_it_ends(fake, autojump_clock):
+    head = sse_head("X-Padding: " + "p" * 70_000)
+    fake.script(*[Reply(raw=[head + in_chunk(EVENTS) + b"0\r\n\r\n"])] * 2)
+    brain = brain_for(fake, retries=1)
+    with pytest.raises(BrainError, match="a response head longer than 65536 bytes"):
+        await items_of(brain, turn_for(brain))
+
+
 async def test_a_head_that_never_comes_is_the_timeout(fake, autojump_clock):
     fake.script(Reply(raw=[b"HTTP/1.1 200 OK\r\n"], end="stall"))
     brain = brain_for(fake, timeout=5, retries=0)
@@ -419,6 +427,17 @@ async def test_a_proxy_that_cannot_be_reached_is_a_proxy_error(fake, monkeypatch
         await items_of(brain, turn_for(brain))
     assert "through the proxy (could not connect to the proxy: connection refused)" in str(caught.value)
     assert "s3cret" not in str(caught.value) and str(port) not in str(caught.value)
+
+
+async def test_a_proxy_refusing_an_http_request_for_its_credentials_is_a_proxy_error(fake, proxy, monkeypatch,
+                                                                                   autojump_clock):
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("s3cret", "wrong"))
+    proxy.refusals, proxy.refuse = 1, 407
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == (f"could not reach the model server at http://127.0.0.1:{fake.port}/v1 through the proxy "
+                                 "(the proxy answered HTTP 407 (its credentials are missing or refused))")
 
 
 async def test_a_socks_proxy_is_a_clear_error_at_the_first_turn(fake, monkeypatch):
