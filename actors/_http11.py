@@ -21,7 +21,8 @@ import socket
 import ssl
 import urllib.request
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
 import trio
@@ -341,7 +342,7 @@ def proxy_from_environment(scheme: str, host: str, port: int,
     if not url:
         return None
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if proxies.get("no") and urllib.request.proxy_bypass_environment(netloc, proxies):
+    if proxies.get("no") and urllib.request.proxy_bypass_environment(netloc, proxies):  # type: ignore[attr-defined]
         return None
     variable = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY"
     parts = urlsplit(url if "://" in url else "http://" + url)
@@ -415,7 +416,8 @@ class Connection:
     def __init__(self, stream: PlainStream | trio.abc.Stream, close: Callable[[], None]) -> None:
         self.stream = stream
         self._close = close  # closes its socket at once
-        self._receive = stream.receive_some
+        # (SSLStream's reads are bytes; trio types any stream's as bytes | bytearray)
+        self._receive = cast(Callable[[int], Awaitable[bytes]], stream.receive_some)
         self.buffer = b""
         self.last = 0.0  # when the exchange last got a byte (or started)
         self.deadline = math.inf  # the exchange's deadline, whatever comes
@@ -706,7 +708,7 @@ class Client:
 
     async def _connect(self, deadline: float) -> Connection:
         now = trio.current_time()
-        with trio.move_on_at(min(now + self.timeout, deadline)) as scope:
+        with trio.move_on_at(min(now + self.timeout, deadline)):
             return await self._open()
         if deadline <= now + self.timeout:
             raise DeadlineReached("the deadline came while connecting")

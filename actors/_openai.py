@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import aclosing
 
 import orjson
@@ -391,7 +391,7 @@ class OpenAIBrain:
             return await awaitable
         raise BrainError(f"the model took longer than {self.turn_timeout:g} s to answer (turn_timeout)")
 
-    async def _stream(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncIterator[str]:
+    async def _stream(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncGenerator[str, None]:
         """One request: yields its text deltas, fills `result`; tries again before the first token."""
         attempt = 0
         while True:
@@ -408,7 +408,7 @@ class OpenAIBrain:
                 logger.info("openai brain (model %s): %s; try %d in %.1f s", self.model, retry.reason, attempt + 1, delay)
                 await self._within(deadline, trio.sleep(min(delay, MAX_RETRY_DELAY)))
 
-    async def _try(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncIterator[str]:
+    async def _try(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncGenerator[str, None]:
         streamed = False
         headers = b"Accept: text/event-stream\r\nCache-Control: no-store\r\n"
         if key:  # checked by `api_key`: printable ASCII without spaces

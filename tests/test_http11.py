@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import base64
 import gzip
+import socket
 import zlib
 
 import pytest
 import trio
 
-from agentcast.actors import BrainError
+from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings
 from agentcast.actors import _endpoint
 from agentcast.actors._http11 import (MAX_DECODED_READ, ChunkedBody, CloseBody, ContentDecoder, DecodingError,
                                       LengthBody, Proxy, ProtocolError, ResponseHead, UnsupportedProxy, body_of,
@@ -289,6 +290,22 @@ async def test_a_head_longer_than_its_bound_is_refused_even_when_it_ends(fake, a
     brain = brain_for(fake, retries=1)
     with pytest.raises(BrainError, match="a response head longer than 65536 bytes"):
         await items_of(brain, turn_for(brain))
+
+
+async def test_a_connection_that_never_opens_is_the_connect_timeout_and_is_retried(autojump_clock):
+    with socket.socket() as listener, socket.socket() as filler:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # one connection waiting to be accepted fills it: the kernel drops further SYNs
+        port = listener.getsockname()[1]
+        filler.connect(("127.0.0.1", port))
+        brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"http://127.0.0.1:{port}/v1", timeout=5,
+                                                retries=1, retry_backoff=0.5))
+        started = trio.current_time()
+        with pytest.raises(BrainError) as caught:
+            await items_of(brain, turn_for(brain))
+    assert str(caught.value) == (f"could not connect to the model server at http://127.0.0.1:{port}/v1: no connection "
+                                 "within 5 s (timeout) (after 2 tries)")
+    assert trio.current_time() - started == pytest.approx(10.5)
 
 
 async def test_a_head_that_never_comes_is_the_timeout(fake, autojump_clock):
