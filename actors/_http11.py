@@ -21,7 +21,7 @@ import socket
 import ssl
 import urllib.request
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import cast
 from urllib.parse import quote, unquote, urlsplit
 
@@ -322,22 +322,12 @@ class Proxy:
         self.authorization = authorization  # b"Proxy-Authorization: ...\r\n" or b""
 
 
-def proxy_from_environment(scheme: str, host: str, port: int,
-                           environ: Mapping[str, str] | None = None) -> Proxy | UnsupportedProxy | None:
+def proxy_from_environment(scheme: str, host: str, port: int) -> Proxy | UnsupportedProxy | None:
     """The proxy the environment names for a request to `scheme://host:port` (HTTPS_PROXY for https,
     HTTP_PROXY for http, else ALL_PROXY; any of them lower-case too), None for none or for a host NO_PROXY
     names (as urllib reads it: hosts, domains, `*`, with ports), an `UnsupportedProxy` for a proxy of another
-    kind than http:// (raised at the first request). `environ`: os.environ if None."""
-    if environ is None:
-        proxies = urllib.request.getproxies_environment()
-    else:
-        proxies = {}
-        for name, value in environ.items():  # as getproxies_environment, lower-case names last (they win)
-            if value and name[-6:].lower() == "_proxy" and name.isupper():
-                proxies[name[:-6].lower()] = value
-        for name, value in environ.items():
-            if value and name[-6:] == "_proxy" and name.islower():
-                proxies[name[:-6]] = value
+    kind than http:// (raised at the first request)."""
+    proxies = urllib.request.getproxies_environment()
     url = proxies.get(scheme) or proxies.get("all")
     if not url:
         return None

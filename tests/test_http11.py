@@ -170,6 +170,17 @@ def test_broken_gzip_is_a_decoding_error():
 
 # -- proxies from the environment ----------------------------------------------------------------------------
 
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
+                   "no_proxy")
+
+
+@pytest.fixture
+def no_proxies(monkeypatch):
+    """No proxy variable set (whatever the environment of the tests has)."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
 
 @pytest.mark.parametrize("environ, scheme, host, port, expected", [
     ({}, "https", "api.openai.com", 443, None),
@@ -185,20 +196,25 @@ def test_broken_gzip_is_a_decoding_error():
     ({"HTTP_PROXY": "http://p:1", "no_proxy": "127.0.0.1:9999"}, "http", "127.0.0.1", 8000, ("p", 1)),
     ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "https", "api.openai.com", 443, ("p", 1)),
 ])
-def test_the_proxy_is_the_one_the_environment_names_for_the_url(environ, scheme, host, port, expected):
-    proxy = proxy_from_environment(scheme, host, port, environ)
+def test_the_proxy_is_the_one_the_environment_names_for_the_url(no_proxies, monkeypatch, environ, scheme, host, port,
+                                                                expected):
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    proxy = proxy_from_environment(scheme, host, port)
     assert (proxy if proxy is None else (proxy.host, proxy.port)) == expected
 
 
-def test_a_proxy_s_credentials_become_its_proxy_authorization():
-    proxy = proxy_from_environment("https", "h", 443, {"HTTPS_PROXY": "http://us%40er:p%3Ass@p:1"})
+def test_a_proxy_s_credentials_become_its_proxy_authorization(no_proxies, monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://us%40er:p%3Ass@p:1")
+    proxy = proxy_from_environment("https", "h", 443)
     assert isinstance(proxy, Proxy)
     assert proxy.authorization == b"Proxy-Authorization: Basic " + base64.b64encode(b"us@er:p:ss") + b"\r\n"
 
 
 @pytest.mark.parametrize("url", ["socks5://user:secret@p:1080", "https://user:secret@p:3128"])
-def test_a_proxy_of_another_kind_is_unsupported_saying_which_variable_without_its_url(url):
-    proxy = proxy_from_environment("https", "h", 443, {"HTTPS_PROXY": url})
+def test_a_proxy_of_another_kind_is_unsupported_saying_which_variable_without_its_url(no_proxies, monkeypatch, url):
+    monkeypatch.setenv("HTTPS_PROXY", url)
+    proxy = proxy_from_environment("https", "h", 443)
     assert isinstance(proxy, UnsupportedProxy)
     assert "HTTPS_PROXY" in str(proxy) and "secret" not in str(proxy) and "@p" not in str(proxy)
 
@@ -372,10 +388,7 @@ async def test_a_certificate_not_trusted_is_a_clear_connect_error(nursery, tls, 
 
 
 @pytest.fixture
-async def proxy(nursery, monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy",
-                 "no_proxy"):
-        monkeypatch.delenv(name, raising=False)
+async def proxy(nursery, no_proxies):
     return await FakeProxy("us%40er:s3cret").start(nursery)
 
 
@@ -432,13 +445,11 @@ async def test_a_proxy_refusing_the_tunnel_is_retried_and_its_url_never_shown(nu
                                  "proxy (the proxy answered HTTP 407 to CONNECT) (after 2 tries)")
 
 
-async def test_a_proxy_that_cannot_be_reached_is_a_proxy_error(fake, monkeypatch, autojump_clock):
+async def test_a_proxy_that_cannot_be_reached_is_a_proxy_error(fake, no_proxies, monkeypatch, autojump_clock):
     with trio.socket.socket() as probe:  # a port nobody listens on
         await probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     monkeypatch.setenv("HTTP_PROXY", f"http://user:s3cret@127.0.0.1:{port}")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     brain = brain_for(fake, retries=0)
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
@@ -457,10 +468,8 @@ async def test_a_proxy_refusing_an_http_request_for_its_credentials_is_a_proxy_e
                                  "(the proxy answered HTTP 407 (its credentials are missing or refused))")
 
 
-async def test_a_socks_proxy_is_a_clear_error_at_the_first_turn(fake, monkeypatch):
+async def test_a_socks_proxy_is_a_clear_error_at_the_first_turn(fake, no_proxies, monkeypatch):
     monkeypatch.setenv("ALL_PROXY", "socks5://user:s3cret@127.0.0.1:1080")
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     brain = brain_for(fake)  # made: a config with such an environment still loads
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
