@@ -142,8 +142,10 @@ async def test_frames_go_out_in_the_order_delivered_whether_written_at_once_or_q
         conn.hold()  # held: what is delivered meanwhile waits in the queue
         conn.deliver(chunk("b", "r2"))
         conn.deliver(chunk("c", "r2"))
-        conn.release()  # the writer is woken, has not run yet: the next frame queues behind them
-        conn.deliver(chunk("d", "r3"))
+        conn.release()  # the writer waits with nothing to write: what was held is written at once, in one write
+        if FAST_PATHS:
+            assert client.available().endswith(b'"delta":"bc","request_id":"r2"}') and conn.held_bytes == 0
+        conn.deliver(chunk("d", "r3"))  # right behind a write: part of a burst, queued for the writer
         assert conn.held_bytes > 0
         with trio.fail_after(scaled(10)):
             while conn.held_bytes:
@@ -165,6 +167,44 @@ async def test_frames_go_out_in_the_order_delivered_whether_written_at_once_or_q
         expected = [("response_chunk", "a"), ("response_chunk", "bc"), ("response_chunk", "d"), *ef, ("agent_done", None)]
         got = texts(await client.frames_until(len(expected)))
         assert [(f["type"], f.get("delta")) for f in got] == expected
+        client.sock.close()
+
+
+async def test_frames_held_through_a_commit_go_out_when_released_in_order_after_a_rest_kept_before(db_path):
+    async with running_server(db_path, **QUIET) as server:
+        client, conn = await open_client(server, receive_buffer=4096)
+        conn.hold()
+        conn.deliver(chunk("a"))
+        conn.deliver(TurnDoneOutput("my_agent", "r1"))
+        assert client.available() == b""  # held
+        conn.release()
+        if FAST_PATHS:  # written by the releasing task, before it has yielded
+            client.available()
+            assert texts(client.frames()) == [{"type": "response_chunk", "agent_id": "my_agent", "delta": "a",
+                                               "request_id": "r1"}, {"type": "agent_done", "agent_id": "my_agent",
+                                                                     "request_id": "r1"}]
+            assert conn.held_bytes == 0 == server.outbox_budget.held
+        else:
+            assert len(await client.frames_until(2)) == 2
+        await trio.sleep(0.01)  # quiet again
+        if FAST_PATHS:  # a frame the socket took in part: its rest is kept, and the next release must not pass it
+            direct = conn._ws._stream
+            direct.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            big = "x" * 1_000_000
+            conn.deliver(chunk(big, "r2"))
+            assert direct.rest
+        else:
+            big = "x"
+            conn.deliver(chunk(big, "r2"))
+        conn.hold()
+        conn.deliver(TurnDoneOutput("my_agent", "r2"))
+        conn.release()
+        got = texts(await client.frames_until(2))
+        assert [(f["type"], f.get("delta")) for f in got] == [("response_chunk", big), ("agent_done", None)]
+        with trio.fail_after(scaled(10)):
+            while conn.held_bytes:
+                await trio.sleep(0.01)
+        assert server.outbox_budget.held == 0
         client.sock.close()
 
 

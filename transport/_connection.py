@@ -156,9 +156,24 @@ class Connection:
         self._outbox.hold()
 
     def release(self) -> None:
-        """End one `hold`. The writer then takes the queue even if other holds remain (lanes of other
-        agents holding this connection in turn): a frame waits for one commit at most."""
-        self._outbox.release()
+        """End one `hold`. The queue then goes out even if other holds remain (lanes of other agents holding
+        this connection in turn): a frame waits for one commit at most. It is written to the socket by this
+        task, in one write, where the writer waits with nothing of its own to write (no wake-up of the
+        writer); else the writer takes it."""
+        direct = self._direct
+        if direct is None or not direct.can_write_now():
+            self._outbox.release()
+            return
+        outbox = self._outbox
+        taken = outbox.release_taking(WRITE_PIECE)
+        if taken is None:
+            return
+        frames, size = taken
+        left = direct.write_batch_now([f if type(f) is bytes else f.encode() for f in frames])  # type: ignore[union-attr]
+        outbox.written(size)
+        if left:
+            outbox.kept(left)
+        self._last_activity = trio.current_time()
 
     async def room(self) -> None:
         """Return once the outbound queue is at most half full (in frames and in bytes), or

@@ -191,6 +191,23 @@ class FrameOutbox:
             self._writer = None
             trio.lowlevel.reschedule(writer, outcome.Value(True))  # others wake it with None
 
+    def release_taking(self, piece: int) -> tuple[list[Entry], int] | None:
+        """End one `hold` as `release` does, but where `release` would wake a writer that waits with nothing
+        kept, to take at most `piece` bytes of frames, take them here instead, for the caller to write at once
+        (the frames, and the bytes they count: held until `written`). None if there was nothing to take so
+        (the writer is busy, and takes them when it comes back; or it was woken as by `release`)."""
+        self._holds -= 1
+        writer, entries = self._writer, self._entries
+        if writer is None or entries is None:
+            return None
+        if self._kept or self.closed or self.held_bytes > piece:
+            self._writer = None
+            trio.lowlevel.reschedule(writer, outcome.Value(True))
+            return None
+        self._entries = None
+        self._wake_room()
+        return entries, self.held_bytes
+
     # -- the writer's side ------------------------------------------------------------------------
 
     async def take(self, piece: int, more: bool) -> tuple[list[Entry], int, bool] | None:

@@ -369,23 +369,40 @@ class DirectStream(trio.abc.HalfCloseableStream):
             return plain
         return self.ws._wsproto.connection.state is ConnectionState.OPEN
 
+    def can_write_now(self) -> bool:
+        """True if a frame may be written to the socket at once (`write_now`, `write_batch_now`): nothing else is
+        being written or kept, the connection is open, its framing plain and its socket open for writing."""
+        ws = self.ws
+        return not (self.rest or ws._close_reason or ws._stream_lock.locked()) and self.plain() and self.fd() >= 0
+
     def write_now(self, payload: bytes) -> int:
         """Write `payload` (UTF-8) as a text frame to the socket at once, without waiting, if nothing else is
         being written or kept (the caller knows nothing of its own is queued). Returns how many bytes the
         socket did not take (kept in `rest`, for the next write under the stream lock to write first), or -1
         if nothing was written (then queue the frame as usual: a write is under way, the connection is closing
         or not plain, or the socket takes nothing now or failed: the writer's own write will report that)."""
-        ws = self.ws
-        if self.rest or ws._close_reason or ws._stream_lock.locked() or not self.plain():
-            return -1
-        fd = self.fd()
-        if fd < 0:
+        if not self.can_write_now():
             return -1
         data = _text_header(len(payload)) + payload
         try:
-            sent = os.write(fd, data)
+            sent = os.write(self.socket.fileno(), data)
         except OSError:  # full (BlockingIOError), reset, broken pipe
             return -1
+        if sent == len(data):
+            return 0
+        self.rest = data[sent:]
+        return len(self.rest)
+
+    def write_batch_now(self, payloads: Sequence[bytes]) -> int:
+        """Write `payloads` (UTF-8) as consecutive text frames to the socket in one write, at once; call it only
+        when `can_write_now()` (nothing may run between). Returns how many bytes the socket did not take: kept
+        in `rest`, as by `write_now`; all of them if it took nothing or failed (the next write, the writer's,
+        then reports a failure)."""
+        data = b"".join([_text_header(len(payload)) + payload for payload in payloads])
+        try:
+            sent = os.write(self.socket.fileno(), data)
+        except OSError:  # full (BlockingIOError), reset, broken pipe
+            sent = 0
         if sent == len(data):
             return 0
         self.rest = data[sent:]
