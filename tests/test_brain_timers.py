@@ -8,7 +8,7 @@ from contextlib import aclosing
 import trio
 
 from agentcast.actors import EchoBrain
-from agentcast.actors._brain import Turn, sleep, split_chunks
+from agentcast.actors._brain import Turn, sleep, sleep_until, split_chunks
 from agentcast.store import Memory
 
 
@@ -117,3 +117,14 @@ async def test_a_chunk_taken_late_does_not_push_the_later_ones_back(autojump_clo
             await trio.sleep(0.01)  # a busy recipient
     assert len(seen) == len(split_chunks(EchoBrain.answer(turn), 4)) >= 3
     assert seen == [round(0.03 * n, 9) for n in range(1, len(seen) + 1)]
+
+
+async def test_a_sleep_until_a_time_gone_by_returns_at_once_yet_is_a_checkpoint(autojump_clock):
+    start = trio.current_time()
+    await sleep_until(start - 1.0)
+    assert trio.current_time() == start
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await sleep_until(start - 1.0)
+        raise AssertionError("not reached: the sleep is a checkpoint")
+    assert scope.cancelled_caught
