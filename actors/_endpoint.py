@@ -1,8 +1,8 @@
 """An OpenAI-compatible HTTP endpoint as the `openai` brain and the `openai` embedder use it: its URL and the
 secrets in it, the API key from the environment, what a failed request tells a person, retries' timing.
 
-Shared by actors/_openai.py and actors/_embedders.py. Imports httpx (for the TLS context and Retry-After);
-must not import `transport` or the store. An API key is read from the environment at each call, never kept.
+Shared by actors/_openai.py and actors/_embedders.py (whose responses, httpx's or `_http11`'s, are read through
+`HTTPResponse`); must not import `transport` or the store. An API key is read from the environment at each call, never kept.
 """
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import json
 import math
 import os
 import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Protocol
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
-
-import httpx
 
 #: HTTP statuses worth another try: rate limited, or the server failing.
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -28,13 +28,34 @@ _SSL_CONTEXT: ssl.SSLContext | None = None
 
 
 def shared_ssl_context() -> ssl.SSLContext:
-    """The TLS settings of every request (the CA bundle, or SSL_CERT_FILE/SSL_CERT_DIR), made once per
-    process when the first brain or embedder is configured (before the server's event loop runs): loading
-    the CA bundle takes tens of milliseconds, which a turn making its own would stall every connection for."""
+    """The TLS settings of every request, made once per process when the first brain or embedder is configured
+    (before the server's event loop runs): loading the CA bundle takes tens of milliseconds, which a turn making
+    its own would stall every connection for. The CAs are those of the file SSL_CERT_FILE or the folder
+    SSL_CERT_DIR if either is set, else certifi's bundle (if installed), else the system's."""
     global _SSL_CONTEXT
     if _SSL_CONTEXT is None:
-        _SSL_CONTEXT = httpx.create_ssl_context()
+        if os.environ.get("SSL_CERT_FILE"):
+            context = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+        elif os.environ.get("SSL_CERT_DIR"):
+            context = ssl.create_default_context(capath=os.environ["SSL_CERT_DIR"])
+        else:
+            try:
+                import certifi
+            except ImportError:
+                context = ssl.create_default_context()
+            else:
+                context = ssl.create_default_context(cafile=certifi.where())
+        _SSL_CONTEXT = context
     return _SSL_CONTEXT
+
+
+class HTTPResponse(Protocol):
+    """What `error_body` and `retry_after` read of a response (httpx's, or `_http11.Response`)."""
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...  # looked up by lower-case name
+
+    def aiter_bytes(self) -> AsyncIterator[bytes]: ...
 
 
 def is_number(value: object) -> bool:
@@ -113,7 +134,7 @@ def http_failure(status: int, reason: str, *, server: str, missing: str) -> str:
     return f"{what} (HTTP {status})" + (f": {reason}" if reason else "")
 
 
-async def error_body(response: httpx.Response) -> bytes:
+async def error_body(response: HTTPResponse) -> bytes:
     """At most MAX_ERROR_BODY bytes of a failed answer's body (to find the provider's reason)."""
     body = b""
     async for piece in response.aiter_bytes():
@@ -145,7 +166,7 @@ def reason_of_body(body: bytes) -> str:
     return reason_of(obj)[:MAX_REASON_CHARS] if isinstance(obj, dict) else text[:MAX_REASON_CHARS]
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: HTTPResponse) -> float | None:
     """The seconds a Retry-After header asks to wait (at most MAX_RETRY_DELAY), or None."""
     value = response.headers.get("retry-after")
     try:

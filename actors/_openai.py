@@ -1,26 +1,27 @@
 """The `openai` brain: any OpenAI-compatible Chat Completions endpoint (OpenAI, Ollama, vLLM, llama.cpp
 server, LM Studio), streamed as Server-Sent Events, with tool calls.
 
-HTTP through httpx (it runs under trio), the body's events split by `_sse.SSESplitter`. Must not import
-`transport` or write to the store; the API key is read from the environment, never kept in config.
+HTTP/1.1 through `_http11` (a client of its own over trio streams, with its connections kept alive), the body's
+events split by `_sse.SSESplitter`. Must not import `transport` or write to the store; the API key is read from
+the environment, never kept in config.
 """
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Sequence
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, Awaitable, Sequence
+from contextlib import aclosing
 
-import httpcore  # noqa: F401  (httpx imports it on its first client: ~0.1 s that must not fall in a turn)
-import httpx
+import orjson
 import trio
 from typing import TypeVar
 
 from attrs import define, field, frozen
 
+from . import _http11
+from .. import __version__
 from ._sse import SSEError, SSESplitter
 from ._brain import BRAIN_SETTINGS, BRAINS, BrainError, BrainItem, ToolCallItem, ToolResultItem, Turn, UsageItem
 from ._endpoint import (  # noqa: F401  (the helpers shared with the openai embedder, under their names here)
@@ -74,119 +75,12 @@ MAX_TOOL_ARGUMENTS_DEPTH = 32
 #: The longest tool name kept from the stream (real names have at most 64 characters).
 MAX_TOOL_NAME_CHARS = 256
 
-#: Per trio run: each brain's HTTP clients (`_Clients`).
-_CLIENTS: trio.lowlevel.RunVar[dict[OpenAIBrain, _Clients]] = trio.lowlevel.RunVar("agentcast_openai_clients")
-
-#: The most idle clients (each with its open connection) a brain keeps for its next turns.
-MAX_IDLE_CLIENTS = 1024
-#: How long an idle client is kept (seconds): httpx's keep-alive expiry, after which it would not reuse the connection.
-IDLE_CLIENT_SECONDS = 5.0
-
-
-class _Clients:
-    """A brain's HTTP clients in one trio run, each lent to one turn at a time (`borrow`) and kept for the next
-    turn afterwards, so that its connection to the model server (keep-alive) serves many turns.
-
-    A client per turn rather than one shared client: httpx's pool scans all its connections for every request
-    and response (with hundreds of turns streaming at once, that costs more than a connection per turn), and
-    a client of one's own has one connection at most. A response not read to its end (a cancelled turn, a failed
-    stream) closes its connection, so the provider stops generating it; the client then connects anew when next
-    lent. At most MAX_IDLE_CLIENTS wait, none longer than IDLE_CLIENT_SECONDS: a system task closes each one
-    once it has waited that long, and those left when the run ends.
-    """
-
-    __slots__ = ("_brain", "_idle", "_some_idle")
-
-    def __init__(self, brain: OpenAIBrain) -> None:
-        self._brain = brain
-        self._idle: collections.deque[tuple[float, httpx.AsyncClient]] = collections.deque()  # (since, client), oldest first
-        self._some_idle = trio.Event()  # set when a client is given back
-
-    @staticmethod
-    def of(brain: OpenAIBrain) -> _Clients:
-        try:
-            clients = _CLIENTS.get()
-        except LookupError:
-            clients = {}
-            _CLIENTS.set(clients)
-        mine = clients.get(brain)
-        if mine is None:
-            mine = clients[brain] = _Clients(brain)
-            trio.lowlevel.spawn_system_task(mine._close_idle, name="agentcast openai clients")
-        return mine
-
-    @asynccontextmanager
-    async def borrow(self) -> AsyncIterator[httpx.AsyncClient]:
-        idle = self._idle
-        await self._close_expired()
-        if idle:
-            client = idle.pop()[1]  # the last one back: the likeliest to have its connection still open
-        else:
-            brain = self._brain
-            client = httpx.AsyncClient(timeout=httpx.Timeout(brain.timeout), verify=brain._ssl_context,
-                                       limits=httpx.Limits(max_connections=1, max_keepalive_connections=1))
-        try:
-            yield client
-        finally:
-            if len(idle) < MAX_IDLE_CLIENTS:
-                idle.append((trio.current_time(), client))
-                self._some_idle.set()
-            else:
-                await self._close(client)
-
-    async def _close_expired(self) -> None:
-        idle = self._idle
-        since = trio.current_time() - IDLE_CLIENT_SECONDS
-        while idle and idle[0][0] <= since:
-            await self._close(idle.popleft()[1])
-
-    @staticmethod
-    async def _close(client: httpx.AsyncClient) -> None:
-        with trio.CancelScope(shield=True):
-            await client.aclose()
-
-    async def _close_idle(self) -> None:
-        """Close each idle client once it has waited IDLE_CLIENT_SECONDS, and those left when the trio run ends
-        (system tasks are cancelled once the main task is done, by when every turn has given its client back)."""
-        try:
-            while True:
-                if not self._idle:
-                    self._some_idle = trio.Event()
-                    await self._some_idle.wait()
-                    continue
-                await trio.sleep_until(self._idle[0][0] + IDLE_CLIENT_SECONDS)
-                try:
-                    await self._close_expired()
-                except Exception:  # a system task must not raise: that would end the run with an internal error
-                    logger.exception("closing an openai brain's idle HTTP client failed")
-        finally:
-            while self._idle:
-                try:
-                    await self._close(self._idle.pop()[1])
-                except Exception:  # a system task must not raise: that would end the run with an internal error
-                    logger.exception("closing an openai brain's HTTP client failed")
-
-
-#: How long the end of a body is waited for once `data: [DONE]` has come (`_end_of_body`).
+#: How long the end of a body is waited for once `data: [DONE]` has come (`Response.finish`).
 END_OF_BODY_WAIT = 1.0
 
 
-#: The most bytes read past `data: [DONE]` while waiting for the end of the body (`_end_of_body`).
+#: The most bytes read past `data: [DONE]` while waiting for the end of the body (`Response.finish`).
 END_OF_BODY_BYTES = 65_536
-
-
-async def _end_of_body(reads: AsyncIterator[bytes]) -> None:
-    """Read on past `data: [DONE]` to the end of the body, so that its connection can serve the brain's
-    next request (one whose body is not read to its end is closed). At most END_OF_BODY_WAIT seconds and
-    END_OF_BODY_BYTES: anything that still comes after [DONE] is not read, and the connection is then closed.
-    The answer is complete by then: a failure here is not the turn's."""
-    with trio.move_on_after(END_OF_BODY_WAIT):
-        try:
-            left = END_OF_BODY_BYTES
-            while left > 0:
-                left -= len(await anext(reads))
-        except (StopAsyncIteration, httpx.HTTPError):
-            pass
 
 
 class _Retry(Exception):
@@ -329,7 +223,6 @@ class OpenAIBrain:
         #: As configured (credentials and query included): only ever used to send requests.
         self.base_url = self._endpoint.base_url
         self._url = self._endpoint.url
-        self._parsed_url: httpx.URL | None = None  # `_url` parsed by httpx, once (at the first request)
         #: `base_url` without credentials or query: what errors, logs and repr show.
         self.shown_url = self._endpoint.shown_url
         self.api_key_env = settings.api_key_env
@@ -347,6 +240,9 @@ class OpenAIBrain:
         self.max_answer_chars = settings.max_answer_chars
         self.max_tool_calls = settings.max_tool_calls
         self._ssl_context = _shared_ssl_context()
+        # made here, off the event loop: it reads the proxy settings of the environment, once per brain
+        self._client = _http11.Client(self._url, timeout=self.timeout, ssl_context=self._ssl_context,
+                                      user_agent=f"agentcast/{__version__}")
 
     def startup_warnings(self) -> list[str]:
         """What the server logs (naming the agent) when it starts serving this brain: an `api_key_env`
@@ -430,57 +326,56 @@ class OpenAIBrain:
         rounds = chars = 0
         answer = ""  # the end of the answer so far (enough to see how it ends)
         deadline = trio.current_time() + self.turn_timeout
-        # A client lent for this turn (`_Clients`): an answer read to its end leaves its connection open for
-        # a next turn; one that is not, as when the turn is cancelled, closes it, so that the provider stops
-        # generating it (and being paid for it).
-        async with _Clients.of(self).borrow() as client:
-            while True:
-                offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
-                result = _Round()
-                body = self._body(messages, offer_tools)
-                said: list[str] = []  # this round's text
-                async with aclosing(self._stream(client, body, result, key, deadline)) as deltas:
-                    async for delta in deltas:
-                        if not said and answer and not answer[-1].isspace() and not delta[0].isspace():
-                            delta = ROUND_SEPARATOR + delta  # text after tool calls: a new paragraph
-                        if len(delta) > self.max_answer_chars - chars:  # the rest is not generated (closed)
-                            if self.max_answer_chars > chars:
-                                yield delta[: self.max_answer_chars - chars]
-                            raise BrainError(f"the answer went past {self.max_answer_chars} characters "
-                                             "(max_answer_chars)")
-                        chars += len(delta)
-                        said.append(delta)
-                        answer = (answer + delta)[-1:]
-                        yield delta
-                if result.usage is not None:
-                    counted = True
-                    prompt_tokens += result.usage[0]
-                    completion_tokens += result.usage[1]
-                if not result.calls:
-                    break
-                if not offer_tools:
-                    raise BrainError(f"the model kept calling tools after {self.max_tool_rounds} rounds")
-                rounds += 1
-                calls = [result.calls[i] for i in sorted(result.calls)]
-                for n, call in enumerate(calls):
-                    call.call_id = call.call_id or f"call_{rounds}_{n}"
-                # the text the model wrote before calling (if any) goes back with the calls
-                messages.append({"role": "assistant", "content": "".join(said).strip() or None, "tool_calls": [
-                    {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in calls
-                ]})
-                for call in calls:
-                    arguments, problem = _arguments_of(call)
-                    yield ToolCallItem(call.call_id, call.name, arguments)
-                    if problem is not None:
-                        outcome = ToolOutcome(error=problem)
-                    elif turn.tools is None:
-                        outcome = ToolOutcome(error="no tools are available in this turn")
-                    else:
-                        outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
-                        outcome = ToolOutcome(without_lone_surrogates(outcome.result), without_lone_surrogates(outcome.error))
-                    yield ToolResultItem(call.call_id, call.name, outcome.result, outcome.error)
-                    messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
+        # An answer read to its end leaves its connection open for a next request (`_http11.Pool`); one that is
+        # not, as when the turn is cancelled, closes it, so that the provider stops generating it (and being
+        # paid for it).
+        while True:
+            offer_tools = bool(self.tools) and rounds < self.max_tool_rounds
+            result = _Round()
+            body = _json_bytes(self._body(messages, offer_tools))
+            said: list[str] = []  # this round's text
+            async with aclosing(self._stream(body, result, key, deadline)) as deltas:
+                async for delta in deltas:
+                    if not said and answer and not answer[-1].isspace() and not delta[0].isspace():
+                        delta = ROUND_SEPARATOR + delta  # text after tool calls: a new paragraph
+                    if len(delta) > self.max_answer_chars - chars:  # the rest is not generated (closed)
+                        if self.max_answer_chars > chars:
+                            yield delta[: self.max_answer_chars - chars]
+                        raise BrainError(f"the answer went past {self.max_answer_chars} characters "
+                                         "(max_answer_chars)")
+                    chars += len(delta)
+                    said.append(delta)
+                    answer = (answer + delta)[-1:]
+                    yield delta
+            if result.usage is not None:
+                counted = True
+                prompt_tokens += result.usage[0]
+                completion_tokens += result.usage[1]
+            if not result.calls:
+                break
+            if not offer_tools:
+                raise BrainError(f"the model kept calling tools after {self.max_tool_rounds} rounds")
+            rounds += 1
+            calls = [result.calls[i] for i in sorted(result.calls)]
+            for n, call in enumerate(calls):
+                call.call_id = call.call_id or f"call_{rounds}_{n}"
+            # the text the model wrote before calling (if any) goes back with the calls
+            messages.append({"role": "assistant", "content": "".join(said).strip() or None, "tool_calls": [
+                {"id": c.call_id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in calls
+            ]})
+            for call in calls:
+                arguments, problem = _arguments_of(call)
+                yield ToolCallItem(call.call_id, call.name, arguments)
+                if problem is not None:
+                    outcome = ToolOutcome(error=problem)
+                elif turn.tools is None:
+                    outcome = ToolOutcome(error="no tools are available in this turn")
+                else:
+                    outcome = await self._within(deadline, turn.tools.run(call.name, arguments))
+                    outcome = ToolOutcome(without_lone_surrogates(outcome.result), without_lone_surrogates(outcome.error))
+                yield ToolResultItem(call.call_id, call.name, outcome.result, outcome.error)
+                messages.append({"role": "tool", "tool_call_id": call.call_id, "content": outcome.for_model()})
         if not answer:
             raise BrainError("the model gave an empty answer")
         if counted:
@@ -496,13 +391,12 @@ class OpenAIBrain:
             return await awaitable
         raise BrainError(f"the model took longer than {self.turn_timeout:g} s to answer (turn_timeout)")
 
-    async def _stream(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
-                      deadline: float) -> AsyncIterator[str]:
+    async def _stream(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncGenerator[str, None]:
         """One request: yields its text deltas, fills `result`; tries again before the first token."""
         attempt = 0
         while True:
             try:
-                async for delta in self._try(client, body, result, key, deadline):
+                async for delta in self._try(body, result, key, deadline):
                     yield delta
                 return
             except _Retry as retry:
@@ -514,83 +408,77 @@ class OpenAIBrain:
                 logger.info("openai brain (model %s): %s; try %d in %.1f s", self.model, retry.reason, attempt + 1, delay)
                 await self._within(deadline, trio.sleep(min(delay, MAX_RETRY_DELAY)))
 
-    async def _try(self, client: httpx.AsyncClient, body: dict, result: _Round, key: str | None,
-                   deadline: float) -> AsyncIterator[str]:
+    async def _try(self, body: bytes, result: _Round, key: str | None, deadline: float) -> AsyncGenerator[str, None]:
         streamed = False
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-store"}
-        if key:
-            headers["Authorization"] = f"Bearer {key}"
+        headers = b"Accept: text/event-stream\r\nCache-Control: no-store\r\n"
+        if key:  # checked by `api_key`: printable ASCII without spaces
+            headers += b"Authorization: Bearer %s\r\n" % key.encode("ascii")
+        response = None
         try:
-            async with AsyncExitStack() as stack:
-                url = self._parsed_url
-                if url is None:
-                    url = self._parsed_url = httpx.URL(self._url)
-                request = client.build_request("POST", url, json=body, headers=headers)
-                response = await self._within(deadline, client.send(request, stream=True))
-                stack.push_async_callback(response.aclose)
-                if response.status_code != 200:
-                    raise await self._within(deadline, self._http_error(response, key))
-                content_type = response.headers.get("content-type", "")
-                if "text/event-stream" not in content_type.partition(";")[0]:
-                    raise SSEError(f"its Content-Type is {content_type!r}, not 'text/event-stream'")
-                # The body's reads as they come (decoded only if it has a content encoding), split into events here.
-                encoded = response.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
-                reads = response.aiter_bytes() if encoded else response.aiter_raw()
-                stack.push_async_callback(reads.aclose)
-                splitter = SSESplitter()
-                while True:
-                    try:
-                        read = await self._within(deadline, anext(reads))
-                    except StopAsyncIteration:
-                        break
-                    for data in splitter.feed(read):
-                        data = data.strip()
-                        if not data:
-                            continue
-                        if data == "[DONE]":
-                            result.finished = True
-                            await _end_of_body(reads)
-                            break
-                        for delta in self._chunk(data, result, key):
-                            streamed = True
-                            yield delta
-                    else:
-                        continue
+            response = await self._client.post(headers, body, deadline)
+            if response.status != 200:
+                raise await self._http_error(response, key)
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type.partition(";")[0]:
+                raise SSEError(f"its Content-Type is {content_type!r}, not 'text/event-stream'")
+            # The body's reads as they come (decoded only if it has a content encoding), split into events here.
+            read = response.read
+            splitter = SSESplitter()
+            while True:
+                piece = await read()
+                if not piece:
                     break
-        except httpx.ProxyError as exc:  # only its kind: its text might name the proxy's URL (and credentials)
-            raise _Retry(f"could not reach the model server at {self.shown_url} through the proxy "
-                         f"({type(exc).__name__})") from None
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Retry(f"could not connect to the model server at {self.shown_url}: {self._scrub(str(exc), key) or type(exc).__name__}") from None
-        except (httpx.WriteError, httpx.WriteTimeout) as exc:  # while sending the request: nothing streamed yet
-            reason = f"could not send the request to the model server at {self.shown_url} ({type(exc).__name__})"
-            if not streamed and not result.calls:
-                raise _Retry(reason) from None
-            raise BrainError(reason) from None
-        except httpx.TimeoutException:
+                for data in splitter.feed(piece):
+                    data = data.strip()
+                    if not data:
+                        continue
+                    if data == "[DONE]":
+                        result.finished = True
+                        # read on to the body's end, so that its connection serves the next request
+                        await response.finish(END_OF_BODY_BYTES, END_OF_BODY_WAIT)
+                        break
+                    for delta in self._chunk(data, result, key):
+                        streamed = True
+                        yield delta
+                else:
+                    continue
+                break
+        except _http11.UnsupportedProxy as exc:
+            raise BrainError(f"the request to the model server failed: {exc}") from None
+        except _http11.ProxyError as exc:  # its text never names the proxy's URL (nor its credentials)
+            raise _Retry(f"could not reach the model server at {self.shown_url} through the proxy ({exc})") from None
+        except _http11.ConnectError as exc:
+            raise _Retry(f"could not connect to the model server at {self.shown_url}: {self._scrub(str(exc), key)}") from None
+        except _http11.SendError as exc:  # while sending the request: nothing streamed yet
+            raise _Retry(f"could not send the request to the model server at {self.shown_url} ({exc})") from None
+        except _http11.ReadTimeout:
             raise BrainError(f"the model server sent nothing for {self.timeout:g} s (timeout)") from None
+        except _http11.DeadlineReached:
+            raise BrainError(f"the model took longer than {self.turn_timeout:g} s to answer (turn_timeout)") from None
         except SSEError as exc:
             raise BrainError(f"malformed stream from the model server: {self._scrub(str(exc), key)}") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+        except _http11.ProtocolError as exc:
             if not streamed and not result.calls:
-                raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key) or type(exc).__name__}") from None
+                raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key)}") from None
             raise BrainError("the model server closed the connection in the middle of the answer") from None
-        except httpx.DecodingError:
+        except _http11.DecodingError:
             raise BrainError("the model server's answer could not be decoded (its content encoding is broken)") from None
-        except httpx.CloseError:
-            if not result.finished:
-                raise BrainError("the connection to the model server failed in the middle of the answer") from None
-        except httpx.HTTPError as exc:  # any other: its text may quote a header or the URL, so only its kind
-            raise BrainError(f"the request to the model server failed ({type(exc).__name__})") from None
+        finally:
+            if response is not None:
+                response.close()  # unless read to its end: the connection is closed, the provider stops
         if not result.finished:
             raise BrainError("malformed stream from the model server: it ended before the answer was complete")
 
     def _chunk(self, data: str, result: _Round, key: str | None) -> list[str]:
         """The text deltas of one streamed chunk; tool call pieces and usage go into `result`."""
         try:
-            chunk = json.loads(data)
-            if "\\ud" in data or "\\uD" in data:  # an escaped surrogate: maybe a lone one
-                chunk = without_lone_surrogates(chunk)
+            if "\\ud" in data or "\\uD" in data:  # an escaped surrogate: maybe a lone one (orjson refuses it)
+                chunk = without_lone_surrogates(json.loads(data))
+            else:
+                try:
+                    chunk = orjson.loads(data)  # about 3.5x as fast as json.loads on a chunk
+                except orjson.JSONDecodeError:  # what orjson refuses and json takes (NaN, Infinity)
+                    chunk = json.loads(data)
         except (ValueError, RecursionError):
             raise BrainError(f"malformed stream from the model server: not JSON: {self._scrub(data[:200], key)!r}") from None
         if not isinstance(chunk, dict):
@@ -640,15 +528,23 @@ class OpenAIBrain:
                     call.arguments += function["arguments"][:room]
         return deltas
 
-    async def _http_error(self, response: httpx.Response, key: str | None) -> Exception:
+    async def _http_error(self, response: _http11.Response, key: str | None) -> Exception:
         """The exception for a non-200 answer: `_Retry` for the retryable ones, else `BrainError`."""
         reason = self._scrub(_reason_of_body(await error_body(response)), key)
-        status = response.status_code
+        status = response.status
         text = http_failure(status, reason, server="the model server",
                             missing=f"is the model {self.model!r} served at {self.shown_url}?")
         if status in RETRYABLE_STATUSES:
             return _Retry(text, _retry_after(response))
         return BrainError(text)
+
+
+def _json_bytes(body: dict) -> bytes:
+    """`body` as JSON (UTF-8); a lone surrogate, which orjson refuses, escaped by the stdlib's encoder."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:
+        return json.dumps(body).encode("ascii")
 
 
 def _arguments_of(call: _PendingCall) -> tuple[object, str | None]:

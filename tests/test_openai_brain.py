@@ -8,7 +8,8 @@ import pytest
 import trio
 
 from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings, ToolCallItem, ToolResultItem, UsageItem
-from agentcast.actors._openai import END_OF_BODY_WAIT, IDLE_CLIENT_SECONDS
+from agentcast.actors._http11 import IDLE_CONNECTION_SECONDS
+from agentcast.actors._openai import END_OF_BODY_WAIT
 from agentcast.store import Hit, Memory, Message
 from support import scaled
 from support.fake_openai import FakeOpenAI, Reply, chunk, error, text, tool_calls, usage_chunk
@@ -281,9 +282,9 @@ async def test_a_connection_idle_past_the_keep_alive_is_not_used_again(fake, aut
     fake.script(text("one"), text("two"), text("three"))
     brain = brain_for(fake)
     await items_of(brain, turn_for(brain))
-    await trio.sleep(IDLE_CLIENT_SECONDS / 2)
+    await trio.sleep(IDLE_CONNECTION_SECONDS / 2)
     await items_of(brain, turn_for(brain))
-    await trio.sleep(IDLE_CLIENT_SECONDS + 0.1)
+    await trio.sleep(IDLE_CONNECTION_SECONDS + 0.1)
     await items_of(brain, turn_for(brain))
     assert fake.connection_of == [0, 0, 1]
 
@@ -297,7 +298,7 @@ async def test_a_connection_idle_past_the_keep_alive_is_closed_without_waiting_f
         for _ in range(2):
             nursery.start_soon(items_of, brain, turn_for(brain))
     assert sorted(fake.connection_of) == [0, 1] and fake.closed_by_client == 0
-    await trio.sleep(IDLE_CLIENT_SECONDS * 2)
+    await trio.sleep(IDLE_CONNECTION_SECONDS * 2)
     await trio.testing.wait_all_tasks_blocked()
     assert fake.closed_by_client == 2
 
@@ -363,3 +364,12 @@ def test_an_unusual_usage_chunk_is_ignored_not_fatal():
     result = _Round()
     assert brain._chunk(json.dumps(usage_chunk(1, 2) | {"usage": {"prompt_tokens": "x"}}), result, None) == []
     assert result.usage is None
+
+
+def test_a_chunk_json_takes_but_orjson_refuses_is_read_as_json_reads_it():
+    # orjson parses the usual chunk; NaN, which it refuses, is read by json as before
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m"))
+    from agentcast.actors._openai import _Round
+
+    result = _Round()
+    assert brain._chunk('{"choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": NaN}]}', result, None) == ["x"]

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import functools
 import json
+import socket
+import ssl
+import struct
 import threading
 from collections import deque
 from contextlib import contextmanager
@@ -34,6 +37,12 @@ class Reply:
     do not end the body; wait until the client closes the connection. With a `body`: that, with `status`.
     `pieces`: the event stream's bytes as they are, each sent 10 ms after the one before (each its own read
     for a client that is waiting: use the autojump clock), instead of `chunks` and `data: [DONE]`.
+    `raw`: the bytes of the whole answer as they are (status line and head included: any HTTP, or none), each
+    sent 10 ms after the one before, instead of all the above; then `end` says what the connection does:
+    "close" (FIN), "reset" (RST), "stall" (nothing more, until the client closes it) or "keep" (the answer
+    was whole: the next request is read on the same connection).
+    `close_after`: once this answer is sent (in full, kept alive as far as the client knows), close the
+    connection while the client holds it idle.
     """
 
     status: int = 200
@@ -47,6 +56,9 @@ class Reply:
     keepalive: float | None = None
     linger_after_done: bool = False
     pieces: list[bytes] | None = None
+    raw: list[bytes] | None = None
+    end: str = "close"
+    close_after: bool = False
 
 
 def chunk(content: str | None = None, *, tool_calls: list | None = None, finish: str | None = None) -> dict:
@@ -111,7 +123,8 @@ class FakeOpenAI:
     stalled connection (so a test can see that cancelling really closed the HTTP stream).
     `connection_of` holds, for each request, the number of the TCP connection it came on (0, 1, ... in
     the order they were accepted): whether the client kept its connection for the next request.
-    `closed_by_client` counts the connections the client closed between requests.
+    `closed_by_client` counts the connections the client closed between requests. `reset_connections`: how
+    many of the next connections are reset (RST) as soon as accepted, before any request is read.
     """
 
     def __init__(self, *replies: Reply) -> None:
@@ -122,25 +135,40 @@ class FakeOpenAI:
         self.connection_of: list[int] = []
         self._accepted = 0
         self.closed_by_client = 0
+        self.reset_connections = 0
         self.stalled = trio.Event()
         self.disconnected = trio.Event()
         self.port = 0
 
+    tls = False
+
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}/v1"
 
     def script(self, *replies: Reply) -> None:
         self.replies.extend(replies)
 
-    async def start(self, nursery: trio.Nursery) -> FakeOpenAI:
-        listeners = await nursery.start(functools.partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1"))
-        self.port = listeners[0].socket.getsockname()[1]
+    async def start(self, nursery: trio.Nursery, ssl_context: ssl.SSLContext | None = None) -> FakeOpenAI:
+        """Listen on loopback (over TLS with `ssl_context`: https://, see `base_url`)."""
+        self.tls = ssl_context is not None
+        if ssl_context is None:
+            serve = functools.partial(trio.serve_tcp, self._serve, 0, host="127.0.0.1")
+        else:
+            serve = functools.partial(trio.serve_ssl_over_tcp, self._serve, 0, ssl_context, host="127.0.0.1",
+                                      https_compatible=True)
+        listeners = await nursery.start(serve)
+        self.port = listeners[0].transport_listener.socket.getsockname()[1] if ssl_context else \
+            listeners[0].socket.getsockname()[1]
         return self
 
-    async def _serve(self, stream: trio.SocketStream) -> None:
+    async def _serve(self, stream: trio.abc.Stream) -> None:
         conn = h11.Connection(h11.SERVER)
         number, self._accepted = self._accepted, self._accepted + 1
+        if self.reset_connections:
+            self.reset_connections -= 1
+            reset(stream)
+            return
         try:
             while True:
                 request = await self._read_request(conn, stream)
@@ -150,7 +178,14 @@ class FakeOpenAI:
                 self.connection_of.append(number)
                 reply = self.replies.popleft() if self.replies else Reply(status=500, body=UNSCRIPTED,
                                                                           content_type="text/plain")
+                if reply.raw is not None:
+                    if not await self._send_raw(stream, reply):
+                        return
+                    conn = h11.Connection(h11.SERVER)  # the raw answer passed h11 by
+                    continue
                 if not await self._answer(conn, stream, reply):
+                    return
+                if reply.close_after:
                     return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
@@ -158,7 +193,22 @@ class FakeOpenAI:
         except (trio.BrokenResourceError, trio.ClosedResourceError, h11.RemoteProtocolError):
             return
         finally:
-            await stream.aclose()
+            with trio.CancelScope(shield=True):
+                await trio.aclose_forcefully(stream)
+
+    async def _send_raw(self, stream: trio.abc.Stream, reply: Reply) -> bool:
+        """Send `reply.raw`; True if the connection serves the next request (`end="keep"`)."""
+        for n, piece in enumerate(reply.raw or ()):
+            if n:
+                await trio.sleep(0.01)
+            await stream.send_all(piece)
+        if reply.end == "reset":
+            reset(stream)
+        elif reply.end == "stall":
+            await self._stall(stream)
+        elif reply.end == "keep":  # the answer was whole: the connection serves the next request
+            return True
+        return False
 
     async def _read_request(self, conn: h11.Connection, stream: trio.SocketStream) -> h11.Request | None:
         request = None
@@ -239,6 +289,32 @@ class FakeOpenAI:
             if not data:
                 break
         self.disconnected.set()
+
+
+def reset(stream: trio.abc.Stream) -> None:
+    """Close `stream`'s TCP connection with a reset (RST), not a FIN: SO_LINGER with a zero timeout."""
+    while not isinstance(stream, trio.SocketStream):
+        stream = stream.transport_stream  # a TLS stream's TCP stream
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    stream.socket.close()
+
+
+def sse_head(*headers: str, chunked: bool = True) -> bytes:
+    """A 200 head of an event stream (for `Reply.raw`), chunked unless told, with `headers` ("Name: value") more."""
+    lines = ["HTTP/1.1 200 OK", "Content-Type: text/event-stream", *(["Transfer-Encoding: chunked"] if chunked else []),
+             *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def sse_event(item: object) -> bytes:
+    """One SSE event (`data: ...`) of a chunk (a dict, as JSON) or a str, unframed."""
+    data = item if isinstance(item, str) else json.dumps(item)
+    return f"data: {data}\n\n".encode()
+
+
+def in_chunk(data: bytes) -> bytes:
+    """`data` as one chunk of a chunked body."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 class ThreadedFake:

@@ -57,4 +57,5 @@ async def items_of(brain, turn):
 
 def brain_for(fake, **options):
     options.setdefault("retry_backoff", 0.5)
-    return OpenAIBrain(OpenAIBrainSettings(model="fake-model", base_url=fake.base_url, **options))
+    options.setdefault("base_url", fake.base_url)
+    return OpenAIBrain(OpenAIBrainSettings(model="fake-model", **options))
