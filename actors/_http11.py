@@ -17,6 +17,7 @@ import base64
 import collections
 import math
 import os
+import select
 import socket
 import ssl
 import urllib.request
@@ -401,11 +402,12 @@ class Connection:
     over TCP), the bytes read past the last response, and the timing of the exchange under way (kept by the
     pool's watchdog)."""
 
-    __slots__ = ("stream", "_close", "_receive", "buffer", "last", "deadline", "expired", "open")
+    __slots__ = ("stream", "_close", "_fileno", "_receive", "buffer", "last", "deadline", "expired", "open")
 
-    def __init__(self, stream: PlainStream | trio.abc.Stream, close: Callable[[], None]) -> None:
+    def __init__(self, stream: PlainStream | trio.abc.Stream, close: Callable[[], None], fileno: int) -> None:
         self.stream = stream
         self._close = close  # closes its socket at once
+        self._fileno = fileno  # its TCP socket's
         # (SSLStream's reads are bytes; trio types any stream's as bytes | bytearray)
         self._receive = cast(Callable[[int], Awaitable[bytes]], stream.receive_some)
         self.buffer = b""
@@ -419,6 +421,21 @@ class Connection:
         if self.open:
             self.open = False
             self._close()
+
+    def in_step(self) -> bool:
+        """Nothing has come since its last response ended (no byte, no EOF, no error): the next bytes it gives
+        are the next request's response. A connection of which this is not true must be closed: its bytes would
+        answer whoever asks next (a server's stray or second answer, another exchange's end)."""
+        stream = self.stream
+        if not isinstance(stream, PlainStream):
+            # SSLStream: bytes already decrypted, or read off the socket with an earlier record and not yet
+            # decrypted (its incoming buffer: trio's, private; without it, the connection is taken as not in step)
+            incoming = getattr(stream, "_incoming", None)
+            if incoming is None or incoming.pending or stream.pending():
+                return False
+        poll = select.poll()
+        poll.register(self._fileno, select.POLLIN | select.POLLPRI)
+        return not poll.poll(0)  # readable (bytes or EOF), hung up or failed: not in step
 
     async def receive(self) -> bytes:
         """The next bytes read (b"" at EOF); `ReadTimeout`/`DeadlineReached` once the watchdog closed it,
@@ -500,15 +517,17 @@ class Pool:
     # lending
 
     def take(self) -> Connection | None:
-        """An idle connection (the last one given back), or None."""
+        """An idle connection (the last one given back) on which nothing came since its response ended, or
+        None; those on which something came (an answer no request asked for, the server's close) are closed."""
         idle = self._idle
         since = trio.current_time() - IDLE_CONNECTION_SECONDS
         while idle and idle[0][0] <= since:
             idle.popleft()[1].close()
         while idle:
             conn = idle.pop()[1]
-            if conn.open:
+            if conn.open and conn.in_step():
                 return conn
+            conn.close()
         return None
 
     def give_back(self, conn: Connection) -> None:
@@ -721,15 +740,15 @@ class Client:
         try:
             if not self.tls:
                 plain = PlainStream(socket.socket(fileno=tcp.socket.detach()))
-                return Connection(plain, plain.close)
+                return Connection(plain, plain.close, plain.sock.fileno())
             if isinstance(proxy, Proxy):
-                await self._tunnel(Connection(tcp, tcp.socket.close), proxy)
+                await self._tunnel(Connection(tcp, tcp.socket.close, tcp.socket.fileno()), proxy)
             stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host, https_compatible=True)
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, OSError) as exc:
                 raise ConnectError(f"TLS handshake failed: {_tls_text(exc)}") from None
-            return Connection(stream, tcp.socket.close)
+            return Connection(stream, tcp.socket.close, tcp.socket.fileno())
         except BaseException:
             tcp.socket.close()
             raise

@@ -5,6 +5,7 @@ a stale kept connection, timeouts, TLS, proxies."""
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import socket
 import zlib
@@ -475,3 +476,106 @@ async def test_a_socks_proxy_is_a_clear_error_at_the_first_turn(fake, no_proxies
         await items_of(brain, turn_for(brain))
     assert "the proxy in ALL_PROXY is a socks5:// proxy" in str(caught.value) and "s3cret" not in str(caught.value)
     assert fake.requests == []
+
+
+# -- what a server may send that no request asked for -----------------------------------------------------------
+
+SMUGGLED = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n"
+            % len(sse_event(chunk("another user's answer")) + sse_event("[DONE]"))
+            + sse_event(chunk("another user's answer")) + sse_event("[DONE]"))
+
+
+def sized_answer(events: bytes = EVENTS) -> bytes:
+    return sse_head(f"Content-Length: {len(events)}", chunked=False) + events
+
+
+async def test_bytes_that_come_after_a_whole_response_never_answer_the_next_request(fake, autojump_clock):
+    # the first answer is whole; 10 ms later the server sends a second, unasked one, and keeps the connection
+    fake.script(Reply(raw=[sized_answer(), SMUGGLED], end="keep"), text("again"))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    await trio.sleep(1)  # the unasked answer has come meanwhile
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 1]  # the connection out of step was closed, not lent
+
+
+async def test_over_tls_bytes_after_a_whole_response_never_answer_the_next_request(nursery, tls, monkeypatch,
+                                                                                   autojump_clock):
+    server, ca_file = tls
+    fake = await FakeOpenAI(Reply(raw=[sized_answer(), SMUGGLED], end="keep"), text("again")).start(
+        nursery, ssl_context=server)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    await trio.sleep(1)
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 1]
+
+
+class HeldSends(trio.abc.Stream):
+    """A TCP stream whose sends, while `held`, are kept and go out together at `release` (one TCP write): the
+    TLS records written meanwhile reach the peer in one read of its socket."""
+
+    def __init__(self, tcp: trio.SocketStream) -> None:
+        self.tcp, self.held, self.kept = tcp, False, b""
+
+    async def send_all(self, data) -> None:
+        if self.held:
+            self.kept += bytes(data)
+        else:
+            await self.tcp.send_all(data)
+
+    async def release(self) -> None:
+        self.held, data, self.kept = False, self.kept, b""
+        await self.tcp.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.tcp.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self.tcp.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.tcp.aclose()
+
+
+async def test_over_tls_an_answer_in_a_record_read_with_the_last_one_never_answers_the_next_request(
+        nursery, tls, monkeypatch, autojump_clock):
+    server, ca_file = tls
+    requests: list[int] = []  # the connection of each request
+
+    async def serve(tcp: trio.SocketStream, number: list[int] = [0]) -> None:
+        connection, number[0] = number[0], number[0] + 1
+        held = HeldSends(tcp)
+        stream = trio.SSLStream(held, server, server_side=True, https_compatible=True)
+        received = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in received:
+                    data = await stream.receive_some(65536)
+                    if not data:
+                        return
+                    received += data
+                head, _, received = received.partition(b"\r\n\r\n")
+                length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
+                while len(received) < length:
+                    received += await stream.receive_some(65536)
+                received = received[length:]
+                requests.append(connection)
+                if connection == 0:  # the answer and an unasked one: two TLS records, one TCP write
+                    held.held = True
+                    await stream.send_all(sized_answer())
+                    await stream.send_all(SMUGGLED)
+                    await held.release()
+                else:
+                    await stream.send_all(sized_answer(sse_event(chunk("again")) + sse_event("[DONE]")))
+        except trio.BrokenResourceError:
+            pass
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"https://127.0.0.1:{port}/v1", retries=0))
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert requests == [0, 1]
