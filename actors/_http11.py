@@ -687,6 +687,7 @@ class Client:
         """The response's head (1xx ones skipped); its body's first bytes stay in `conn.buffer`."""
         buffer, searched = conn.buffer, 0
         conn.buffer = b""
+        stale = kept  # nothing came yet on a kept connection: the server may have closed it before the request
         while True:
             end, body_start = head_end(buffer, searched)
             if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
@@ -697,6 +698,7 @@ class Client:
                 if 100 <= head.status < 200:
                     if head.status == 101:
                         raise ProtocolError("the server switched protocols")
+                    stale = False  # the server has the request: it is never sent again
                     searched = 0
                     continue
                 conn.buffer = buffer
@@ -705,11 +707,11 @@ class Client:
             try:
                 data = await conn.receive()
             except ReadError:
-                if kept and not buffer:
+                if stale and not buffer:
                     raise _Stale from None
                 raise
             if not data:
-                if kept and not buffer:
+                if stale and not buffer:
                     raise _Stale
                 raise ProtocolError("the server closed the connection without sending a response"
                                     if not buffer else "the server closed the connection in the response's head")

@@ -579,3 +579,13 @@ async def test_over_tls_an_answer_in_a_record_read_with_the_last_one_never_answe
     assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
     assert await items_of(brain, turn_for(brain)) == ["again"]
     assert requests == [0, 1]
+
+
+@pytest.mark.parametrize("end", ["close", "reset"])
+async def test_a_request_the_server_began_to_answer_on_a_kept_connection_is_never_sent_again(fake, autojump_clock, end):
+    fake.script(text("one"), Reply(raw=[b"HTTP/1.1 100 Continue\r\n\r\n"], end=end), text("two"))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["one"]
+    with pytest.raises(BrainError, match="the model server closed the connection"):
+        await items_of(brain, turn_for(brain))
+    assert len(fake.requests) == 2  # not a third: the request the server had was not sent again
