@@ -239,7 +239,8 @@ class CloseBody:
 
 
 def body_of(head: ResponseHead) -> ChunkedBody | LengthBody | CloseBody:
-    """How the body after `head` is framed (RFC 9112 §6.3: the answer to a POST)."""
+    """How the body after `head` is framed (RFC 9112 §6.3: the answer to a POST). With both Transfer-Encoding
+    and Content-Length, Transfer-Encoding frames it (and the connection is not kept: `Response`)."""
     if head.status in (204, 304):
         return LengthBody(0)
     headers = head.headers
@@ -672,6 +673,7 @@ class Client:
                 head = await self._read_head(conn, kept)
                 if head.status == 407 and isinstance(self.proxy, Proxy):  # the proxy's, not the server's
                     raise ProxyError("the proxy answered HTTP 407 (its credentials are missing or refused)")
+                return Response(pool, conn, head)  # ProtocolError, DecodingError for a framing or coding refused
             except _Stale:
                 pool.unwatch(conn)
                 conn.close()
@@ -681,7 +683,6 @@ class Client:
                 pool.unwatch(conn)
                 conn.close()
                 raise
-            return Response(pool, conn, head)
 
     async def _read_head(self, conn: Connection, kept: bool) -> ResponseHead:
         """The response's head (1xx ones skipped); its body's first bytes stay in `conn.buffer`."""
@@ -795,15 +796,18 @@ class Response:
         self.headers = head.headers
         self._pool = pool
         self._conn = conn
-        self._body = body_of(head)  # ProtocolError for a bad framing: the caller closes
+        self._body = body_of(head)  # ProtocolError for a bad framing: `Client.post` closes the connection
         encoding = head.headers.get("content-encoding")
         self._decoder = (ContentDecoder(encoding) if encoding is not None and encoding.strip().lower()
                          not in ("", "identity") else None)
         self._pending = conn.buffer
         conn.buffer = b""
-        connection = head.headers.get("connection", "").lower()
+        headers = head.headers
+        connection = headers.get("connection", "").lower()
+        # both framings named: the server's and a proxy's idea of where the body ends may differ (RFC 9112 §6.3)
         self._reusable = (head.version == "HTTP/1.1" and "close" not in connection
-                          and not isinstance(self._body, CloseBody))
+                          and not isinstance(self._body, CloseBody)
+                          and ("transfer-encoding" not in headers or "content-length" not in headers))
         #: The body was read to its end.
         self.complete = False
         if self._body.done and not self._pending and self._decoder is None:

@@ -589,3 +589,28 @@ async def test_a_request_the_server_began_to_answer_on_a_kept_connection_is_neve
     with pytest.raises(BrainError, match="the model server closed the connection"):
         await items_of(brain, turn_for(brain))
     assert len(fake.requests) == 2  # not a third: the request the server had was not sent again
+
+
+@pytest.mark.parametrize("header, says", [
+    ("Content-Length: 5, 6", "a bad Content-Length"),
+    ("Content-Encoding: br", "could not be decoded"),
+])
+async def test_a_response_whose_framing_or_coding_is_refused_has_its_connection_closed_at_once(fake, autojump_clock,
+                                                                                              header, says):
+    fake.script(Reply(raw=[f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n{header}\r\n\r\n".encode()],
+                      end="stall"))
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError, match=says):
+        await items_of(brain, turn_for(brain))
+    with trio.fail_after(0.5):  # not when the timeout (60 s) would have closed it
+        await fake.disconnected.wait()
+
+
+async def test_a_response_framed_by_both_transfer_encoding_and_content_length_does_not_keep_its_connection(
+        fake, autojump_clock):
+    both = sse_head(f"Content-Length: {len(EVENTS)}") + in_chunk(EVENTS) + b"0\r\n\r\n"  # chunked wins
+    fake.script(Reply(raw=[both], end="keep"), text("again"))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 1]
