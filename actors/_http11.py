@@ -32,8 +32,15 @@ import trio
 MAX_HEAD_BYTES = 65_536
 #: The most bytes asked of the socket at a time.
 READ_SIZE = 65_536
-#: The most bytes one `read` of a compressed body gives (the rest is decoded at the next read).
-MAX_DECODED_READ = 1_048_576
+#: The most bytes one `read` of a compressed body gives (the rest is decoded at the next read), as a socket
+#: read would: what follows (the event stream's split) takes no longer for a compressed body than for another.
+MAX_DECODED_READ = 65_536
+#: The most a compressed body may inflate (its decoded bytes over its encoded ones) once it has given
+#: INFLATION_FLOOR decoded bytes; beyond, it is refused (a decompression bomb). An event stream of
+#: model answers inflates about 100 times, one of identical events about 350 times; deflate at most ~1030.
+MAX_INFLATION = 500
+#: The decoded bytes a compressed body gives before MAX_INFLATION is enforced (short bodies inflate more).
+INFLATION_FLOOR = 4 * 1024 * 1024
 #: The longest chunk-size line (with its extensions) or trailer line of a chunked body.
 MAX_CHUNK_LINE = 4096
 #: The most idle connections a pool keeps for the next requests.
@@ -260,9 +267,10 @@ def body_of(head: ResponseHead) -> ChunkedBody | LengthBody | CloseBody:
 
 
 class ContentDecoder:
-    """The body's content encoding (`gzip`, `deflate`) undone with zlib, at most MAX_DECODED_READ bytes at a time."""
+    """The body's content encoding (`gzip`, `deflate`) undone with zlib, at most MAX_DECODED_READ bytes at a time;
+    `DecodingError` for a body that inflates more than MAX_INFLATION times (past INFLATION_FLOOR bytes)."""
 
-    __slots__ = ("_zlib", "_deflate", "_tail", "_started")
+    __slots__ = ("_zlib", "_deflate", "_tail", "_started", "_encoded", "_decoded")
 
     def __init__(self, encoding: str) -> None:
         codings = [c.strip().lower() for c in encoding.split(",")]
@@ -273,6 +281,8 @@ class ContentDecoder:
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS if self._deflate else 16 + zlib.MAX_WBITS)
         self._tail = b""  # input left undecoded by the last call (its output would have been too long)
         self._started = False  # some input was decoded
+        self._encoded = 0  # bytes taken (those of `_tail` not decoded yet)
+        self._decoded = 0  # bytes given
 
     @property
     def pending(self) -> bool:
@@ -280,6 +290,7 @@ class ContentDecoder:
         return bool(self._tail)
 
     def decode(self, data: bytes) -> bytes:
+        self._encoded += len(data)
         if self._tail:
             data, self._tail = self._tail + data, b""
         try:
@@ -296,13 +307,20 @@ class ContentDecoder:
             raise DecodingError(f"broken content encoding: {exc}") from None
         self._tail = self._zlib.unconsumed_tail
         self._started = True
-        return out
+        return self._counted(out)
 
     def flush(self) -> bytes:
         try:
-            return self._zlib.flush()
+            return self._counted(self._zlib.flush())
         except zlib.error as exc:
             raise DecodingError(f"broken content encoding: {exc}") from None
+
+    def _counted(self, out: bytes) -> bytes:
+        decoded = self._decoded = self._decoded + len(out)
+        if decoded > INFLATION_FLOOR and decoded > MAX_INFLATION * (self._encoded - len(self._tail)):
+            raise DecodingError(f"a compressed body that inflates more than {MAX_INFLATION} times (a decompression "
+                                "bomb): refused")
+        return out
 
 
 # -- where requests go: the URL, the proxy (from the environment) -------------------------------------------
@@ -820,6 +838,7 @@ class Response:
             if self.complete:
                 return b""
             if decoder is not None and decoder.pending:
+                await trio.lowlevel.checkpoint()  # no socket read, whose wait would be one, between these
                 out = decoder.decode(b"")
                 if out:
                     return out

@@ -461,8 +461,8 @@ class OpenAIBrain:
             if not streamed and not result.calls:
                 raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key)}") from None
             raise BrainError("the model server closed the connection in the middle of the answer") from None
-        except _http11.DecodingError:
-            raise BrainError("the model server's answer could not be decoded (its content encoding is broken)") from None
+        except _http11.DecodingError as exc:  # its text is the client's own
+            raise BrainError(f"the model server's answer could not be decoded: {exc}") from None
         finally:
             if response is not None:
                 response.close()  # unless read to its end: the connection is closed, the provider stops

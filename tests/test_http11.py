@@ -15,7 +15,7 @@ import trio
 
 from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings
 from agentcast.actors import _endpoint
-from agentcast.actors._http11 import (MAX_DECODED_READ, ChunkedBody, CloseBody, ContentDecoder, DecodingError,
+from agentcast.actors._http11 import (INFLATION_FLOOR, MAX_DECODED_READ, MAX_INFLATION, ChunkedBody, CloseBody, ContentDecoder, DecodingError,
                                       LengthBody, Proxy, ProtocolError, ResponseHead, UnsupportedProxy, body_of,
                                       head_end, proxy_from_environment)
 from support.fake_openai import FakeOpenAI, Reply, chunk, in_chunk, sse_event, sse_head, text
@@ -614,3 +614,38 @@ async def test_a_response_framed_by_both_transfer_encoding_and_content_length_do
     assert await items_of(brain, turn_for(brain)) == ["Hel", "lo"]
     assert await items_of(brain, turn_for(brain)) == ["again"]
     assert fake.connection_of == [0, 1]
+
+
+def gzipped(data: bytes, times: int = 1) -> bytes:
+    encoder = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join(encoder.compress(data) for _ in range(times)) + encoder.flush()
+
+
+async def test_a_compressed_body_that_inflates_to_a_bomb_is_refused_before_it_is_read(fake, autojump_clock):
+    bomb = gzipped(b"\n" * 1_048_576, 1024)  # 1 GiB of line ends in about 1 MB
+    fake.script(Reply(raw=[sse_head("Content-Encoding: gzip") + in_chunk(bomb) + b"0\r\n\r\n"]))
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == ("the model server's answer could not be decoded: a compressed body that inflates "
+                                 f"more than {MAX_INFLATION} times (a decompression bomb): refused")
+
+
+async def test_a_compressed_stream_of_identical_events_is_not_taken_for_a_bomb(fake, autojump_clock):
+    events = sse_event(chunk("a")) * 100_000 + sse_event(chunk(finish="stop")) + sse_event("[DONE]")
+    encoded = gzipped(events)
+    assert len(events) > INFLATION_FLOOR and len(events) / len(encoded) > 250
+    fake.script(Reply(raw=[sse_head("Content-Encoding: gzip") + in_chunk(encoded) + b"0\r\n\r\n"]))
+    brain = brain_for(fake, retries=0)
+    assert "".join(await items_of(brain, turn_for(brain))) == "a" * 100_000
+
+
+def test_a_decoder_refuses_a_body_past_the_inflation_bound_and_not_before():
+    decoder = ContentDecoder("gzip")
+    given = 0
+    with pytest.raises(DecodingError, match="decompression bomb"):
+        data = gzipped(b"\0" * 1_048_576, 64)
+        given += len(decoder.decode(data))
+        while decoder.pending:
+            given += len(decoder.decode(b""))
+    assert INFLATION_FLOOR <= given < INFLATION_FLOOR + MAX_DECODED_READ * 2

@@ -383,7 +383,7 @@ NOT_HTTP = Reply(raw=[b"SSH-2.0-OpenSSH_9.6\r\n\r\n"])
 
 @pytest.mark.parametrize("replies, says", [
     ([RESET], "the model server closed the connection in the middle of the answer"),
-    ([BROKEN_GZIP], "the model server's answer could not be decoded (its content encoding is broken)"),
+    ([BROKEN_GZIP], "the model server's answer could not be decoded: broken content encoding"),
     ([BAD_CHUNK_SIZE] * 2, "the model server closed the connection: a bad chunk size: b'zz' (after 2 tries)"),
     ([ENDLESS_HEAD] * 2, "the model server closed the connection: a response head longer than 65536 bytes (after 2 tries)"),
     ([NOT_HTTP] * 2, "the model server closed the connection: not an HTTP/1.1 status line"),
