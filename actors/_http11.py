@@ -88,6 +88,10 @@ class ReadError(ProtocolError):
     """The connection broke while the response was read (reset, TLS failure)."""
 
 
+class CutOff(ProtocolError):
+    """The server closed the connection before the end of the body."""
+
+
 class DecodingError(HTTPError):
     """The body's content encoding is broken or unknown."""
 
@@ -150,7 +154,7 @@ def head_end(buffer: bytes, start: int = 0) -> tuple[int, int]:
 class ChunkedBody:
     """A chunked body (`Transfer-Encoding: chunked`): `feed` takes each read, gives the data it holds."""
 
-    __slots__ = ("done", "_left", "_line", "_state")
+    __slots__ = ("done", "_left", "_line", "_state", "_trailer")
 
     _SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
 
@@ -159,6 +163,7 @@ class ChunkedBody:
         self._left = 0  # bytes of the current chunk's data still to come
         self._line = b""  # the start of a size or trailer line cut by the read's end
         self._state = self._SIZE
+        self._trailer = 0  # bytes of the trailer section so far (at most MAX_HEAD_BYTES)
 
     def feed(self, data: bytes) -> tuple[bytes, bytes]:
         """(the body's bytes in `data`, what came after the body's end: bytes of no response)."""
@@ -187,6 +192,8 @@ class ChunkedBody:
             if line[-1:] == b"\r":
                 line = line[:-1]
             if state == self._SIZE:
+                if len(line) > MAX_CHUNK_LINE:
+                    raise ProtocolError(f"a chunk-size line longer than {MAX_CHUNK_LINE} bytes")
                 size = line.partition(b";")[0].strip(b" \t")
                 if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
                     raise ProtocolError(f"a bad chunk size: {line[:40]!r}")
@@ -199,12 +206,16 @@ class ChunkedBody:
             elif not line:  # the empty line that ends the trailer: the end of the body
                 self.done = True
                 return b"".join(out) if len(out) != 1 else out[0], data[pos:]
+            else:  # a trailer field (not used)
+                self._trailer += len(line) + 2
+                if self._trailer > MAX_HEAD_BYTES:
+                    raise ProtocolError(f"a trailer section longer than {MAX_HEAD_BYTES} bytes")
         return (b"".join(out) if len(out) != 1 else out[0]), b""
 
     def end(self) -> None:
         """The connection ended here (EOF): `ProtocolError` unless the body was complete."""
         if not self.done:
-            raise ProtocolError("the connection closed before the end of the chunked body")
+            raise CutOff("the connection closed before the end of the chunked body")
 
 
 class LengthBody:
@@ -227,7 +238,7 @@ class LengthBody:
 
     def end(self) -> None:
         if not self.done:
-            raise ProtocolError(f"the connection closed {self._left} bytes before the end of the body (Content-Length)")
+            raise CutOff(f"the connection closed {self._left} bytes before the end of the body (Content-Length)")
 
 
 class CloseBody:
@@ -707,6 +718,7 @@ class Client:
         buffer, searched = conn.buffer, 0
         conn.buffer = b""
         stale = kept  # nothing came yet on a kept connection: the server may have closed it before the request
+        interim = 0  # bytes of the 1xx responses so far
         while True:
             end, body_start = head_end(buffer, searched)
             if end > MAX_HEAD_BYTES or (end < 0 and len(buffer) > MAX_HEAD_BYTES):
@@ -718,6 +730,9 @@ class Client:
                     if head.status == 101:
                         raise ProtocolError("the server switched protocols")
                     stale = False  # the server has the request: it is never sent again
+                    interim += body_start
+                    if interim > MAX_HEAD_BYTES:
+                        raise ProtocolError(f"interim (1xx) responses longer than {MAX_HEAD_BYTES} bytes in all")
                     searched = 0
                     continue
                 conn.buffer = buffer

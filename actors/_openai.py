@@ -460,7 +460,9 @@ class OpenAIBrain:
         except _http11.ProtocolError as exc:
             if not streamed and not result.calls:
                 raise _Retry(f"the model server closed the connection: {self._scrub(str(exc), key)}") from None
-            raise BrainError("the model server closed the connection in the middle of the answer") from None
+            if isinstance(exc, (_http11.ReadError, _http11.CutOff)):
+                raise BrainError("the model server closed the connection in the middle of the answer") from None
+            raise BrainError(f"the model server's answer broke off in the middle: {self._scrub(str(exc), key)}") from None
         except _http11.DecodingError as exc:  # its text is the client's own
             raise BrainError(f"the model server's answer could not be decoded: {exc}") from None
         finally:

@@ -649,3 +649,32 @@ def test_a_decoder_refuses_a_body_past_the_inflation_bound_and_not_before():
         while decoder.pending:
             given += len(decoder.decode(b""))
     assert INFLATION_FLOOR <= given < INFLATION_FLOOR + MAX_DECODED_READ * 2
+
+
+def test_a_chunk_size_line_whole_in_one_read_is_bounded_too():
+    with pytest.raises(ProtocolError, match="chunk-size line longer than 4096 bytes"):
+        ChunkedBody().feed(b"5;" + b"e" * 5000 + b"\r\nHello\r\n")
+
+
+def test_a_trailer_section_is_bounded_in_bytes():
+    body = ChunkedBody()
+    body.feed(b"0\r\n")
+    with pytest.raises(ProtocolError, match="a trailer section longer than 65536 bytes"):
+        for _ in range(10_000):
+            body.feed(b"X-Trailer: 1\r\n")
+
+
+async def test_interim_responses_are_bounded_in_bytes_in_all(fake, autojump_clock):
+    interims = [b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n" * 100] * 100  # 500 KB, 10 ms apart
+    fake.script(Reply(raw=[*interims, sse_head() + in_chunk(EVENTS) + b"0\r\n\r\n"]))
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError, match=r"interim \(1xx\) responses longer than 65536 bytes in all"):
+        await items_of(brain, turn_for(brain))
+
+
+async def test_a_malformed_body_in_the_middle_of_the_answer_says_what_was_wrong(fake, autojump_clock):
+    fake.script(Reply(raw=[sse_head() + in_chunk(sse_event(chunk("Hel"))), b"zz\r\n"]))
+    brain = brain_for(fake, retries=0)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == "the model server's answer broke off in the middle: a bad chunk size: b'zz'"
