@@ -874,10 +874,13 @@ class Response:
             out, after = body.feed(data)
             if decoder is not None and out:
                 out = decoder.decode(out)
-            if body.done and not (decoder is not None and decoder.pending):
-                self._end(after)
-                if decoder is not None:
-                    out += decoder.flush()
+            if body.done:
+                if decoder is None or not decoder.pending:
+                    self._end(after)
+                    if decoder is not None:
+                        out += decoder.flush()
+                elif after:  # ended later, when the decoder is drained: with bytes of no response, not kept
+                    self._reusable = False
             if out:
                 return out
 

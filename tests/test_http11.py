@@ -678,3 +678,14 @@ async def test_a_malformed_body_in_the_middle_of_the_answer_says_what_was_wrong(
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert str(caught.value) == "the model server's answer broke off in the middle: a bad chunk size: b'zz'"
+
+
+async def test_bytes_after_a_compressed_body_still_being_decoded_do_not_keep_its_connection(fake, autojump_clock):
+    events = sse_event(chunk("a" * 100_000)) + sse_event(chunk(finish="stop")) + sse_event("[DONE]")
+    encoded = gzipped(events)  # decoded in more than one read: its end comes while the decoder has input left
+    head = sse_head("Content-Encoding: gzip", f"Content-Length: {len(encoded)}", chunked=False)
+    fake.script(Reply(raw=[head + encoded + b"HTTP/1.1 200 OK\r\n"], end="keep"), text("again"))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["a" * 100_000]
+    assert await items_of(brain, turn_for(brain)) == ["again"]
+    assert fake.connection_of == [0, 1]
