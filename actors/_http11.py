@@ -768,11 +768,15 @@ class Client:
                 tcp = await trio.open_tcp_stream(proxy.host, proxy.port)
             except OSError as exc:
                 raise ProxyError(f"could not connect to the proxy: {_os_text(exc)}") from None
+            except UnicodeError:  # a name the resolver cannot take (an empty label: "a..b")
+                raise ProxyError("could not connect to the proxy: its host name is not valid") from None
         else:
             try:
                 tcp = await trio.open_tcp_stream(self.host, self.port)
             except OSError as exc:
                 raise ConnectError(_os_text(exc)) from None
+            except UnicodeError:
+                raise ConnectError(f"{self.host[:100]!r} is not a valid host name") from None
         try:
             if not self.tls:
                 plain = PlainStream(socket.socket(fileno=tcp.socket.detach()))

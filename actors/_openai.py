@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import AsyncGenerator, Awaitable, Sequence
 from contextlib import aclosing
+from urllib.parse import urlsplit
 
 import orjson
 import trio
@@ -532,8 +533,14 @@ class OpenAIBrain:
 
     async def _http_error(self, response: _http11.Response, key: str | None) -> Exception:
         """The exception for a non-200 answer: `_Retry` for the retryable ones, else `BrainError`."""
-        reason = self._scrub(_reason_of_body(await error_body(response)), key)
         status = response.status
+        if 300 <= status < 400:  # never followed: the request (its API key) goes only where base_url says
+            location = urlsplit(response.headers.get("location", ""))
+            where = f" to {location.scheme}://{location.hostname}" if location.scheme and location.hostname else ""
+            return BrainError(self._scrub(
+                f"the model server redirected the request{where} (HTTP {status}); redirects are not followed: set "
+                "base_url to the URL it points to", key))
+        reason = self._scrub(_reason_of_body(await error_body(response)), key)
         text = http_failure(status, reason, server="the model server",
                             missing=f"is the model {self.model!r} served at {self.shown_url}?")
         if status in RETRYABLE_STATUSES:

@@ -689,3 +689,23 @@ async def test_bytes_after_a_compressed_body_still_being_decoded_do_not_keep_its
     assert await items_of(brain, turn_for(brain)) == ["a" * 100_000]
     assert await items_of(brain, turn_for(brain)) == ["again"]
     assert fake.connection_of == [0, 1]
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+async def test_a_redirect_is_not_followed_and_says_where_it_points(fake, monkeypatch, status):
+    monkeypatch.setenv("FAKE_OPENAI_KEY", "sk-secret-123")
+    fake.script(Reply(status=status, body="moved", content_type="text/plain",
+                      headers={"location": "https://other.example:8443/v1/chat/completions?token=t0ken"}))
+    brain = brain_for(fake, api_key_env="FAKE_OPENAI_KEY", retries=2)
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == (f"the model server redirected the request to https://other.example (HTTP {status}); "
+                                 "redirects are not followed: set base_url to the URL it points to")
+    assert len(fake.requests) == 1  # neither followed nor tried again
+
+
+async def test_a_host_name_the_resolver_cannot_take_is_a_clear_connect_error(no_proxies, autojump_clock):
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url="http://a..b/v1", retries=0))
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == "could not connect to the model server at http://a..b/v1: 'a..b' is not a valid host name"
