@@ -753,15 +753,19 @@ class Client:
 
     async def _connect(self, deadline: float) -> Connection:
         now = trio.current_time()
+        stage = ["connect"]
         with trio.move_on_at(min(now + self.timeout, deadline)):
-            return await self._open()
+            return await self._open(stage)
         if deadline <= now + self.timeout:
             raise DeadlineReached("the deadline came while connecting")
+        if stage[0] == "tls":  # the server's (the proxy, if any, opened the tunnel)
+            raise ConnectError(f"no TLS handshake within {self.timeout:g} s (timeout)")
         if isinstance(self.proxy, Proxy):
             raise ProxyError(f"no answer from the proxy within {self.timeout:g} s")
         raise ConnectError(f"no connection within {self.timeout:g} s (timeout)")
 
-    async def _open(self) -> Connection:
+    async def _open(self, stage: list[str]) -> Connection:
+        """A new connection; `stage[0]` becomes "tls" when the TLS handshake with the server starts."""
         proxy = self.proxy
         if isinstance(proxy, Proxy):
             try:
@@ -784,6 +788,7 @@ class Client:
             if isinstance(proxy, Proxy):
                 await self._tunnel(Connection(tcp, tcp.socket.close, tcp.socket.fileno()), proxy)
             stream = trio.SSLStream(tcp, self.ssl_context, server_hostname=self.host, https_compatible=True)
+            stage[0] = "tls"
             try:
                 await stream.do_handshake()
             except (trio.BrokenResourceError, OSError) as exc:

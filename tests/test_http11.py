@@ -709,3 +709,22 @@ async def test_a_host_name_the_resolver_cannot_take_is_a_clear_connect_error(no_
     with pytest.raises(BrainError) as caught:
         await items_of(brain, turn_for(brain))
     assert str(caught.value) == "could not connect to the model server at http://a..b/v1: 'a..b' is not a valid host name"
+
+
+@pytest.mark.parametrize("through_proxy", [False, True])
+async def test_a_server_that_stalls_the_tls_handshake_is_its_fault_not_the_proxy_s(nursery, proxy, monkeypatch,
+                                                                                   autojump_clock, through_proxy):
+    async def silent(tcp: trio.SocketStream) -> None:
+        await trio.sleep_forever()
+
+    listeners = await nursery.start(functools.partial(trio.serve_tcp, silent, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    if through_proxy:
+        monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    brain = OpenAIBrain(OpenAIBrainSettings(model="m", base_url=f"https://127.0.0.1:{port}/v1", timeout=5, retries=0))
+    started = trio.current_time()
+    with pytest.raises(BrainError) as caught:
+        await items_of(brain, turn_for(brain))
+    assert str(caught.value) == (f"could not connect to the model server at https://127.0.0.1:{port}/v1: no TLS "
+                                 "handshake within 5 s (timeout)")
+    assert trio.current_time() - started == pytest.approx(5)
