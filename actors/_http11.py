@@ -356,14 +356,13 @@ class Proxy:
 def proxy_from_environment(scheme: str, host: str, port: int) -> Proxy | UnsupportedProxy | None:
     """The proxy the environment names for a request to `scheme://host:port` (HTTPS_PROXY for https,
     HTTP_PROXY for http, else ALL_PROXY; any of them lower-case too), None for none or for a host NO_PROXY
-    names (as urllib reads it: hosts, domains, `*`, with ports), an `UnsupportedProxy` for a proxy of another
-    kind than http:// (raised at the first request)."""
+    names (`no_proxy_names`), an `UnsupportedProxy` for a proxy of another kind than http:// (raised at the
+    first request)."""
     proxies = urllib.request.getproxies_environment()
     url = proxies.get(scheme) or proxies.get("all")
     if not url:
         return None
-    netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if proxies.get("no") and urllib.request.proxy_bypass_environment(netloc, proxies):  # type: ignore[attr-defined]
+    if proxies.get("no") and no_proxy_names(proxies["no"], host, port):
         return None
     variable = f"{scheme.upper()}_PROXY" if proxies.get(scheme) else "ALL_PROXY"
     parts = urlsplit(url if "://" in url else "http://" + url)
@@ -381,6 +380,30 @@ def proxy_from_environment(scheme: str, host: str, port: int) -> Proxy | Unsuppo
     if parts.username is not None or parts.password is not None:
         authorization = f"Proxy-Authorization: {_basic(parts.username, parts.password)}\r\n".encode("latin-1")
     return Proxy(parts.hostname, proxy_port, authorization)
+
+
+def no_proxy_names(no_proxy: str, host: str, port: int) -> bool:
+    """Whether the list `no_proxy` (NO_PROXY's value: comma-separated) names `host` at `port`: `*` names every
+    host; a name names itself and the names under it, with a leading `.` or `*.` or without (`example.com`,
+    `.example.com` and `*.example.com` each name `api.example.com` and `example.com`); `name:port` and
+    `[IPv6]:port` only at that port; an IPv6 address with or without brackets. Not CIDR ranges."""
+    host = host.lower().strip("[]")
+    for entry in no_proxy.split(","):
+        entry = entry.strip().lower()
+        if entry == "*":
+            return True
+        name, entry_port = entry, ""
+        if entry.startswith("["):  # [IPv6] or [IPv6]:port
+            name, _, rest = entry[1:].partition("]")
+            entry_port = rest[1:] if rest[:1] == ":" else ""
+        elif entry.count(":") == 1:  # name:port (more colons: an IPv6 address without brackets)
+            name, _, entry_port = entry.partition(":")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.removeprefix("*").lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 # -- connections --------------------------------------------------------------------------------------------

@@ -196,6 +196,13 @@ def no_proxies(monkeypatch):
     ({"HTTP_PROXY": "http://p:1", "no_proxy": "127.0.0.1:8000"}, "http", "127.0.0.1", 8000, None),
     ({"HTTP_PROXY": "http://p:1", "no_proxy": "127.0.0.1:9999"}, "http", "127.0.0.1", 8000, ("p", 1)),
     ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "example.com"}, "https", "api.openai.com", 443, ("p", 1)),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*.openai.com"}, "https", "api.openai.com", 443, None),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "*.openai.com"}, "https", "notopenai.com", 443, ("p", 1)),
+    ({"HTTPS_PROXY": "http://p:1", "NO_PROXY": "localhost, *"}, "https", "api.openai.com", 443, None),
+    ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "::1"}, "http", "::1", 11434, None),
+    ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "[::1]:11434"}, "http", "::1", 11434, None),
+    ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "[::1]:80"}, "http", "::1", 11434, ("p", 1)),
+    ({"HTTP_PROXY": "http://p:1", "NO_PROXY": "LocalHost:11434"}, "http", "localhost", 11434, None),
 ])
 def test_the_proxy_is_the_one_the_environment_names_for_the_url(no_proxies, monkeypatch, environ, scheme, host, port,
                                                                 expected):
