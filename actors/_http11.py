@@ -41,7 +41,8 @@ MAX_DECODED_READ = 65_536
 MAX_INFLATION = 500
 #: The decoded bytes a compressed body gives before MAX_INFLATION is enforced (short bodies inflate more).
 INFLATION_FLOOR = 4 * 1024 * 1024
-#: The longest chunk-size line (with its extensions) or trailer line of a chunked body.
+#: The longest chunk-size line (with its extensions) or trailer line of a chunked body held across reads (one
+#: whole in a read is bounded by READ_SIZE).
 MAX_CHUNK_LINE = 4096
 #: The most idle connections a pool keeps for the next requests.
 MAX_IDLE_CONNECTIONS = 1024
@@ -192,8 +193,6 @@ class ChunkedBody:
             if line[-1:] == b"\r":
                 line = line[:-1]
             if state == self._SIZE:
-                if len(line) > MAX_CHUNK_LINE:
-                    raise ProtocolError(f"a chunk-size line longer than {MAX_CHUNK_LINE} bytes")
                 size = line.partition(b";")[0].strip(b" \t")
                 if not size or len(size) > 16 or size.strip(b"0123456789abcdefABCDEF"):
                     raise ProtocolError(f"a bad chunk size: {line[:40]!r}")

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 #: The most bytes of one event held while waiting for its end (a stream that never ends one is an error).
 MAX_EVENT_BYTES = 4 * 1024 * 1024
+#: The bytes of an event not ended yet past which the next reads extend it in place (below, an event that
+#: spans two reads is joined as bytes, which is cheaper).
+GROW_IN_PLACE = 65_536
 
 
 class SSEError(ValueError):
@@ -24,7 +27,7 @@ class SSESplitter:
     __slots__ = ("_pending", "_after_cr")
 
     def __init__(self) -> None:
-        self._pending = b""  # the start of an event not ended yet (line ends already made LF)
+        self._pending: bytes | bytearray = b""  # the start of an event not ended yet (line ends already made LF)
         self._after_cr = False  # the last read ended with CR: an LF that starts the next one ends no other line
 
     def feed(self, data: bytes) -> list[str]:
@@ -39,14 +42,17 @@ class SSESplitter:
         pending = self._pending
         if pending:
             searched = len(pending) - 1  # the pending bytes hold no "\n\n": only one across the join is new
-            data = pending + data
+            pending += data  # a bytearray (an event that spans reads) grows in place
+            data = pending
         else:
             searched = 0
         end = data.rfind(b"\n\n", searched)
         if end < 0:
             if len(data) > MAX_EVENT_BYTES:
                 raise SSEError(f"an event longer than {MAX_EVENT_BYTES} bytes")
-            self._pending = data
+            # past GROW_IN_PLACE bytes, kept in a bytearray that the next reads extend: an event that comes in
+            # many reads is not copied whole at each (which would cost the square of its length)
+            self._pending = data if len(data) < GROW_IN_PLACE or type(data) is bytearray else bytearray(data)
             return []
         self._pending = data[end + 2:]
         messages = []

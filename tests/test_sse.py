@@ -97,3 +97,20 @@ async def test_the_brain_reads_events_cut_across_reads_with_crlf_comments_and_mu
     fake.script(Reply(pieces=pieces))
     brain = brain_for(fake)
     assert await items_of(brain, turn_for(brain)) == ["caf\u00e9 ", "\U0001f600 done"]
+
+
+def test_an_event_that_comes_in_many_small_reads_is_not_copied_whole_at_each():
+    import tracemalloc
+
+    splitter = SSESplitter()
+    assert splitter.feed(b"data: " + b"x" * 3_000_000) == [] and splitter.feed(b"x") == []
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            assert splitter.feed(b"x") == []
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000  # not a copy of the 3 MB held at each read
+    assert splitter.feed(b"\n\ndata: next") == ["x" * 3_000_101]
+    assert splitter.feed(b"\n\n") == ["next"]
