@@ -176,6 +176,10 @@ class EmbeddingWorker:
                 if starting:
                     await self._start()
                     starting = False
+                # Cleared before the read: a commit the read may not see sets it again, and then the worker is
+                # not caught up (below), however old the read's "nothing left" is.
+                if self._wake.is_set():
+                    self._wake = trio.Event()
                 progressed = await self._step()
             except EmbeddingConflict as exc:  # another writer (`agentcast embed`?) embedded meanwhile
                 logger.info("embedding (%s): %s; going on from there", self.label, exc)
@@ -193,13 +197,14 @@ class EmbeddingWorker:
                     logger.info("embedding (%s): %d vectors stored, about %d messages still to embed", self.label,
                                 self.embedded, self.backlog)
                 continue
+            if self._wake.is_set():
+                continue  # a commit came while the step read: read again
             if self.backlog:
                 logger.info("embedding (%s): caught up, %d vectors stored since start", self.label, self.embedded)
             self.backlog = 0
             self._forgotten.clear()  # what is read from now on was committed after those clears
             self._idle.set()
             await self._wake.wait()
-            self._wake = trio.Event()
 
     def _read_cursors(self, log: Recorder) -> dict[str, int]:
         return {agent_id: log.embedding_cursor(agent_id, self.model) for agent_id in self.agent_ids}

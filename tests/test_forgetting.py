@@ -268,7 +268,11 @@ async def test_a_retry_after_a_long_term_clear_is_a_new_turn(db_path):
                                      "memory_cleared")
         assert found_on_disk(db_path, CMD_MARK) == set()
         again = await c.request(chat, "agent_done")
-        assert [f["type"] for f in again] == ["agent_thinking", "response_chunk", "response", "agent_done"]
+        # A brain's chunks reach the client merged or not, as the writer's pace finds them: their text counts.
+        kinds = [f["type"] for f in again]
+        assert kinds[0] == "agent_thinking" and kinds[-2:] == ["response", "agent_done"]
+        assert set(kinds[1:-2]) == {"response_chunk"}
+        assert "".join(f["delta"] for f in again[1:-2]) == again[-2]["message"]
         assert again[-2]["seq"] > cleared["seq"]  # a new turn, logged after the clear
         assert "remember 0 earlier messages" in again[-2]["message"]  # the brain ran again, on the cleared memory
         assert (await c.request(chat, "agent_done"))[-2]["seq"] == again[-2]["seq"]  # the new turn is retried as usual

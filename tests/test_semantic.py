@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -298,6 +299,64 @@ async def test_a_model_change_embeds_the_memory_again(tmp_path, caplog):
         assert {v.model for v in s.log.stored_vectors()} == {"words-v2"}
         assert any("the 2 vectors of the model before were dropped" in r.getMessage() for r in caplog.records)
         checked(s.log)
+
+
+class _ReadGate:
+    """A log reader whose `unembedded` can be held, armed, after it has read that nothing is left: the worker then
+    has an answer of a moment gone by while the test commits more (`read`: that moment came; `go`: let the
+    worker have it)."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log, self.armed = log, False
+        self.read, self.go = threading.Event(), threading.Event()
+
+    def __getattr__(self, name: str):
+        return getattr(self.log, name)
+
+    def unembedded(self, *args):
+        found = self.log.unembedded(*args)
+        if self.armed and not found.texts:
+            self.armed = False
+            self.read.set()
+            self.go.wait(scaled(10))
+        return found
+
+
+async def test_a_commit_while_the_worker_reads_that_nothing_is_left_is_embedded_before_it_is_caught_up(tmp_path):
+    """The worker read "nothing to embed" just before a commit and hears of the commit before it takes that
+    answer: it is not caught up (`caught_up` waits), it reads again and embeds the new message."""
+    path = tmp_path / "s.db"
+    embedder = WordEmbedder()
+    writer = EventLog.open(path)
+    gates: list[_ReadGate] = []
+
+    def open_reader() -> _ReadGate:
+        gates.append(_ReadGate(EventLog.open(path, readonly=True)))
+        return gates[-1]
+
+    journal = Journal(writer, open_reader, readers=1)
+    worker = EmbeddingWorker(embedder, [A], journal)
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(journal.run)
+            await nursery.start(worker.run)
+            await journal.append([said("tea time")])
+            await worker.caught_up()
+            (gate,) = gates
+            gate.armed = True  # the worker's next read that nothing is left holds after reading
+            await journal.append([said("coffee at noon")])  # the worker reads it, embeds it, then reads nothing
+            assert await trio.to_thread.run_sync(gate.read.wait, scaled(10))
+            await journal.append([said("tea again")])  # committed while the worker holds "nothing left"
+            gate.go.set()
+            with trio.fail_after(scaled(10)):
+                await worker.caught_up()
+            assert sorted(embedder.texts) == ["coffee at noon", "tea again", "tea time"]
+            assert vectors_of(gate.log, "ann") == {1: 1, 2: 1, 3: 1}
+            nursery.cancel_scope.cancel()
+    finally:
+        for gate in gates:
+            gate.log.close()
+        writer.close()
 
 
 async def test_two_workers_on_one_log_never_store_a_vector_twice(tmp_path):
