@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a so
 
 from agentcast.actors import Journal, utc_now  # noqa: E402
 from agentcast.actors._brain import sleep as shared_sleep  # noqa: E402  (the cheapest sleep for many sleepers)
+from agentcast.actors._brain import split_chunks  # noqa: E402  (the echo brain's pieces)
 from agentcast.store import AgentAnswered, EventLog, UserSaid  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -111,20 +112,6 @@ async def handshake(stream: trio.SocketStream) -> bytearray | None:
     await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
     return bytearray(rest)
-
-
-def split_chunks(text: str, n: int) -> list[str]:
-    """`text` cut at spaces into at most `n` pieces (the echo brain's way)."""
-    size = max(1, -(-len(text) // n))
-    pieces: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        space = text.find(" ", end)
-        end = len(text) if space == -1 or len(pieces) == n - 1 else space + 1
-        pieces.append(text[start:end])
-        start = end
-    return pieces
 
 
 class Model:
