@@ -449,6 +449,12 @@ class PlainStream:
             self.sock.close()
 
 
+#: The private attribute of trio.SSLStream that holds bytes read off the socket and not yet decrypted (read by
+#: `Connection.in_step`; an `ssl.MemoryBIO` in trio 0.35). A trio without it costs keep-alive over TLS, not
+#: safety: such a connection is never lent again (tests/test_http11.py runs both ways).
+TRIO_SSL_INCOMING = "_incoming"
+
+
 class Connection:
     """One open connection to the server (or through the proxy): a stream (`PlainStream`, or trio's SSLStream
     over TCP), the bytes read past the last response, and the timing of the exchange under way (kept by the
@@ -482,7 +488,7 @@ class Connection:
         if not isinstance(stream, PlainStream):
             # SSLStream: bytes already decrypted, or read off the socket with an earlier record and not yet
             # decrypted (its incoming buffer: trio's, private; without it, the connection is taken as not in step)
-            incoming = getattr(stream, "_incoming", None)
+            incoming = getattr(stream, TRIO_SSL_INCOMING, None)
             if incoming is None or incoming.pending or stream.pending():
                 return False
         poll = select.poll()

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from agentcast.actors import BrainError, OpenAIBrain, OpenAIBrainSettings
-from agentcast.actors import _endpoint
+from agentcast.actors import _endpoint, _http11
 from agentcast.actors._http11 import (INFLATION_FLOOR, MAX_DECODED_READ, MAX_INFLATION, ChunkedBody, CloseBody, ContentDecoder, DecodingError,
                                       LengthBody, Proxy, ProtocolError, ResponseHead, UnsupportedProxy, body_of,
                                       head_end, proxy_from_environment)
@@ -517,6 +517,22 @@ async def test_over_tls_bytes_after_a_whole_response_never_answer_the_next_reque
     await trio.sleep(1)
     assert await items_of(brain, turn_for(brain)) == ["again"]
     assert fake.connection_of == [0, 1]
+
+
+@pytest.mark.parametrize("trio_buffer", ["read", "absent"])
+async def test_a_tls_connection_is_kept_where_trio_s_buffer_can_be_read_and_replaced_where_not(
+        nursery, tls, monkeypatch, trio_buffer):
+    """Whether a kept TLS connection holds bytes of no request is read in trio.SSLStream's private incoming
+    buffer; a trio without it (a version not read) costs keep-alive over TLS, never a stray answer."""
+    server, ca_file = tls
+    if trio_buffer == "absent":
+        monkeypatch.setattr(_http11, "TRIO_SSL_INCOMING", "_not_in_this_trio")
+    fake = await FakeOpenAI(text("one"), text("two")).start(nursery, ssl_context=server)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+    brain = brain_for(fake, retries=0)
+    assert await items_of(brain, turn_for(brain)) == ["one"]
+    assert await items_of(brain, turn_for(brain)) == ["two"]
+    assert fake.connection_of == ([0, 0] if trio_buffer == "read" else [0, 1])
 
 
 class HeldSends(trio.abc.Stream):
