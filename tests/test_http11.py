@@ -19,6 +19,7 @@ from agentcast.actors._http11 import (INFLATION_FLOOR, MAX_DECODED_READ, MAX_INF
                                       LengthBody, Proxy, ProtocolError, ResponseHead, UnsupportedProxy, body_of,
                                       head_end, proxy_from_environment)
 from support.fake_openai import FakeOpenAI, Reply, chunk, in_chunk, sse_event, sse_head, text
+from support.http import receive_head
 from support.llm import brain_for, items_of, turn_for
 from support.proxy import FakeProxy
 
@@ -574,12 +575,9 @@ async def test_over_tls_an_answer_in_a_record_read_with_the_last_one_never_answe
         received = b""
         try:
             while True:
-                while b"\r\n\r\n" not in received:
-                    data = await stream.receive_some(65536)
-                    if not data:
-                        return
-                    received += data
-                head, _, received = received.partition(b"\r\n\r\n")
+                if (got := await receive_head(stream, received)) is None:
+                    return
+                head, received = got
                 length = int(head.lower().partition(b"content-length: ")[2].partition(b"\r\n")[0])
                 while len(received) < length:
                     received += await stream.receive_some(65536)

@@ -1,5 +1,6 @@
 """Plain HTTP against a test server, by hand over a TCP (or TLS) stream: `exchange` sends a request as is,
-`get` builds one, and `Reply` is the response as read off the wire."""
+`get` builds one, and `Reply` is the response as read off the wire; `receive_head` reads a message's head, for
+the hand-written servers of the tests."""
 from __future__ import annotations
 
 import ssl
@@ -22,6 +23,18 @@ class Reply:
             name, _, value = line.partition(":")
             assert name.lower() not in self.headers, f"header {name} twice"
             self.headers[name.lower()] = value.strip()
+
+
+async def receive_head(stream: trio.abc.Stream, received: bytes = b"") -> tuple[bytes, bytes] | None:
+    """Read from `stream` (after the bytes `received` already) until a head's end: (the head, without its blank
+    line; the bytes after it). None if the stream ended first."""
+    while b"\r\n\r\n" not in received:
+        data = await stream.receive_some(65536)
+        if not data:
+            return None
+        received += data
+    head, _, rest = received.partition(b"\r\n\r\n")
+    return head, rest
 
 
 async def exchange(port: int, request: bytes, *, context: ssl.SSLContext | None = None) -> Reply:

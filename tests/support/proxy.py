@@ -8,6 +8,8 @@ import functools
 
 import trio
 
+from .http import receive_head
+
 
 class FakeProxy:
     """`asked` holds each request's (method, target, Proxy-Authorization or None) as it came; `refuse` the
@@ -32,13 +34,9 @@ class FakeProxy:
 
     async def _serve(self, client: trio.SocketStream) -> None:
         async with client:
-            head = b""
-            while b"\r\n\r\n" not in head:
-                data = await client.receive_some(65536)
-                if not data:
-                    return
-                head += data
-            head, _, rest = head.partition(b"\r\n\r\n")
+            if (got := await receive_head(client)) is None:
+                return
+            head, rest = got
             lines = head.decode("latin-1").split("\r\n")
             method, target, version = lines[0].split(" ")
             authorization = next((line.partition(":")[2].strip() for line in lines[1:]
